@@ -1,0 +1,224 @@
+//! Mirror of `tracer-ebpf/include/offheap.h`, the ABI between the BPF programs
+//! and userspace. The C header is the source of truth; `tests/abi_layout.rs`
+//! compiles it and fails when a size or an offset here drifts from it.
+#![no_std]
+
+/// Map names, exactly as the maps are named in the BPF object.
+pub mod maps {
+    pub const TARGETS: &str = "targets";
+    pub const ALLOCS: &str = "allocs";
+    pub const INFLIGHT: &str = "inflight";
+    pub const STACK_STATS: &str = "stack_stats";
+    pub const STACK_TRACES: &str = "stack_traces";
+    pub const COUNTERS: &str = "counters";
+    pub const EVENTS: &str = "events";
+    pub const VM_INFLIGHT: &str = "vm_inflight";
+    pub const FAULT_STATS: &str = "fault_stats";
+}
+
+pub const MAX_TARGETS: u32 = 4096;
+pub const MAX_ALLOCS: u32 = 1 << 20;
+pub const MAX_STACK_STATS: u32 = 65536;
+pub const MAX_STACK_TRACES: u32 = 65536;
+pub const MAX_INFLIGHT: u32 = 16384;
+pub const MAX_STACK_DEPTH: usize = 127;
+pub const EVENTS_BYTES: u32 = 4 << 20;
+pub const COMM_LEN: usize = 16;
+
+pub const TARGET_MALLOC: u32 = 1 << 0;
+pub const TARGET_VM: u32 = 1 << 1;
+pub const TARGET_FAULTS: u32 = 1 << 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetInfo {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub stack_id: i32,
+    pub caller: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub total_bytes: u64,
+    pub total_allocs: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocInfo {
+    pub size: u64,
+    pub ts_ns: u64,
+    pub stack: StackKey,
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocKind {
+    Malloc = 1,
+    Calloc = 2,
+    Realloc = 3,
+    Reallocarray = 4,
+    PosixMemalign = 5,
+    AlignedAlloc = 6,
+    Memalign = 7,
+    Valloc = 8,
+    Pvalloc = 9,
+    Free = 10,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inflight {
+    pub size: u64,
+    pub old_ptr: u64,
+    pub out_ptr: u64,
+    pub kind: u32,
+    pub depth: u32,
+    pub stack: StackKey,
+}
+
+pub mod event_kind {
+    pub const MMAP: u32 = 1;
+    pub const MUNMAP: u32 = 2;
+    pub const MREMAP: u32 = 3;
+    pub const BRK: u32 = 4;
+    pub const MADVISE: u32 = 5;
+    pub const EXEC: u32 = 6;
+    pub const EXIT: u32 = 7;
+    pub const OOM_VICTIM: u32 = 8;
+    pub const FORK: u32 = 9;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmEvent {
+    pub hdr: EventHeader,
+    pub addr: u64,
+    pub len: u64,
+    pub old_addr: u64,
+    pub old_len: u64,
+    pub flags: u32,
+    pub prot: u32,
+    pub stack: StackKey,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub hdr: EventHeader,
+    pub child_tgid: u32,
+    pub exit_code: i32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomEvent {
+    pub hdr: EventHeader,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub uid: u32,
+    pub oom_score_adj: i16,
+    pub _pad: u16,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmArgs {
+    pub addr: u64,
+    pub len: u64,
+    pub old_len: u64,
+    pub flags: u32,
+    pub prot: u32,
+    pub syscall: u32,
+    pub _pad: u32,
+    pub stack: StackKey,
+}
+
+/// Indexes into the per-CPU `counters` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    AllocsFull = 0,
+    StackStatsFull = 1,
+    StackIdFailed = 2,
+    InflightFull = 3,
+    EventsLost = 4,
+    FreeUnknown = 5,
+    ReadFailed = 6,
+    FaultStatsFull = 7,
+}
+
+pub const COUNTER_MAX: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_MAX as usize] = [
+        Counter::AllocsFull,
+        Counter::StackStatsFull,
+        Counter::StackIdFailed,
+        Counter::InflightFull,
+        Counter::EventsLost,
+        Counter::FreeUnknown,
+        Counter::ReadFailed,
+        Counter::FaultStatsFull,
+    ];
+
+    /// Name used in reports and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::AllocsFull => "allocs_map_full",
+            Counter::StackStatsFull => "stack_stats_map_full",
+            Counter::StackIdFailed => "stack_id_failed",
+            Counter::InflightFull => "inflight_map_full",
+            Counter::EventsLost => "events_lost",
+            Counter::FreeUnknown => "free_of_untracked",
+            Counter::ReadFailed => "user_read_failed",
+            Counter::FaultStatsFull => "fault_stats_map_full",
+        }
+    }
+
+    /// Whether the counter means data was lost (as opposed to informational).
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Counter::FreeUnknown)
+    }
+}
+
+/// `aya::Pod` for the types userspace reads from or writes to maps.
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    macro_rules! pod {
+        ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
+    }
+    pod!(TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs);
+}

@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: (MIT OR Apache-2.0) */
+/*
+ * The ABI between the BPF programs and userspace: map names and sizes, keys,
+ * values, ring-buffer events and error counters. This file is the single source
+ * of truth; tracer-common/src/lib.rs mirrors it and
+ * tracer-common/tests/abi_layout.rs fails when the two drift.
+ *
+ * It must compile both for `-target bpf` and for the host (the layout test
+ * includes it from a plain C program), so it only uses <linux/types.h> types.
+ */
+#ifndef OFFHEAP_H
+#define OFFHEAP_H
+
+#include <linux/types.h>
+
+/* ---- sizes ---------------------------------------------------------------- */
+
+/* Default map sizes; userspace may override max_entries before load. */
+#define OFFHEAP_MAX_TARGETS 4096
+#define OFFHEAP_MAX_ALLOCS (1 << 20)
+#define OFFHEAP_MAX_STACK_STATS 65536
+#define OFFHEAP_MAX_STACK_TRACES 65536
+#define OFFHEAP_MAX_INFLIGHT 16384
+#define OFFHEAP_MAX_STACK_DEPTH 127
+#define OFFHEAP_EVENTS_BYTES (4 << 20)
+#define OFFHEAP_COMM_LEN 16
+
+/* ---- map and program names (mirrored as Rust constants) ------------------- */
+/* Maps: targets, allocs, inflight, stack_stats, stack_traces, counters, events,
+ * vm_inflight, fault_stats. Programs are named <symbol>_enter / <symbol>_exit. */
+
+/* ---- targets -------------------------------------------------------------- */
+
+/* Value of the `targets` hash (key: __u32 tgid). Probes return at once for a
+ * tgid that is not in this map. */
+struct target_info {
+	__u32 flags;   /* OFFHEAP_TARGET_* */
+	__u32 _pad;
+};
+
+#define OFFHEAP_TARGET_MALLOC (1u << 0)   /* malloc-family uprobes feed stack_stats */
+#define OFFHEAP_TARGET_VM (1u << 1)       /* mmap/munmap/mremap/brk/madvise events */
+#define OFFHEAP_TARGET_FAULTS (1u << 2)   /* resident mode: user page faults */
+
+/* ---- malloc mode ---------------------------------------------------------- */
+
+/* A stack as counted: the kernel's stack id of the frame-pointer walk plus the
+ * return address read at [sp] on function entry. At a uprobe on a function's
+ * first instruction the callee has not pushed %rbp yet, so the walk starts at
+ * the caller's caller: `caller` is the frame the walk misses. Userspace builds
+ * frames as [caller, walk[1..]] (walk[0] is the probed function itself).
+ * caller == 0 means "no fix-up" (e.g. syscall tracepoints). */
+struct stack_key {
+	__u32 tgid;
+	__s32 stack_id;   /* < 0: the stack could not be taken (counted) */
+	__u64 caller;
+};
+
+/* Value of `stack_stats` (key: struct stack_key). Updated with atomic adds. */
+struct stack_stats {
+	__u64 live_bytes;
+	__u64 live_allocs;
+	__u64 total_bytes;
+	__u64 total_allocs;
+};
+
+/* Key and value of `allocs`: one outstanding allocation. */
+struct alloc_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 addr;
+};
+
+struct alloc_info {
+	__u64 size;
+	__u64 ts_ns;          /* bpf_ktime_get_ns() at allocation, for lifetimes */
+	struct stack_key stack;
+};
+
+/* Which traced function a thread is inside (inflight.kind). */
+enum alloc_kind {
+	OFFHEAP_KIND_MALLOC = 1,
+	OFFHEAP_KIND_CALLOC = 2,
+	OFFHEAP_KIND_REALLOC = 3,
+	OFFHEAP_KIND_REALLOCARRAY = 4,
+	OFFHEAP_KIND_POSIX_MEMALIGN = 5,
+	OFFHEAP_KIND_ALIGNED_ALLOC = 6,
+	OFFHEAP_KIND_MEMALIGN = 7,
+	OFFHEAP_KIND_VALLOC = 8,
+	OFFHEAP_KIND_PVALLOC = 9,
+	OFFHEAP_KIND_FREE = 10,
+};
+
+/* Value of `inflight` (key: __u64 pid_tgid): the outermost traced call the
+ * thread is in. `depth` counts nested traced calls so that glibc's
+ * reallocarray -> realloc, and mmap/brk done by the allocator itself, are
+ * counted once, by the outermost call. */
+struct inflight {
+	__u64 size;
+	__u64 old_ptr;   /* realloc/reallocarray: the block being resized */
+	__u64 out_ptr;   /* posix_memalign: where the result is written */
+	__u32 kind;      /* enum alloc_kind */
+	__u32 depth;
+	struct stack_key stack;
+};
+
+/* ---- virtual memory events (ring buffer `events`) -------------------------- */
+
+enum event_kind {
+	OFFHEAP_EV_MMAP = 1,     /* anonymous private mapping created */
+	OFFHEAP_EV_MUNMAP = 2,
+	OFFHEAP_EV_MREMAP = 3,
+	OFFHEAP_EV_BRK = 4,      /* break moved from addr to addr + len (len signed) */
+	OFFHEAP_EV_MADVISE = 5,  /* pages given back: DONTNEED / FREE / REMOVE */
+	OFFHEAP_EV_EXEC = 6,
+	OFFHEAP_EV_EXIT = 7,
+	OFFHEAP_EV_OOM_VICTIM = 8,
+	OFFHEAP_EV_FORK = 9,
+};
+
+struct event_header {
+	__u32 kind;      /* enum event_kind */
+	__u32 tgid;
+	__u64 ts_ns;
+};
+
+/* MMAP: [addr, addr+len). MUNMAP/MADVISE: [addr, addr+len) given back.
+ * MREMAP: old [old_addr, old_addr+old_len) became [addr, addr+len).
+ * BRK: old break old_addr, new break addr. */
+struct vm_event {
+	struct event_header hdr;
+	__u64 addr;
+	__u64 len;
+	__u64 old_addr;
+	__u64 old_len;
+	__u32 flags;     /* mmap flags, or madvise advice */
+	__u32 prot;
+	struct stack_key stack;
+};
+
+/* EXEC / EXIT / FORK. For FORK, tgid is the parent and child_tgid the child. */
+struct proc_event {
+	struct event_header hdr;
+	__u32 child_tgid;
+	__s32 exit_code;
+	char comm[OFFHEAP_COMM_LEN];
+};
+
+/* OOM_VICTIM, from the oom/mark_victim tracepoint; sizes in KiB as the
+ * tracepoint reports them. */
+struct oom_event {
+	struct event_header hdr;
+	__u64 total_vm_kb;
+	__u64 anon_rss_kb;
+	__u64 file_rss_kb;
+	__u64 shmem_rss_kb;
+	__u64 pgtables_kb;
+	__u32 uid;
+	__s16 oom_score_adj;
+	__u16 _pad;
+	char comm[OFFHEAP_COMM_LEN];
+};
+
+/* Value of `vm_inflight` (key: __u64 pid_tgid): syscall arguments kept from
+ * sys_enter_* to sys_exit_*. */
+struct vm_args {
+	__u64 addr;
+	__u64 len;
+	__u64 old_len;
+	__u32 flags;
+	__u32 prot;
+	__u32 syscall;   /* enum event_kind of the syscall in flight */
+	__u32 _pad;
+	struct stack_key stack;
+};
+
+/* ---- error counters (`counters`, a per-CPU array) --------------------------- */
+
+enum counter {
+	OFFHEAP_CTR_ALLOCS_FULL = 0,      /* allocs map full: an allocation was not tracked */
+	OFFHEAP_CTR_STACK_STATS_FULL = 1, /* stack_stats full: a stack was not counted */
+	OFFHEAP_CTR_STACK_ID_FAILED = 2,  /* bpf_get_stackid failed (e.g. -EEXIST, -ENOMEM) */
+	OFFHEAP_CTR_INFLIGHT_FULL = 3,    /* inflight/vm_inflight full */
+	OFFHEAP_CTR_EVENTS_LOST = 4,      /* ring buffer reserve failed */
+	OFFHEAP_CTR_FREE_UNKNOWN = 5,     /* free of an address not in allocs (allocated before tracing) */
+	OFFHEAP_CTR_READ_FAILED = 6,      /* bpf_probe_read_user failed */
+	OFFHEAP_CTR_FAULT_STATS_FULL = 7, /* resident mode: fault_stats full */
+	OFFHEAP_CTR_MAX = 8,
+};
+
+#endif /* OFFHEAP_H */

@@ -1,0 +1,33 @@
+//! Turns what the kernel side counted into a per-process model of raw stacks
+//! (addresses, not names). Symbolization and classification happen later, in
+//! `report::build`, so that this module knows nothing about how reports look.
+use crate::report::{Attribution, PreexistingLine, Quantiles, SeriesPoint};
+
+/// One stack as counted: return addresses, innermost (the allocation call) first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawStack {
+    pub ips: Vec<u64>,
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub total_bytes: u64,
+    pub total_allocs: u64,
+    pub attribution: Option<Attribution>,
+    pub growth_bytes_per_sec: Option<f64>,
+    pub sizes: Option<Quantiles>,
+    pub lifetimes_ns: Option<Quantiles>,
+}
+
+/// Everything known about one traced process, before symbolization.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub rss_bytes: u64,
+    pub exited: bool,
+    pub stacks: Vec<RawStack>,
+    pub series: Vec<SeriesPoint>,
+    pub preexisting: Vec<PreexistingLine>,
+    pub reconciliation: Option<String>,
+    pub cgroup: Option<String>,
+}

@@ -1,0 +1,143 @@
+//! Command-line interface: every subcommand and flag. Front ends only choose
+//! targets and outputs; they do not know how a probe works.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::{Format, Mode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "offheap",
+    version,
+    about = "Find the memory of a Node.js process that heapUsed never shows",
+    long_about = "offheap traces a process with eBPF and attributes its memory to the code that \
+                  allocated it, split into the V8 heap and everything off it (Buffers, addons, \
+                  zlib/openssl/libuv state). Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, \
+                  CAP_SYS_PTRACE, CAP_SYS_ADMIN).\n\nExit codes: 0 a report was written; 1 usage \
+                  error; 2 tracing could not start; 3 tracing ran but the report could not be written."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running process and report its memory by allocating stack.
+    Record(RecordArgs),
+    /// Start a command, held before exec until every probe is attached, and trace it.
+    Run(RunArgs),
+    /// Long-running agent: trace many processes, write OOM post-mortems, serve metrics.
+    Watch(WatchArgs),
+    /// Render a saved JSON report again, in any format.
+    Report(ReportArgs),
+    /// Compare two saved JSON reports and rank the stacks that grew.
+    Diff(DiffArgs),
+}
+
+/// Options shared by every command that traces.
+#[derive(Debug, Args, Clone)]
+pub struct TraceOpts {
+    /// What to trace: `resident` (page faults and mappings; cheap, the default)
+    /// or `malloc` (every malloc-family call; exact, slow).
+    #[arg(long, value_enum, default_value_t = Mode::Resident)]
+    pub mode: Mode,
+    /// Stop after this many seconds (default: until the target exits or Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    #[command(flatten)]
+    pub output: OutputOpts,
+    /// Sampling interval of the time series and the live view, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// Redraw a live top-like view every interval (default when stdout is a terminal).
+    #[arg(long)]
+    pub live: bool,
+    /// Never show the live view.
+    #[arg(long, conflicts_with = "live")]
+    pub no_live: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct OutputOpts {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report here (atomically) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Text output: show at most N stacks per bucket (JSON always has all).
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The process to trace.
+    #[arg(long, short)]
+    pub pid: u32,
+    #[command(flatten)]
+    pub trace: TraceOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub trace: TraceOpts,
+    /// The command to start, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Trace every process in this cgroup directory and below (v1 memory or v2). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<PathBuf>,
+    /// Trace every process with this command name. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Trace every process whose executable is node (the DaemonSet default).
+    #[arg(long)]
+    pub all_node: bool,
+    /// Write OOM post-mortems (and pre-OOM snapshots) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub oom_dir: Option<PathBuf>,
+    /// Write a pre-OOM snapshot when a cgroup's usage crosses this percentage of its limit.
+    #[arg(long, value_name = "PERCENT", default_value_t = 90.0)]
+    pub warn_at: f64,
+    /// Serve Prometheus metrics, /healthz and /report?pid=N here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: String,
+    #[arg(long, value_enum, default_value_t = Mode::Resident)]
+    pub mode: Mode,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Sampling interval of the time series, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// Most stacks kept per process; the smallest are evicted beyond it (and counted).
+    #[arg(long, default_value_t = 4096)]
+    pub max_stacks_per_process: usize,
+    /// Most stacks kept over all processes.
+    #[arg(long, default_value_t = 65536)]
+    pub max_stacks_total: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A JSON report written by `record`, `run` or `watch`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub before: PathBuf,
+    pub after: PathBuf,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}

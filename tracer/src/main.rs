@@ -1,0 +1,38 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use offheap::{cli::Cli, commands};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                commands::EXIT_USAGE
+            } else {
+                0
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("offheap: error: starting the async runtime: {e}");
+            return ExitCode::from(commands::EXIT_START);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("offheap: error: {e:#}");
+            ExitCode::from(commands::exit_code(&e))
+        }
+    }
+}

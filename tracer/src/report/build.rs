@@ -1,0 +1,102 @@
+//! Assembles a `Report` from raw per-process stacks: symbolize every frame,
+//! classify every stack into a bucket, sum the buckets, sort.
+use std::collections::BTreeMap;
+
+use crate::{
+    accounting::RawProcess,
+    classify,
+    report::{Buckets, Frame, Mode, ProcessReport, Report, StackReport},
+};
+
+/// Resolves one return address of a process into frames (more than one when
+/// the address is inside inlined code; innermost first).
+pub trait Symbolize {
+    fn symbolize(&mut self, pid: u32, addr: u64) -> Vec<Frame>;
+    /// Warnings collected while symbolizing (truncated perf map, unreadable module...).
+    fn take_warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A symbolizer that names nothing: frames carry only their addresses.
+pub struct NoSymbols;
+
+impl Symbolize for NoSymbols {
+    fn symbolize(&mut self, _pid: u32, addr: u64) -> Vec<Frame> {
+        vec![Frame::unknown(addr)]
+    }
+}
+
+pub struct Meta {
+    pub mode: Mode,
+    pub duration_secs: f64,
+    pub counters: BTreeMap<String, u64>,
+    pub dropped_events: u64,
+}
+
+pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize) -> Report {
+    let mut report = Report::new(meta.mode);
+    report.duration_secs = meta.duration_secs;
+    report.counters = meta.counters;
+    report.dropped_events = meta.dropped_events;
+    for p in processes {
+        report.processes.push(assemble_process(p, sym));
+    }
+    report.warnings.extend(sym.take_warnings());
+    report
+}
+
+fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
+    // Symbolize each unique address once: big reports repeat the same frames
+    // thousands of times.
+    let mut cache: std::collections::HashMap<u64, Vec<Frame>> = std::collections::HashMap::new();
+    let mut buckets = Buckets::default();
+    let mut stacks: Vec<StackReport> = p
+        .stacks
+        .into_iter()
+        .map(|s| {
+            let frames: Vec<Frame> = s
+                .ips
+                .iter()
+                .flat_map(|ip| {
+                    cache
+                        .entry(*ip)
+                        .or_insert_with(|| sym.symbolize(p.pid, *ip))
+                        .clone()
+                })
+                .collect();
+            let bucket = classify::classify(&frames);
+            *buckets.get_mut(bucket) += s.live_bytes;
+            StackReport {
+                bucket: Some(bucket),
+                live_bytes: s.live_bytes,
+                live_allocs: s.live_allocs,
+                total_bytes: s.total_bytes,
+                total_allocs: s.total_allocs,
+                frames,
+                attribution: s.attribution,
+                growth_bytes_per_sec: s.growth_bytes_per_sec,
+                sizes: s.sizes,
+                lifetimes_ns: s.lifetimes_ns,
+            }
+        })
+        .collect();
+    stacks.sort_by(|a, b| {
+        b.live_bytes
+            .cmp(&a.live_bytes)
+            .then(b.total_bytes.cmp(&a.total_bytes))
+    });
+    ProcessReport {
+        pid: p.pid,
+        comm: p.comm,
+        exe: p.exe,
+        rss_bytes: p.rss_bytes,
+        buckets,
+        stacks,
+        exited: p.exited,
+        series: p.series,
+        preexisting: p.preexisting,
+        reconciliation: p.reconciliation,
+        cgroup: p.cgroup,
+    }
+}

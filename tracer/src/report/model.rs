@@ -1,0 +1,273 @@
+//! The Report model: what every mode produces and every output renders.
+//!
+//! JSON contract `offheap.report.v1`: later versions add fields, never rename or
+//! remove these. Optional fields that a mode does not fill are omitted or null.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "offheap.report.v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Exact: uprobes on every malloc-family call of the target (slow, precise).
+    Malloc,
+    /// Cheap: page faults and mapping changes; `live_bytes` are resident bytes.
+    #[default]
+    Resident,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Malloc => "malloc",
+            Mode::Resident => "resident",
+        }
+    }
+}
+
+/// Where memory lives, as a Node engineer thinks of it. Rules: `classify.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    V8Heap,
+    ArrayBuffers,
+    NativeAddon,
+    NodeNative,
+    Other,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 5] = [
+        Bucket::V8Heap,
+        Bucket::ArrayBuffers,
+        Bucket::NativeAddon,
+        Bucket::NodeNative,
+        Bucket::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::V8Heap => "v8_heap",
+            Bucket::ArrayBuffers => "array_buffers",
+            Bucket::NativeAddon => "native_addon",
+            Bucket::NodeNative => "node_native",
+            Bucket::Other => "other",
+        }
+    }
+
+    pub fn is_off_heap(self) -> bool {
+        self != Bucket::V8Heap
+    }
+}
+
+/// Bytes per bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buckets {
+    pub v8_heap: u64,
+    pub array_buffers: u64,
+    pub native_addon: u64,
+    pub node_native: u64,
+    pub other: u64,
+}
+
+impl Buckets {
+    pub fn get(&self, b: Bucket) -> u64 {
+        match b {
+            Bucket::V8Heap => self.v8_heap,
+            Bucket::ArrayBuffers => self.array_buffers,
+            Bucket::NativeAddon => self.native_addon,
+            Bucket::NodeNative => self.node_native,
+            Bucket::Other => self.other,
+        }
+    }
+
+    pub fn get_mut(&mut self, b: Bucket) -> &mut u64 {
+        match b {
+            Bucket::V8Heap => &mut self.v8_heap,
+            Bucket::ArrayBuffers => &mut self.array_buffers,
+            Bucket::NativeAddon => &mut self.native_addon,
+            Bucket::NodeNative => &mut self.node_native,
+            Bucket::Other => &mut self.other,
+        }
+    }
+
+    pub fn off_heap(&self) -> u64 {
+        self.array_buffers + self.native_addon + self.node_native + self.other
+    }
+
+    pub fn total(&self) -> u64 {
+        self.v8_heap + self.off_heap()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    /// Machine code of a mapped ELF module.
+    #[default]
+    Native,
+    /// A JavaScript function, named by V8's perf map.
+    Js,
+    /// JIT code with no perf map entry: shown as `[JIT]` with its address.
+    Jit,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Hex address, e.g. "0x7f3a12345678".
+    pub addr: String,
+    pub symbol: Option<String>,
+    /// Path of the module (ELF file or perf map) the address falls in.
+    pub module: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    #[serde(default)]
+    pub kind: FrameKind,
+}
+
+impl Frame {
+    pub fn unknown(addr: u64) -> Frame {
+        Frame {
+            addr: format!("{addr:#x}"),
+            ..Frame::default()
+        }
+    }
+
+    /// A short human name: symbol, else `module+0x…`, else the address.
+    pub fn display_name(&self) -> String {
+        match (&self.symbol, &self.module) {
+            (Some(s), _) => s.clone(),
+            (None, Some(m)) => format!("{}@{}", m.rsplit('/').next().unwrap_or(m), self.addr),
+            (None, None) => self.addr.clone(),
+        }
+    }
+}
+
+/// Which rule attributed a stack's resident bytes (resident mode only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// Pages of a mapping that serves one allocation, charged to the stack that created it.
+    Mapping,
+    /// Pages of a shared arena, charged to the stack that first touched them.
+    FirstTouch,
+}
+
+/// Quantiles of a distribution (sizes in bytes, lifetimes in nanoseconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackReport {
+    pub bucket: Option<Bucket>,
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub total_bytes: u64,
+    pub total_allocs: u64,
+    /// Innermost (the allocation call) first, outward.
+    pub frames: Vec<Frame>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
+    /// Growth of live_bytes over the last window, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_bytes_per_sec: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<Quantiles>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetimes_ns: Option<Quantiles>,
+}
+
+/// One point of a process's time series.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Seconds since tracing started.
+    pub t_secs: f64,
+    pub rss_bytes: u64,
+    pub buckets: Buckets,
+}
+
+/// Resident bytes already present when tracing started, per mapping kind
+/// (resident mode), so that nothing is silently dropped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreexistingLine {
+    /// e.g. "heap", "anon", "stack", "file:/usr/bin/node".
+    pub kind: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub rss_bytes: u64,
+    pub buckets: Buckets,
+    pub stacks: Vec<StackReport>,
+    /// True when the process exited (or was killed) before the report was written.
+    #[serde(default)]
+    pub exited: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<SeriesPoint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preexisting: Vec<PreexistingLine>,
+    /// Human-readable statement of how buckets + preexisting reconcile with RSS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciliation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OomInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+    pub total_vm_bytes: u64,
+    pub cgroup: Option<String>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_usage_bytes: Option<u64>,
+    /// Seconds since the Unix epoch.
+    pub time_unix_secs: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub mode: Mode,
+    pub duration_secs: f64,
+    /// Sum of every counter that means data was lost (see `counters`).
+    pub dropped_events: u64,
+    /// Every BPF-side error counter by name, lossy or not.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    pub processes: Vec<ProcessReport>,
+    pub oom: Option<OomInfo>,
+    /// Warnings met while building the report (missing perf map, truncated file...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    pub fn new(mode: Mode) -> Report {
+        Report {
+            schema: SCHEMA.to_string(),
+            mode,
+            duration_secs: 0.0,
+            dropped_events: 0,
+            counters: BTreeMap::new(),
+            processes: Vec::new(),
+            oom: None,
+            warnings: Vec::new(),
+        }
+    }
+}
