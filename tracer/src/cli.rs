@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::{Format, Mode};
+use crate::report::{Format, Mode, ValueKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +70,9 @@ pub struct OutputOpts {
     /// Text output: show at most N stacks per bucket (JSON always has all).
     #[arg(long, value_name = "N")]
     pub top: Option<usize>,
+    /// Folded and SVG output: weigh stacks by live bytes or by total bytes allocated.
+    #[arg(long, value_enum, default_value_t = ValueKind::Live)]
+    pub value: ValueKind,
 }
 
 #[derive(Debug, Args)]

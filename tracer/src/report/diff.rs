@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    folded, text::human_bytes, Bucket, Buckets, Format, Frame, FrameKind, RenderError,
-    RenderOptions, Report,
+    folded,
+    text::{clean, human_bytes},
+    Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
 };
 
 pub const SCHEMA: &str = "offheap.diff.v1";
@@ -213,7 +214,7 @@ fn render_text(d: &DiffReport, opts: &RenderOptions) -> String {
             s.bucket.map(Bucket::as_str).unwrap_or("unclassified")
         );
         for f in &s.frames {
-            let _ = writeln!(out, "      {}", f.display_name());
+            let _ = writeln!(out, "      {}", clean(&f.display_name()));
         }
     }
     out

@@ -13,11 +13,15 @@
 //! - stacks whose value is 0 are left out (they would draw nothing).
 use std::collections::BTreeMap;
 
-use super::{Frame, ProcessReport, Report, StackReport, ValueKind};
+use super::{Frame, FrameKind, ProcessReport, Report, StackReport, ValueKind};
 
-/// The name a frame has in folded stacks and flame graphs.
+/// The name a frame has in folded stacks and flame graphs. Unnamed JIT code
+/// is one `[JIT]` frame: its addresses mean nothing outside this run.
 pub fn frame_name(f: &Frame) -> String {
-    clean(&f.display_name())
+    match (f.kind, &f.symbol) {
+        (FrameKind::Jit, None) => "[JIT]".to_string(),
+        _ => clean(&f.display_name()),
+    }
 }
 
 /// The root frame naming a process.

@@ -12,7 +12,7 @@ use std::{collections::HashMap, fmt::Write};
 
 use super::{
     diff::{frame_key, signed_bytes},
-    text::human_bytes,
+    text::{clean, human_bytes},
     Bucket, ProcessReport, Report, SeriesPoint, StackReport,
 };
 
@@ -22,12 +22,6 @@ pub const CLEAR: &str = "\x1b[H\x1b[2J";
 const TOP_STACKS: usize = 5;
 const FRAMES_SHOWN: usize = 3;
 const NAME_WIDTH: usize = 100;
-
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
 
 fn rate(d: i64) -> String {
     format!("{}/s", signed_bytes(d))
@@ -159,6 +153,14 @@ fn process_block(out: &mut String, report: &Report, p: &ProcessReport, prev: Opt
         human_bytes(p.rss_bytes),
         g.rss.map(|r| format!(" ({})", rate(r))).unwrap_or_default()
     );
+    let fastest = Bucket::ALL
+        .iter()
+        .filter_map(|b| g.buckets.get(b).map(|r| (*r, *b)))
+        .filter(|(r, _)| *r > 0)
+        .max();
+    if let Some((r, b)) = fastest {
+        let _ = writeln!(out, "  growing fastest: {} {}", b.as_str(), rate(r));
+    }
     for b in Bucket::ALL {
         let series: Vec<u64> = p.series.iter().map(|s| s.buckets.get(b)).collect();
         let _ = writeln!(
@@ -251,7 +253,10 @@ mod tests {
         let now = report(3.0, 5 << 20, "grow\x1b[2Jme");
         let s = render_live(&now, Some(&prev), false);
         assert!(!s.contains('\x1b'), "{s:?}");
-        assert!(s.contains("+2.0 MiB/s"), "{s}");
+        assert!(
+            s.contains("growing fastest: array_buffers +2.0 MiB/s"),
+            "{s}"
+        );
         assert!(s.contains("grow?[2Jme"), "{s}");
     }
 
