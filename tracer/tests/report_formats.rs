@@ -260,3 +260,92 @@ fn bad_inputs_fail_with_one_line_and_the_right_code() {
     ]);
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// Google's pprof, built from Debian's source package (see
+/// tests/pprof/setup.sh) once per build directory. Missing packages fail the
+/// test with the command that installs them.
+fn google_pprof() -> &'static Path {
+    static BIN: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof");
+        if bin.exists() {
+            return bin;
+        }
+        let src = Path::new("/usr/share/gocode");
+        assert!(
+            src.join("src/github.com/google/pprof").exists(),
+            "Google's pprof source is missing: run tracer/tests/pprof/setup.sh \
+             (apt-get install golang-go golang-github-google-pprof-dev)"
+        );
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg("github.com/google/pprof")
+            .env("GO111MODULE", "off")
+            .env("GOPATH", src)
+            .env(
+                "GOCACHE",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("gocache"),
+            )
+            .output()
+            .expect("go (apt golang-go) is needed to build pprof");
+        assert!(
+            out.status.success(),
+            "building pprof failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+}
+
+fn pprof_total(pb: &Path, args: &[&str]) -> String {
+    let out = Command::new(google_pprof())
+        .args(["-top", "-unit=B"])
+        .args(args)
+        .arg(pb)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn google_pprof_reads_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("heap.pb.gz");
+    offheap_ok(&[
+        "report",
+        &path(AFTER),
+        "--format",
+        "pprof",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    let top = pprof_total(&pb, &[]);
+    assert!(
+        top.starts_with("File: node\nBuild ID: 6a1f2e3d4c5b6a7980f1e2d3c4b5a69788776655\n"),
+        "{top}"
+    );
+    assert!(top.contains("Type: inuse_space\n"), "{top}");
+    assert!(
+        top.contains(&format!("Total samples = {LIVE_TOTAL}B")),
+        "{top}"
+    );
+    let alloc = pprof_total(&pb, &["-sample_index=alloc_space"]);
+    assert!(alloc.contains("Total samples = 21996512B"), "{alloc}");
+    let addon = pprof_total(&pb, &["-tagfocus=bucket=native_addon"]);
+    assert!(
+        addon.contains(&format!("Showing nodes accounting for {ADDON_LIVE}B")),
+        "{addon}"
+    );
+    let pid = pprof_total(&pb, &["-tagfocus=pid=2222"]);
+    assert!(
+        pid.contains(&format!("Showing nodes accounting for {LIVE_TOTAL}B")),
+        "{pid}"
+    );
+}

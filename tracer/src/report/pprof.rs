@@ -284,6 +284,11 @@ pub fn profile(report: &Report) -> Profile {
     t.profile.comment.push(comment);
     let (k_bucket, k_pid, k_comm) = (t.string("bucket"), t.string("pid"), t.string("comm"));
     for p in &report.processes {
+        // pprof takes the first mapping as the main binary ("File: node").
+        if !p.exe.is_empty() {
+            let bid = report.build_ids.get(&p.exe).map(String::as_str);
+            t.mapping(p.pid, &p.exe, bid);
+        }
         let comm = t.string(&p.comm);
         for s in &p.stacks {
             let location_id = s
