@@ -8,7 +8,11 @@
 //! so logs and pipes stay readable. Names from the target (JS function names,
 //! paths) are untrusted: control characters in them are replaced with `?` in
 //! both modes, so a crafted name cannot move the cursor either.
-use std::{collections::HashMap, fmt::Write};
+use std::{
+    collections::HashMap,
+    fmt::Write,
+    io::{self, IsTerminal},
+};
 
 use super::{
     diff::{frame_key, signed_bytes},
@@ -216,6 +220,54 @@ pub fn render_live(report: &Report, prev: Option<&Report>, tty: bool) -> String 
         let _ = writeln!(out, "warning: {}", clean(w));
     }
     out
+}
+
+/// Whether `record`/`run` should draw the live view: asked for with `--live`,
+/// refused with `--no-live`, else only when stdout is a terminal.
+pub fn wanted(live: bool, no_live: bool) -> bool {
+    live || (!no_live && io::stdout().is_terminal())
+}
+
+/// Draws successive reports to one output, remembering the last one for
+/// growth. Terminal or not is decided by the output itself (isatty(3)).
+pub struct LiveView<W: io::Write + IsTerminal> {
+    out: W,
+    tty: bool,
+    prev: Option<Report>,
+}
+
+impl LiveView<io::Stdout> {
+    pub fn stdout() -> Self {
+        LiveView::new(io::stdout())
+    }
+}
+
+impl<W: io::Write + IsTerminal> LiveView<W> {
+    pub fn new(out: W) -> Self {
+        let tty = out.is_terminal();
+        LiveView {
+            out,
+            tty,
+            prev: None,
+        }
+    }
+
+    pub fn is_tty(&self) -> bool {
+        self.tty
+    }
+
+    /// Draws one screen (terminal) or one block of lines followed by a blank
+    /// line (anything else).
+    pub fn draw(&mut self, report: Report) -> io::Result<()> {
+        let mut screen = render_live(&report, self.prev.as_ref(), self.tty);
+        if !self.tty {
+            screen.push('\n');
+        }
+        self.out.write_all(screen.as_bytes())?;
+        self.out.flush()?;
+        self.prev = Some(report);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

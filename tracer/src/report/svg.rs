@@ -17,7 +17,8 @@ const SHARED: Color = Color {
     b: 200,
 };
 
-/// One fixed colour per bucket, chosen to stay apart for colour-blind readers.
+/// One fixed colour per bucket (ColorBrewer Set2, which stays apart for
+/// colour-blind readers); the subtitle names them.
 pub fn bucket_color(b: Option<Bucket>) -> Color {
     let (r, g, b) = match b {
         Some(Bucket::V8Heap) => (102, 194, 165),
@@ -94,19 +95,15 @@ pub fn render(report: &Report, value: ValueKind) -> Result<Vec<u8>, RenderError>
         palette.insert(bucket_frame(Some(b)), bucket_color(Some(b)));
     }
     palette.insert(bucket_frame(None), SHARED);
+    // inferno's root frame ("all") has an empty name.
+    palette.insert("", SHARED);
 
     let mut opts = Options::default();
     opts.title = title(report, value);
     opts.subtitle = Some(
-        Bucket::ALL
-            .iter()
-            .map(|b| {
-                let c = bucket_color(Some(*b));
-                format!("{} #{:02x}{:02x}{:02x}", b.as_str(), c.r, c.g, c.b)
-            })
-            .collect::<Vec<_>>()
-            .join(" · ")
-            + " · grey: shared by several buckets",
+        "colours: v8_heap green · array_buffers orange · native_addon pink · \
+         node_native blue · other sand · grey: shared by several buckets"
+            .to_string(),
     );
     opts.count_name = "bytes".to_string();
     opts.name_type = "Frame:".to_string();
