@@ -15,6 +15,8 @@ use crate::{
 
 /// Reports bigger than this announce their reading and writing on stderr.
 const PROGRESS_BYTES: usize = 16 << 20;
+/// Reports with more frames than this announce their rendering.
+const PROGRESS_FRAMES: usize = 200_000;
 
 pub fn render_options(o: &OutputOpts) -> RenderOptions {
     RenderOptions {
@@ -85,9 +87,27 @@ pub fn emit(bytes: &[u8], output: Option<&Path>) -> anyhow::Result<()> {
     }
 }
 
+/// Renders a report, announcing the step on stderr when the report is big
+/// (rendering tens of thousands of stacks takes seconds).
+pub fn render(r: &Report, o: &OutputOpts) -> anyhow::Result<Vec<u8>> {
+    let frames: usize = r
+        .processes
+        .iter()
+        .flat_map(|p| &p.stacks)
+        .map(|s| s.frames.len())
+        .sum();
+    let progress = (frames > PROGRESS_FRAMES)
+        .then(|| Progress::new(format!("rendering {frames} frames as {:?}", o.format)));
+    let bytes =
+        report::render(r, o.format, &render_options(o)).map_err(|e| WriteFailure(e.to_string()))?;
+    if let Some(p) = progress {
+        p.done();
+    }
+    Ok(bytes)
+}
+
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let r = read_report(&args.file)?;
-    let bytes = report::render(&r, args.output.format, &render_options(&args.output))
-        .map_err(|e| WriteFailure(e.to_string()))?;
+    let bytes = render(&r, &args.output)?;
     emit(&bytes, args.output.output.as_deref())
 }

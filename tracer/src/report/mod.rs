@@ -31,6 +31,18 @@ pub enum Format {
     Svg,
 }
 
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Folded => "folded",
+            Format::Pprof => "pprof",
+            Format::Svg => "svg",
+        }
+    }
+}
+
 /// Which byte count a folded stack or flame graph carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum ValueKind {
