@@ -148,7 +148,7 @@ struct Tables {
     strings: HashMap<String, i64>,
     functions: HashMap<(i64, i64, i64), u64>,
     mappings: HashMap<(u32, String), u64>,
-    locations: HashMap<(u32, u64, u64, i64), u64>,
+    locations: HashMap<(u32, u64, Vec<(u64, i64)>), u64>,
 }
 
 impl Tables {
@@ -217,37 +217,72 @@ impl Tables {
         id
     }
 
-    fn location(&mut self, pid: u32, f: &Frame, build_ids: &Report) -> u64 {
+    /// One location for an address: `frames` are the functions inlined at it,
+    /// innermost first, the last being the real caller (profile.proto: "the
+    /// last entry represents the caller into which the preceding entries
+    /// were inlined").
+    fn location(&mut self, pid: u32, frames: &[Frame], report: &Report) -> u64 {
+        let f = &frames[0];
         let address = parse_addr(&f.addr);
-        let function_id = self.function(f);
-        let line = i64::from(f.line.unwrap_or(0));
-        let key = (pid, address, function_id, line);
+        let line: Vec<Line> = frames
+            .iter()
+            .map(|g| Line {
+                function_id: self.function(g),
+                line: i64::from(g.line.unwrap_or(0)),
+            })
+            .collect();
+        let key = (
+            pid,
+            address,
+            line.iter().map(|l| (l.function_id, l.line)).collect(),
+        );
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let mapping_id = match &f.module {
             Some(m) => {
-                let bid = build_ids.build_ids.get(m).map(String::as_str);
+                let bid = report.build_ids.get(m).map(String::as_str);
                 self.mapping(pid, m, bid)
             }
             None => 0,
         };
         if let Some(m) = mapping_id.checked_sub(1) {
             let m = &mut self.profile.mapping[m as usize];
-            m.has_filenames |= f.file.is_some();
-            m.has_line_numbers |= f.line.is_some();
+            m.has_filenames |= frames.iter().any(|g| g.file.is_some());
+            m.has_line_numbers |= frames.iter().any(|g| g.line.is_some());
+            m.has_inline_frames |= frames.len() > 1;
         }
         let id = self.profile.location.len() as u64 + 1;
         self.profile.location.push(Location {
             id,
             mapping_id,
             address,
-            line: vec![Line { function_id, line }],
+            line,
             is_folded: false,
         });
         self.locations.insert(key, id);
         id
     }
+}
+
+/// Splits a stack (innermost first) into the frames of each address. The
+/// symbolizer expands an address inside inlined code into several frames
+/// with that same address and different functions; equal address AND equal
+/// function is recursion through one call site, two real frames.
+fn by_address(frames: &[Frame]) -> Vec<&[Frame]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=frames.len() {
+        let split = i == frames.len() || {
+            let (a, b) = (&frames[i - 1], &frames[i]);
+            a.addr != b.addr || a.module != b.module || a.symbol == b.symbol
+        };
+        if split {
+            out.push(&frames[start..i]);
+            start = i;
+        }
+    }
+    out
 }
 
 /// pprof shows `name`; unsymbolized frames keep their module and address so
@@ -291,10 +326,9 @@ pub fn profile(report: &Report) -> Profile {
         }
         let comm = t.string(&p.comm);
         for s in &p.stacks {
-            let location_id = s
-                .frames
-                .iter()
-                .map(|f| t.location(p.pid, f, report))
+            let location_id = by_address(&s.frames)
+                .into_iter()
+                .map(|group| t.location(p.pid, group, report))
                 .collect();
             let mut label = vec![
                 Label {
@@ -395,5 +429,37 @@ mod tests {
         assert_eq!(p.string_table[m.filename as usize], "/usr/bin/node");
         let f = &p.function[(p.location[1].line[0].function_id - 1) as usize];
         assert_eq!(p.string_table[f.name as usize], "node@0x2000");
+    }
+
+    #[test]
+    fn inlined_frames_share_a_location_recursion_does_not() {
+        let frames = vec![
+            frame("0x10", Some("inlined_helper"), "/a.so"),
+            frame("0x10", Some("caller"), "/a.so"),
+            frame("0x20", Some("rec"), "/a.so"),
+            frame("0x20", Some("rec"), "/a.so"),
+            frame("0x30", Some("main"), "/a.so"),
+        ];
+        let groups: Vec<usize> = by_address(&frames).iter().map(|g| g.len()).collect();
+        assert_eq!(groups, vec![2, 1, 1, 1]);
+        let mut r = Report::new(Mode::Malloc);
+        r.processes.push(ProcessReport {
+            pid: 1,
+            stacks: vec![StackReport {
+                live_bytes: 1,
+                frames,
+                ..StackReport::default()
+            }],
+            ..ProcessReport::default()
+        });
+        let p = profile(&r);
+        assert_eq!(p.sample[0].location_id, vec![1, 2, 2, 3]);
+        let names: Vec<&str> = p.location[0]
+            .line
+            .iter()
+            .map(|l| p.string_table[p.function[l.function_id as usize - 1].name as usize].as_str())
+            .collect();
+        assert_eq!(names, ["inlined_helper", "caller"]);
+        assert!(p.mapping[0].has_inline_frames);
     }
 }

@@ -31,8 +31,10 @@ for (const s of p.sample) {
     if (str(l.key) === 'pid' && !out.pids.includes(Number(l.num))) out.pids.push(Number(l.num));
   }
   out.byBucket[bucket] = (out.byBucket[bucket] || 0) + Number(s.value[key('inuse_space')]);
-  // pprof lists locations leaf first; folded stacks go root first.
-  const names = s.locationId.map((id) => str(fn.get(Number(loc.get(Number(id)).line[0].functionId)).name));
+  // pprof lists locations leaf first, and a location's lines inlined-first;
+  // folded stacks go root first.
+  const names = s.locationId.flatMap((id) =>
+    loc.get(Number(id)).line.map((l) => str(fn.get(Number(l.functionId)).name)));
   const stack = names.reverse().join(';');
   out.stacks[stack] = (out.stacks[stack] || 0) + Number(s.value[key('inuse_space')]);
 }
