@@ -141,6 +141,9 @@ pub struct Function {
     pub start_line: i64,
 }
 
+/// A location is its process, address and (function, line) of each inlined frame.
+type LocationKey = (u32, u64, Vec<(u64, i64)>);
+
 /// Interns strings, functions, mappings and locations into their tables.
 #[derive(Default)]
 struct Tables {
@@ -148,7 +151,7 @@ struct Tables {
     strings: HashMap<String, i64>,
     functions: HashMap<(i64, i64, i64), u64>,
     mappings: HashMap<(u32, String), u64>,
-    locations: HashMap<(u32, u64, Vec<(u64, i64)>), u64>,
+    locations: HashMap<LocationKey, u64>,
 }
 
 impl Tables {
