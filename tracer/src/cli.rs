@@ -33,6 +33,10 @@ pub enum Command {
     /// Render a saved JSON report again, in any format.
     Report(ReportArgs),
     /// Compare two saved JSON reports and rank the stacks that grew.
+    ///
+    /// Stacks are matched by their symbolized frames, never by address, so two
+    /// runs of one program compare. Formats: text, json, or folded with two
+    /// values per line (`stack BEFORE AFTER`, for differential flame graphs).
     Diff(DiffArgs),
 }
 
@@ -139,7 +143,9 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// The earlier JSON report.
     pub before: PathBuf,
+    /// The later JSON report.
     pub after: PathBuf,
     #[command(flatten)]
     pub output: OutputOpts,
