@@ -349,3 +349,23 @@ fn google_pprof_reads_the_profile() {
         "{pid}"
     );
 }
+
+/// Under a pseudo-terminal (script(1) from util-linux), binary pprof is
+/// refused on stdout; through a pipe it is written.
+#[test]
+fn pprof_is_never_written_to_a_terminal() {
+    let cmd = format!(
+        "{} report {} --format pprof",
+        env!("CARGO_BIN_EXE_offheap"),
+        path(AFTER)
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script(1) from util-linux is needed");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{screen}");
+    assert!(screen.contains("pprof output is binary"), "{screen}");
+    let piped = offheap_ok(&["report", &path(AFTER), "--format", "pprof"]);
+    assert_eq!(&piped[..2], &[0x1f, 0x8b], "gzip magic");
+}

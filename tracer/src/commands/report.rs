@@ -1,7 +1,7 @@
 //! `offheap report FILE.json`: render a saved report again, in any format.
 //! Also the output helpers every front end shares (`read_report`, `emit`).
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal, Write},
     path::Path,
 };
 
@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::{UsageError, WriteFailure};
 use crate::{
     cli::{OutputOpts, ReportArgs},
-    report::{self, json, progress::Progress, write::write_atomic, RenderOptions, Report},
+    report::{self, json, progress::Progress, write::write_atomic, Format, RenderOptions, Report},
 };
 
 /// Reports bigger than this announce their reading and writing on stderr.
@@ -106,7 +106,19 @@ pub fn render(r: &Report, o: &OutputOpts) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Refuses to send gzipped pprof to a terminal, as gzip(1) does: it would
+/// only garble the screen. Call before tracing, with the parsed options.
+pub fn check_output(o: &OutputOpts) -> anyhow::Result<()> {
+    if o.format == Format::Pprof && o.output.is_none() && io::stdout().is_terminal() {
+        anyhow::bail!(UsageError(
+            "pprof output is binary: give --output FILE or redirect stdout".into()
+        ));
+    }
+    Ok(())
+}
+
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    check_output(&args.output)?;
     let r = read_report(&args.file)?;
     let bytes = render(&r, &args.output)?;
     emit(&bytes, args.output.output.as_deref())
