@@ -35,8 +35,9 @@ pub enum Command {
     /// Compare two saved JSON reports and rank the stacks that grew.
     ///
     /// Stacks are matched by their symbolized frames, never by address, so two
-    /// runs of one program compare. Formats: text, json, or folded with two
-    /// values per line (`stack BEFORE AFTER`, for differential flame graphs).
+    /// runs of one program compare. Formats: text, json, folded with two
+    /// values per line (`stack BEFORE AFTER`), or svg: a differential flame
+    /// graph where red frames grew and blue ones shrank.
     Diff(DiffArgs),
 }
 

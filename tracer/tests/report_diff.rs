@@ -117,5 +117,21 @@ fn pprof_is_refused_as_usage() {
         "pprof",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("text, json or folded"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("text, json, folded or svg"));
+}
+
+#[test]
+fn svg_is_a_differential_flame_graph() {
+    let svg = String::from_utf8(diff("svg")).unwrap();
+    assert!(
+        svg.contains("offheap diff · off-heap 3.4 MiB -&gt; 7.8 MiB (+4.4 MiB)"),
+        "{}",
+        &svg[..2000]
+    );
+    // As in flamegraph.pl, the leaf of each stack carries its change, in
+    // percent of AFTER's total: +4 MiB of 15.8 MiB.
+    assert!(
+        svg.contains("<title>malloc (5,242,880 bytes, 31.67%; +25.33%)</title>"),
+        "{svg}"
+    );
 }

@@ -9,9 +9,9 @@ use crate::{
 };
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
-    if matches!(args.output.format, Format::Pprof | Format::Svg) {
+    if args.output.format == Format::Pprof {
         anyhow::bail!(UsageError(
-            "diff writes --format text, json or folded".into()
+            "diff writes --format text, json, folded or svg".into()
         ));
     }
     let before = read_report(&args.before)?;

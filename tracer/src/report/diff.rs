@@ -243,7 +243,7 @@ fn render_folded(d: &DiffReport) -> String {
         .collect()
 }
 
-/// Diffs render as text, json or folded only.
+/// Diffs render as text, json, folded (two values) or a differential SVG.
 pub fn render(
     d: &DiffReport,
     format: Format,
@@ -258,11 +258,37 @@ pub fn render(
             Ok(v)
         }
         Format::Folded => Ok(render_folded(d).into_bytes()),
-        Format::Pprof | Format::Svg => Err(RenderError::Encode(
+        Format::Svg => render_svg(d),
+        Format::Pprof => Err(RenderError::Encode(
             "diff",
-            "a diff renders as text, json or folded".into(),
+            "a diff renders as text, json, folded or svg".into(),
         )),
     }
+}
+
+/// A differential flame graph (inferno, as difffolded.pl + flamegraph.pl):
+/// frame widths are AFTER's bytes, red frames grew, blue ones shrank.
+fn render_svg(d: &DiffReport) -> Result<Vec<u8>, RenderError> {
+    let lines = render_folded(d);
+    if lines.is_empty() {
+        return Err(RenderError::Encode(
+            "svg",
+            "neither report has live bytes".into(),
+        ));
+    }
+    let (bf, af) = (&d.buckets.before, &d.buckets.after);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!(
+        "offheap diff · off-heap {} -> {} ({}) · red grew, blue shrank",
+        human_bytes(bf.off_heap()),
+        human_bytes(af.off_heap()),
+        signed_bytes(delta(bf.off_heap(), af.off_heap()))
+    );
+    opts.count_name = "bytes".to_string();
+    let mut out = Vec::new();
+    inferno::flamegraph::from_lines(&mut opts, lines.lines(), &mut out)
+        .map_err(|e| RenderError::Encode("svg", e.to_string()))?;
+    Ok(out)
 }
 
 #[cfg(test)]
