@@ -5,7 +5,7 @@
 //! loader owns, and [`decode`] turns a record of the shared `events` ring
 //! buffer into a [`LifecycleEvent`]; [`LifecycleTracer`] is a standalone loader
 //! of just these programs (and their maps), for the daemon and for tests.
-use std::{io, path::Path, process::Command};
+use std::{io, path::Path};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -159,14 +159,19 @@ pub fn ensure_tracefs() -> Result<(), LifecycleError> {
     {
         return Ok(());
     }
-    let st = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status()
-        .map_err(LifecycleError::Tracefs)?;
-    if !st.success() {
-        return Err(LifecycleError::Tracefs(io::Error::other(format!(
-            "mount exited with {st}"
-        ))));
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+    // SAFETY: mount(2) with NUL-terminated strings we own and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LifecycleError::Tracefs(io::Error::last_os_error()));
     }
     Ok(())
 }
