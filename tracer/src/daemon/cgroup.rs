@@ -171,15 +171,18 @@ pub fn memory_cgroup_of(pid: u32, mounts: &Mounts) -> Result<MemoryCgroup, Cgrou
 /// hostPID and CAP_SYS_ADMIN). Namespaces are per thread: call it before
 /// starting other threads. Returns false when already there.
 pub fn enter_host_cgroup_namespace() -> Result<bool, CgroupError> {
-    let same = |a: &str, b: &str| -> Result<bool, CgroupError> {
-        let ra = fs::read_link(a).map_err(CgroupError::Setns)?;
-        let rb = fs::read_link(b).map_err(CgroupError::Setns)?;
-        Ok(ra == rb)
-    };
-    if same("/proc/1/ns/cgroup", "/proc/self/ns/cgroup")? {
+    enter_cgroup_namespace_of(1)
+}
+
+/// Moves the calling thread into the cgroup namespace of `pid` (setns(2)
+/// with CLONE_NEWCGROUP). Returns false when already there.
+pub fn enter_cgroup_namespace_of(pid: u32) -> Result<bool, CgroupError> {
+    let theirs = format!("/proc/{pid}/ns/cgroup");
+    let link = |p: &str| fs::read_link(p).map_err(CgroupError::Setns);
+    if link(&theirs)? == link("/proc/thread-self/ns/cgroup")? {
         return Ok(false);
     }
-    let f = fs::File::open("/proc/1/ns/cgroup").map_err(CgroupError::Setns)?;
+    let f = fs::File::open(&theirs).map_err(CgroupError::Setns)?;
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on an fd we own.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWCGROUP) } != 0 {
@@ -546,6 +549,37 @@ mod tests {
         fs::write(d.path().join("a/b/cgroup.procs"), "7\n3\n").unwrap();
         assert_eq!(cg(Version::V2).pids().unwrap(), vec![3, 7, 10]);
         assert!(pids_below(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn entering_another_cgroup_namespace() {
+        // A child in a cgroup namespace of its own (unshare(1) -C).
+        let mut child = std::process::Command::new("unshare")
+            .args(["-C", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let ns = |p: &str| fs::read_link(p).unwrap();
+        // unshare execs sleep once the namespace exists: wait for that.
+        let mine = ns("/proc/self/ns/cgroup");
+        while ns(&format!("/proc/{pid}/ns/cgroup")) == mine {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // On a thread of its own: namespaces are per thread, the test
+        // harness's other threads stay where they are.
+        let moved = std::thread::spawn(move || {
+            let first = enter_cgroup_namespace_of(pid).unwrap();
+            let now = ns("/proc/thread-self/ns/cgroup");
+            (first, now, enter_cgroup_namespace_of(pid).unwrap())
+        })
+        .join()
+        .unwrap();
+        let theirs = ns(&format!("/proc/{pid}/ns/cgroup"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(moved, (true, theirs, false));
+        assert_eq!(ns("/proc/thread-self/ns/cgroup"), mine);
+        assert!(enter_cgroup_namespace_of(u32::MAX).is_err());
     }
 
     #[test]
