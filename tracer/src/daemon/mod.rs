@@ -5,3 +5,4 @@ pub mod cgroup;
 pub mod lifecycle;
 pub mod metrics;
 pub mod oom;
+pub mod targets;
