@@ -105,7 +105,7 @@ impl Selector {
         if self.all_node && is_node_exe(exe) {
             return true;
         }
-        if self.comms.iter().any(|c| *c == p.comm) {
+        if self.comms.contains(&p.comm) {
             return true;
         }
         self.cgroups
