@@ -10,9 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use offheap::daemon::{
-    cgroup::{memory_cgroup_of, Mounts, Version},
-    lifecycle::{LifecycleEvent, LifecycleTracer, OomVictim},
+use offheap::{
+    daemon::{
+        cgroup::{memory_cgroup_of, Mounts, Version},
+        lifecycle::{LifecycleEvent, LifecycleTracer, OomVictim},
+        oom::{postmortem, Owner},
+        targets::Tracked,
+    },
+    report::{self, Mode, ProcessReport, Report},
 };
 use tracer_common::Counter;
 
@@ -224,6 +229,13 @@ fn real_oom_kill_in_a_memory_cgroup() {
     let pid = child.id();
     cg.add(pid);
     t.track(pid).unwrap();
+    // What the daemon records when it starts tracing a process.
+    let tracked = Tracked::new(pid, &Mounts::of_this_host().unwrap()).unwrap();
+    assert_eq!(tracked.cgroup.as_ref().unwrap().dir, cg.dir);
+    assert_eq!(
+        tracked.owner,
+        Owner::Cgroup(format!("offheap-test-{}", std::process::id()))
+    );
     child.stdin.take().unwrap().write_all(b"g").unwrap();
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -260,4 +272,37 @@ fn real_oom_kill_in_a_memory_cgroup() {
     });
     assert_eq!(wait_status, libc::SIGKILL);
     assert!(t.counter(Counter::OomKills).unwrap() > kills_before);
+
+    // The post-mortem: the kernel's figures, the cgroup's limit, one log line.
+    let out = tempfile::tempdir().unwrap();
+    let mut r = Report::new(Mode::Resident);
+    r.processes.push(ProcessReport {
+        pid,
+        comm: tracked.info.comm.clone(),
+        ..ProcessReport::default()
+    });
+    let now = std::time::SystemTime::now();
+    let (r, w) = postmortem(out.path(), r, &v, tracked.cgroup.as_ref(), now).unwrap();
+    let stem = format!(
+        "oom-offheap-test-{}-{pid}-{}",
+        std::process::id(),
+        offheap::daemon::oom::timestamp(now)
+    );
+    assert_eq!(w.json, out.path().join(format!("{stem}.json")));
+    let back = report::json::parse(&fs::read(&w.json).unwrap()).unwrap();
+    assert_eq!(back, r);
+    let oom = back.oom.unwrap();
+    assert_eq!(oom.pid, pid);
+    assert_eq!(oom.anon_rss_bytes, v.anon_rss_bytes);
+    assert_eq!(oom.memory_limit_bytes, Some(LIMIT));
+    assert_eq!(oom.cgroup, Some(tracked.cgroup.unwrap().path));
+    assert!(back.processes[0].exited);
+    assert!(
+        w.log_line.starts_with(&format!(
+            "offheap: OOM kill of pid {pid} (offheap_hog) in cgroup offheap-test-{}: report ",
+            std::process::id()
+        )),
+        "{}",
+        w.log_line
+    );
 }

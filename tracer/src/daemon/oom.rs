@@ -220,6 +220,30 @@ pub fn write_postmortem(
     })
 }
 
+/// The whole post-mortem of one kill: fills `report.oom` from the kernel's
+/// record and the cgroup's limit and usage (None where unreadable), marks the
+/// victim's process as exited, and writes the files. `cgroup` should be the
+/// one recorded when tracing started: by now /proc/PID may be gone.
+pub fn postmortem(
+    dir: &Path,
+    mut report: Report,
+    victim: &OomVictim,
+    cgroup: Option<&MemoryCgroup>,
+    now: SystemTime,
+) -> Result<(Report, Written), OomError> {
+    let limit = cgroup.and_then(|c| c.limit_bytes().ok().flatten());
+    let usage = cgroup.and_then(|c| c.usage_bytes().ok());
+    report.oom = Some(oom_info(victim, cgroup, limit, usage, now));
+    for p in report.processes.iter_mut().filter(|p| p.pid == victim.tgid) {
+        p.exited = true;
+        if p.cgroup.is_none() {
+            p.cgroup = cgroup.map(|c| c.path.clone());
+        }
+    }
+    let w = write_postmortem(dir, &report, &Owner::of(cgroup), now)?;
+    Ok((report, w))
+}
+
 /// Writes `<dir>/preoom-<owner>-<timestamp>.{json,txt}`: the state of a
 /// cgroup's processes when its usage crossed the warning threshold.
 pub fn write_preoom(

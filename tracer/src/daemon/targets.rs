@@ -8,7 +8,11 @@ use std::{
 
 use crate::{
     cli::WatchArgs,
-    daemon::cgroup::{locate, parse_proc_cgroup, Mounts, ProcCgroup},
+    daemon::{
+        cgroup::{locate, memory_cgroup_of, parse_proc_cgroup, MemoryCgroup, Mounts, ProcCgroup},
+        metrics::Labels,
+        oom::Owner,
+    },
 };
 
 /// Executable names that are Node.js (Debian and Ubuntu install `nodejs`).
@@ -122,6 +126,38 @@ impl Selector {
             .filter_map(|pid| proc_info(pid, mounts))
             .filter(|p| self.matches(p))
             .collect()
+    }
+}
+
+/// What the daemon keeps about a traced process from the moment it starts
+/// tracing it: at OOM or exit time /proc/PID may already be gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    pub info: ProcInfo,
+    /// The memory cgroup whose limit applies (None outside any, or unreadable).
+    pub cgroup: Option<MemoryCgroup>,
+    pub labels: Labels,
+    pub owner: Owner,
+}
+
+impl Tracked {
+    /// None when the process is gone.
+    pub fn new(pid: u32, mounts: &Mounts) -> Option<Tracked> {
+        let info = proc_info(pid, mounts)?;
+        let cgroup = memory_cgroup_of(pid, mounts).ok();
+        let pod = cgroup.as_ref().and_then(|c| c.pod());
+        let labels = Labels {
+            comm: info.comm.clone(),
+            pod_uid: pod.as_ref().map(|p| p.pod_uid.clone()).unwrap_or_default(),
+            container_id: pod.and_then(|p| p.container_id).unwrap_or_default(),
+        };
+        let owner = Owner::of(cgroup.as_ref());
+        Some(Tracked {
+            info,
+            cgroup,
+            labels,
+            owner,
+        })
     }
 }
 
