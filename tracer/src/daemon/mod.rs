@@ -2,6 +2,7 @@
 //! cgroups to trace, their lifecycle events, the metrics server, and the OOM
 //! post-mortem writer. `commands/watch.rs` wires them together.
 pub mod cgroup;
+pub mod kube;
 pub mod lifecycle;
 pub mod metrics;
 pub mod oom;
