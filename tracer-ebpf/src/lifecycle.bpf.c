@@ -8,7 +8,9 @@
 #include <stdbool.h>
 
 /* Set by userspace before load: emit EXEC for every exec on the host, so that
- * `watch` can start tracing new node processes; otherwise only tracked tgids. */
+ * `watch` can start tracing new node processes, and OOM_VICTIM for every
+ * victim; otherwise both only for tracked tgids. EXIT and FORK are always
+ * for tracked tgids only (they are frequent and only matter for targets). */
 const volatile bool watch_exec = false;
 
 /*

@@ -306,3 +306,38 @@ fn real_oom_kill_in_a_memory_cgroup() {
         w.log_line
     );
 }
+
+#[tokio::test]
+async fn recv_waits_for_the_next_event() {
+    let mut t = LifecycleTracer::load(false).expect("loading the lifecycle BPF programs");
+    let mut sh = Command::new("sh")
+        .args(["-c", "read x; exit 7"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = sh.id();
+    t.track(pid).unwrap();
+    let mut stdin = sh.stdin.take().unwrap();
+    // Nothing pending: recv must wait, then wake for the exit.
+    assert_eq!(t.next_event(), None);
+    let waiter = async {
+        loop {
+            match t.recv().await.unwrap() {
+                LifecycleEvent::Exit {
+                    tgid, wait_status, ..
+                } if tgid == pid => return wait_status,
+                _ => continue,
+            }
+        }
+    };
+    // join! polls the waiter first: it finds nothing (sh is blocked in read)
+    // and parks on the ring buffer's fd; only then is sh let go.
+    let release = async {
+        writeln!(stdin, "go").unwrap();
+    };
+    let (status, ()) = tokio::time::timeout(GIVE_UP, async { tokio::join!(waiter, release) })
+        .await
+        .expect("no exit event arrived");
+    assert_eq!(status, 7 << 8);
+    sh.wait().unwrap();
+}

@@ -206,8 +206,20 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), LifecycleError> {
 /// Just the lifecycle programs, with their own `targets`, `counters` and
 /// `events` maps.
 pub struct LifecycleTracer {
-    ebpf: Ebpf,
+    /// Registered with the tokio reactor on the first `recv`. Declared before
+    /// `events` so that it is dropped (deregistered) before the fd closes.
+    async_fd: Option<tokio::io::unix::AsyncFd<RawFdRef>>,
     events: RingBuf<MapData>,
+    ebpf: Ebpf,
+}
+
+/// The ring buffer's fd for the reactor; the RingBuf owns and closes it.
+struct RawFdRef(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RawFdRef {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
 }
 
 impl LifecycleTracer {
@@ -225,7 +237,11 @@ impl LifecycleTracer {
             name: maps::EVENTS,
             source,
         })?;
-        Ok(LifecycleTracer { ebpf, events })
+        Ok(LifecycleTracer {
+            ebpf,
+            events,
+            async_fd: None,
+        })
     }
 
     fn targets(&mut self) -> Result<HashMap<&mut MapData, u32, TargetInfo>, LifecycleError> {
@@ -267,6 +283,33 @@ impl LifecycleTracer {
             }
         }
         None
+    }
+
+    /// Waits for the next event (inside a tokio runtime). The ring buffer's
+    /// fd polls readable once a record is submitted (the programs submit
+    /// with the default wakeup).
+    pub async fn recv(&mut self) -> io::Result<LifecycleEvent> {
+        if self.async_fd.is_none() {
+            let fd = RawFdRef(self.events_fd());
+            // SAFETY: the fd is the ring buffer's, open until `self.events`
+            // drops, which happens after `async_fd` (field order).
+            let afd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }?;
+            self.async_fd = Some(afd);
+        }
+        loop {
+            let afd = self.async_fd.as_ref().expect("set above");
+            let mut guard = afd.readable().await?;
+            // Drain while holding the readiness: clearing it only after
+            // seeing the buffer empty cannot lose a wakeup.
+            while let Some(item) = self.events.next() {
+                if let Some(ev) = decode(&item) {
+                    return Ok(ev);
+                }
+            }
+            guard.clear_ready();
+        }
     }
 
     /// The ring buffer's fd, for epoll/`AsyncFd` readiness.
