@@ -21,3 +21,10 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, OFFHEAP_EVENTS_BYTES);
+} events SEC(".maps");
+
+#include "lifecycle.bpf.c"
