@@ -150,7 +150,7 @@ impl Module {
             }
         }
         drop(obj);
-        finish_symbols(&mut symbols);
+        finish_symbols(&mut symbols, &names);
         Ok(Module {
             build_id,
             debug_file,
@@ -269,10 +269,22 @@ fn collect_symbols(obj: &object::File<'_>, out: &mut Vec<Sym>, names: &mut Strin
     }
 }
 
-/// Sorts by address and keeps one symbol per address: the sized one, and the
-/// first seen (.symtab before .dynsym) among equals.
-fn finish_symbols(symbols: &mut Vec<Sym>) {
-    symbols.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
+/// Sorts by address and keeps one symbol per address: the sized one, then the
+/// public spelling of an alias (glibc exports `malloc` and `__libc_malloc` at
+/// one address), then the first seen (.symtab before .dynsym).
+fn finish_symbols(symbols: &mut Vec<Sym>, names: &str) {
+    let underscores = |s: &Sym| {
+        names[s.name_start as usize..(s.name_start + s.name_len) as usize]
+            .bytes()
+            .take_while(|&b| b == b'_')
+            .count()
+    };
+    symbols.sort_by(|a, b| {
+        a.addr
+            .cmp(&b.addr)
+            .then(b.size.cmp(&a.size))
+            .then(underscores(a).cmp(&underscores(b)))
+    });
     symbols.dedup_by_key(|s| s.addr);
 }
 
