@@ -44,7 +44,7 @@ pub fn bench_symbolize(pid: u32, stacks: usize, depth: usize) -> Result<BenchRes
         addrs.extend(module.function_addresses().filter_map(|v| {
             let off = module.vaddr_to_file_offset(v)?;
             let rt = off.checked_sub(m.entry.offset)? + m.entry.start;
-            (rt < m.entry.end).then_some(rt + 1)
+            (rt < m.entry.end).then_some(rt)
         }));
     }
     if addrs.is_empty() {

@@ -313,7 +313,7 @@ impl Symbolizer {
         let Some(vaddr) = module.file_offset_to_vaddr(addr - entry.start + entry.offset) else {
             return Some(vec![base]);
         };
-        let symbol = module.symbol_at(vaddr).map(demangle);
+        let symbol = module.function_name(vaddr).map(|s| s.to_string());
         let source = module.source_frames(vaddr);
         if source.is_empty() {
             return Some(vec![Frame { symbol, ..base }]);

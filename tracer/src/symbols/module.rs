@@ -2,6 +2,7 @@
 //! and DWARF line info (parsed lazily, on the first lookup that needs it).
 use std::{
     borrow::Cow,
+    collections::HashMap,
     fs::File,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -56,6 +57,9 @@ pub struct Module {
     /// Kept mapped so DWARF can be parsed after the process died or the file was deleted.
     dwarf_source: Option<Arc<Mmap>>,
     dwarf: Mutex<Dwarf>,
+    /// Demangled names by symbol index: demangling costs microseconds and the
+    /// same function is hit by many return addresses and processes.
+    demangled: Mutex<HashMap<u32, Arc<str>>>,
 }
 
 fn map(file: &File, what: &Path) -> Result<Mmap, SymbolError> {
@@ -163,6 +167,7 @@ impl Module {
                 Dwarf::Absent
             }),
             dwarf_source,
+            demangled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -189,28 +194,50 @@ impl Module {
         self.symbols.len()
     }
 
-    /// Function symbols' link-time addresses (used by the bench to build stacks).
+    /// An address inside each sized function (its middle), link-time; the
+    /// bench builds stacks from these as a return address would land.
     pub fn function_addresses(&self) -> impl Iterator<Item = u64> + '_ {
-        self.symbols.iter().filter(|s| s.size > 0).map(|s| s.addr)
+        self.symbols
+            .iter()
+            .filter(|s| s.size > 0)
+            .map(|s| s.addr + s.size / 2)
     }
 
     /// The raw (mangled) name of the symbol containing `vaddr`.
     pub fn symbol_at(&self, vaddr: u64) -> Option<&str> {
+        self.symbol_index(vaddr).map(|i| self.name(&self.symbols[i]))
+    }
+
+    /// The demangled name of the symbol containing `vaddr`.
+    pub fn function_name(&self, vaddr: u64) -> Option<Arc<str>> {
+        let i = self.symbol_index(vaddr)?;
+        let mut memo = match self.demangled.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        Some(
+            memo.entry(i as u32)
+                .or_insert_with(|| demangle(self.name(&self.symbols[i])).into())
+                .clone(),
+        )
+    }
+
+    fn symbol_index(&self, vaddr: u64) -> Option<usize> {
         let idx = self.symbols.partition_point(|s| s.addr <= vaddr);
         if idx == 0 {
             return None;
         }
         // Sized symbols may nest or be followed by unsized labels; look back a
         // little for one whose [addr, addr+size) holds the address.
-        for s in self.symbols[..idx].iter().rev().take(8) {
+        for i in (idx.saturating_sub(8)..idx).rev() {
+            let s = &self.symbols[i];
             if s.size > 0 && vaddr < s.addr + s.size {
-                return Some(self.name(s));
+                return Some(i);
             }
         }
         // An unsized symbol (hand-written assembly) names what follows it,
         // but only if it is the nearest one.
-        let s = &self.symbols[idx - 1];
-        (s.size == 0).then(|| self.name(s))
+        (self.symbols[idx - 1].size == 0).then_some(idx - 1)
     }
 
     fn name(&self, s: &Sym) -> &str {
