@@ -130,3 +130,79 @@ fn node_binary_symbols_in_a_live_node() {
     );
     assert_eq!(f.module.as_deref(), Some(node.to_str().unwrap()));
 }
+
+/// The runtime address of a node function (node v20 is non-PIE: nm's value).
+fn node_fn(nm: &str, demangled: &str) -> u64 {
+    let line = nm
+        .lines()
+        .find(|l| l.split_once(' ').is_some_and(|(_, rest)| rest.len() > 2 && &rest[2..] == demangled))
+        .unwrap_or_else(|| panic!("node has no {demangled}"));
+    hex(line.split(' ').next().unwrap())
+}
+
+#[test]
+fn report_buckets_from_real_addresses_of_node_and_an_addon() {
+    use offheap::{
+        accounting::{RawProcess, RawStack},
+        report::{
+            build::{assemble, Meta},
+            Bucket, Mode,
+        },
+    };
+    let dir = workdir("addon-buckets");
+    let (addon, _) = build(&dir);
+    let mut p = start_node(&dir.join("driver.js"));
+    p.send(addon.to_str().unwrap());
+    let leak = hex(&field(&p.line(), "addon_leak"));
+    let pid = p.pid();
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    p.kill(); // the report is built after the process died, from the capture
+
+    let nm = Command::new("nm").args(["-C", "/usr/bin/node"]).output().unwrap();
+    let nm = String::from_utf8_lossy(&nm.stdout).into_owned();
+    let ab = node_fn(&nm, "node::NodeArrayBufferAllocator::Allocate(unsigned long)") + 4;
+    let page = node_fn(
+        &nm,
+        "v8::internal::MemoryAllocator::AllocatePage(v8::internal::MemoryAllocator::AllocationMode, v8::internal::Space*, v8::internal::Executability)",
+    ) + 4;
+    let napi = node_fn(&nm, "napi_create_function") + 4;
+    let stack = |ips: Vec<u64>, live: u64| RawStack {
+        ips,
+        live_bytes: live,
+        live_allocs: 1,
+        total_bytes: live,
+        total_allocs: 1,
+        ..RawStack::default()
+    };
+    let raw = RawProcess {
+        pid,
+        exited: true,
+        stacks: vec![
+            stack(vec![ab, napi], 1 << 20),
+            stack(vec![page, leak, napi], 256 << 10),
+            stack(vec![leak, napi], 4096),
+            stack(vec![napi], 100),
+            stack(vec![0x10], 7),
+        ],
+        ..RawProcess::default()
+    };
+    let meta = Meta {
+        mode: Mode::Malloc,
+        duration_secs: 1.0,
+        counters: Default::default(),
+        dropped_events: 0,
+    };
+    let report = assemble(meta, vec![raw], &mut sym);
+    let pr = &report.processes[0];
+    assert_eq!(pr.buckets.array_buffers, 1 << 20);
+    assert_eq!(pr.buckets.v8_heap, 256 << 10);
+    assert_eq!(pr.buckets.native_addon, 4096);
+    assert_eq!(pr.buckets.node_native, 100);
+    assert_eq!(pr.buckets.other, 7);
+    let addon_stack = pr.stacks.iter().find(|s| s.live_bytes == 4096).unwrap();
+    assert_eq!(addon_stack.bucket, Some(Bucket::NativeAddon));
+    assert_eq!(addon_stack.frames[0].symbol.as_deref(), Some("addon_leak"));
+    assert_eq!(addon_stack.frames[0].module.as_deref(), Some(addon.to_str().unwrap()));
+    assert_eq!(addon_stack.frames[1].symbol.as_deref(), Some("napi_create_function"));
+}

@@ -164,3 +164,47 @@ fn modules_are_shared_between_processes() {
     sym.forget(a.pid());
     assert!(!sym.is_captured(a.pid()));
 }
+
+/// `inner_helper` (always inlined) calls `report` on line 9; `outer_fn`
+/// calls `inner_helper` on line 13.
+const INLINED: &str = r#"#include <stdio.h>
+#include <unistd.h>
+
+__attribute__((noinline)) void report(void) {
+    printf("ret %p\n", __builtin_return_address(0));
+    fflush(stdout);
+}
+static inline __attribute__((always_inline)) void inner_helper(void) {
+    report();
+    __asm__ volatile("" ::: "memory");
+}
+__attribute__((noinline)) void outer_fn(void) {
+    inner_helper();
+    __asm__ volatile("" ::: "memory");
+}
+int main(void) {
+    outer_fn();
+    pause();
+    return 0;
+}
+"#;
+
+#[test]
+fn inlined_frames_innermost_first() {
+    let dir = workdir("inlined");
+    let exe = dir.join("inl");
+    let src = cc(&dir, "inl", INLINED, &exe, &["-g", "-O2"]);
+    let mut p = Proc::spawn(&mut Command::new(&exe));
+    let ret = hex(&field(&p.line(), "ret"));
+    let mut sym = Symbolizer::new();
+    sym.capture(p.pid()).unwrap();
+    // A return address points after the call: ret-1 is inside the call instruction.
+    let frames = sym.symbolize(p.pid(), ret - 1);
+    let got: Vec<(Option<&str>, Option<u32>)> = frames
+        .iter()
+        .map(|f| (f.symbol.as_deref(), f.line))
+        .collect();
+    assert_eq!(got, vec![(Some("inner_helper"), Some(9)), (Some("outer_fn"), Some(13))]);
+    assert!(frames.iter().all(|f| f.file.as_deref() == Some(src.to_str().unwrap())));
+    assert!(frames.iter().all(|f| f.addr == format!("{:#x}", ret - 1)));
+}
