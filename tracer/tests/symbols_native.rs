@@ -208,3 +208,54 @@ fn inlined_frames_innermost_first() {
     assert!(frames.iter().all(|f| f.file.as_deref() == Some(src.to_str().unwrap())));
     assert!(frames.iter().all(|f| f.addr == format!("{:#x}", ret - 1)));
 }
+
+fn build_id_of(exe: &std::path::Path) -> String {
+    let out = Command::new("readelf").arg("-n").arg(exe).output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("cc emits a GNU build-id")
+        .to_string()
+}
+
+#[test]
+fn stripped_binary_uses_debug_file_found_by_build_id_in_the_process_root() {
+    let dir = workdir("debuglink");
+    let exe = dir.join("prog");
+    let src = cc(&dir, "prog", PROG, &exe, &["-g", "-O0", "-Wl,--build-id"]);
+    let debug = dir.join("prog.debug");
+    for args in [
+        vec!["--only-keep-debug", exe.to_str().unwrap(), debug.to_str().unwrap()],
+        vec!["--strip-all", exe.to_str().unwrap()],
+    ] {
+        assert!(Command::new("objcopy").args(&args).status().unwrap().success());
+    }
+    let id = build_id_of(&exe);
+    let (first, rest) = id.split_at(2);
+    let host_copy = format!("/usr/lib/debug/.build-id/{first}/{rest}.debug");
+    assert!(!std::path::Path::new(&host_copy).exists());
+
+    // Without the debug file: no .symtab, leak_fn is not in .dynsym.
+    let (p, leak, _) = start(&dir, &exe);
+    let mut sym = Symbolizer::new();
+    sym.capture(p.pid()).unwrap();
+    assert_eq!(sym.symbolize(p.pid(), leak)[0].symbol, None);
+    drop(p);
+
+    // The debug file exists only in the process's private mount namespace,
+    // as in a container: found through /proc/PID/root.
+    let script = format!(
+        "mount -t tmpfs tmpfs /usr/lib/debug && mkdir -p /usr/lib/debug/.build-id/{first} && \
+         cp {} {host_copy} && exec {}",
+        debug.display(),
+        exe.display()
+    );
+    let mut p = Proc::spawn(Command::new("unshare").args(["--mount", "sh", "-c", &script]));
+    let leak = hex(&field(&p.line(), "leak_fn"));
+    let mut sym = Symbolizer::new();
+    sym.capture(p.pid()).unwrap();
+    let f = &sym.symbolize(p.pid(), leak)[0];
+    assert_eq!(f.symbol.as_deref(), Some("leak_fn"));
+    assert_eq!((f.file.as_deref(), f.line), (Some(src.to_str().unwrap()), Some(5)));
+    assert_eq!(f.module.as_deref(), Some(exe.to_str().unwrap()));
+}
