@@ -110,9 +110,11 @@ fn is_node_module(f: &Frame) -> bool {
     }
     let name = module_name(f);
     let exe = name == "nodejs"
-        || name
-            .strip_prefix("node")
-            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') && !rest.ends_with('.'));
+        || name.strip_prefix("node").is_some_and(|rest| {
+            rest.bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+                && !rest.ends_with('.')
+        });
     exe || NODE_LIBS.iter().any(|l| name.starts_with(l))
 }
 
@@ -186,7 +188,10 @@ mod tests {
     fn buffer_alloc_unsafe_uninitialized_is_array_buffers() {
         let frames = [
             f("malloc", LIBC),
-            f("node::NodeArrayBufferAllocator::AllocateUninitialized(unsigned long)", NODE),
+            f(
+                "node::NodeArrayBufferAllocator::AllocateUninitialized(unsigned long)",
+                NODE,
+            ),
             jit(),
         ];
         assert_eq!(classify(&frames), Bucket::ArrayBuffers);
@@ -196,7 +201,10 @@ mod tests {
     fn addon_created_backing_store_is_array_buffers() {
         let frames = [
             f("malloc", LIBC),
-            f("v8::ArrayBuffer::NewBackingStore(v8::Isolate*, unsigned long)", NODE),
+            f(
+                "v8::ArrayBuffer::NewBackingStore(v8::Isolate*, unsigned long)",
+                NODE,
+            ),
             f("napi_create_buffer", NODE),
             f("make_buffer", ADDON),
         ];
@@ -252,7 +260,10 @@ mod tests {
     fn cppgc_pages_are_v8_heap() {
         let frames = [
             f("mmap64", LIBC),
-            f("cppgc::internal::PageBackend::TryAllocateNormalPageMemory()", NODE),
+            f(
+                "cppgc::internal::PageBackend::TryAllocateNormalPageMemory()",
+                NODE,
+            ),
         ];
         assert_eq!(classify(&frames), Bucket::V8Heap);
     }
@@ -319,7 +330,12 @@ mod tests {
 
     #[test]
     fn node_executable_names() {
-        for m in ["/usr/bin/node", "/usr/bin/nodejs", "/opt/node20", "/opt/node-18.19.0"] {
+        for m in [
+            "/usr/bin/node",
+            "/usr/bin/nodejs",
+            "/opt/node20",
+            "/opt/node-18.19.0",
+        ] {
             assert_eq!(classify(&[f("uv__malloc", m)]), Bucket::NodeNative, "{m}");
         }
         assert_eq!(classify(&[f("x", "/srv/node.js.bin")]), Bucket::Other);
@@ -328,15 +344,24 @@ mod tests {
 
     #[test]
     fn plain_c_program_and_jit_only_are_other() {
-        assert_eq!(classify(&[f("malloc", LIBC), f("main", "/tmp/fixture")]), Bucket::Other);
-        assert_eq!(classify(&[f("malloc", LIBC), jit(), js("JS:~f /a.js:1:1")]), Bucket::Other);
+        assert_eq!(
+            classify(&[f("malloc", LIBC), f("main", "/tmp/fixture")]),
+            Bucket::Other
+        );
+        assert_eq!(
+            classify(&[f("malloc", LIBC), jit(), js("JS:~f /a.js:1:1")]),
+            Bucket::Other
+        );
         assert_eq!(classify(&[]), Bucket::Other);
     }
 
     #[test]
     fn js_names_never_match_native_rules() {
         // A JS function that happens to be named like a C++ allocator.
-        let frames = [f("malloc", LIBC), js("v8::internal::BackingStore::Allocate /a.js:1:1")];
+        let frames = [
+            f("malloc", LIBC),
+            js("v8::internal::BackingStore::Allocate /a.js:1:1"),
+        ];
         assert_eq!(classify(&frames), Bucket::Other);
     }
 }

@@ -103,7 +103,11 @@ fn refresh_picks_up_an_addon_loaded_after_capture() {
     assert_eq!(f.module.as_deref(), Some(addon.to_str().unwrap()));
     // The control: captured before the dlopen and never refreshed.
     let f = &stale.symbolize(pid, leak)[0];
-    assert_eq!((f.symbol.as_ref(), f.module.as_ref()), (None, None), "{f:?}");
+    assert_eq!(
+        (f.symbol.as_ref(), f.module.as_ref()),
+        (None, None),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -135,7 +139,10 @@ fn node_binary_symbols_in_a_live_node() {
 fn node_fn(nm: &str, demangled: &str) -> u64 {
     let line = nm
         .lines()
-        .find(|l| l.split_once(' ').is_some_and(|(_, rest)| rest.len() > 2 && &rest[2..] == demangled))
+        .find(|l| {
+            l.split_once(' ')
+                .is_some_and(|(_, rest)| rest.len() > 2 && &rest[2..] == demangled)
+        })
         .unwrap_or_else(|| panic!("node has no {demangled}"));
     hex(line.split(' ').next().unwrap())
 }
@@ -159,9 +166,15 @@ fn report_buckets_from_real_addresses_of_node_and_an_addon() {
     sym.capture(pid).unwrap();
     p.kill(); // the report is built after the process died, from the capture
 
-    let nm = Command::new("nm").args(["-C", "/usr/bin/node"]).output().unwrap();
+    let nm = Command::new("nm")
+        .args(["-C", "/usr/bin/node"])
+        .output()
+        .unwrap();
     let nm = String::from_utf8_lossy(&nm.stdout).into_owned();
-    let ab = node_fn(&nm, "node::NodeArrayBufferAllocator::Allocate(unsigned long)") + 4;
+    let ab = node_fn(
+        &nm,
+        "node::NodeArrayBufferAllocator::Allocate(unsigned long)",
+    ) + 4;
     let page = node_fn(
         &nm,
         "v8::internal::MemoryAllocator::AllocatePage(v8::internal::MemoryAllocator::AllocationMode, v8::internal::Space*, v8::internal::Executability)",
@@ -203,6 +216,12 @@ fn report_buckets_from_real_addresses_of_node_and_an_addon() {
     let addon_stack = pr.stacks.iter().find(|s| s.live_bytes == 4096).unwrap();
     assert_eq!(addon_stack.bucket, Some(Bucket::NativeAddon));
     assert_eq!(addon_stack.frames[0].symbol.as_deref(), Some("addon_leak"));
-    assert_eq!(addon_stack.frames[0].module.as_deref(), Some(addon.to_str().unwrap()));
-    assert_eq!(addon_stack.frames[1].symbol.as_deref(), Some("napi_create_function"));
+    assert_eq!(
+        addon_stack.frames[0].module.as_deref(),
+        Some(addon.to_str().unwrap())
+    );
+    assert_eq!(
+        addon_stack.frames[1].symbol.as_deref(),
+        Some("napi_create_function")
+    );
 }

@@ -48,7 +48,13 @@ fn check_native(pie: bool) {
     let dir = workdir(if pie { "native-pie" } else { "native-nopie" });
     let exe = dir.join("prog");
     let pie_flag = if pie { "-pie" } else { "-no-pie" };
-    let src = cc(&dir, "prog", PROG, &exe, &["-g", "-O0", "-fno-omit-frame-pointer", pie_flag]);
+    let src = cc(
+        &dir,
+        "prog",
+        PROG,
+        &exe,
+        &["-g", "-O0", "-fno-omit-frame-pointer", pie_flag],
+    );
     let (p, leak, other) = start(&dir, &exe);
 
     let mut sym = Symbolizer::new();
@@ -141,10 +147,16 @@ fn dead_process_without_capture_gives_addresses_and_a_warning() {
     let mut sym = Symbolizer::new();
     let frames = sym.symbolize(pid, leak);
     assert_eq!(frames.len(), 1);
-    assert_eq!((frames[0].symbol.as_ref(), frames[0].module.as_ref()), (None, None));
+    assert_eq!(
+        (frames[0].symbol.as_ref(), frames[0].module.as_ref()),
+        (None, None)
+    );
     let w = sym.take_warnings();
     assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].starts_with(&format!("pid {pid}: no memory map captured")), "{w:?}");
+    assert!(
+        w[0].starts_with(&format!("pid {pid}: no memory map captured")),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -159,8 +171,14 @@ fn modules_are_shared_between_processes() {
     let n = sym.cached_modules();
     sym.capture(b.pid()).unwrap();
     assert_eq!(sym.cached_modules(), n, "second process parsed nothing new");
-    assert_eq!(sym.symbolize(a.pid(), leak_a)[0].symbol.as_deref(), Some("leak_fn"));
-    assert_eq!(sym.symbolize(b.pid(), leak_b)[0].symbol.as_deref(), Some("leak_fn"));
+    assert_eq!(
+        sym.symbolize(a.pid(), leak_a)[0].symbol.as_deref(),
+        Some("leak_fn")
+    );
+    assert_eq!(
+        sym.symbolize(b.pid(), leak_b)[0].symbol.as_deref(),
+        Some("leak_fn")
+    );
     sym.forget(a.pid());
     assert!(!sym.is_captured(a.pid()));
 }
@@ -204,8 +222,16 @@ fn inlined_frames_innermost_first() {
         .iter()
         .map(|f| (f.symbol.as_deref(), f.line))
         .collect();
-    assert_eq!(got, vec![(Some("inner_helper"), Some(9)), (Some("outer_fn"), Some(13))]);
-    assert!(frames.iter().all(|f| f.file.as_deref() == Some(src.to_str().unwrap())));
+    assert_eq!(
+        got,
+        vec![
+            (Some("inner_helper"), Some(9)),
+            (Some("outer_fn"), Some(13))
+        ]
+    );
+    assert!(frames
+        .iter()
+        .all(|f| f.file.as_deref() == Some(src.to_str().unwrap())));
     assert!(frames.iter().all(|f| f.addr == format!("{:#x}", ret - 1)));
 }
 
@@ -225,10 +251,18 @@ fn stripped_binary_uses_debug_file_found_by_build_id_in_the_process_root() {
     let src = cc(&dir, "prog", PROG, &exe, &["-g", "-O0", "-Wl,--build-id"]);
     let debug = dir.join("prog.debug");
     for args in [
-        vec!["--only-keep-debug", exe.to_str().unwrap(), debug.to_str().unwrap()],
+        vec![
+            "--only-keep-debug",
+            exe.to_str().unwrap(),
+            debug.to_str().unwrap(),
+        ],
         vec!["--strip-all", exe.to_str().unwrap()],
     ] {
-        assert!(Command::new("objcopy").args(&args).status().unwrap().success());
+        assert!(Command::new("objcopy")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
     }
     let id = build_id_of(&exe);
     let (first, rest) = id.split_at(2);
@@ -256,6 +290,9 @@ fn stripped_binary_uses_debug_file_found_by_build_id_in_the_process_root() {
     sym.capture(p.pid()).unwrap();
     let f = &sym.symbolize(p.pid(), leak)[0];
     assert_eq!(f.symbol.as_deref(), Some("leak_fn"));
-    assert_eq!((f.file.as_deref(), f.line), (Some(src.to_str().unwrap()), Some(5)));
+    assert_eq!(
+        (f.file.as_deref(), f.line),
+        (Some(src.to_str().unwrap()), Some(5))
+    );
     assert_eq!(f.module.as_deref(), Some(exe.to_str().unwrap()));
 }

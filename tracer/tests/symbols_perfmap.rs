@@ -86,16 +86,20 @@ fn js_function_name_from_perf_map_in_a_pid_and_mount_namespace() {
     );
     let mut p = Proc::spawn(
         Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c"])
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "sh",
+                "-c",
+            ])
             .arg(inner),
     );
     let ns_pid: u32 = field(&p.line(), "ready").parse().unwrap();
     assert_eq!(ns_pid, 1, "node is pid 1 of its namespace");
-    let children = std::fs::read_to_string(format!(
-        "/proc/{0}/task/{0}/children",
-        p.pid()
-    ))
-    .unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid())).unwrap();
     let host_pid: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
     assert_ne!(host_pid, ns_pid);
     check_js_frame(host_pid, ns_pid, &script);
@@ -169,10 +173,16 @@ fn malformed_and_truncated_perf_map_warns_and_keeps_good_lines() {
     sym.capture(pid).unwrap();
     let f = &sym.symbolize(pid, code + 0x10)[0];
     assert_eq!(f.symbol.as_deref(), Some("JS:~fakeHandler /app/x.js:7:3"));
-    assert_eq!((f.file.as_deref(), f.line, f.kind), (Some("/app/x.js"), Some(7), FrameKind::Js));
+    assert_eq!(
+        (f.file.as_deref(), f.line, f.kind),
+        (Some("/app/x.js"), Some(7), FrameKind::Js)
+    );
     // In the truncated line's range: unnamed JIT, not a guess.
     let g = &sym.symbolize(pid, code + 0x1010)[0];
-    assert_eq!((g.kind, g.symbol.as_deref()), (FrameKind::Jit, Some(JIT_SYMBOL)));
+    assert_eq!(
+        (g.kind, g.symbol.as_deref()),
+        (FrameKind::Jit, Some(JIT_SYMBOL))
+    );
     let w = sym.take_warnings();
     assert_eq!(
         w,

@@ -35,11 +35,18 @@ pub fn bench_symbolize(pid: u32, stacks: usize, depth: usize) -> Result<BenchRes
 
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|e| SymbolError::NoProcess { pid, source: e })?;
-    let exe = exe.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+    let exe = exe
+        .to_string_lossy()
+        .trim_end_matches(" (deleted)")
+        .to_string();
     let proc = sym.procs.get(&pid).expect("captured above");
     // Runtime address of each function: the inverse of Symbolizer::lookup.
     let mut addrs: Vec<u64> = Vec::new();
-    for m in proc.maps.iter().filter(|m| m.entry.path.as_deref() == Some(exe.as_str())) {
+    for m in proc
+        .maps
+        .iter()
+        .filter(|m| m.entry.path.as_deref() == Some(exe.as_str()))
+    {
         let Some(module) = &m.module else { continue };
         addrs.extend(module.function_addresses().filter_map(|v| {
             let off = module.vaddr_to_file_offset(v)?;
@@ -56,7 +63,9 @@ pub fn bench_symbolize(pid: u32, stacks: usize, depth: usize) -> Result<BenchRes
     // A fixed LCG: the same "random" stacks every run, so figures compare.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         addrs[(seed >> 33) as usize % addrs.len()]
     };
     let raw: Vec<RawStack> = (0..stacks)

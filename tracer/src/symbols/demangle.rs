@@ -19,7 +19,10 @@ fn cxa() -> Option<CxaDemangle> {
         // SAFETY: dlopen/dlsym with valid C strings; the handle is never closed,
         // so the function pointer stays valid for the life of the process.
         unsafe {
-            let h = libc::dlopen(c"libstdc++.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+            let h = libc::dlopen(
+                c"libstdc++.so.6".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL,
+            );
             if h.is_null() {
                 return None;
             }
@@ -36,7 +39,14 @@ fn cxa_demangle(name: &str) -> Option<String> {
     let c = CString::new(name).ok()?;
     let mut status: c_int = 0;
     // SAFETY: c is NUL-terminated; NULL buffer asks the callee to allocate.
-    let p = unsafe { f(c.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), &mut status) };
+    let p = unsafe {
+        f(
+            c.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut status,
+        )
+    };
     if p.is_null() {
         return None;
     }
@@ -117,6 +127,9 @@ mod tests {
     fn plain_c_and_garbage_stay() {
         assert_eq!(demangle("deflateInit2_"), "deflateInit2_");
         assert_eq!(demangle("_Z"), "_Z");
-        assert_eq!(demangle("Builtins_InterpreterEntryTrampoline"), "Builtins_InterpreterEntryTrampoline");
+        assert_eq!(
+            demangle("Builtins_InterpreterEntryTrampoline"),
+            "Builtins_InterpreterEntryTrampoline"
+        );
     }
 }

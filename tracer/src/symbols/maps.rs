@@ -34,7 +34,11 @@ impl MapEntry {
     pub fn is_anon(&self) -> bool {
         match self.path.as_deref() {
             None => true,
-            Some(p) => p.starts_with("[anon") || p.starts_with("/memfd:") || self.inode == 0 && !p.starts_with('['),
+            Some(p) => {
+                p.starts_with("[anon")
+                    || p.starts_with("/memfd:")
+                    || self.inode == 0 && !p.starts_with('[')
+            }
         }
     }
 
@@ -89,7 +93,8 @@ pub fn parse_line(line: &str) -> Option<(MapEntry, String)> {
 /// The executable mappings of a live process, in address order.
 pub fn read_exec_maps(pid: u32) -> Result<Vec<MapEntry>, SymbolError> {
     let path = PathBuf::from(format!("/proc/{pid}/maps"));
-    let text = std::fs::read_to_string(&path).map_err(|e| SymbolError::NoProcess { pid, source: e })?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| SymbolError::NoProcess { pid, source: e })?;
     let mut out: Vec<MapEntry> = text
         .lines()
         .filter_map(parse_line)
@@ -122,10 +127,15 @@ mod tests {
 
     #[test]
     fn parses_file_anon_and_deleted_lines() {
-        let (m, perms) =
-            parse_line("5644b8fd1000-5644b8fd6000 r-xp 00002000 fe:00 247030                     /usr/bin/cat").unwrap();
+        let (m, perms) = parse_line(
+            "5644b8fd1000-5644b8fd6000 r-xp 00002000 fe:00 247030                     /usr/bin/cat",
+        )
+        .unwrap();
         assert_eq!(perms, "r-xp");
-        assert_eq!((m.start, m.end, m.offset, m.inode), (0x5644b8fd1000, 0x5644b8fd6000, 0x2000, 247030));
+        assert_eq!(
+            (m.start, m.end, m.offset, m.inode),
+            (0x5644b8fd1000, 0x5644b8fd6000, 0x2000, 247030)
+        );
         assert_eq!(m.path.as_deref(), Some("/usr/bin/cat"));
         assert!(m.is_file() && !m.is_anon());
         assert_eq!(m.map_files_name(), "5644b8fd1000-5644b8fd6000");
@@ -139,7 +149,9 @@ mod tests {
         assert_eq!(m.path.as_deref(), Some("/tmp/a dir/prog"));
         assert!(m.deleted && m.is_file());
 
-        let (m, _) = parse_line("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]").unwrap();
+        let (m, _) =
+            parse_line("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]")
+                .unwrap();
         assert!(!m.is_file() && !m.is_anon());
         assert!(parse_line("garbage").is_none());
     }

@@ -146,8 +146,7 @@ impl Symbolizer {
         let kept: Vec<Mapped> = old
             .into_iter()
             .filter(|o| {
-                !new
-                    .iter()
+                !new.iter()
                     .any(|n: &Mapped| n.entry.start < o.entry.end && o.entry.start < n.entry.end)
             })
             .collect();
@@ -202,7 +201,8 @@ impl Symbolizer {
             return None;
         }
         let path = entry.path.clone()?;
-        let via_map_files = PathBuf::from(format!("/proc/{pid}/map_files/{}", entry.map_files_name()));
+        let via_map_files =
+            PathBuf::from(format!("/proc/{pid}/map_files/{}", entry.map_files_name()));
         let via_root = PathBuf::from(format!("/proc/{pid}/root{path}"));
         let (file, opened) = match File::open(&via_map_files) {
             Ok(f) => (f, via_map_files),
@@ -237,7 +237,10 @@ impl Symbolizer {
             self.by_stat.insert(key, m.clone());
             return Some(m);
         }
-        let roots = [PathBuf::from("/"), PathBuf::from(format!("/proc/{pid}/root"))];
+        let roots = [
+            PathBuf::from("/"),
+            PathBuf::from(format!("/proc/{pid}/root")),
+        ];
         match Module::load(&file, &opened, &roots) {
             Ok(m) => {
                 let m = Arc::new(m);
@@ -295,12 +298,10 @@ impl Symbolizer {
         let entry = mapped.entry.clone();
         let module = mapped.module.clone();
         if entry.is_anon() {
-            return Some(vec![self.js_frame(pid, addr).unwrap_or_else(|| {
-                Frame {
-                    symbol: Some(JIT_SYMBOL.to_string()),
-                    kind: FrameKind::Jit,
-                    ..Frame::unknown(addr)
-                }
+            return Some(vec![self.js_frame(pid, addr).unwrap_or_else(|| Frame {
+                symbol: Some(JIT_SYMBOL.to_string()),
+                kind: FrameKind::Jit,
+                ..Frame::unknown(addr)
             })]);
         }
         let base = Frame {

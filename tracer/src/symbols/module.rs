@@ -205,7 +205,8 @@ impl Module {
 
     /// The raw (mangled) name of the symbol containing `vaddr`.
     pub fn symbol_at(&self, vaddr: u64) -> Option<&str> {
-        self.symbol_index(vaddr).map(|i| self.name(&self.symbols[i]))
+        self.symbol_index(vaddr)
+            .map(|i| self.name(&self.symbols[i]))
     }
 
     /// The demangled name of the symbol containing `vaddr`.
@@ -357,7 +358,10 @@ mod tests {
         assert_eq!(m.file_offset_to_vaddr(0x772000), Some(0xb72000));
         let addr = 0x0bbe4a0; // node::NodeArrayBufferAllocator::Allocate(unsigned long)
         let raw = m.symbol_at(addr + 4).unwrap();
-        assert_eq!(demangle(raw), "node::NodeArrayBufferAllocator::Allocate(unsigned long)");
+        assert_eq!(
+            demangle(raw),
+            "node::NodeArrayBufferAllocator::Allocate(unsigned long)"
+        );
         assert_eq!(
             m.build_id.as_deref().map(|b| b.len()),
             Some(20),

@@ -121,8 +121,7 @@ impl PerfMap {
         }
         self.consumed += complete as u64;
         if self.entries.len() != before {
-            self.entries
-                .sort_unstable_by_key(|e| (e.start, e.order));
+            self.entries.sort_unstable_by_key(|e| (e.start, e.order));
             true
         } else {
             false
@@ -198,7 +197,9 @@ fn parse_location(name: &str) -> (Option<String>, Option<u32>) {
     let num = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok());
     match (num(last), num(mid), head) {
         // file:line:column
-        (Some(_), Some(line), Some(file)) if !file.is_empty() => (Some(file.to_string()), Some(line)),
+        (Some(_), Some(line), Some(file)) if !file.is_empty() => {
+            (Some(file.to_string()), Some(line))
+        }
         // file:line
         (Some(line), None, _) if mid.is_some_and(|m| !m.is_empty()) => {
             let file = match head {
@@ -250,7 +251,10 @@ mod tests {
         );
         let s = m.lookup(0x7f20167c5b80 + 0x15f).unwrap();
         assert_eq!(s.name, "JS:*myLeakyFunction /tmp/pmtest/a.js:1:25");
-        assert_eq!((s.file.as_deref(), s.line, s.kind), (Some("/tmp/pmtest/a.js"), Some(1), FrameKind::Js));
+        assert_eq!(
+            (s.file.as_deref(), s.line, s.kind),
+            (Some("/tmp/pmtest/a.js"), Some(1), FrameKind::Js)
+        );
         assert!(m.lookup(0x7f20167c5b80 + 0x160).is_none());
         let b = m.lookup(0x18c4000).unwrap();
         assert_eq!((b.kind, b.file), (FrameKind::Native, None));
@@ -261,7 +265,10 @@ mod tests {
 
     #[test]
     fn later_entry_wins_on_reused_code_space() {
-        let m = map_of(b"1000 100 JS:~old /a.js:1:1\n1000 100 JS:~new /a.js:2:1\n", 1 << 20);
+        let m = map_of(
+            b"1000 100 JS:~old /a.js:1:1\n1000 100 JS:~new /a.js:2:1\n",
+            1 << 20,
+        );
         assert_eq!(m.lookup(0x1010).unwrap().name, "JS:~new /a.js:2:1");
     }
 
@@ -277,7 +284,8 @@ mod tests {
         assert_eq!(
             m.problems(),
             vec![
-                "perf map /tmp/perf-1.map truncated: last line incomplete (20 bytes ignored)".to_string(),
+                "perf map /tmp/perf-1.map truncated: last line incomplete (20 bytes ignored)"
+                    .to_string(),
                 "perf map /tmp/perf-1.map malformed: 4 lines skipped".to_string(),
             ]
         );
@@ -287,7 +295,9 @@ mod tests {
     fn size_cap_stops_reading() {
         let mut text = Vec::new();
         for i in 0..1000u64 {
-            text.extend_from_slice(format!("{:x} 10 JS:~f{i} /a.js:{i}:1\n", 0x1000 + i * 0x10).as_bytes());
+            text.extend_from_slice(
+                format!("{:x} 10 JS:~f{i} /a.js:{i}:1\n", 0x1000 + i * 0x10).as_bytes(),
+            );
         }
         let m = map_of(&text, 4096);
         assert!(m.capped && m.len() < 1000 && !m.is_empty());
@@ -297,7 +307,8 @@ mod tests {
     #[test]
     fn grows_incrementally() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(b"1000 10 JS:~a /a.js:1:1\n2000 10 JS:~b /a").unwrap();
+        f.write_all(b"1000 10 JS:~a /a.js:1:1\n2000 10 JS:~b /a")
+            .unwrap();
         let mut m = PerfMap::open(File::open(f.path()).unwrap(), "p".into());
         assert!(m.lookup(0x2000).is_none());
         f.write_all(b".js:2:1\n").unwrap();
