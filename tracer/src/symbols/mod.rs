@@ -398,3 +398,9 @@ impl Symbolize for Symbolizer {
         std::mem::take(&mut self.warnings)
     }
 }
+
+// The daemon keeps a Symbolizer across tokio tasks.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Symbolizer>();
+};
