@@ -296,3 +296,26 @@ fn stripped_binary_uses_debug_file_found_by_build_id_in_the_process_root() {
     );
     assert_eq!(f.module.as_deref(), Some(exe.to_str().unwrap()));
 }
+
+const RUST_PROBE_LINE: u32 = line!() + 2;
+#[inline(never)]
+fn rust_probe_target(x: u64) -> u64 {
+    std::hint::black_box(x) * 3
+}
+
+#[test]
+fn rust_function_of_this_test_process_is_demangled() {
+    let addr = rust_probe_target as usize as u64;
+    assert_eq!(rust_probe_target(1), 3);
+    let pid = std::process::id();
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    let frames = sym.symbolize(pid, addr);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    let f = &frames[0];
+    assert_eq!(f.symbol.as_deref(), Some("symbols_native::rust_probe_target"));
+    assert_eq!(f.line, Some(RUST_PROBE_LINE));
+    assert!(f.file.as_deref().unwrap().ends_with("tests/symbols_native.rs"), "{f:?}");
+    let exe = std::env::current_exe().unwrap();
+    assert_eq!(f.module.as_deref(), Some(exe.to_str().unwrap()));
+}
