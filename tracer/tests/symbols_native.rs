@@ -313,9 +313,18 @@ fn rust_function_of_this_test_process_is_demangled() {
     let frames = sym.symbolize(pid, addr);
     assert_eq!(frames.len(), 1, "{frames:?}");
     let f = &frames[0];
-    assert_eq!(f.symbol.as_deref(), Some("symbols_native::rust_probe_target"));
+    assert_eq!(
+        f.symbol.as_deref(),
+        Some("symbols_native::rust_probe_target")
+    );
     assert_eq!(f.line, Some(RUST_PROBE_LINE));
-    assert!(f.file.as_deref().unwrap().ends_with("tests/symbols_native.rs"), "{f:?}");
+    assert!(
+        f.file
+            .as_deref()
+            .unwrap()
+            .ends_with("tests/symbols_native.rs"),
+        "{f:?}"
+    );
     let exe = std::env::current_exe().unwrap();
     assert_eq!(f.module.as_deref(), Some(exe.to_str().unwrap()));
 }

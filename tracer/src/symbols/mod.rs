@@ -7,6 +7,11 @@
 //! moment, so stacks still symbolize after the process died or its binary was
 //! deleted or replaced on disk. Parsed modules are shared between processes,
 //! keyed by GNU build-id (or dev+inode+size+mtime when there is none).
+//!
+//! Addresses are looked up as given. A return address points after its call
+//! instruction, so callers that want the call's own line (and the right
+//! function when the call is the last instruction before another function)
+//! pass `ip - 1` for every frame but the innermost, as perf and gdb do.
 mod bench;
 mod demangle;
 mod maps;
