@@ -305,7 +305,7 @@ fn rust_probe_target(x: u64) -> u64 {
 
 #[test]
 fn rust_function_of_this_test_process_is_demangled() {
-    let addr = rust_probe_target as usize as u64;
+    let addr = rust_probe_target as *const () as usize as u64;
     assert_eq!(rust_probe_target(1), 3);
     let pid = std::process::id();
     let mut sym = Symbolizer::new();
