@@ -178,16 +178,16 @@ impl Module {
     pub fn file_offset_to_vaddr(&self, offset: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|s| offset >= s.offset && offset < s.offset + s.filesz)
-            .map(|s| offset - s.offset + s.vaddr)
+            .find(|s| offset >= s.offset && offset < s.offset.saturating_add(s.filesz))
+            .map(|s| (offset - s.offset).wrapping_add(s.vaddr))
     }
 
     /// The inverse of `file_offset_to_vaddr`.
     pub fn vaddr_to_file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.filesz)
-            .map(|s| vaddr - s.vaddr + s.offset)
+            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr.saturating_add(s.filesz))
+            .map(|s| (vaddr - s.vaddr).wrapping_add(s.offset))
     }
 
     pub fn symbol_count(&self) -> usize {
@@ -200,7 +200,7 @@ impl Module {
         self.symbols
             .iter()
             .filter(|s| s.size > 0)
-            .map(|s| s.addr + s.size / 2)
+            .map(|s| s.addr.saturating_add(s.size / 2))
     }
 
     /// The raw (mangled) name of the symbol containing `vaddr`.
@@ -232,7 +232,7 @@ impl Module {
         // little for one whose [addr, addr+size) holds the address.
         for i in (idx.saturating_sub(8)..idx).rev() {
             let s = &self.symbols[i];
-            if s.size > 0 && vaddr < s.addr + s.size {
+            if s.size > 0 && vaddr < s.addr.saturating_add(s.size) {
                 return Some(i);
             }
         }
@@ -347,6 +347,29 @@ mod tests {
             PathBuf::from("/usr/lib/debug/.build-id/eb/eaf2df.debug")
         );
         assert!(debug_file_path(&[]).is_none());
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_errors_not_panics() {
+        let mut junk = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut junk, b"#!/bin/sh\necho not an ELF\n").unwrap();
+        let err = Module::load(&junk, Path::new("/x/script"), &[])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("/x/script is not a usable ELF file"),
+            "{err}"
+        );
+
+        // The first page of node: a valid ELF header whose tables point past the end.
+        let head = std::fs::read("/usr/bin/node").unwrap();
+        let mut cut = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut cut, &head[..4096]).unwrap();
+        if let Ok(m) = Module::load(&cut, Path::new("/x/cut"), &[]) {
+            assert_eq!(m.symbol_at(0xbbe4a0), None);
+            assert!(m.source_frames(0xbbe4a0).is_empty());
+        }
     }
 
     #[test]
