@@ -342,6 +342,47 @@ mod tests {
         assert_eq!(classify(&[f("x", "/srv/nodes.node")]), Bucket::NativeAddon);
     }
 
+    // The next stacks were recorded with bpftrace uprobes on libc in node
+    // v20 running Buffer.allocUnsafe(5 MiB) and filling a Map: frame-pointer
+    // unwinding at function entry loses the immediate caller of malloc/mmap,
+    // so the rules must hold without it.
+    #[test]
+    fn observed_buffer_alloc_unsafe_stack_without_immediate_caller() {
+        let frames = [
+            f("malloc", LIBC),
+            f("v8::internal::Heap::AllocateExternalBackingStore(std::function<void* (unsigned long)> const&, unsigned long)", NODE),
+            f("v8::internal::BackingStore::Allocate(v8::internal::Isolate*, unsigned long, v8::internal::SharedFlag, v8::internal::InitializedFlag)", NODE),
+            f("v8::ArrayBuffer::NewBackingStoreForNodeLTS(v8::Isolate*, unsigned long)", NODE),
+            f("node::Buffer::(anonymous namespace)::CreateUnsafeArrayBuffer(v8::FunctionCallbackInfo<v8::Value> const&)", NODE),
+        ];
+        assert_eq!(classify(&frames), Bucket::ArrayBuffers);
+    }
+
+    #[test]
+    fn observed_new_space_page_stack_without_immediate_caller() {
+        let frames = [
+            f("mmap64", LIBC),
+            f("v8::internal::VirtualMemory::VirtualMemory(v8::PageAllocator*, unsigned long, void*, unsigned long, v8::internal::JitPermission)", NODE),
+            f("v8::internal::MemoryAllocator::AllocateAlignedMemory(unsigned long, unsigned long, unsigned long, v8::internal::AllocationSpace, v8::internal::Executability, void*, v8::internal::VirtualMemory*)", NODE),
+            f("v8::internal::MemoryAllocator::AllocateUninitializedChunkAt(v8::internal::BaseSpace*, unsigned long, v8::internal::Executability, unsigned long, v8::internal::PageSize)", NODE),
+            f("v8::internal::MemoryAllocator::AllocatePage(v8::internal::MemoryAllocator::AllocationMode, v8::internal::Space*, v8::internal::Executability)", NODE),
+            f("v8::internal::SemiSpace::EnsureCurrentCapacity()", NODE),
+            f("v8::internal::MarkCompactCollector::Finish()", NODE),
+        ];
+        assert_eq!(classify(&frames), Bucket::V8Heap);
+    }
+
+    #[test]
+    fn observed_cppgc_gc_info_table_is_node_native_metadata() {
+        let frames = [
+            f("mmap64", LIBC),
+            f("cppgc::internal::GCInfoTable::GCInfoTable(v8::PageAllocator&, cppgc::internal::FatalOutOfMemoryHandler&)", NODE),
+            f("cppgc::internal::GlobalGCInfoTable::Initialize(v8::PageAllocator&)", NODE),
+            f("cppgc::InitializeProcess(v8::PageAllocator*)", NODE),
+        ];
+        assert_eq!(classify(&frames), Bucket::NodeNative);
+    }
+
     #[test]
     fn plain_c_program_and_jit_only_are_other() {
         assert_eq!(
