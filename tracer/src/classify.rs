@@ -34,7 +34,10 @@
 //! 5. `other`: everything else (a plain C program, JIT code only, libc only).
 //!
 //! Names are matched as prefixes of the demangled symbol, so both symbol-table
-//! names (with parameters) and DWARF inline names (without) match.
+//! names (with parameters) and DWARF inline names (without) match. Only
+//! native frames are matched (a JS function may be called anything). No rule
+//! needs the immediate caller of malloc/mmap: a uprobe at function entry
+//! unwound by frame pointers loses it (rbp still points to the caller's frame).
 use crate::report::{Bucket, Frame, FrameKind};
 
 const ARRAY_BUFFER_SYMBOLS: &[&str] = &[
