@@ -181,6 +181,11 @@ fn modules_are_shared_between_processes() {
     );
     sym.forget(a.pid());
     assert!(!sym.is_captured(a.pid()));
+    sym.prune();
+    assert_eq!(sym.cached_modules(), n, "b still maps every module");
+    sym.forget(b.pid());
+    sym.prune();
+    assert_eq!(sym.cached_modules(), 0);
 }
 
 /// `inner_helper` (always inlined) calls `report` on line 9; `outer_fn`

@@ -173,6 +173,20 @@ impl Symbolizer {
         self.procs.remove(&pid);
     }
 
+    /// Drops cached modules that no captured process maps any more, so a
+    /// long-running daemon watching short-lived processes does not grow.
+    pub fn prune(&mut self) {
+        let live: HashSet<*const Module> = self
+            .procs
+            .values()
+            .flat_map(|p| p.maps.iter())
+            .filter_map(|m| m.module.as_ref().map(Arc::as_ptr))
+            .collect();
+        self.by_stat.retain(|_, m| live.contains(&Arc::as_ptr(m)));
+        self.by_build_id
+            .retain(|_, m| live.contains(&Arc::as_ptr(m)));
+    }
+
     /// Whether `pid` has been captured.
     pub fn is_captured(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
