@@ -64,7 +64,9 @@ fn js_function_name_from_perf_map() {
     let mut p = Proc::spawn(
         Command::new("node")
             .args(["--perf-basic-prof", "--allow-natives-syntax"])
-            .arg(&script),
+            .arg(&script)
+            // --perf-basic-prof also writes isolate-*-v8.log into the cwd.
+            .current_dir(&dir),
     );
     let pid: u32 = field(&p.line(), "ready").parse().unwrap();
     assert_eq!(pid, p.pid());
@@ -94,7 +96,8 @@ fn js_function_name_from_perf_map_in_a_pid_and_mount_namespace() {
                 "sh",
                 "-c",
             ])
-            .arg(inner),
+            .arg(inner)
+            .current_dir(&dir),
     );
     let ns_pid: u32 = field(&p.line(), "ready").parse().unwrap();
     assert_eq!(ns_pid, 1, "node is pid 1 of its namespace");
