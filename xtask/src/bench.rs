@@ -1,0 +1,413 @@
+//! `cargo xtask bench`: what tracing costs an allocation-heavy Node loop.
+//!
+//! Every figure is a median over paired runs (untraced, then traced, alternating),
+//! timed by the workload itself (bench/alloc-loop.js prints its loop's elapsed ms),
+//! so node's start-up and a tracer's attach and report never count. It prints and
+//! never asserts: a benchmark on a shared 2-core machine is not a test.
+//!
+//! Parts: `floor` (a bare bpftrace counting uprobe on malloc+free of the one PID:
+//! what any uprobe tool pays), `malloc` and `resident` (`offheap run --mode ...`).
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::ValueEnum;
+
+use crate::proc::{cargo, run_cmd, workspace_root};
+use crate::setup;
+use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms};
+
+const WORKLOAD: &str = "bench/alloc-loop.js";
+const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
+const RESIDENT_GOAL: f64 = 1.03;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Paired runs for the floor and malloc mode (>= 5 for a stable median).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pairs: u32,
+    /// Paired runs for resident mode (>= 7: its effect is small, so more samples).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    resident_pairs: u32,
+    /// Workload loop iterations (default: the workload's, ~0.5-1 s untraced).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: Option<u32>,
+    /// Run only these parts (repeatable; default: all).
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
+    /// Use the existing target/release/offheap instead of building it.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Floor,
+    Malloc,
+    Resident,
+}
+
+/// One part's paired samples (milliseconds).
+struct Paired {
+    name: &'static str,
+    untraced: Vec<f64>,
+    traced: Vec<f64>,
+}
+
+impl Paired {
+    /// Median traced / median untraced.
+    fn ratio(&self) -> Option<f64> {
+        Some(median(&self.traced)? / median(&self.untraced)?)
+    }
+}
+
+struct Bench {
+    root: PathBuf,
+    offheap: PathBuf,
+    iterations: Option<u32>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    setup::run()?;
+    let root = workspace_root();
+    if !args.no_build {
+        println!("bench: cargo build --release -p tracer");
+        run_cmd(cargo().args(["build", "--release", "-p", "tracer"]))?;
+        // Another part of the project may add a symbolizer micro-bench; build it
+        // when its source exists, and never fail the bench over it.
+        if root.join("tracer/examples/symbench.rs").exists() {
+            let _ = run_cmd(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "tracer",
+                "--example",
+                "symbench",
+            ]));
+        }
+    }
+    let bench = Bench {
+        offheap: root.join("target/release/offheap"),
+        root,
+        iterations: args.iterations,
+    };
+    ensure!(
+        bench.root.join(WORKLOAD).exists(),
+        "{WORKLOAD} is missing from the workspace"
+    );
+    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
+
+    // Warm the page cache and node's code cache once; not counted.
+    let warm = bench.untraced()?;
+    println!("bench: workload node {WORKLOAD}: warm-up run {warm:.0} ms untraced");
+
+    let floor = if wants(Part::Floor) {
+        paired(&bench, "floor", args.pairs, Bench::floor)
+    } else {
+        None
+    };
+    let malloc = if wants(Part::Malloc) {
+        paired(&bench, "malloc", args.pairs, |b| b.offheap_run("malloc"))
+    } else {
+        None
+    };
+    let resident = if wants(Part::Resident) {
+        paired(&bench, "resident", args.resident_pairs, |b| {
+            b.offheap_run("resident")
+        })
+    } else {
+        None
+    };
+
+    println!();
+    println!("bench summary: medians of paired runs, loop time measured inside node");
+    for p in [&floor, &malloc, &resident].into_iter().flatten() {
+        summary_line(p);
+    }
+    if let (Some(m), Some(f)) = (&malloc, &floor) {
+        if let (Some(mr), Some(fr)) = (m.ratio(), f.ratio()) {
+            let rel = mr / fr;
+            println!(
+                "  malloc slowdown / floor slowdown = {mr:.2}x / {fr:.2}x = {rel:.2}  (goal <= {MALLOC_GOAL_VS_FLOOR}) {}",
+                verdict(rel <= MALLOC_GOAL_VS_FLOOR)
+            );
+        }
+    }
+    if let Some(r) = resident.as_ref().and_then(Paired::ratio) {
+        println!(
+            "  resident slowdown = {r:.3}x  (goal <= {RESIDENT_GOAL}) {}",
+            verdict(r <= RESIDENT_GOAL)
+        );
+    }
+    symbench(&bench.root);
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "goal met"
+    } else {
+        "goal NOT met"
+    }
+}
+
+fn summary_line(p: &Paired) {
+    let (u, t) = (median(&p.untraced), median(&p.traced));
+    match (u, t, p.ratio()) {
+        (Some(u), Some(t), Some(r)) => println!(
+            "  {:<9} {} pairs  untraced {u:>8.1} ms  traced {t:>9.1} ms  slowdown {r:.3}x",
+            p.name,
+            p.traced.len()
+        ),
+        _ => println!("  {:<9} no complete pair", p.name),
+    }
+}
+
+/// Runs `pairs` (untraced, traced) pairs. A part whose traced run fails is reported
+/// as not available (e.g. an offheap without that mode yet) and yields None.
+fn paired(
+    bench: &Bench,
+    name: &'static str,
+    pairs: u32,
+    mut traced: impl FnMut(&Bench) -> Result<f64>,
+) -> Option<Paired> {
+    let mut p = Paired {
+        name,
+        untraced: Vec::new(),
+        traced: Vec::new(),
+    };
+    for i in 1..=pairs {
+        let u = match bench.untraced() {
+            Ok(u) => u,
+            Err(e) => {
+                println!("bench: {name}: untraced run failed: {e:#}");
+                return None;
+            }
+        };
+        let t = match traced(bench) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("bench: {name}: not available: {e:#}");
+                return None;
+            }
+        };
+        println!(
+            "bench: {name} pair {i}/{pairs}: untraced {u:.1} ms, traced {t:.1} ms ({:.3}x)",
+            t / u
+        );
+        p.untraced.push(u);
+        p.traced.push(t);
+    }
+    Some(p)
+}
+
+impl Bench {
+    fn node_cmd(&self) -> Command {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(&self.root).arg(WORKLOAD);
+        if let Some(n) = self.iterations {
+            cmd.arg(n.to_string());
+        }
+        cmd
+    }
+
+    fn untraced(&self) -> Result<f64> {
+        let out = self
+            .node_cmd()
+            .stderr(Stdio::inherit())
+            .output()
+            .context("could not start node")?;
+        ensure!(
+            out.status.success(),
+            "node {WORKLOAD} failed ({})",
+            out.status
+        );
+        elapsed(&out.stdout)
+    }
+
+    /// The floor: node held on a stdin gate, bpftrace attached to its PID only,
+    /// then the gate opens. bpftrace runs BEGIN only after every probe is attached,
+    /// so its `ready` line means the workload cannot start untraced.
+    fn floor(&self) -> Result<f64> {
+        let mut node = KillOnDrop(
+            self.node_cmd()
+                .env("OFFHEAP_BENCH_GATE", "stdin")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("could not start node")?,
+        );
+        let pid = node.0.id();
+        let libc = libc_of(pid).unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"));
+        // bpftrace 0.17's -p does not narrow uprobes to the PID (measured: the
+        // count then includes ~0.9M calls of other processes), so the predicate
+        // does. The traced process pays the same trap + program as with a per-PID
+        // attach; other processes trap too while the floor runs.
+        let script = format!(
+            "BEGIN {{ printf(\"ready\\n\"); }} \
+             uprobe:{l}:malloc, uprobe:{l}:free /pid == {pid}/ {{ @n = count(); }}",
+            l = libc.display()
+        );
+        let mut bt = KillOnDrop(
+            Command::new("bpftrace")
+                .args(["-p", &pid.to_string(), "-e", &script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("could not start bpftrace")?,
+        );
+        let mut bt_out = BufReader::new(bt.0.stdout.take().expect("piped"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if bt_out.read_line(&mut line)? == 0 {
+                let mut err = String::new();
+                if let Some(mut e) = bt.0.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("bpftrace exited before attaching: {}", last_line(&err));
+            }
+            if line.trim() == "ready" {
+                break;
+            }
+        }
+        node.0
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(b"go\n")
+            .context("opening the workload's gate")?;
+        let mut stdout = Vec::new();
+        node.0
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_end(&mut stdout)?;
+        let status = node.0.wait()?;
+        ensure!(
+            status.success(),
+            "node {WORKLOAD} under bpftrace failed ({status})"
+        );
+        let ms = elapsed(&stdout)?;
+
+        // bpftrace -p exits by itself when its PID does; SIGINT it if it lingers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bt.0.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if bt.0.try_wait()?.is_none() {
+            // SAFETY: kill(2) on the PID of our own child, which has not been reaped.
+            unsafe { libc::kill(bt.0.id() as libc::pid_t, libc::SIGINT) };
+        }
+        let mut rest = String::new();
+        bt_out.read_to_string(&mut rest)?;
+        bt.0.wait()?;
+        match parse_bpftrace_count(&rest) {
+            Some(n) if n > 0 => println!("bench: floor: bpftrace counted {n} malloc+free calls"),
+            _ => bail!("bpftrace counted no malloc/free calls: its probes did not fire"),
+        }
+        Ok(ms)
+    }
+
+    /// `offheap run --mode MODE -- node WORKLOAD`, the report written to a temp file
+    /// so stdout carries only the workload's lines.
+    fn offheap_run(&self, mode: &str) -> Result<f64> {
+        ensure!(
+            self.offheap.exists(),
+            "{} is not built",
+            self.offheap.display()
+        );
+        let report =
+            std::env::temp_dir().join(format!("offheap-bench-{}.json", std::process::id()));
+        let node = self.node_cmd();
+        let out = Command::new(&self.offheap)
+            .current_dir(&self.root)
+            .args([
+                "run",
+                "--mode",
+                mode,
+                "--no-live",
+                "--format",
+                "json",
+                "--output",
+            ])
+            .arg(&report)
+            .arg("--")
+            .arg(node.get_program())
+            .args(node.get_args())
+            .output()
+            .context("could not start offheap")?;
+        let _ = std::fs::remove_file(&report);
+        if !out.status.success() {
+            return Err(anyhow!(
+                "offheap run --mode {mode} exited with {}: {}",
+                out.status,
+                last_line(&String::from_utf8_lossy(&out.stderr))
+            ));
+        }
+        elapsed(&out.stdout)
+    }
+}
+
+/// Kills (SIGKILL) and reaps a child we still own when a run fails halfway.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn elapsed(stdout: &[u8]) -> Result<f64> {
+    parse_elapsed_ms(&String::from_utf8_lossy(stdout))
+        .ok_or_else(|| anyhow!("the workload printed no `alloc-loop: elapsed_ms=` line"))
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)")
+        .trim()
+}
+
+/// The libc that `pid` really maps (its path as seen from our mount namespace).
+fn libc_of(pid: u32) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+        })
+        .map(PathBuf::from)
+}
+
+/// Prints the symbolizer figure when another part of the project built one.
+fn symbench(root: &Path) {
+    let bin = root.join("target/release/examples/symbench");
+    if !bin.exists() {
+        println!("  symbolizer: no target/release/examples/symbench, skipped");
+        return;
+    }
+    match Command::new(&bin).current_dir(root).output() {
+        Ok(out) if out.status.success() => {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                println!("  symbolizer: {l}");
+            }
+        }
+        Ok(out) => println!(
+            "  symbolizer: symbench failed ({}): {}",
+            out.status,
+            last_line(&String::from_utf8_lossy(&out.stderr))
+        ),
+        Err(e) => println!("  symbolizer: could not start symbench: {e}"),
+    }
+}
