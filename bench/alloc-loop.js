@@ -3,8 +3,6 @@
 // node's start-up or a tracer's attach) and prints `alloc-loop: elapsed_ms=<ms>` last.
 //
 // Usage: node bench/alloc-loop.js [iterations]
-// With OFFHEAP_BENCH_GATE=stdin it waits for one line on stdin before starting, so a
-// tracer can attach to the PID first (the bench's bpftrace floor does this).
 'use strict';
 const zlib = require('zlib');
 
@@ -46,11 +44,4 @@ function run() {
   console.log(`alloc-loop: elapsed_ms=${ms.toFixed(1)}`);
 }
 
-if (process.env.OFFHEAP_BENCH_GATE === 'stdin') {
-  process.stdin.once('data', () => {
-    process.stdin.destroy();
-    run();
-  });
-} else {
-  run();
-}
+run();

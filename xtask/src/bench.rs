@@ -7,10 +7,8 @@
 //!
 //! Parts: `floor` (a bare bpftrace counting uprobe on malloc+free of the one PID:
 //! what any uprobe tool pays), `malloc` and `resident` (`offheap run --mode ...`).
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
@@ -227,88 +225,60 @@ impl Bench {
         elapsed(&out.stdout)
     }
 
-    /// The floor: node held on a stdin gate, bpftrace attached to its PID only,
-    /// then the gate opens. bpftrace runs BEGIN only after every probe is attached,
-    /// so its `ready` line means the workload cannot start untraced.
+    /// The floor: `bpftrace -c` starts node held until every probe is attached,
+    /// counting malloc+free of that PID only.
+    ///
+    /// Two bpftrace 0.17 facts shape this. Its `-p PID` does not narrow uprobes to
+    /// the PID (measured: the count then includes ~0.9M calls of other processes),
+    /// hence the `pid == cpid` predicate: the traced process pays the same trap +
+    /// program as with a per-PID attach, other processes trap too while it runs.
+    /// And holding node on a stdin gate then `-p` made node's main thread count
+    /// 0.2-0.35M calls instead of the steady 1.07M seen with `-c`, so `-c` it is.
     fn floor(&self) -> Result<f64> {
-        let mut node = KillOnDrop(
-            self.node_cmd()
-                .env("OFFHEAP_BENCH_GATE", "stdin")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("could not start node")?,
-        );
-        let pid = node.0.id();
-        let libc = libc_of(pid).unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"));
-        // bpftrace 0.17's -p does not narrow uprobes to the PID (measured: the
-        // count then includes ~0.9M calls of other processes), so the predicate
-        // does. The traced process pays the same trap + program as with a per-PID
-        // attach; other processes trap too while the floor runs.
+        let node = which("node").ok_or_else(|| anyhow!("node is not in PATH"))?;
+        let libc = self
+            .node_libc()
+            .unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"));
         let script = format!(
-            "BEGIN {{ printf(\"ready\\n\"); }} \
-             uprobe:{l}:malloc, uprobe:{l}:free /pid == {pid}/ {{ @n = count(); }}",
+            "uprobe:{l}:malloc, uprobe:{l}:free /pid == cpid/ {{ @n = count(); }}",
             l = libc.display()
         );
-        let mut bt = KillOnDrop(
-            Command::new("bpftrace")
-                .args(["-p", &pid.to_string(), "-e", &script])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("could not start bpftrace")?,
-        );
-        let mut bt_out = BufReader::new(bt.0.stdout.take().expect("piped"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if bt_out.read_line(&mut line)? == 0 {
-                let mut err = String::new();
-                if let Some(mut e) = bt.0.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("bpftrace exited before attaching: {}", last_line(&err));
-            }
-            if line.trim() == "ready" {
-                break;
-            }
+        let mut child_cmd = format!("{} {WORKLOAD}", node.display());
+        if let Some(n) = self.iterations {
+            child_cmd.push_str(&format!(" {n}"));
         }
-        node.0
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(b"go\n")
-            .context("opening the workload's gate")?;
-        let mut stdout = Vec::new();
-        node.0
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_end(&mut stdout)?;
-        let status = node.0.wait()?;
-        ensure!(
-            status.success(),
-            "node {WORKLOAD} under bpftrace failed ({status})"
-        );
-        let ms = elapsed(&stdout)?;
-
-        // bpftrace -p exits by itself when its PID does; SIGINT it if it lingers.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while bt.0.try_wait()?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        let out = Command::new("bpftrace")
+            .current_dir(&self.root)
+            .args(["-c", &child_cmd, "-e", &script])
+            .stdin(Stdio::null())
+            .output()
+            .context("could not start bpftrace")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "bpftrace failed ({}): {}",
+                out.status,
+                last_line(&String::from_utf8_lossy(&out.stderr))
+            );
         }
-        if bt.0.try_wait()?.is_none() {
-            // SAFETY: kill(2) on the PID of our own child, which has not been reaped.
-            unsafe { libc::kill(bt.0.id() as libc::pid_t, libc::SIGINT) };
-        }
-        let mut rest = String::new();
-        bt_out.read_to_string(&mut rest)?;
-        bt.0.wait()?;
-        match parse_bpftrace_count(&rest) {
+        let ms = elapsed(stdout.as_bytes())?;
+        match parse_bpftrace_count(&stdout) {
             Some(n) if n > 0 => println!("bench: floor: bpftrace counted {n} malloc+free calls"),
             _ => bail!("bpftrace counted no malloc/free calls: its probes did not fire"),
         }
         Ok(ms)
+    }
+
+    /// The libc node really maps, read from a throwaway node's /proc/self/maps.
+    fn node_libc(&self) -> Option<PathBuf> {
+        let out = Command::new("node")
+            .args([
+                "-e",
+                "process.stdout.write(require('fs').readFileSync('/proc/self/maps', 'utf8'))",
+            ])
+            .output()
+            .ok()?;
+        libc_in_maps(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// `offheap run --mode MODE -- node WORKLOAD`, the report written to a temp file
@@ -351,18 +321,6 @@ impl Bench {
     }
 }
 
-/// Kills (SIGKILL) and reaps a child we still own when a run fails halfway.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn elapsed(stdout: &[u8]) -> Result<f64> {
     parse_elapsed_ms(&String::from_utf8_lossy(stdout))
         .ok_or_else(|| anyhow!("the workload printed no `alloc-loop: elapsed_ms=` line"))
@@ -376,9 +334,8 @@ fn last_line(s: &str) -> &str {
         .trim()
 }
 
-/// The libc that `pid` really maps (its path as seen from our mount namespace).
-fn libc_of(pid: u32) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+/// The libc path in a /proc/PID/maps text.
+fn libc_in_maps(maps: &str) -> Option<PathBuf> {
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
         .find(|p| {
@@ -388,6 +345,13 @@ fn libc_of(pid: u32) -> Option<PathBuf> {
                 .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
         })
         .map(PathBuf::from)
+}
+
+/// `prog`'s absolute path from PATH (bpftrace -c wants one unique binary).
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 /// Prints the symbolizer figure when another part of the project built one.
@@ -409,5 +373,28 @@ fn symbench(root: &Path) {
             last_line(&String::from_utf8_lossy(&out.stderr))
         ),
         Err(e) => println!("  symbolizer: could not start symbench: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libc_in_maps() {
+        let maps = "\
+55d0c0000000-55d0c4000000 r-xp 00000000 fe:00 1 /usr/bin/node
+7f2e51277000-7f2e5129d000 r--p 00000000 fe:00 326279 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f2e5129d000-7f2e513f3000 r-xp 00026000 fe:00 326279 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(
+            libc_in_maps(maps),
+            Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+        );
+        assert_eq!(
+            libc_in_maps("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]\n"),
+            None
+        );
     }
 }
