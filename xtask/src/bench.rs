@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Use the existing target/release/offheap instead of building it.
     #[arg(long)]
     no_build: bool,
+    /// Measure this offheap binary instead of target/release/offheap (implies --no-build).
+    #[arg(long, value_name = "PATH")]
+    offheap: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,7 +73,7 @@ struct Bench {
 pub fn run(args: &BenchArgs) -> Result<()> {
     setup::run()?;
     let root = workspace_root();
-    if !args.no_build {
+    if !args.no_build && args.offheap.is_none() {
         println!("bench: cargo build --release -p tracer");
         run_cmd(cargo().args(["build", "--release", "-p", "tracer"]))?;
         // Another part of the project may add a symbolizer micro-bench; build it
@@ -87,7 +90,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let bench = Bench {
-        offheap: root.join("target/release/offheap"),
+        offheap: args
+            .offheap
+            .clone()
+            .unwrap_or_else(|| root.join("target/release/offheap")),
         root,
         iterations: args.iterations,
     };

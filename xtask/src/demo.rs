@@ -1,16 +1,22 @@
 //! `cargo xtask demo`: trace the bundled leaking Node program and print the report.
+use std::path::PathBuf;
+
 use anyhow::{ensure, Result};
 
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::{setup, TraceMode};
 
-pub fn run(mode: TraceMode, duration: u32) -> Result<()> {
+pub fn run(mode: TraceMode, duration: u32, offheap: Option<PathBuf>) -> Result<()> {
     setup::run()?;
-    println!("demo: cargo build --release -p tracer");
-    run_cmd(cargo().args(["build", "--release", "-p", "tracer"]))?;
-
     let root = workspace_root();
-    let offheap = root.join("target/release/offheap");
+    let offheap = match offheap {
+        Some(path) => path,
+        None => {
+            println!("demo: cargo build --release -p tracer");
+            run_cmd(cargo().args(["build", "--release", "-p", "tracer"]))?;
+            root.join("target/release/offheap")
+        }
+    };
     let leak = root.join("demo/leak.js");
     ensure!(offheap.exists(), "{} was not built", offheap.display());
     ensure!(leak.exists(), "{} is missing", leak.display());

@@ -34,6 +34,9 @@ enum Task {
         /// How long to trace, in seconds.
         #[arg(long, default_value_t = 8)]
         duration: u32,
+        /// Run this offheap binary instead of building target/release/offheap.
+        #[arg(long, value_name = "PATH")]
+        offheap: Option<std::path::PathBuf>,
     },
     /// Setup, build everything, run every unit and end-to-end test serially.
     Test,
@@ -61,7 +64,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
-        Task::Demo { mode, duration } => demo::run(mode, duration),
+        Task::Demo {
+            mode,
+            duration,
+            offheap,
+        } => demo::run(mode, duration, offheap),
         Task::Test => test::run(),
         Task::Bench(args) => bench::run(&args),
     };
