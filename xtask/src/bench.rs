@@ -315,6 +315,7 @@ impl Bench {
             .args(node.get_args())
             .output()
             .context("could not start offheap")?;
+        let json = std::fs::read_to_string(&report);
         let _ = std::fs::remove_file(&report);
         if !out.status.success() {
             return Err(anyhow!(
@@ -323,8 +324,36 @@ impl Bench {
                 last_line(&String::from_utf8_lossy(&out.stderr))
             ));
         }
-        elapsed(&out.stdout)
+        let ms = elapsed(&out.stdout)?;
+        let json =
+            json.with_context(|| format!("offheap wrote no report at {}", report.display()))?;
+        println!("bench: {mode}: report: {}", report_summary(&json)?);
+        Ok(ms)
     }
+}
+
+/// `N stacks, M dropped events` from an offheap JSON report. Dropped events mean
+/// the traced time understates the full cost, so the bench shows them.
+fn report_summary(json: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(json).context("the report is not JSON")?;
+    let dropped = v["dropped_events"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the report has no dropped_events"))?;
+    let stacks: usize = v["processes"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["stacks"].as_array())
+                .map(Vec::len)
+                .sum()
+        })
+        .unwrap_or(0);
+    let warn = if dropped > 0 {
+        " (events were lost: the traced time understates the cost)"
+    } else {
+        ""
+    };
+    Ok(format!("{stacks} stacks, {dropped} dropped events{warn}"))
 }
 
 fn elapsed(stdout: &[u8]) -> Result<f64> {
@@ -402,5 +431,17 @@ mod tests {
             libc_in_maps("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]\n"),
             None
         );
+    }
+
+    #[test]
+    fn summarises_reports() {
+        let json = r#"{"schema":"offheap.report.v1","dropped_events":0,
+            "processes":[{"stacks":[{},{}]},{"stacks":[{}]}]}"#;
+        assert_eq!(report_summary(json).unwrap(), "3 stacks, 0 dropped events");
+        let lossy = r#"{"dropped_events":7,"processes":[]}"#;
+        assert!(report_summary(lossy)
+            .unwrap()
+            .starts_with("0 stacks, 7 dropped events (events were lost"));
+        assert!(report_summary("not json").is_err());
     }
 }
