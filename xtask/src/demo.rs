@@ -32,11 +32,15 @@ pub fn run(mode: TraceMode, duration: u32, offheap: Option<PathBuf>) -> Result<(
          zlib streams and a JS Map every 100 ms)",
         mode.as_str()
     );
+    // With --perf-basic-prof, V8 also drops an isolate-*-v8.log into the working
+    // directory (and --logfile is not allowed in NODE_OPTIONS): run from the temp
+    // directory so the workspace stays clean.
     let mut cmd = std::process::Command::new(&offheap);
-    cmd.current_dir(&root)
+    cmd.current_dir(std::env::temp_dir())
         .env("NODE_OPTIONS", node_options)
         .args(["run", "--mode", mode.as_str(), "--duration"])
         .arg(duration.to_string())
-        .args(["--", "node", "demo/leak.js"]);
+        .args(["--", "node"])
+        .arg(&leak);
     run_cmd(&mut cmd)
 }
