@@ -5,14 +5,17 @@
 //! so node's start-up and a tracer's attach and report never count. It prints and
 //! never asserts: a benchmark on a shared 2-core machine is not a test.
 //!
-//! Parts: `floor` (a bare bpftrace counting uprobe on malloc+free of the one PID:
-//! what any uprobe tool pays), `malloc` and `resident` (`offheap run --mode ...`).
+//! Parts: `floor` (a bare counting uprobe on malloc+free of the one PID, libbpf:
+//! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
+//! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
+//! (`offheap run --mode ...`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
+use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
 use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms};
@@ -46,6 +49,7 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     Floor,
+    BpftraceFloor,
     Malloc,
     Resident,
 }
@@ -68,6 +72,7 @@ struct Bench {
     root: PathBuf,
     offheap: PathBuf,
     iterations: Option<u32>,
+    libc: PathBuf,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -96,6 +101,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .unwrap_or_else(|| root.join("target/release/offheap")),
         root,
         iterations: args.iterations,
+        libc: floor::node_libc(),
     };
     ensure!(
         bench.root.join(WORKLOAD).exists(),
@@ -108,7 +114,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!("bench: workload node {WORKLOAD}: warm-up run {warm:.0} ms untraced");
 
     let floor = if wants(Part::Floor) {
-        paired(&bench, "floor", args.pairs, Bench::floor)
+        match PerPidCounter::build(&bench.root) {
+            Ok(counter) => paired(&bench, "floor", args.pairs, |b| {
+                let out = counter.run(&b.root, &b.libc, &b.node_args())?;
+                counted("floor", &out)
+            }),
+            Err(e) => {
+                println!("bench: floor: not available: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let bt_floor = if wants(Part::BpftraceFloor) {
+        paired(&bench, "bpftrace-floor", args.pairs, |b| {
+            let out = floor::bpftrace(&b.root, &b.libc, &b.node_args())?;
+            counted("bpftrace-floor", &out)
+        })
     } else {
         None
     };
@@ -127,14 +150,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     println!();
     println!("bench summary: medians of paired runs, loop time measured inside node");
-    for p in [&floor, &malloc, &resident].into_iter().flatten() {
+    for p in [&floor, &bt_floor, &malloc, &resident]
+        .into_iter()
+        .flatten()
+    {
         summary_line(p);
     }
-    if let (Some(m), Some(f)) = (&malloc, &floor) {
-        if let (Some(mr), Some(fr)) = (m.ratio(), f.ratio()) {
+    for f in [&floor, &bt_floor].into_iter().flatten() {
+        if let (Some(mr), Some(fr)) = (malloc.as_ref().and_then(Paired::ratio), f.ratio()) {
             let rel = mr / fr;
             println!(
-                "  malloc slowdown / floor slowdown = {mr:.2}x / {fr:.2}x = {rel:.2}  (goal <= {MALLOC_GOAL_VS_FLOOR}) {}",
+                "  malloc slowdown / {} slowdown = {mr:.2}x / {fr:.2}x = {rel:.2}  (goal <= {MALLOC_GOAL_VS_FLOOR}) {}",
+                f.name,
                 verdict(rel <= MALLOC_GOAL_VS_FLOOR)
             );
         }
@@ -161,11 +188,11 @@ fn summary_line(p: &Paired) {
     let (u, t) = (median(&p.untraced), median(&p.traced));
     match (u, t, p.ratio()) {
         (Some(u), Some(t), Some(r)) => println!(
-            "  {:<9} {} pairs  untraced {u:>8.1} ms  traced {t:>9.1} ms  slowdown {r:.3}x",
+            "  {:<14} {} pairs  untraced {u:>8.1} ms  traced {t:>9.1} ms  slowdown {r:.3}x",
             p.name,
             p.traced.len()
         ),
-        _ => println!("  {:<9} no complete pair", p.name),
+        _ => println!("  {:<14} no complete pair", p.name),
     }
 }
 
@@ -208,12 +235,16 @@ fn paired(
 }
 
 impl Bench {
+    /// node's arguments: the workload and its iteration count, if given.
+    fn node_args(&self) -> Vec<String> {
+        let mut args = vec![WORKLOAD.to_string()];
+        args.extend(self.iterations.map(|n| n.to_string()));
+        args
+    }
+
     fn node_cmd(&self) -> Command {
         let mut cmd = Command::new("node");
-        cmd.current_dir(&self.root).arg(WORKLOAD);
-        if let Some(n) = self.iterations {
-            cmd.arg(n.to_string());
-        }
+        cmd.current_dir(&self.root).args(self.node_args());
         cmd
     }
 
@@ -229,62 +260,6 @@ impl Bench {
             out.status
         );
         elapsed(&out.stdout)
-    }
-
-    /// The floor: `bpftrace -c` starts node held until every probe is attached,
-    /// counting malloc+free of that PID only.
-    ///
-    /// Two bpftrace 0.17 facts shape this. Its `-p PID` does not narrow uprobes to
-    /// the PID (measured: the count then includes ~0.9M calls of other processes),
-    /// hence the `pid == cpid` predicate: the traced process pays the same trap +
-    /// program as with a per-PID attach, other processes trap too while it runs.
-    /// And holding node on a stdin gate then `-p` made node's main thread count
-    /// 0.2-0.35M calls instead of the steady 1.07M seen with `-c`, so `-c` it is.
-    fn floor(&self) -> Result<f64> {
-        let node = which("node").ok_or_else(|| anyhow!("node is not in PATH"))?;
-        let libc = self
-            .node_libc()
-            .unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"));
-        let script = format!(
-            "uprobe:{l}:malloc, uprobe:{l}:free /pid == cpid/ {{ @n = count(); }}",
-            l = libc.display()
-        );
-        let mut child_cmd = format!("{} {WORKLOAD}", node.display());
-        if let Some(n) = self.iterations {
-            child_cmd.push_str(&format!(" {n}"));
-        }
-        let out = Command::new("bpftrace")
-            .current_dir(&self.root)
-            .args(["-c", &child_cmd, "-e", &script])
-            .stdin(Stdio::null())
-            .output()
-            .context("could not start bpftrace")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "bpftrace failed ({}): {}",
-                out.status,
-                last_line(&String::from_utf8_lossy(&out.stderr))
-            );
-        }
-        let ms = elapsed(stdout.as_bytes())?;
-        match parse_bpftrace_count(&stdout) {
-            Some(n) if n > 0 => println!("bench: floor: bpftrace counted {n} malloc+free calls"),
-            _ => bail!("bpftrace counted no malloc/free calls: its probes did not fire"),
-        }
-        Ok(ms)
-    }
-
-    /// The libc node really maps, read from a throwaway node's /proc/self/maps.
-    fn node_libc(&self) -> Option<PathBuf> {
-        let out = Command::new("node")
-            .args([
-                "-e",
-                "process.stdout.write(require('fs').readFileSync('/proc/self/maps', 'utf8'))",
-            ])
-            .output()
-            .ok()?;
-        libc_in_maps(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// `offheap run --mode MODE -- node WORKLOAD`, the report written to a temp file
@@ -356,6 +331,17 @@ fn report_summary(json: &str) -> Result<String> {
     Ok(format!("{stacks} stacks, {dropped} dropped events{warn}"))
 }
 
+/// The workload's time from a floor's stdout, printing the calls it counted; a
+/// floor whose probes never fired measured nothing.
+fn counted(name: &str, stdout: &str) -> Result<f64> {
+    let ms = elapsed(stdout.as_bytes())?;
+    match parse_bpftrace_count(stdout) {
+        Some(n) if n > 0 => println!("bench: {name}: counted {n} malloc+free calls"),
+        _ => bail!("it counted no malloc/free calls: its probes did not fire"),
+    }
+    Ok(ms)
+}
+
 fn elapsed(stdout: &[u8]) -> Result<f64> {
     parse_elapsed_ms(&String::from_utf8_lossy(stdout))
         .ok_or_else(|| anyhow!("the workload printed no `alloc-loop: elapsed_ms=` line"))
@@ -367,26 +353,6 @@ fn last_line(s: &str) -> &str {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("(no output)")
         .trim()
-}
-
-/// The libc path in a /proc/PID/maps text.
-fn libc_in_maps(maps: &str) -> Option<PathBuf> {
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
-        })
-        .map(PathBuf::from)
-}
-
-/// `prog`'s absolute path from PATH (bpftrace -c wants one unique binary).
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
 }
 
 /// Prints the symbolizer figure when another part of the project built one.
@@ -414,24 +380,6 @@ fn symbench(root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_libc_in_maps() {
-        let maps = "\
-55d0c0000000-55d0c4000000 r-xp 00000000 fe:00 1 /usr/bin/node
-7f2e51277000-7f2e5129d000 r--p 00000000 fe:00 326279 /usr/lib/x86_64-linux-gnu/libc.so.6
-7f2e5129d000-7f2e513f3000 r-xp 00026000 fe:00 326279 /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]
-";
-        assert_eq!(
-            libc_in_maps(maps),
-            Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"))
-        );
-        assert_eq!(
-            libc_in_maps("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]\n"),
-            None
-        );
-    }
 
     #[test]
     fn summarises_reports() {

@@ -2,6 +2,7 @@
 //! nothing but cargo and root to build, test, demo and bench offheap.
 mod bench;
 mod demo;
+mod floor;
 mod proc;
 mod setup;
 mod stats;
