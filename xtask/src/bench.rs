@@ -23,6 +23,7 @@ use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms};
 const WORKLOAD: &str = "bench/alloc-loop.js";
 const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
 const RESIDENT_GOAL: f64 = 1.03;
+const SYMBOLIZE_GOAL_MS: f64 = 1000.0;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -355,6 +356,14 @@ fn last_line(s: &str) -> &str {
         .trim()
 }
 
+/// `symbolize_ms=<ms>` from symbench's line
+/// `symbench stacks=... frames=... capture_ms=... symbolize_ms=...`.
+fn symbolize_ms(text: &str) -> Option<f64> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("symbolize_ms="))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Prints the symbolizer figure when another part of the project built one.
 fn symbench(root: &Path) {
     let bin = root.join("target/release/examples/symbench");
@@ -364,8 +373,16 @@ fn symbench(root: &Path) {
     }
     match Command::new(&bin).current_dir(root).output() {
         Ok(out) if out.status.success() => {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            for l in text.lines() {
                 println!("  symbolizer: {l}");
+            }
+            if let Some(ms) = symbolize_ms(&text) {
+                println!(
+                    "  symbolizer: 10,000 stacks symbolized in {ms:.0} ms after the first parse \
+                     (goal < {SYMBOLIZE_GOAL_MS} ms) {}",
+                    verdict(ms < SYMBOLIZE_GOAL_MS)
+                );
             }
         }
         Ok(out) => println!(
@@ -391,5 +408,12 @@ mod tests {
             .unwrap()
             .starts_with("0 stacks, 7 dropped events (events were lost"));
         assert!(report_summary("not json").is_err());
+    }
+
+    #[test]
+    fn reads_symbench_line() {
+        let line = "symbench stacks=10000 frames=160000 unique=4000 named=3990 capture_ms=812.5 symbolize_ms=95.3\n";
+        assert_eq!(symbolize_ms(line), Some(95.3));
+        assert_eq!(symbolize_ms("symbench failed\n"), None);
     }
 }
