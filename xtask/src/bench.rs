@@ -63,9 +63,21 @@ struct Paired {
 }
 
 impl Paired {
-    /// Median traced / median untraced.
+    /// Median traced / median untraced: the slowdown the goals are checked on.
     fn ratio(&self) -> Option<f64> {
         Some(median(&self.traced)? / median(&self.untraced)?)
+    }
+
+    /// Median of each pair's traced/untraced: steadier when the machine's load
+    /// drifts, since a pair's two runs are adjacent in time.
+    fn pair_ratio(&self) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .traced
+            .iter()
+            .zip(&self.untraced)
+            .map(|(t, u)| t / u)
+            .collect();
+        median(&ratios)
     }
 }
 
@@ -189,9 +201,11 @@ fn summary_line(p: &Paired) {
     let (u, t) = (median(&p.untraced), median(&p.traced));
     match (u, t, p.ratio()) {
         (Some(u), Some(t), Some(r)) => println!(
-            "  {:<14} {} pairs  untraced {u:>8.1} ms  traced {t:>9.1} ms  slowdown {r:.3}x",
+            "  {:<14} {} pairs  untraced {u:>8.1} ms  traced {t:>9.1} ms  slowdown {r:.3}x  \
+             (median of pair ratios {:.3}x)",
             p.name,
-            p.traced.len()
+            p.traced.len(),
+            p.pair_ratio().unwrap_or(f64::NAN)
         ),
         _ => println!("  {:<14} no complete pair", p.name),
     }
