@@ -7,3 +7,4 @@ pub mod cli;
 pub mod commands;
 pub mod probes;
 pub mod report;
+pub mod session;

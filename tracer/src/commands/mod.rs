@@ -1,6 +1,14 @@
 //! Front ends. Each one chooses targets and outputs, then hands over to the
 //! shared tracing session; none knows how a probe works.
-use crate::cli::Command;
+pub mod record;
+pub mod run;
+
+use std::time::Duration;
+
+use crate::{
+    cli::{Command, TraceOpts},
+    session::SessionOptions,
+};
 
 pub const EXIT_USAGE: u8 = 1;
 pub const EXIT_START: u8 = 2;
@@ -35,12 +43,24 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Record(_)
-        | Command::Run(_)
-        | Command::Watch(_)
+        Command::Record(args) => record::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Watch(_)
         | Command::Report(_)
         | Command::Diff(_) => {
             anyhow::bail!(StartError("not built yet".into()))
         }
+    }
+}
+
+/// Session options from the shared tracing flags.
+pub fn session_options(t: &TraceOpts) -> SessionOptions {
+    SessionOptions {
+        mode: t.mode,
+        duration: t.duration.map(Duration::from_secs_f64),
+        interval: Duration::from_secs_f64(t.interval),
+        format: t.output.format,
+        output: t.output.output.clone(),
+        top: t.output.top,
     }
 }

@@ -1,0 +1,20 @@
+//! `offheap run -- CMD ARGS`: start CMD held before exec, trace it.
+use anyhow::Result;
+
+use crate::{
+    cli::RunArgs,
+    report::build::NoSymbols,
+    session::{self, Target},
+};
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let opts = super::session_options(&args.trace);
+    let mut sym = NoSymbols;
+    let outcome = session::trace(Target::Command(args.command), &opts, &mut sym).await?;
+    session::write_report(&outcome.report, &opts)?;
+    // The report was written: exit 0 whatever the child did, but say it.
+    if let Some(status) = outcome.child_status {
+        eprintln!("offheap: the command {status}");
+    }
+    Ok(())
+}
