@@ -97,10 +97,24 @@ fn retained_buffers_pass_through_the_array_buffer_allocator() {
         }
     }
     let retained = 2 * COUNT * EACH;
+    eprintln!(
+        "via NodeArrayBufferAllocator: {via_allocator} bytes in {big_allocs_via_allocator} allocs; \
+         retained {retained}; all buckets {}",
+        report["processes"][0]["buckets"]
+    );
     assert!(
         via_allocator * 100 >= retained * 95,
         "only {via_allocator} of {retained} retained bytes attributed to NodeArrayBufferAllocator"
     );
-    // Every retained Buffer is one live allocation through the allocator.
-    assert!(big_allocs_via_allocator >= 2 * COUNT, "{big_allocs_via_allocator}");
+    // Stronger than 95%: every retained byte is there, and at most the
+    // Buffer node made for the stdin chunk that started the allocations
+    // (one byte, unless a GC collected it) comes on top.
+    assert!(
+        (retained..=retained + 1).contains(&via_allocator),
+        "{via_allocator} bytes via the allocator, retained {retained}"
+    );
+    assert!(
+        (2 * COUNT..=2 * COUNT + 1).contains(&big_allocs_via_allocator),
+        "{big_allocs_via_allocator}"
+    );
 }
