@@ -31,7 +31,10 @@ fn unknown_pid_exits_2_with_one_line() {
     let o = offheap(&["record", "--pid", &pid, "--mode", "malloc"]);
     assert_eq!(o.status.code(), Some(2));
     let line = one_error_line(&o.stderr);
-    assert!(line.contains(&format!("no process with PID {pid}")), "{line}");
+    assert!(
+        line.contains(&format!("no process with PID {pid}")),
+        "{line}"
+    );
     assert!(o.stdout.is_empty());
 }
 
@@ -60,7 +63,10 @@ fn non_root_exits_2_naming_the_missing_capabilities() {
     for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"] {
         assert!(line.contains(cap), "{line}");
     }
-    assert!(line.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN"), "{line}");
+    assert!(
+        line.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -87,11 +93,25 @@ fn run_of_a_missing_command_exits_2() {
     let o = offheap(&["run", "--mode", "malloc", "--", "offheap-no-such-command"]);
     assert_eq!(o.status.code(), Some(2));
     let line = one_error_line(&o.stderr);
-    assert!(line.contains("command not found: offheap-no-such-command"), "{line}");
+    assert!(
+        line.contains("command not found: offheap-no-such-command"),
+        "{line}"
+    );
 }
 
 #[test]
 fn missing_pid_is_a_usage_error() {
     let o = offheap(&["record", "--mode", "malloc"]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn negative_duration_is_a_usage_error_not_a_panic() {
+    let o = offheap(&["record", "--pid", "1", "--mode", "malloc", "--duration=-1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_error_line(&o.stderr);
+    assert!(
+        line.contains("--duration must be a positive number"),
+        "{line}"
+    );
 }

@@ -66,7 +66,10 @@ fn check_sites(report: &Value, sites: &HashMap<String, u64>, bin: &Path) {
     assert_eq!(report["mode"], "malloc");
     assert_eq!(report["dropped_events"], 0, "{}", report["counters"]);
     // Stacks are sorted by live bytes, descending.
-    let live: Vec<u64> = stacks.iter().map(|s| s["live_bytes"].as_u64().unwrap()).collect();
+    let live: Vec<u64> = stacks
+        .iter()
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .collect();
     assert!(live.windows(2).all(|w| w[0] >= w[1]));
 }
 
@@ -93,7 +96,10 @@ fn record_pid_counts_every_site_exactly() {
         .unwrap();
     let mut err = Stderr::new(tracer.stderr.take().unwrap());
     let line = err.wait_attached(T);
-    assert_eq!(line, format!("offheap: attached to PID {pid} (basic), mode malloc"));
+    assert_eq!(
+        line,
+        format!("offheap: attached to PID {pid} (basic), mode malloc")
+    );
 
     let mut stdin = fixture.stdin.take().unwrap();
     poke(&mut stdin);
@@ -143,7 +149,9 @@ fn run_counts_every_site_exactly_and_ends_with_the_command() {
     let stderr = err.rest();
     assert_eq!(status.code(), Some(0), "stderr: {stderr:?}");
     assert!(
-        stderr.iter().any(|l| l == "offheap: the command exited with status 0"),
+        stderr
+            .iter()
+            .any(|l| l == "offheap: the command exited with status 0"),
         "{stderr:?}"
     );
 

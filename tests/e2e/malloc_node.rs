@@ -32,7 +32,10 @@ fn allocator_ranges() -> Vec<(u64, u64)> {
             Some((start, start + size))
         })
         .collect();
-    assert!(r.len() >= 3, "no NodeArrayBufferAllocator symbols in {NODE}");
+    assert!(
+        r.len() >= 3,
+        "no NodeArrayBufferAllocator symbols in {NODE}"
+    );
     r
 }
 
@@ -70,7 +73,13 @@ fn retained_buffers_pass_through_the_array_buffer_allocator() {
     lines.until("ready", T);
     let out = dir.path().join("r.json");
     let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &node.id().to_string(), "--mode", "malloc"])
+        .args([
+            "record",
+            "--pid",
+            &node.id().to_string(),
+            "--mode",
+            "malloc",
+        ])
         .args(["--format", "json", "--output", out.to_str().unwrap()])
         .stderr(Stdio::piped())
         .spawn()
@@ -91,7 +100,12 @@ fn retained_buffers_pass_through_the_array_buffer_allocator() {
     let mut via_allocator = 0u64;
     let mut big_allocs_via_allocator = 0u64;
     for s in report["processes"][0]["stacks"].as_array().unwrap() {
-        if s["frames"].as_array().unwrap().iter().any(|f| through(hex(&f["addr"]))) {
+        if s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| through(hex(&f["addr"])))
+        {
             via_allocator += s["live_bytes"].as_u64().unwrap();
             big_allocs_via_allocator += s["live_allocs"].as_u64().unwrap();
         }

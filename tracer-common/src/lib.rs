@@ -29,8 +29,18 @@ pub mod programs {
         pub required: bool,
     }
 
-    const fn pair(symbol: &'static str, enter: &'static str, exit: &'static str, required: bool) -> MallocProbe {
-        MallocProbe { symbol, enter, exit: Some(exit), required }
+    const fn pair(
+        symbol: &'static str,
+        enter: &'static str,
+        exit: &'static str,
+        required: bool,
+    ) -> MallocProbe {
+        MallocProbe {
+            symbol,
+            enter,
+            exit: Some(exit),
+            required,
+        }
     }
 
     /// The attach table of malloc mode. glibc, jemalloc, tcmalloc and mimalloc
@@ -39,10 +49,30 @@ pub mod programs {
         pair("malloc", "malloc_enter", "malloc_exit", true),
         pair("calloc", "calloc_enter", "calloc_exit", true),
         pair("realloc", "realloc_enter", "realloc_exit", true),
-        MallocProbe { symbol: "free", enter: "free_enter", exit: None, required: true },
-        pair("reallocarray", "reallocarray_enter", "reallocarray_exit", false),
-        pair("posix_memalign", "posix_memalign_enter", "posix_memalign_exit", false),
-        pair("aligned_alloc", "aligned_alloc_enter", "aligned_alloc_exit", false),
+        MallocProbe {
+            symbol: "free",
+            enter: "free_enter",
+            exit: None,
+            required: true,
+        },
+        pair(
+            "reallocarray",
+            "reallocarray_enter",
+            "reallocarray_exit",
+            false,
+        ),
+        pair(
+            "posix_memalign",
+            "posix_memalign_enter",
+            "posix_memalign_exit",
+            false,
+        ),
+        pair(
+            "aligned_alloc",
+            "aligned_alloc_enter",
+            "aligned_alloc_exit",
+            false,
+        ),
         pair("memalign", "memalign_enter", "memalign_exit", false),
         pair("valloc", "valloc_enter", "valloc_exit", false),
         pair("pvalloc", "pvalloc_enter", "pvalloc_exit", false),

@@ -55,7 +55,10 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_EV_MADVISE".into(), event_kind::MADVISE.into()),
         ("OFFHEAP_EV_EXEC".into(), event_kind::EXEC.into()),
         ("OFFHEAP_EV_EXIT".into(), event_kind::EXIT.into()),
-        ("OFFHEAP_EV_OOM_VICTIM".into(), event_kind::OOM_VICTIM.into()),
+        (
+            "OFFHEAP_EV_OOM_VICTIM".into(),
+            event_kind::OOM_VICTIM.into(),
+        ),
         ("OFFHEAP_EV_FORK".into(), event_kind::FORK.into()),
         ("OFFHEAP_KIND_MALLOC".into(), AllocKind::Malloc as u64),
         ("OFFHEAP_KIND_FREE".into(), AllocKind::Free as u64),
@@ -82,7 +85,9 @@ fn c_values(tag: &str, exprs: &[String]) -> BTreeMap<String, u64> {
     let dir = tempfile_dir(tag);
     let src = dir.join("layout.c");
     let bin = dir.join("layout");
-    let mut c = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"offheap.h\"\nint main(void) {\n");
+    let mut c = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"offheap.h\"\nint main(void) {\n",
+    );
     for e in exprs {
         c.push_str(&format!(
             "    printf(\"%s=%llu\\n\", \"{e}\", (unsigned long long)({e}));\n"
@@ -97,7 +102,11 @@ fn c_values(tag: &str, exprs: &[String]) -> BTreeMap<String, u64> {
         .arg(&bin)
         .output()
         .expect("running cc (install a C compiler)");
-    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(&bin).output().unwrap();
     assert!(out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
@@ -127,7 +136,11 @@ fn struct_layouts_match_the_c_header() {
         .filter(|(e, v)| c[e] != *v as u64)
         .map(|(e, v)| format!("{e}: C {} != Rust {v}", c[e]))
         .collect();
-    assert!(mismatches.is_empty(), "ABI drift:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "ABI drift:\n{}",
+        mismatches.join("\n")
+    );
 }
 
 #[test]
@@ -140,5 +153,9 @@ fn constants_match_the_c_header() {
         .filter(|(e, v)| c[e] != *v)
         .map(|(e, v)| format!("{e}: C {} != Rust {v}", c[e]))
         .collect();
-    assert!(mismatches.is_empty(), "ABI drift:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "ABI drift:\n{}",
+        mismatches.join("\n")
+    );
 }

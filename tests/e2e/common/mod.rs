@@ -191,7 +191,10 @@ impl Stderr {
             match self.rx.recv_timeout(timeout) {
                 Ok(l) if l.starts_with("offheap: attached to PID") => return l,
                 Ok(l) => self.seen.push(l),
-                Err(e) => panic!("offheap never attached: {e}; stderr so far: {:?}", self.seen),
+                Err(e) => panic!(
+                    "offheap never attached: {e}; stderr so far: {:?}",
+                    self.seen
+                ),
             }
         }
     }

@@ -244,7 +244,10 @@ mod tests {
         v.remap(0, 4 * P, 100 * P, 6 * P);
         assert!(v.find(0).is_none());
         let s = v.stack_stats()[&key(1)];
-        assert_eq!((s.live_bytes, s.live_allocs, s.total_bytes), (6 * P, 1, 6 * P));
+        assert_eq!(
+            (s.live_bytes, s.live_allocs, s.total_bytes),
+            (6 * P, 1, 6 * P)
+        );
     }
 
     #[test]

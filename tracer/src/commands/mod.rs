@@ -45,22 +45,31 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Record(args) => record::run(args).await,
         Command::Run(args) => run::run(args).await,
-        Command::Watch(_)
-        | Command::Report(_)
-        | Command::Diff(_) => {
+        Command::Watch(_) | Command::Report(_) | Command::Diff(_) => {
             anyhow::bail!(StartError("not built yet".into()))
         }
     }
 }
 
+/// A positive, finite number of seconds.
+fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(UsageError(format!(
+            "{flag} must be a positive number of seconds, not {v}"
+        )))
+    }
+}
+
 /// Session options from the shared tracing flags.
-pub fn session_options(t: &TraceOpts) -> SessionOptions {
-    SessionOptions {
+pub fn session_options(t: &TraceOpts) -> Result<SessionOptions, UsageError> {
+    Ok(SessionOptions {
         mode: t.mode,
-        duration: t.duration.map(Duration::from_secs_f64),
-        interval: Duration::from_secs_f64(t.interval),
+        duration: t.duration.map(|d| seconds("--duration", d)).transpose()?,
+        interval: seconds("--interval", t.interval)?,
         format: t.output.format,
         output: t.output.output.clone(),
         top: t.output.top,
-    }
+    })
 }

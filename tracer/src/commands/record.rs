@@ -8,7 +8,7 @@ use crate::{
 };
 
 pub async fn run(args: RecordArgs) -> Result<()> {
-    let opts = super::session_options(&args.trace);
+    let opts = super::session_options(&args.trace)?;
     let mut sym = NoSymbols;
     let outcome = session::trace(Target::Pid(args.pid), &opts, &mut sym).await?;
     session::write_report(&outcome.report, &opts)

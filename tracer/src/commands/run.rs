@@ -8,13 +8,15 @@ use crate::{
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let opts = super::session_options(&args.trace);
+    let opts = super::session_options(&args.trace)?;
     let mut sym = NoSymbols;
     let outcome = session::trace(Target::Command(args.command), &opts, &mut sym).await?;
     session::write_report(&outcome.report, &opts)?;
     // The report was written: exit 0 whatever the child did, but say it.
-    if let Some(status) = outcome.child_status {
-        eprintln!("offheap: the command {status}");
+    match (&outcome.child_status, outcome.report.processes.first()) {
+        (Some(status), _) => eprintln!("offheap: the command {status}"),
+        (None, Some(p)) => eprintln!("offheap: the command (PID {}) is still running", p.pid),
+        (None, None) => {}
     }
     Ok(())
 }

@@ -101,7 +101,11 @@ fn is_libc(module: &str) -> bool {
 }
 
 fn is_dynamic_linker(module: &str) -> bool {
-    module.rsplit('/').next().unwrap_or(module).starts_with("ld-")
+    module
+        .rsplit('/')
+        .next()
+        .unwrap_or(module)
+        .starts_with("ld-")
 }
 
 /// Picks the first module defining malloc, preferring the executable and any
@@ -202,7 +206,9 @@ mod tests {
     #[test]
     fn running_process_allocator_found_through_proc_root() {
         let a = for_pid(std::process::id()).unwrap();
-        assert!(a.path.starts_with(format!("/proc/{}/root", std::process::id())));
+        assert!(a
+            .path
+            .starts_with(format!("/proc/{}/root", std::process::id())));
         assert!(is_libc(&a.module));
     }
 
@@ -218,6 +224,9 @@ mod tests {
     fn maps_modules_are_deduplicated_in_order() {
         let maps = "55-56 r--p 0 08:01 1 /usr/bin/node\n56-57 r-xp 0 08:01 1 /usr/bin/node\n\
                     57-58 rw-p 0 00:00 0 [heap]\n58-59 r-xp 0 08:01 2 /lib/libc.so.6\n";
-        assert_eq!(mapped_modules(maps), vec!["/usr/bin/node", "/lib/libc.so.6"]);
+        assert_eq!(
+            mapped_modules(maps),
+            vec!["/usr/bin/node", "/lib/libc.so.6"]
+        );
     }
 }

@@ -25,10 +25,10 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// CAP_SYS_RESOURCE is not required: since 5.11 BPF memory is charged to the
 /// memory cgroup, not RLIMIT_MEMLOCK, and containers often drop it.
 const NEEDED_CAPS: [(u32, &str); 4] = [
-    (39, "CAP_BPF"),       // load programs, create maps
-    (38, "CAP_PERFMON"),   // perf_event_open for uprobes/tracepoints, stack traces
+    (39, "CAP_BPF"),        // load programs, create maps
+    (38, "CAP_PERFMON"),    // perf_event_open for uprobes/tracepoints, stack traces
     (19, "CAP_SYS_PTRACE"), // read /proc/PID/{maps,root} of another user's process
-    (21, "CAP_SYS_ADMIN"), // mount tracefs; bpf_probe_read_user of other processes
+    (21, "CAP_SYS_ADMIN"),  // mount tracefs; bpf_probe_read_user of other processes
 ];
 
 /// Runs every check: capabilities, BTF, uprobes, then mounts tracefs if needed.

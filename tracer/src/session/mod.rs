@@ -80,6 +80,9 @@ pub struct Outcome {
     pub stop: StopReason,
     /// For `run`: how the child ended, when it did.
     pub child_status: Option<String>,
+    /// Still attached (but no longer counting): detaching takes ~0.1 s per
+    /// uprobe, so it happens when the caller drops this, after writing.
+    pub probes: Probes,
 }
 
 fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -159,7 +162,8 @@ pub async fn trace(
     let stop = wait(opts, pid, &pidfd, &mut events, &mut spaces, &mut info, sym).await?;
     let elapsed = started.elapsed().as_secs_f64();
 
-    // The last events may still sit in the ring buffer.
+    // Freeze the figures, then take the last events from the ring buffer.
+    probes.remove_target(pid).map_err(anyhow::Error::new)?;
     drain(events.get_mut(), &mut spaces);
     let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
     if let Some(now) = procinfo::snapshot(pid) {
@@ -169,8 +173,8 @@ pub async fn trace(
     let child_status = child.as_ref().and_then(|c| spawn::reap(c.pid));
 
     let raw = raw_process(&probes, pid, &info, exited, spaces.remove(&pid))?;
-    let (counters, dropped_events) = accounting::counters::read(probes.ebpf_mut())
-        .context("reading the error counters")?;
+    let (counters, dropped_events) =
+        accounting::counters::read(probes.ebpf_mut()).context("reading the error counters")?;
     let meta = Meta {
         mode: opts.mode,
         duration_secs: elapsed,
@@ -182,6 +186,7 @@ pub async fn trace(
         report,
         stop,
         child_status,
+        probes,
     })
 }
 
@@ -192,7 +197,11 @@ fn attach(pid: u32, alloc: &probes::Allocator) -> Result<(Probes, AsyncFd<RingBu
         .map_err(start_err)?;
     probes.attach_vm().map_err(start_err)?;
     let attached = probes.attach_malloc(pid, alloc).map_err(start_err)?;
-    log::info!("attached to {} in {}: {attached:?}", alloc.module, alloc.path.display());
+    log::info!(
+        "attached to {} in {}: {attached:?}",
+        alloc.module,
+        alloc.path.display()
+    );
     let map = probes
         .ebpf_mut()
         .take_map(maps::EVENTS)
@@ -279,8 +288,7 @@ fn raw_process(
 ) -> Result<RawProcess> {
     let ebpf = probes.ebpf();
     let stats = accounting::malloc::read_stack_stats(ebpf, pid).context("reading stack_stats")?;
-    let resolver =
-        accounting::malloc::StackResolver::new(ebpf).context("reading stack_traces")?;
+    let resolver = accounting::malloc::StackResolver::new(ebpf).context("reading stack_traces")?;
     let mut stacks: HashMap<Vec<u64>, RawStack> = HashMap::new();
     accounting::malloc::merge_into(&mut stacks, &resolver, stats);
     if let Some(space) = space {
