@@ -73,12 +73,53 @@ fn check_sites(report: &Value, sites: &HashMap<String, u64>, bin: &Path) {
     assert!(live.windows(2).all(|w| w[0] >= w[1]));
 }
 
+/// Builds tests/fixtures/preload.c into a shared object that interposes
+/// the whole malloc family, as a preloaded jemalloc would.
+fn build_preload(dir: &Path) -> std::path::PathBuf {
+    let src = workspace().join("tests/fixtures/preload.c");
+    let out = dir.join("libpreload.so");
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
 #[test]
 fn record_pid_counts_every_site_exactly() {
+    record_basic(None);
+}
+
+/// With a preloaded allocator, its functions are the ones to probe: probing
+/// libc instead would attribute every block to the preload's wrappers, and
+/// no site would match.
+#[test]
+fn record_pid_probes_a_preloaded_allocator() {
+    let dir = tempfile::tempdir().unwrap();
+    let preload = build_preload(dir.path());
+    record_basic(Some(&preload));
+}
+
+#[test]
+fn run_probes_a_preloaded_allocator() {
+    let dir = tempfile::tempdir().unwrap();
+    let preload = build_preload(dir.path());
+    run_basic(Some(&preload));
+}
+
+fn record_basic(preload: Option<&Path>) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
     let bin = build_fixture("basic", dir.path());
-    let mut fixture = Command::new(&bin)
+    let mut fixture = Command::new(&bin);
+    if let Some(p) = preload {
+        fixture.env("LD_PRELOAD", p);
+    }
+    let mut fixture = fixture
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -122,11 +163,21 @@ fn record_pid_counts_every_site_exactly() {
 
 #[test]
 fn run_counts_every_site_exactly_and_ends_with_the_command() {
+    run_basic(None);
+}
+
+fn run_basic(preload: Option<&Path>) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
     let bin = build_fixture("basic", dir.path());
     let out = dir.path().join("r.json");
-    let mut tracer = Command::new(offheap_bin())
+    let mut tracer = Command::new(offheap_bin());
+    if let Some(p) = preload {
+        // offheap passes its environment to the command, and reads
+        // LD_PRELOAD to know which allocator the command will use.
+        tracer.env("LD_PRELOAD", p);
+    }
+    let mut tracer = tracer
         .args(["run", "--mode", "malloc", "--format", "json"])
         .args(["--output", out.to_str().unwrap(), "--"])
         .arg(&bin)
