@@ -30,6 +30,7 @@ const EXPECTED: &[(&str, u64, u64, u64, u64)] = &[
     ("site_pvalloc", 8192, 1, 8192, 1),
     ("site_mmap", 12 * 4096, 1, 16 * 4096, 1),
     ("site_mmap_shared", 0, 0, 0, 0),
+    ("site_mmap_reserve", 0, 0, 0, 0),
     ("site_brk", 16 * 4096, 1, 16 * 4096, 1),
     ("site_churn", 0, 0, 200_000 * 64, 200_000),
     ("site_thread", 4321, 1, 4321, 1),
@@ -91,7 +92,15 @@ fn build_preload(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn record_pid_counts_every_site_exactly() {
-    record_basic(None);
+    record_basic(None, None);
+}
+
+/// With a one-bucket stack_traces map nearly every stack collides
+/// (bpf_get_stackid -EEXIST) and goes to stack_fallback: the figures and the
+/// frames must be just as exact, and nothing may be counted as dropped.
+#[test]
+fn colliding_stacks_keep_their_frames() {
+    record_basic(None, Some("1"));
 }
 
 /// With a preloaded allocator, its functions are the ones to probe: probing
@@ -101,7 +110,7 @@ fn record_pid_counts_every_site_exactly() {
 fn record_pid_probes_a_preloaded_allocator() {
     let dir = tempfile::tempdir().unwrap();
     let preload = build_preload(dir.path());
-    record_basic(Some(&preload));
+    record_basic(Some(&preload), None);
 }
 
 #[test]
@@ -111,7 +120,7 @@ fn run_probes_a_preloaded_allocator() {
     run_basic(Some(&preload));
 }
 
-fn record_basic(preload: Option<&Path>) {
+fn record_basic(preload: Option<&Path>, max_stack_traces: Option<&str>) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
     let bin = build_fixture("basic", dir.path());
@@ -129,7 +138,11 @@ fn record_basic(preload: Option<&Path>) {
     let pid = fixture.id();
     let out = dir.path().join("r.json");
 
-    let mut tracer = Command::new(offheap_bin())
+    let mut tracer = Command::new(offheap_bin());
+    if let Some(n) = max_stack_traces {
+        tracer.env("OFFHEAP_MAX_STACK_TRACES", n);
+    }
+    let mut tracer = tracer
         .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
         .args(["--format", "json", "--output", out.to_str().unwrap()])
         .stderr(Stdio::piped())

@@ -14,6 +14,8 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     pub const VM_INFLIGHT: &str = "vm_inflight";
     pub const FAULT_STATS: &str = "fault_stats";
+    pub const STACK_FALLBACK: &str = "stack_fallback";
+    pub const STACK_SCRATCH: &str = "stack_scratch";
 }
 
 /// Program names, exactly as the programs are named in the BPF object.
@@ -104,6 +106,11 @@ pub const MAX_INFLIGHT: u32 = 16384;
 pub const MAX_STACK_DEPTH: usize = 127;
 pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COMM_LEN: usize = 16;
+pub const MAX_STACK_FALLBACK: u32 = 16384;
+
+/// Stack ids with this bit set live in `stack_fallback`, not `stack_traces`
+/// (stacks that collided in a stack_traces bucket).
+pub const STACK_ID_FALLBACK: i32 = 1 << 30;
 
 pub const TARGET_MALLOC: u32 = 1 << 0;
 pub const TARGET_VM: u32 = 1 << 1;
@@ -122,6 +129,20 @@ pub struct StackKey {
     pub tgid: u32,
     pub stack_id: i32,
     pub caller: u64,
+}
+
+/// Value of `stack_fallback`: a user stack, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackIps {
+    pub nr: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+impl StackIps {
+    pub fn frames(&self) -> &[u64] {
+        &self.ips[..(self.nr as usize).min(MAX_STACK_DEPTH)]
+    }
 }
 
 #[repr(C)]
@@ -300,5 +321,5 @@ mod pod {
     macro_rules! pod {
         ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
     }
-    pod!(TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, VmEvent);
+    pod!(TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, VmEvent, StackIps);
 }

@@ -56,6 +56,21 @@ struct {
 } stack_traces SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, OFFHEAP_MAX_STACK_FALLBACK);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __s32);
+	__type(value, struct stack_ips);
+} stack_fallback SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stack_ips);
+} stack_scratch SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, OFFHEAP_EVENTS_BYTES);
 } events SEC(".maps");
@@ -87,6 +102,37 @@ static __always_inline __u32 target_flags(__u32 tgid)
 	return t ? t->flags : 0;
 }
 
+/* The user stack of a stack that collided in stack_traces, stored under a
+ * hash-derived id in stack_fallback (see OFFHEAP_STACK_ID_FALLBACK). */
+static __always_inline long stack_id_fallback(void *ctx)
+{
+	__u32 zero = 0;
+	struct stack_ips *buf = bpf_map_lookup_elem(&stack_scratch, &zero);
+
+	if (!buf)
+		return -1;
+	long n = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), BPF_F_USER_STACK);
+	if (n <= 0)
+		return n < 0 ? n : -1;
+	buf->nr = n / sizeof(__u64);
+
+	/* FNV-1a over the frames. */
+	__u64 h = 14695981039346656037ULL;
+	for (int i = 0; i < OFFHEAP_MAX_STACK_DEPTH; i++) {
+		if (i >= buf->nr)
+			break;
+		h ^= buf->ips[i];
+		h *= 1099511628211ULL;
+	}
+	__s32 id = OFFHEAP_STACK_ID_FALLBACK | (__s32)(h & (OFFHEAP_STACK_ID_FALLBACK - 1));
+	/* EEXIST: the same stack was stored before (a 30-bit collision between
+	 * two colliding stacks is the accepted, vanishing risk). */
+	long err = bpf_map_update_elem(&stack_fallback, &id, buf, BPF_NOEXIST);
+	if (err < 0 && err != -17 /* EEXIST */)
+		return err;
+	return id;
+}
+
 /* Fills key with the user stack of the current task. `sp` is the user stack
  * pointer at a function's first instruction (or at the `syscall` instruction
  * of a leaf libc wrapper): [sp] holds the return address into the direct
@@ -96,6 +142,8 @@ static __always_inline void take_stack(void *ctx, struct stack_key *key, __u32 t
 {
 	long id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
 
+	if (id == -17 /* EEXIST: the bucket holds another stack */)
+		id = stack_id_fallback(ctx);
 	key->tgid = tgid;
 	key->stack_id = id;
 	key->caller = 0;

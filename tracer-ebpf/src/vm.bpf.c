@@ -134,12 +134,17 @@ int mmap_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 flags = BPF_CORE_READ(ctx, args[3]);
 
+	__u32 prot = BPF_CORE_READ(ctx, args[2]);
+
 	/* Only anonymous private mappings are allocations: file and shared
-	 * mappings are not the process's own memory. */
-	if (!(flags & OFFHEAP_MAP_ANONYMOUS) || (flags & OFFHEAP_MAP_TYPE) != OFFHEAP_MAP_PRIVATE)
+	 * mappings are not the process's own memory, and a PROT_NONE mapping
+	 * is a reservation of address space (V8 reserves its cages this way),
+	 * not memory. */
+	if (!(flags & OFFHEAP_MAP_ANONYMOUS) || (flags & OFFHEAP_MAP_TYPE) != OFFHEAP_MAP_PRIVATE ||
+	    prot == 0)
 		return 0;
 	return vm_enter(ctx, OFFHEAP_EV_MMAP, BPF_CORE_READ(ctx, args[0]),
-			BPF_CORE_READ(ctx, args[1]), 0, flags, BPF_CORE_READ(ctx, args[2]));
+			BPF_CORE_READ(ctx, args[1]), 0, flags, prot);
 }
 
 SEC("tracepoint/syscalls/sys_exit_mmap")

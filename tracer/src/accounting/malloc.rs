@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, StackTraceMap},
     Ebpf,
 };
-use tracer_common::{maps, StackKey, StackStats};
+use tracer_common::{maps, StackIps, StackKey, StackStats, STACK_ID_FALLBACK};
 
 use super::RawStack;
 
@@ -42,6 +42,7 @@ pub fn read_stack_stats(
 /// Resolves stack keys into return addresses, innermost first.
 pub struct StackResolver<'a> {
     traces: StackTraceMap<&'a MapData>,
+    fallback: BpfHashMap<&'a MapData, i32, StackIps>,
 }
 
 impl<'a> StackResolver<'a> {
@@ -51,21 +52,36 @@ impl<'a> StackResolver<'a> {
             .ok_or(ReadError::MissingMap(maps::STACK_TRACES))?;
         let traces =
             StackTraceMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_TRACES, e))?;
-        Ok(StackResolver { traces })
+        let map = ebpf
+            .map(maps::STACK_FALLBACK)
+            .ok_or(ReadError::MissingMap(maps::STACK_FALLBACK))?;
+        let fallback =
+            BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_FALLBACK, e))?;
+        Ok(StackResolver { traces, fallback })
+    }
+
+    /// The frame-pointer walk of a stack id, from whichever map holds it.
+    fn walk(&self, id: i32) -> Vec<u64> {
+        if id < 0 {
+            Vec::new()
+        } else if id & STACK_ID_FALLBACK != 0 {
+            self.fallback
+                .get(&id, 0)
+                .map(|s| s.frames().to_vec())
+                .unwrap_or_default()
+        } else {
+            self.traces
+                .get(&(id as u32), 0)
+                .map(|t| t.frames().iter().map(|f| f.ip).collect())
+                .unwrap_or_default()
+        }
     }
 
     /// The frames of a key: `[caller] + walk[1..]` when the probe read the
     /// caller at [sp] (walk[0] is then the probed function or the syscall
     /// stub itself, whose frame the walk cannot see past), else the walk.
     pub fn ips(&self, key: &StackKey) -> Vec<u64> {
-        let walk: Vec<u64> = if key.stack_id >= 0 {
-            self.traces
-                .get(&(key.stack_id as u32), 0)
-                .map(|t| t.frames().iter().map(|f| f.ip).collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let walk = self.walk(key.stack_id);
         if key.caller == 0 {
             return walk;
         }

@@ -42,6 +42,23 @@ pub struct LoadConfig {
     pub max_stack_traces: u32,
 }
 
+impl LoadConfig {
+    /// The defaults, with `stack_traces` resized by $OFFHEAP_MAX_STACK_TRACES
+    /// when set: a tiny map makes stacks collide, which the tests use to
+    /// exercise the `stack_fallback` path.
+    pub fn from_env() -> LoadConfig {
+        let mut c = LoadConfig::default();
+        if let Some(n) = std::env::var("OFFHEAP_MAX_STACK_TRACES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+        {
+            c.max_stack_traces = n;
+        }
+        c
+    }
+}
+
 impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {

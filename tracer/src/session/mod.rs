@@ -191,7 +191,7 @@ pub async fn trace(
 }
 
 fn attach(pid: u32, alloc: &probes::Allocator) -> Result<(Probes, AsyncFd<RingBuf<MapData>>)> {
-    let mut probes = Probes::load(&LoadConfig::default()).map_err(start_err)?;
+    let mut probes = Probes::load(&LoadConfig::from_env()).map_err(start_err)?;
     probes
         .add_target(pid, TARGET_MALLOC | TARGET_VM)
         .map_err(start_err)?;
