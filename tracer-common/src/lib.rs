@@ -194,6 +194,7 @@ pub struct Inflight {
     pub kind: u32,
     pub depth: u32,
     pub stack: StackKey,
+    pub sp: u64,
 }
 
 pub mod event_kind {
@@ -321,5 +322,7 @@ mod pod {
     macro_rules! pod {
         ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
     }
-    pod!(TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, VmEvent, StackIps);
+    pod!(
+        TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, VmEvent, StackIps
+    );
 }

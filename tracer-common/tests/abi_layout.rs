@@ -25,7 +25,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs }
         "alloc_key" AllocKey { tgid, _pad, addr }
         "alloc_info" AllocInfo { size, ts_ns, stack }
-        "inflight" Inflight { size, old_ptr, out_ptr, kind, depth, stack }
+        "inflight" Inflight { size, old_ptr, out_ptr, kind, depth, stack, sp }
         "event_header" EventHeader { kind, tgid, ts_ns }
         "vm_event" VmEvent { hdr, addr, len, old_addr, old_len, flags, prot, stack }
         "proc_event" ProcEvent { hdr, child_tgid, exit_code, comm }
@@ -45,7 +45,10 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_MAX_STACK_DEPTH".into(), MAX_STACK_DEPTH as u64),
         ("OFFHEAP_EVENTS_BYTES".into(), EVENTS_BYTES.into()),
         ("OFFHEAP_COMM_LEN".into(), COMM_LEN as u64),
-        ("OFFHEAP_MAX_STACK_FALLBACK".into(), MAX_STACK_FALLBACK.into()),
+        (
+            "OFFHEAP_MAX_STACK_FALLBACK".into(),
+            MAX_STACK_FALLBACK.into(),
+        ),
         ("OFFHEAP_STACK_ID_FALLBACK".into(), STACK_ID_FALLBACK as u64),
         ("OFFHEAP_TARGET_MALLOC".into(), TARGET_MALLOC.into()),
         ("OFFHEAP_TARGET_VM".into(), TARGET_VM.into()),

@@ -119,6 +119,7 @@ struct inflight {
 	__u32 kind;      /* enum alloc_kind */
 	__u32 depth;
 	struct stack_key stack;
+	__u64 sp;        /* user stack pointer at the outermost entry */
 };
 
 /* ---- virtual memory events (ring buffer `events`) -------------------------- */

@@ -33,23 +33,25 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
+	__u64 sp = PT_REGS_SP(ctx);
 
 	if (!(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
 		return 0;
-	struct inflight *cur = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	struct inflight *cur = inflight_of(&pid_tgid, sp);
 	if (cur) {
 		/* Only this thread ever touches its own entry. */
 		cur->depth++;
 		return 0;
 	}
 	struct inflight in = {
+		.sp = sp,
 		.size = size,
 		.old_ptr = old_ptr,
 		.out_ptr = out_ptr,
 		.kind = kind,
 		.depth = 1,
 	};
-	take_stack(ctx, &in.stack, tgid, PT_REGS_SP(ctx));
+	take_stack(ctx, &in.stack, tgid, sp);
 	if (bpf_map_update_elem(&inflight, &pid_tgid, &in, BPF_ANY) < 0)
 		count(OFFHEAP_CTR_INFLIGHT_FULL);
 	return 0;
@@ -231,7 +233,7 @@ int free_enter(struct pt_regs *ctx)
 		return 0;
 	/* glibc's realloc(p, 0) calls __libc_free, which is free's address:
 	 * the outer realloc accounts for p at its return. */
-	if (bpf_map_lookup_elem(&inflight, &pid_tgid))
+	if (inflight_of(&pid_tgid, PT_REGS_SP(ctx)))
 		return 0;
 	if (!forget(tgid, addr))
 		count(OFFHEAP_CTR_FREE_UNKNOWN);

@@ -171,5 +171,23 @@ static __always_inline struct stack_stats *stats_of(struct stack_key *key)
 	return st;
 }
 
+/* The thread's traced call in progress, if any. An entry whose outermost
+ * call has already returned without its uretprobe firing (longjmp out of the
+ * allocator, a thread that died inside it) is stale: a call really nested in
+ * it runs deeper in the stack, at a lower %rsp (the x86-64 stack grows down),
+ * or at the same %rsp when the outer call tail-calls it (glibc's
+ * reallocarray jumps to realloc). A call from higher up the stack proves the
+ * entry stale; it is dropped, else it would hide every later call. */
+static __always_inline struct inflight *inflight_of(__u64 *pid_tgid, __u64 sp)
+{
+	struct inflight *cur = bpf_map_lookup_elem(&inflight, pid_tgid);
+
+	if (cur && sp > cur->sp) {
+		bpf_map_delete_elem(&inflight, pid_tgid);
+		return NULL;
+	}
+	return cur;
+}
+
 #include "malloc.bpf.c"
 #include "vm.bpf.c"

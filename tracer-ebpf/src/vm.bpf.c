@@ -45,10 +45,11 @@ static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 
 
 	if (!(target_flags(tgid) & OFFHEAP_TARGET_VM))
 		return 0;
+	__u64 sp = user_sp();
 	/* Mappings the allocator makes while serving a traced call are already
 	 * counted by that call (madvise is kept: resident mode needs it, and it
 	 * never adds bytes). */
-	if (syscall != OFFHEAP_EV_MADVISE && bpf_map_lookup_elem(&inflight, &pid_tgid))
+	if (syscall != OFFHEAP_EV_MADVISE && inflight_of(&pid_tgid, sp))
 		return 0;
 	struct vm_args a = {
 		.addr = addr,
@@ -59,7 +60,7 @@ static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 
 		.syscall = syscall,
 	};
 	if (syscall == OFFHEAP_EV_MMAP || syscall == OFFHEAP_EV_MREMAP || syscall == OFFHEAP_EV_BRK)
-		take_stack(ctx, &a.stack, tgid, user_sp());
+		take_stack(ctx, &a.stack, tgid, sp);
 	else
 		a.stack.tgid = tgid;
 	if (syscall == OFFHEAP_EV_BRK) {

@@ -213,7 +213,9 @@ impl Probes {
                 continue;
             }
             by_offset.insert(offset, p.symbol);
-            for name in std::iter::once(p.enter).chain(p.exit) {
+            // The uretprobe first: an entry seen before its return probe
+            // exists would leave an `inflight` entry that no return clears.
+            for name in p.exit.into_iter().chain(std::iter::once(p.enter)) {
                 let prog = self.uprobe(name)?;
                 let link = prog
                     .attach(None, offset, &alloc.path, Some(pid as i32))
