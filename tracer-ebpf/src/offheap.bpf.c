@@ -37,6 +37,9 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, OFFHEAP_MAX_ALLOCS);
+	/* Not preallocated: a million entries would pin ~100 MiB of kernel
+	 * memory up front, and most targets have far fewer live blocks. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alloc_key);
 	__type(value, struct alloc_info);
 } allocs SEC(".maps");
