@@ -3,13 +3,12 @@ use anyhow::Result;
 
 use crate::{
     cli::RecordArgs,
-    report::build::NoSymbols,
     session::{self, Target},
 };
 
 pub async fn run(args: RecordArgs) -> Result<()> {
     let opts = super::session_options(&args.trace)?;
-    let mut sym = NoSymbols;
-    let outcome = session::trace(Target::Pid(args.pid), &opts, &mut sym).await?;
+    let mut sym = session::new_symbolizer();
+    let outcome = session::trace(Target::Pid(args.pid), &opts, sym.as_mut()).await?;
     session::write_report(&outcome.report, &opts)
 }

@@ -3,14 +3,13 @@ use anyhow::Result;
 
 use crate::{
     cli::RunArgs,
-    report::build::NoSymbols,
     session::{self, Target},
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let opts = super::session_options(&args.trace)?;
-    let mut sym = NoSymbols;
-    let outcome = session::trace(Target::Command(args.command), &opts, &mut sym).await?;
+    let mut sym = session::new_symbolizer();
+    let outcome = session::trace(Target::Command(args.command), &opts, sym.as_mut()).await?;
     session::write_report(&outcome.report, &opts)?;
     // The report was written: exit 0 whatever the child did, but say it.
     match (&outcome.child_status, outcome.report.processes.first()) {

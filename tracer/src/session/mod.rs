@@ -67,6 +67,12 @@ pub trait SessionSymbolizer: Symbolize + Send {
 
 impl SessionSymbolizer for NoSymbols {}
 
+/// The symbolizer every tracing front end uses: the one place to plug in
+/// `symbols::Symbolizer` (frames carry only addresses until then).
+pub fn new_symbolizer() -> Box<dyn SessionSymbolizer> {
+    Box::new(NoSymbols)
+}
+
 /// Why tracing stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
