@@ -31,6 +31,9 @@ const EXPECTED: &[(&str, u64, u64, u64, u64)] = &[
     ("site_mmap", 12 * 4096, 1, 16 * 4096, 1),
     ("site_mmap_shared", 0, 0, 0, 0),
     ("site_mmap_reserve", 0, 0, 0, 0),
+    // mmap 4 pages, then mremap to 8: one mapping, grown under its stack.
+    ("site_mremap", 8 * 4096, 1, 8 * 4096, 1),
+    ("site_syscall_mmap", 2 * 4096, 1, 2 * 4096, 1),
     ("site_brk", 16 * 4096, 1, 16 * 4096, 1),
     ("site_churn", 0, 0, 200_000 * 64, 200_000),
     ("site_thread", 4321, 1, 4321, 1),
