@@ -115,3 +115,28 @@ fn negative_duration_is_a_usage_error_not_a_panic() {
         "{line}"
     );
 }
+
+#[test]
+fn a_thread_id_is_refused_with_its_process_id() {
+    let _lock = require_bpf();
+    // A thread that lives until told to end.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let _ = end_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    let pid = std::process::id();
+    assert_ne!(tid, pid);
+    let o = offheap(&["record", "--pid", &tid.to_string(), "--mode", "malloc"]);
+    end_tx.send(()).unwrap();
+    t.join().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o.stderr);
+    assert!(
+        line.contains(&format!("PID {tid} is a thread of process {pid}")),
+        "{line}"
+    );
+}

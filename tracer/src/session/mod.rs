@@ -113,6 +113,11 @@ pub async fn trace(
 
     let (pid, alloc, mut child, comm_hint) = match &target {
         Target::Pid(pid) => {
+            if let Some(tgid) = procinfo::tgid_of(*pid).filter(|t| t != pid) {
+                return Err(start_err(format!(
+                    "PID {pid} is a thread of process {tgid}: trace --pid {tgid}"
+                )));
+            }
             let alloc = allocator::for_pid(*pid).map_err(start_err)?;
             (*pid, alloc, None, None)
         }

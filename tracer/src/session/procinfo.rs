@@ -30,9 +30,26 @@ pub fn snapshot(pid: u32) -> Option<ProcInfo> {
     })
 }
 
+/// The thread-group id of a task: /proc/TID is readable for any thread,
+/// but probes filter on the process (tgid).
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tgid_of_self() {
+        assert_eq!(tgid_of(std::process::id()), Some(std::process::id()));
+    }
 
     #[test]
     fn own_process() {
