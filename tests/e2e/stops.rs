@@ -116,3 +116,30 @@ fn report_that_cannot_be_written_exits_3() {
         "{rest:?}"
     );
 }
+
+/// The command starts as it would without offheap: no ignored signals
+/// (Rust ignores SIGPIPE in offheap itself) and its exit status reported.
+#[test]
+fn run_gives_the_command_default_signal_dispositions() {
+    let _lock = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let o = Command::new(offheap_bin())
+        .args(["run", "--mode", "malloc", "--format", "json"])
+        .args(["--output", out.to_str().unwrap(), "--"])
+        .args(["sh", "-c", "grep SigIgn /proc/$$/status; exit 7"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "SigIgn:\t0000000000000000\n"
+    );
+    assert!(
+        stderr.contains("offheap: the command exited with status 7"),
+        "{stderr}"
+    );
+    assert_eq!(read_report(&out)["processes"][0]["exited"], true);
+}

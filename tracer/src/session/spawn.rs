@@ -96,6 +96,13 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild, SpawnError> {
                 // The parent went away without releasing us: never run untraced.
                 libc::_exit(127);
             }
+            // Rust's runtime ignores SIGPIPE, and an ignored signal stays
+            // ignored across exec (signal(7)): give the command the default
+            // disposition and an empty mask, as std::process::Command does.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::execv(path.as_ptr(), arg_ptrs.as_ptr());
             let err: i32 = *libc::__errno_location();
             libc::write(
