@@ -135,14 +135,14 @@ fn run_gives_the_command_default_signal_dispositions() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let ignored = u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16)
-        .unwrap_or_else(|_| panic!("{out:?}"));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    let ignored = u64::from_str_radix(shown.trim().trim_start_matches("SigIgn:").trim(), 16)
+        .unwrap_or_else(|_| panic!("{shown:?}"));
     // Bit n-1 stands for signal n (proc(5)).
     assert_eq!(
         ignored & (1 << (libc::SIGPIPE - 1)),
         0,
-        "SIGPIPE ignored: {out}"
+        "SIGPIPE ignored: {shown}"
     );
     assert!(
         stderr.contains("offheap: the command exited with status 7"),
