@@ -95,6 +95,27 @@ fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(StartError(e.to_string()))
 }
 
+/// A failure once tracing ran: no report can be made (exit code 3).
+fn after_start(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let e: anyhow::Error = e.into();
+    anyhow::Error::new(WriteFailure(format!("{e:#}")))
+}
+
+/// SIGINT and SIGTERM end the trace (and still write the report).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
 /// Runs a whole session and returns the report (not yet written).
 pub async fn trace(
     target: Target,
@@ -110,6 +131,9 @@ pub async fn trace(
         report::write::check_writable(out).map_err(start_err)?;
     }
     preflight::check().map_err(start_err)?;
+    // Installed before anything is attached, so that a Ctrl-C at any later
+    // moment still ends in a report.
+    let mut signals = Signals::install().map_err(start_err)?;
 
     let (pid, alloc, mut child, comm_hint) = match &target {
         Target::Pid(pid) => {
@@ -170,11 +194,22 @@ pub async fn trace(
     sym.on_attached(pid);
 
     let mut spaces: HashMap<u32, VmSpace> = HashMap::new();
-    let stop = wait(opts, pid, &pidfd, &mut events, &mut spaces, &mut info, sym).await?;
+    let stop = wait(
+        opts,
+        pid,
+        &pidfd,
+        &mut signals,
+        &mut events,
+        &mut spaces,
+        &mut info,
+        sym,
+    )
+    .await
+    .map_err(after_start)?;
     let elapsed = started.elapsed().as_secs_f64();
 
     // Freeze the figures, then take the last events from the ring buffer.
-    probes.remove_target(pid).map_err(anyhow::Error::new)?;
+    probes.remove_target(pid).map_err(after_start)?;
     drain(events.get_mut(), &mut spaces);
     let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
     if let Some(now) = procinfo::snapshot(pid) {
@@ -183,9 +218,10 @@ pub async fn trace(
     sym.on_stop(pid, exited);
     let child_status = child.as_ref().and_then(|c| spawn::reap(c.pid));
 
-    let raw = raw_process(&probes, pid, &info, exited, spaces.remove(&pid))?;
-    let (counters, dropped_events) =
-        accounting::counters::read(probes.ebpf_mut()).context("reading the error counters")?;
+    let raw = raw_process(&probes, pid, &info, exited, spaces.remove(&pid)).map_err(after_start)?;
+    let (counters, dropped_events) = accounting::counters::read(probes.ebpf_mut())
+        .context("reading the error counters")
+        .map_err(after_start)?;
     let meta = Meta {
         mode: opts.mode,
         duration_secs: elapsed,
@@ -236,17 +272,17 @@ fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
 }
 
 /// Waits for the end while keeping the ring buffer drained and process facts fresh.
+#[allow(clippy::too_many_arguments)]
 async fn wait(
     opts: &SessionOptions,
     pid: u32,
     pidfd: &AsyncFd<OwnedFd>,
+    signals: &mut Signals,
     events: &mut AsyncFd<RingBuf<MapData>>,
     spaces: &mut HashMap<u32, VmSpace>,
     info: &mut ProcInfo,
     sym: &mut dyn SessionSymbolizer,
 ) -> Result<StopReason> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let deadline = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -258,8 +294,8 @@ async fn wait(
     loop {
         tokio::select! {
             _ = &mut deadline => return Ok(StopReason::Duration),
-            _ = sigint.recv() => return Ok(StopReason::Signal),
-            _ = sigterm.recv() => return Ok(StopReason::Signal),
+            _ = signals.int.recv() => return Ok(StopReason::Signal),
+            _ = signals.term.recv() => return Ok(StopReason::Signal),
             // A pidfd becomes readable when the process exits (pidfd_open(2)).
             _ = pidfd.readable() => return Ok(StopReason::TargetExited),
             guard = events.readable_mut() => {
