@@ -133,7 +133,7 @@ pub async fn trace(
     preflight::check().map_err(start_err)?;
     // Installed before anything is attached, so that a Ctrl-C at any later
     // moment still ends in a report.
-    let mut signals = Signals::install().map_err(start_err)?;
+    let signals = Signals::install().map_err(start_err)?;
 
     let (pid, alloc, mut child, comm_hint) = match &target {
         Target::Pid(pid) => {
@@ -157,7 +157,7 @@ pub async fn trace(
     alloc.check_required().map_err(start_err)?;
 
     let attached = attach(pid, &alloc);
-    let (mut probes, mut events) = match attached {
+    let (mut probes, events) = match attached {
         Ok(v) => v,
         Err(e) => {
             if let Some(c) = child.take() {
@@ -190,35 +190,30 @@ pub async fn trace(
         }
     }
     let started = Instant::now();
-    let mut info: ProcInfo = procinfo::snapshot(pid).unwrap_or_default();
-    sym.on_attached(pid);
-
-    let mut spaces: HashMap<u32, VmSpace> = HashMap::new();
-    let stop = wait(
-        opts,
+    let mut live = Live {
         pid,
-        &pidfd,
-        &mut signals,
-        &mut events,
-        &mut spaces,
-        &mut info,
-        sym,
-    )
-    .await
-    .map_err(after_start)?;
+        pidfd,
+        signals,
+        events,
+        spaces: HashMap::new(),
+        info: procinfo::snapshot(pid).unwrap_or_default(),
+    };
+    sym.on_attached(pid);
+    let stop = live.wait(opts, sym).await.map_err(after_start)?;
     let elapsed = started.elapsed().as_secs_f64();
 
     // Freeze the figures, then take the last events from the ring buffer.
     probes.remove_target(pid).map_err(after_start)?;
-    drain(events.get_mut(), &mut spaces);
+    drain(live.events.get_mut(), &mut live.spaces);
     let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
     if let Some(now) = procinfo::snapshot(pid) {
-        info = now;
+        live.info = now;
     }
     sym.on_stop(pid, exited);
     let child_status = child.as_ref().and_then(|c| spawn::reap(c.pid));
 
-    let raw = raw_process(&probes, pid, &info, exited, spaces.remove(&pid)).map_err(after_start)?;
+    let raw = raw_process(&probes, pid, &live.info, exited, live.spaces.remove(&pid))
+        .map_err(after_start)?;
     let (counters, dropped_events) = accounting::counters::read(probes.ebpf_mut())
         .context("reading the error counters")
         .map_err(after_start)?;
@@ -271,42 +266,51 @@ fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.map_err(|e| e.into_parts().1)
 }
 
-/// Waits for the end while keeping the ring buffer drained and process facts fresh.
-#[allow(clippy::too_many_arguments)]
-async fn wait(
-    opts: &SessionOptions,
+/// What the session watches while the target runs.
+struct Live {
     pid: u32,
-    pidfd: &AsyncFd<OwnedFd>,
-    signals: &mut Signals,
-    events: &mut AsyncFd<RingBuf<MapData>>,
-    spaces: &mut HashMap<u32, VmSpace>,
-    info: &mut ProcInfo,
-    sym: &mut dyn SessionSymbolizer,
-) -> Result<StopReason> {
-    let deadline = async {
-        match opts.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return Ok(StopReason::Duration),
-            _ = signals.int.recv() => return Ok(StopReason::Signal),
-            _ = signals.term.recv() => return Ok(StopReason::Signal),
-            // A pidfd becomes readable when the process exits (pidfd_open(2)).
-            _ = pidfd.readable() => return Ok(StopReason::TargetExited),
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("polling the events ring buffer")?;
-                drain(guard.get_inner_mut(), spaces);
-                guard.clear_ready();
+    pidfd: AsyncFd<OwnedFd>,
+    signals: Signals,
+    events: AsyncFd<RingBuf<MapData>>,
+    /// Self-made mappings per tgid, from the ring buffer.
+    spaces: HashMap<u32, VmSpace>,
+    /// The latest facts about the target, kept for after it dies.
+    info: ProcInfo,
+}
+
+impl Live {
+    /// Waits for the end while keeping the ring buffer drained and process
+    /// facts fresh.
+    async fn wait(
+        &mut self,
+        opts: &SessionOptions,
+        sym: &mut dyn SessionSymbolizer,
+    ) -> Result<StopReason> {
+        let deadline = async {
+            match opts.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
-            _ = ticker.tick() => {
-                if let Some(now) = procinfo::snapshot(pid) {
-                    *info = now;
-                    sym.on_tick(pid);
+        };
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Ok(StopReason::Duration),
+                _ = self.signals.int.recv() => return Ok(StopReason::Signal),
+                _ = self.signals.term.recv() => return Ok(StopReason::Signal),
+                // A pidfd becomes readable when the process exits (pidfd_open(2)).
+                _ = self.pidfd.readable() => return Ok(StopReason::TargetExited),
+                guard = self.events.readable_mut() => {
+                    let mut guard = guard.context("polling the events ring buffer")?;
+                    drain(guard.get_inner_mut(), &mut self.spaces);
+                    guard.clear_ready();
+                }
+                _ = ticker.tick() => {
+                    if let Some(now) = procinfo::snapshot(self.pid) {
+                        self.info = now;
+                        sym.on_tick(self.pid);
+                    }
                 }
             }
         }
