@@ -14,6 +14,20 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     pub const VM_INFLIGHT: &str = "vm_inflight";
     pub const FAULT_STATS: &str = "fault_stats";
+    /// Resident mode (fault.bpf.c): ring buffer of `FaultEvent` and `MapEvent`.
+    pub const FAULT_EVENTS: &str = "fault_events";
+    pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
+    pub const FAULT_SCRATCH: &str = "fault_scratch";
+}
+
+/// Program names of resident mode, with the tracepoint each attaches to.
+pub mod resident_programs {
+    /// (program, tracepoint category, tracepoint name)
+    pub const ALL: [(&str, &str, &str); 3] = [
+        ("resident_fault_enter", "exceptions", "page_fault_user"),
+        ("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
+        ("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
+    ];
 }
 
 pub const MAX_TARGETS: u32 = 4096;
@@ -164,6 +178,59 @@ pub struct VmArgs {
     pub _pad: u32,
     pub stack: StackKey,
 }
+
+pub const FAULT_EVENTS_BYTES: u32 = 8 << 20;
+pub const MAX_FAULT_STACKS: u32 = 16384;
+pub const STACK_COPY_PAGES: usize = 5;
+pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGES * 4096;
+
+/// `hdr.kind` of the resident-mode records in `fault_events`.
+pub mod resident_event_kind {
+    pub const FAULT: u32 = 32;
+    pub const MAP_STACK: u32 = 33;
+}
+
+/// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
+pub mod pf {
+    pub const PROT: u32 = 1 << 0;
+    pub const WRITE: u32 = 1 << 1;
+    pub const USER: u32 = 1 << 2;
+    pub const INSTR: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultEvent {
+    pub hdr: EventHeader,
+    pub address: u64,
+    pub ip: u64,
+    pub error_code: u32,
+    pub stack_id: i32,
+    pub sp_word: u64,
+}
+
+/// The fixed part of C `struct map_event`; `stack_len` bytes of the raw user
+/// stack follow it (C `stack[]`, at offset `size_of::<MapEvent>()`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapEvent {
+    pub hdr: EventHeader,
+    pub addr: u64,
+    pub len: u64,
+    pub old_addr: u64,
+    pub old_len: u64,
+    pub flags: u32,
+    pub prot: u32,
+    pub syscall: u32,
+    pub stack_len: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub stack_base: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FaultEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<MapEvent>() == 96);
 
 /// Indexes into the per-CPU `counters` array.
 #[repr(u32)]

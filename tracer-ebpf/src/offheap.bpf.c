@@ -21,3 +21,5 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+#include "fault.bpf.c"

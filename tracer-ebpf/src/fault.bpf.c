@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Resident mode: which code made a target's pages resident.
+ *
+ * - resident_fault_enter (exceptions/page_fault_user): one fault_event per user
+ *   page fault of a target, with a deduplicated frame-pointer stack. Userspace
+ *   keeps the first one per page (first-touch attribution) and checks
+ *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
+ *   madvise or a brk shrink stop counting without any bookkeeping here.
+ * - resident_mmap_exit / resident_mremap_exit (syscalls/sys_exit_*): one
+ *   map_event per anonymous mapping created or moved, with a raw copy of the
+ *   user stack. Allocator-made mappings are created inside glibc, which has
+ *   no frame pointers, so bpf_get_stackid yields one frame there; userspace
+ *   unwinds the copy with .eh_frame CFI instead (accounting/unwind.rs).
+ *
+ * Program names carry a `resident_` prefix: malloc mode (vm.bpf.c) attaches
+ * its own programs to the same syscall tracepoints.
+ */
+
+#define OFFHEAP_PF_PROT 0x1   /* arch/x86/include/asm/trap_pf.h X86_PF_PROT */
+#define OFFHEAP_PF_INSTR 0x10 /* X86_PF_INSTR: instruction fetch */
+#define OFFHEAP_MAP_ANONYMOUS 0x20
+#define OFFHEAP_MAX_ERRNO 4095 /* include/linux/err.h: IS_ERR_VALUE */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, OFFHEAP_FAULT_EVENTS_BYTES);
+} fault_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, OFFHEAP_MAX_FAULT_STACKS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, OFFHEAP_MAX_STACK_DEPTH * sizeof(__u64));
+} fault_stack_traces SEC(".maps");
+
+/* A map_event is too big for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct map_event);
+} fault_scratch SEC(".maps");
+
+/* Tracepoint records, from /sys/kernel/tracing/events/.../format. */
+struct offheap_page_fault_ctx {
+	__u64 common;
+	__u64 address;
+	__u64 ip;
+	__u64 error_code;
+};
+
+struct offheap_sys_exit_ctx {
+	__u64 common;
+	__s32 syscall_nr;
+	__s32 _pad;
+	__s64 ret;
+};
+
+/* x86-64 user registers as saved on kernel entry (same layout as the
+ * kernel's struct pt_regs; names from the UAPI <asm/ptrace.h>). */
+static __always_inline struct pt_regs *user_regs(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return (struct pt_regs *)bpf_task_pt_regs(task);
+}
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int is_fault_target(__u32 tgid)
+{
+	struct target_info *t = bpf_map_lookup_elem(&targets, &tgid);
+
+	return t && (t->flags & OFFHEAP_TARGET_FAULTS);
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int resident_fault_enter(struct offheap_page_fault_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct fault_event *e;
+	struct pt_regs *regs;
+	__u64 sp;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	/* Code pages are file-backed: they are reported per file, not per stack. */
+	if (ctx->error_code & OFFHEAP_PF_INSTR)
+		return 0;
+	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
+	if (!e) {
+		count(OFFHEAP_CTR_EVENTS_LOST);
+		return 0;
+	}
+	e->hdr.kind = OFFHEAP_EV_FAULT;
+	e->hdr.tgid = tgid;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->address = ctx->address;
+	e->ip = ctx->ip;
+	e->error_code = ctx->error_code;
+	e->stack_id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
+	if (e->stack_id < 0)
+		count(OFFHEAP_CTR_STACK_ID_FAILED);
+	e->sp_word = 0;
+	regs = user_regs();
+	sp = regs->rsp;
+	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)sp))
+		e->sp_word = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Fills the scratch map_event with the registers and a raw copy of the user
+ * stack, page by page from the page of sp up, stopping at the first page that
+ * cannot be read (the top of the stack, or a page that is not resident:
+ * bpf_probe_read_user does not fault pages in). */
+static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall)
+{
+	__u32 zero = 0;
+	struct map_event *e = bpf_map_lookup_elem(&fault_scratch, &zero);
+	struct pt_regs *regs;
+	__u64 base;
+	__u32 i;
+
+	if (!e)
+		return 0;
+	regs = user_regs();
+	e->hdr.kind = OFFHEAP_EV_MAP_STACK;
+	e->hdr.tgid = tgid;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->syscall = syscall;
+	e->ip = regs->rip;
+	e->sp = regs->rsp;
+	e->bp = regs->rbp;
+	base = e->sp & ~4095ULL;
+	e->stack_base = base;
+	e->stack_len = 0;
+	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES; i++) {
+		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096))) {
+			if (i == 0)
+				count(OFFHEAP_CTR_READ_FAILED);
+			break;
+		}
+		e->stack_len += 4096;
+	}
+	return e;
+}
+
+static __always_inline void send(void *ctx, struct map_event *e)
+{
+	__u64 size = offsetof(struct map_event, stack) + e->stack_len;
+
+	if (size > sizeof(*e))
+		return;
+	if (bpf_ringbuf_output(&fault_events, e, size, 0))
+		count(OFFHEAP_CTR_EVENTS_LOST);
+}
+
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct map_event *e;
+	struct pt_regs *regs;
+	__u32 flags;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
+		return 0;
+	/* The syscall arguments are still in the saved registers at exit: the
+	 * x86-64 syscall path only writes the return value back (rax). */
+	regs = user_regs();
+	flags = regs->r10;
+	if (!(flags & OFFHEAP_MAP_ANONYMOUS))
+		return 0;
+	e = capture(tgid, OFFHEAP_EV_MMAP);
+	if (!e)
+		return 0;
+	e->addr = ctx->ret;
+	e->len = regs->rsi;
+	e->prot = regs->rdx;
+	e->flags = flags;
+	e->old_addr = 0;
+	e->old_len = 0;
+	send(ctx, e);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_mremap")
+int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct map_event *e;
+	struct pt_regs *regs;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
+		return 0;
+	regs = user_regs();
+	e = capture(tgid, OFFHEAP_EV_MREMAP);
+	if (!e)
+		return 0;
+	e->addr = ctx->ret;
+	e->old_addr = regs->rdi;
+	e->old_len = regs->rsi;
+	e->len = regs->rdx;
+	e->flags = regs->r10;
+	e->prot = 0;
+	send(ctx, e);
+	return 0;
+}
