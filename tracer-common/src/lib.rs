@@ -23,8 +23,9 @@ pub mod maps {
 /// Program names of resident mode, with the tracepoint each attaches to.
 pub mod resident_programs {
     /// (program, tracepoint category, tracepoint name)
-    pub const ALL: [(&str, &str, &str); 3] = [
+    pub const ALL: [(&str, &str, &str); 4] = [
         ("resident_fault_enter", "exceptions", "page_fault_user"),
+        ("resident_kernel_fault_enter", "exceptions", "page_fault_kernel"),
         ("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
         ("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
     ];

@@ -2,8 +2,9 @@
 /*
  * Resident mode: which code made a target's pages resident.
  *
- * - resident_fault_enter (exceptions/page_fault_user): one fault_event per user
- *   page fault of a target, with a deduplicated frame-pointer stack. Userspace
+ * - resident_fault_enter (exceptions/page_fault_user) and
+ *   resident_kernel_fault_enter (page_fault_kernel, on user addresses): one
+ *   fault_event per page fault of a target, with a deduplicated frame-pointer stack. Userspace
  *   keeps the first one per page (first-touch attribution) and checks
  *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
  *   madvise or a brk shrink stop counting without any bookkeeping here.
@@ -81,40 +82,55 @@ static __always_inline int is_fault_target(__u32 tgid)
 	return t && (t->flags & OFFHEAP_TARGET_FAULTS);
 }
 
-SEC("tracepoint/exceptions/page_fault_user")
-int resident_fault_enter(struct offheap_page_fault_ctx *ctx)
+/* Kernel-mode faults on user addresses are the kernel writing into user
+ * memory for a syscall (read(2) into a fresh buffer): the user stack is the
+ * syscall's caller, the right first toucher. */
+#define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
+
+static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kernel)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct fault_event *e;
 	struct pt_regs *regs;
-	__u64 sp;
 
 	if (!is_fault_target(tgid))
 		return 0;
 	/* Code pages are file-backed: they are reported per file, not per stack. */
 	if (ctx->error_code & OFFHEAP_PF_INSTR)
 		return 0;
+	if (kernel && ctx->address >= OFFHEAP_USER_ADDR_END)
+		return 0;
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
 	if (!e) {
 		count(OFFHEAP_CTR_EVENTS_LOST);
 		return 0;
 	}
+	regs = user_regs();
 	e->hdr.kind = OFFHEAP_EV_FAULT;
 	e->hdr.tgid = tgid;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->address = ctx->address;
-	e->ip = ctx->ip;
+	e->ip = kernel ? regs->rip : ctx->ip;
 	e->error_code = ctx->error_code;
 	e->stack_id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
 	if (e->stack_id < 0)
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
-	e->sp_word = 0;
-	regs = user_regs();
-	sp = regs->rsp;
-	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)sp))
+	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)regs->rsp))
 		e->sp_word = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int resident_fault_enter(struct offheap_page_fault_ctx *ctx)
+{
+	return on_fault(ctx, 0);
+}
+
+SEC("tracepoint/exceptions/page_fault_kernel")
+int resident_kernel_fault_enter(struct offheap_page_fault_ctx *ctx)
+{
+	return on_fault(ctx, 1);
 }
 
 /* Fills the scratch map_event with the registers and a raw copy of the user
