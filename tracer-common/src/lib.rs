@@ -18,6 +18,7 @@ pub mod maps {
     pub const FAULT_EVENTS: &str = "fault_events";
     pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
     pub const FAULT_SCRATCH: &str = "fault_scratch";
+    pub const FAULT_PAGES: &str = "fault_pages";
 }
 
 /// Program names of resident mode, with the tracepoint each attaches to.
@@ -25,7 +26,11 @@ pub mod resident_programs {
     /// (program, tracepoint category, tracepoint name)
     pub const ALL: [(&str, &str, &str); 4] = [
         ("resident_fault_enter", "exceptions", "page_fault_user"),
-        ("resident_kernel_fault_enter", "exceptions", "page_fault_kernel"),
+        (
+            "resident_kernel_fault_enter",
+            "exceptions",
+            "page_fault_kernel",
+        ),
         ("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
         ("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
     ];
@@ -182,6 +187,7 @@ pub struct VmArgs {
 
 pub const FAULT_EVENTS_BYTES: u32 = 8 << 20;
 pub const MAX_FAULT_STACKS: u32 = 16384;
+pub const MAX_FAULT_PAGES: u32 = 131072;
 pub const STACK_COPY_PAGES: usize = 5;
 pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGES * 4096;
 
@@ -189,6 +195,9 @@ pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGES * 4096;
 pub mod resident_event_kind {
     pub const FAULT: u32 = 32;
     pub const MAP_STACK: u32 = 33;
+    /// A `MapEvent` for a page fault whose frame-pointer walk died at once:
+    /// `addr` is the faulting address, `flags` the error code.
+    pub const FAULT_STACK: u32 = 34;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -197,6 +206,14 @@ pub mod pf {
     pub const WRITE: u32 = 1 << 1;
     pub const USER: u32 = 1 << 2;
     pub const INSTR: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultPageKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub page: u64,
 }
 
 #[repr(C)]

@@ -196,6 +196,9 @@ enum counter {
 
 #define OFFHEAP_FAULT_EVENTS_BYTES (8 << 20)
 #define OFFHEAP_MAX_FAULT_STACKS 16384
+/* Pages already reported per target (an LRU set): a page is reported on its
+ * first fault only, as first-touch attribution needs nothing more. */
+#define OFFHEAP_MAX_FAULT_PAGES 131072
 /* Raw user stack copied at mmap/mremap exit, in whole pages from the page of
  * sp up: at least 16 KiB above sp. */
 #define OFFHEAP_STACK_COPY_PAGES 5
@@ -204,6 +207,14 @@ enum counter {
 enum resident_event_kind {
 	OFFHEAP_EV_FAULT = 32,      /* struct fault_event */
 	OFFHEAP_EV_MAP_STACK = 33,  /* struct map_event (mmap or mremap) */
+	OFFHEAP_EV_FAULT_STACK = 34, /* struct map_event for a fault whose
+	                               * frame-pointer walk died at once */
+};
+
+struct fault_page_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 page;
 };
 
 /* One user page fault of a target (exceptions/page_fault_user). */
@@ -224,6 +235,7 @@ struct fault_event {
  * only the fixed part and `stack_len` bytes of stack[] are sent. */
 struct map_event {
 	struct event_header hdr;
+	/* FAULT_STACK: addr is the faulting address, flags the error code. */
 	__u64 addr;        /* result: new mapping start */
 	__u64 len;         /* new length */
 	__u64 old_addr;    /* mremap only */

@@ -22,6 +22,8 @@
 #define OFFHEAP_PF_INSTR 0x10 /* X86_PF_INSTR: instruction fetch */
 #define OFFHEAP_MAP_ANONYMOUS 0x20
 #define OFFHEAP_MAX_ERRNO 4095 /* include/linux/err.h: IS_ERR_VALUE */
+/* Faults are many: copy less, enough to unwind out of glibc into node. */
+#define OFFHEAP_FAULT_STACK_COPY_PAGES 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -34,6 +36,13 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, OFFHEAP_MAX_STACK_DEPTH * sizeof(__u64));
 } fault_stack_traces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, OFFHEAP_MAX_FAULT_PAGES);
+	__type(key, struct fault_page_key);
+	__type(value, __u8);
+} fault_pages SEC(".maps");
 
 /* A map_event is too big for the 512-byte BPF stack. */
 struct {
@@ -82,6 +91,52 @@ static __always_inline int is_fault_target(__u32 tgid)
 	return t && (t->flags & OFFHEAP_TARGET_FAULTS);
 }
 
+/* Fills the scratch map_event with the registers and a raw copy of the user
+ * stack, page by page from the page of sp up, stopping at the first page that
+ * cannot be read (the top of the stack, or a page that is not resident:
+ * bpf_probe_read_user does not fault pages in). */
+static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u32 pages)
+{
+	__u32 zero = 0;
+	struct map_event *e = bpf_map_lookup_elem(&fault_scratch, &zero);
+	struct pt_regs *regs;
+	__u64 base;
+	__u32 i;
+
+	if (!e)
+		return 0;
+	regs = user_regs();
+	e->hdr.kind = OFFHEAP_EV_MAP_STACK;
+	e->hdr.tgid = tgid;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->syscall = syscall;
+	e->ip = regs->rip;
+	e->sp = regs->rsp;
+	e->bp = regs->rbp;
+	base = e->sp & ~4095ULL;
+	e->stack_base = base;
+	e->stack_len = 0;
+	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
+		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096))) {
+			if (i == 0)
+				count(OFFHEAP_CTR_READ_FAILED);
+			break;
+		}
+		e->stack_len += 4096;
+	}
+	return e;
+}
+
+static __always_inline void send(void *ctx, struct map_event *e)
+{
+	__u64 size = offsetof(struct map_event, stack) + e->stack_len;
+
+	if (size > sizeof(*e))
+		return;
+	if (bpf_ringbuf_output(&fault_events, e, size, 0))
+		count(OFFHEAP_CTR_EVENTS_LOST);
+}
+
 /* Kernel-mode faults on user addresses are the kernel writing into user
  * memory for a syscall (read(2) into a fresh buffer): the user stack is the
  * syscall's caller, the right first toucher. */
@@ -92,6 +147,10 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct fault_event *e;
 	struct pt_regs *regs;
+	struct fault_page_key key;
+	__u64 probe[3];
+	__u8 one = 1;
+	long n;
 
 	if (!is_fault_target(tgid))
 		return 0;
@@ -100,6 +159,34 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 		return 0;
 	if (kernel && ctx->address >= OFFHEAP_USER_ADDR_END)
 		return 0;
+	/* Refaults (after madvise(DONTNEED) or reclaim) change no first toucher:
+	 * skip them before the costly part. */
+	key.tgid = tgid;
+	key._pad = 0;
+	key.page = ctx->address & ~4095ULL;
+	if (bpf_map_lookup_elem(&fault_pages, &key))
+		return 0;
+	bpf_map_update_elem(&fault_pages, &key, &one, BPF_ANY);
+	/* A walk that dies within two frames started in code without frame
+	 * pointers (glibc's malloc writing a fresh arena page, a syscall
+	 * wrapper): send the raw stack for the CFI unwinder instead. A short
+	 * walk of three frames costs little next to the fault itself. */
+	n = bpf_get_stack(ctx, probe, sizeof(probe), BPF_F_USER_STACK);
+	if (n >= 0 && n < (long)sizeof(probe)) {
+		struct map_event *m = capture(tgid, 0, OFFHEAP_FAULT_STACK_COPY_PAGES);
+
+		if (!m)
+			return 0;
+		m->hdr.kind = OFFHEAP_EV_FAULT_STACK;
+		m->addr = ctx->address;
+		m->flags = ctx->error_code;
+		m->len = 0;
+		m->old_addr = 0;
+		m->old_len = 0;
+		m->prot = 0;
+		send(ctx, m);
+		return 0;
+	}
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
 	if (!e) {
 		count(OFFHEAP_CTR_EVENTS_LOST);
@@ -133,52 +220,6 @@ int resident_kernel_fault_enter(struct offheap_page_fault_ctx *ctx)
 	return on_fault(ctx, 1);
 }
 
-/* Fills the scratch map_event with the registers and a raw copy of the user
- * stack, page by page from the page of sp up, stopping at the first page that
- * cannot be read (the top of the stack, or a page that is not resident:
- * bpf_probe_read_user does not fault pages in). */
-static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall)
-{
-	__u32 zero = 0;
-	struct map_event *e = bpf_map_lookup_elem(&fault_scratch, &zero);
-	struct pt_regs *regs;
-	__u64 base;
-	__u32 i;
-
-	if (!e)
-		return 0;
-	regs = user_regs();
-	e->hdr.kind = OFFHEAP_EV_MAP_STACK;
-	e->hdr.tgid = tgid;
-	e->hdr.ts_ns = bpf_ktime_get_ns();
-	e->syscall = syscall;
-	e->ip = regs->rip;
-	e->sp = regs->rsp;
-	e->bp = regs->rbp;
-	base = e->sp & ~4095ULL;
-	e->stack_base = base;
-	e->stack_len = 0;
-	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES; i++) {
-		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096))) {
-			if (i == 0)
-				count(OFFHEAP_CTR_READ_FAILED);
-			break;
-		}
-		e->stack_len += 4096;
-	}
-	return e;
-}
-
-static __always_inline void send(void *ctx, struct map_event *e)
-{
-	__u64 size = offsetof(struct map_event, stack) + e->stack_len;
-
-	if (size > sizeof(*e))
-		return;
-	if (bpf_ringbuf_output(&fault_events, e, size, 0))
-		count(OFFHEAP_CTR_EVENTS_LOST);
-}
-
 SEC("tracepoint/syscalls/sys_exit_mmap")
 int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 {
@@ -197,7 +238,7 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	flags = regs->r10;
 	if (!(flags & OFFHEAP_MAP_ANONYMOUS))
 		return 0;
-	e = capture(tgid, OFFHEAP_EV_MMAP);
+	e = capture(tgid, OFFHEAP_EV_MMAP, OFFHEAP_STACK_COPY_PAGES);
 	if (!e)
 		return 0;
 	e->addr = ctx->ret;
@@ -222,7 +263,7 @@ int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
 	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
 		return 0;
 	regs = user_regs();
-	e = capture(tgid, OFFHEAP_EV_MREMAP);
+	e = capture(tgid, OFFHEAP_EV_MREMAP, OFFHEAP_STACK_COPY_PAGES);
 	if (!e)
 		return 0;
 	e->addr = ctx->ret;

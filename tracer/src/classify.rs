@@ -7,7 +7,10 @@
 //!    or V8's backing store (`v8::internal::BackingStore`, `v8::ArrayBuffer::Allocator`).
 //! 2. `native_addon`: a frame's module is a `.node` file (a loaded addon).
 //! 3. `v8_heap`: a frame is V8's page allocator or heap growth
-//!    (`v8::internal::MemoryAllocator`, `v8::base::PageAllocator`, `v8::internal::Heap::`).
+//!    (`v8::internal::MemoryAllocator`, `v8::base::PageAllocator`, `v8::internal::Heap::`),
+//!    or its garbage collector's own bookkeeping, which V8 mallocs in proportion
+//!    to the heap (`heap::base::Worklist` marking worklists, `v8::internal::Scavenger`,
+//!    `v8::internal::ConcurrentMarking`, `v8::internal::SlotSet` remembered sets...).
 //! 4. `node_native`: a frame's module is the node executable (node, V8, libuv,
 //!    openssl and zlib are linked into it), or a shared libuv/libz/libssl/libcrypto.
 //! 5. `other`: everything else.
@@ -27,6 +30,14 @@ const V8_HEAP_SYMBOLS: &[&str] = &[
     "v8::internal::PagedSpace",
     "v8::internal::NewSpace",
     "v8::internal::LargeObjectSpace",
+    "heap::base::Worklist",
+    "v8::internal::Scavenger",
+    "v8::internal::ConcurrentMarking",
+    "v8::internal::MarkCompactCollector",
+    "v8::internal::MinorMarkCompactCollector",
+    "v8::internal::Sweeper",
+    "v8::internal::SlotSet",
+    "v8::internal::TypedSlotSet",
 ];
 
 const NODE_LIBS: &[&str] = &[
@@ -117,6 +128,19 @@ mod tests {
             classify(&[f("deflateInit2_", "/usr/bin/node")]),
             Bucket::NodeNative
         );
+    }
+
+    #[test]
+    fn gc_worklists_are_v8_heap() {
+        let frames = [
+            f("malloc", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            f(
+                "heap::base::Worklist<v8::internal::HeapObject, (unsigned short)64>::Local::Publish()",
+                "/usr/bin/node",
+            ),
+            f("v8::internal::ConcurrentMarking::RunMajor(v8::JobDelegate*)", "/usr/bin/node"),
+        ];
+        assert_eq!(classify(&frames), Bucket::V8Heap);
     }
 
     #[test]

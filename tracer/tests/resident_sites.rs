@@ -55,7 +55,10 @@ fn pages_per_site_match_and_given_back_pages_stop_counting() {
             *got.entry((site, a)).or_default() += s.live_bytes / PAGE;
         }
     }
-    eprintln!("pages per site: {got:?}\nreconciliation: {:?}", raw.reconciliation);
+    eprintln!(
+        "pages per site: {got:?}\nreconciliation: {:?}",
+        raw.reconciliation
+    );
     let want = [
         (("map_site", "mapping"), 40),
         (("malloc_site", "mapping"), 513),

@@ -157,6 +157,7 @@ impl ElfCfi {
     }
 }
 
+#[derive(Clone)]
 struct Rules {
     cfa: (gimli::Register, i64),
     ra: RegisterRule<usize>,
@@ -169,7 +170,10 @@ pub struct Unwinder {
     pid: u32,
     regions: Vec<Region>,
     cfi: HashMap<PathBuf, Option<Arc<ElfCfi>>>,
+    /// Rules per looked-up address: the same call sites recur in every stack.
+    rules: HashMap<u64, Option<Rules>>,
     ctx: UnwindContext<usize>,
+    refreshed: Option<std::time::Instant>,
 }
 
 impl Unwinder {
@@ -178,7 +182,9 @@ impl Unwinder {
             pid,
             regions: Vec::new(),
             cfi: HashMap::new(),
+            rules: HashMap::new(),
             ctx: UnwindContext::new(),
+            refreshed: None,
         };
         u.refresh()?;
         Ok(u)
@@ -193,7 +199,18 @@ impl Unwinder {
         })?;
         self.regions = text.lines().filter_map(parse_exec_region).collect();
         self.regions.sort_by_key(|r| r.start);
+        self.rules.clear();
+        self.refreshed = Some(std::time::Instant::now());
         Ok(())
+    }
+
+    /// Refreshes unless that was done less than `min` ago (a process that
+    /// keeps producing short stacks must not make us re-read maps each time).
+    pub fn refresh_at_most_every(&mut self, min: std::time::Duration) -> Result<bool, UnwindError> {
+        if self.refreshed.is_some_and(|t| t.elapsed() < min) {
+            return Ok(false);
+        }
+        self.refresh().map(|()| true)
     }
 
     fn region(&self, addr: u64) -> Option<&Region> {
@@ -208,6 +225,15 @@ impl Unwinder {
     }
 
     fn rules(&mut self, addr: u64) -> Option<Rules> {
+        if let Some(r) = self.rules.get(&addr) {
+            return r.clone();
+        }
+        let r = self.lookup_rules(addr);
+        self.rules.insert(addr, r.clone());
+        r
+    }
+
+    fn lookup_rules(&mut self, addr: u64) -> Option<Rules> {
         let r = self.region(addr)?.clone();
         let pid = self.pid;
         let cfi = self
@@ -222,7 +248,9 @@ impl Unwinder {
                         .to_string_lossy()
                         .as_ref(),
                 );
-                ElfCfi::open(&p).or_else(|| ElfCfi::open(&r.path)).map(Arc::new)
+                ElfCfi::open(&p)
+                    .or_else(|| ElfCfi::open(&r.path))
+                    .map(Arc::new)
             })
             .clone()?;
         let svma = cfi.svma_of_offset(addr - r.start + r.offset)?;
@@ -330,7 +358,10 @@ mod tests {
             "7f0000001000-7f0000002000 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6",
         )
         .unwrap();
-        assert_eq!((r.start, r.end, r.offset), (0x7f0000001000, 0x7f0000002000, 0x1000));
+        assert_eq!(
+            (r.start, r.end, r.offset),
+            (0x7f0000001000, 0x7f0000002000, 0x1000)
+        );
         assert!(parse_exec_region("7f00-7f10 rw-p 00000000 00:00 0 [heap]").is_none());
         assert!(parse_exec_region("7f00-7f10 r--p 00000000 08:01 1 /usr/bin/node").is_none());
     }
@@ -371,7 +402,13 @@ mod tests {
         }
         let (regs, bytes, base, outer_addr) = outer();
         let mut u = Unwinder::new(std::process::id()).unwrap();
-        let frames = u.unwind(regs, StackWindow { base, bytes: &bytes });
+        let frames = u.unwind(
+            regs,
+            StackWindow {
+                base,
+                bytes: &bytes,
+            },
+        );
         assert!(frames.len() >= 3, "{frames:x?}");
         // frames[1] returns into outer(): within a few hundred bytes of its entry.
         assert!(

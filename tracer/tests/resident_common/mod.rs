@@ -10,13 +10,13 @@ use std::{
 };
 
 use aya::{
-    maps::HashMap as BpfHashMap,
+    maps::{HashMap as BpfHashMap, PerCpuArray},
     programs::TracePoint,
     Ebpf,
 };
 use offheap::{
     accounting::{
-        resident::{Resident, ResidentMaps},
+        resident::{DrainStats, Resident, ResidentMaps},
         RawProcess,
     },
     report::Bucket,
@@ -27,6 +27,8 @@ pub struct Tracer {
     _ebpf: Ebpf,
     pub maps: ResidentMaps,
     pub procs: HashMap<u32, Resident>,
+    pub stats: DrainStats,
+    pub drain_time: std::time::Duration,
 }
 
 impl Tracer {
@@ -67,11 +69,30 @@ impl Tracer {
             _ebpf: ebpf,
             maps,
             procs,
+            stats: DrainStats::default(),
+            drain_time: Default::default(),
         }
     }
 
+    /// Records the kernel side could not send (ring buffer full).
+    pub fn lost_events(&self) -> u64 {
+        let c: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self._ebpf.map(maps::COUNTERS).unwrap()).unwrap();
+        c.get(&(tracer_common::Counter::EventsLost as u32), 0)
+            .unwrap()
+            .iter()
+            .sum()
+    }
+
     pub fn drain(&mut self) {
-        self.maps.drain(&mut self.procs);
+        let t = std::time::Instant::now();
+        let s = self.maps.drain(&mut self.procs);
+        self.drain_time += t.elapsed();
+        self.stats.faults += s.faults;
+        self.stats.fault_stacks += s.fault_stacks;
+        self.stats.maps += s.maps;
+        self.stats.ignored += s.ignored;
+        self.stats.malformed += s.malformed;
     }
 
     pub fn sample(&mut self, classify: &mut dyn FnMut(u32, &[u64]) -> Bucket) {
@@ -81,7 +102,11 @@ impl Tracer {
         }
     }
 
-    pub fn finish(mut self, pid: u32, classify: &mut dyn FnMut(u32, &[u64]) -> Bucket) -> RawProcess {
+    pub fn finish(
+        mut self,
+        pid: u32,
+        classify: &mut dyn FnMut(u32, &[u64]) -> Bucket,
+    ) -> RawProcess {
         self.drain();
         self.procs.get_mut(&pid).unwrap().finish(classify)
     }
@@ -89,7 +114,9 @@ impl Tracer {
 
 /// Compiles a C fixture from tests/fixtures into a temp dir.
 pub fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
     let st = Command::new("cc")
         .args(["-O1", "-g", "-no-pie", "-fno-omit-frame-pointer"])
@@ -105,7 +132,11 @@ pub fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 
 /// [start, end) of every function symbol of an ELF file, from `nm -C -S`.
 pub fn symbols(path: &Path) -> Vec<(u64, u64, String)> {
-    let out = Command::new("nm").args(["-C", "-S", "--defined-only"]).arg(path).output().expect("nm");
+    let out = Command::new("nm")
+        .args(["-C", "-S", "--defined-only"])
+        .arg(path)
+        .output()
+        .expect("nm");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -123,5 +154,47 @@ pub fn symbols(path: &Path) -> Vec<(u64, u64, String)> {
 
 /// The name of the symbol containing `addr`.
 pub fn symbol_at(syms: &[(u64, u64, String)], addr: u64) -> Option<&str> {
-    syms.iter().find(|(s, e, _)| addr >= *s && addr < *e).map(|(_, _, n)| n.as_str())
+    syms.iter()
+        .find(|(s, e, _)| addr >= *s && addr < *e)
+        .map(|(_, _, n)| n.as_str())
+}
+
+/// Names addresses of the non-PIE /usr/bin/node with `nm -C` and classifies
+/// stacks with the real `classify` rules (the test stand-in for the
+/// symbolizer another part of offheap provides).
+pub struct NodeSymbols {
+    syms: Vec<(u64, u64, String)>,
+}
+
+pub const NODE: &str = "/usr/bin/node";
+
+impl NodeSymbols {
+    pub fn load() -> NodeSymbols {
+        let mut syms = symbols(Path::new(NODE));
+        syms.sort();
+        NodeSymbols { syms }
+    }
+
+    pub fn name(&self, addr: u64) -> Option<&str> {
+        let i = self.syms.partition_point(|(s, _, _)| *s <= addr);
+        let (s, e, n) = self.syms.get(i.checked_sub(1)?)?;
+        (addr >= *s && addr < *e).then_some(n.as_str())
+    }
+
+    pub fn frames(&self, ips: &[u64]) -> Vec<offheap::report::Frame> {
+        ips.iter()
+            .map(|ip| {
+                let mut f = offheap::report::Frame::unknown(*ip);
+                if let Some(n) = self.name(*ip) {
+                    f.symbol = Some(n.to_string());
+                    f.module = Some(NODE.to_string());
+                }
+                f
+            })
+            .collect()
+    }
+
+    pub fn classify(&self, ips: &[u64]) -> Bucket {
+        offheap::classify::classify(&self.frames(ips))
+    }
 }

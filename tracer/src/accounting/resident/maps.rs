@@ -34,6 +34,8 @@ pub enum ResidentError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DrainStats {
     pub faults: u64,
+    /// Of `faults`, those sent with a raw stack (the walk died in glibc).
+    pub fault_stacks: u64,
     pub maps: u64,
     /// Records of processes with no model (exited, or not traced in this mode).
     pub ignored: u64,
@@ -60,12 +62,13 @@ impl ResidentMaps {
                 source,
             }
         })?;
-        let stacks = StackTraceMap::try_from(take(ebpf, maps::FAULT_STACK_TRACES)?).map_err(
-            |source| ResidentError::Map {
-                name: maps::FAULT_STACK_TRACES,
-                source,
-            },
-        )?;
+        let stacks =
+            StackTraceMap::try_from(take(ebpf, maps::FAULT_STACK_TRACES)?).map_err(|source| {
+                ResidentError::Map {
+                    name: maps::FAULT_STACK_TRACES,
+                    source,
+                }
+            })?;
         Ok(ResidentMaps {
             ring,
             stacks,
@@ -124,7 +127,7 @@ impl ResidentMaps {
                     p.on_fault(&ev, walk.as_deref());
                     st.faults += 1;
                 }
-                resident_event_kind::MAP_STACK => {
+                resident_event_kind::MAP_STACK | resident_event_kind::FAULT_STACK => {
                     let Some(ev) = read::<MapEvent>(&rec) else {
                         st.malformed += 1;
                         continue;
@@ -132,8 +135,14 @@ impl ResidentMaps {
                     let fixed = std::mem::size_of::<MapEvent>();
                     let end = (fixed + ev.stack_len as usize).min(rec.len());
                     let p = procs.get_mut(&hdr.tgid).expect("checked");
-                    p.on_map(&ev, &rec[fixed..end]);
-                    st.maps += 1;
+                    if hdr.kind == resident_event_kind::FAULT_STACK {
+                        p.on_fault_stack(&ev, &rec[fixed..end]);
+                        st.faults += 1;
+                        st.fault_stacks += 1;
+                    } else {
+                        p.on_map(&ev, &rec[fixed..end]);
+                        st.maps += 1;
+                    }
                 }
                 _ => st.malformed += 1,
             }

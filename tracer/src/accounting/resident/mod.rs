@@ -23,7 +23,7 @@ use std::{
     time::Instant,
 };
 
-pub use maps::{ResidentError, ResidentMaps};
+pub use maps::{DrainStats, ResidentError, ResidentMaps};
 pub use procfs::{Pagemap, ProcError, PAGE};
 use tracer_common::{FaultEvent, MapEvent};
 
@@ -219,7 +219,7 @@ impl Resident {
     /// is the faulting ip), or None when the stack could not be taken.
     pub fn on_fault(&mut self, ev: &FaultEvent, walk: Option<&[u64]>) {
         let page = ev.address & !(PAGE - 1);
-        if self.mapping_at(page).is_some() || self.touched.contains_key(&page) {
+        if !self.wants_first_touch(page) {
             return;
         }
         let mut ips: Vec<u64> = match walk {
@@ -231,6 +231,25 @@ impl Resident {
         if ev.sp_word != 0 && self.unwinder.return_address_at_sp(ev.ip) {
             ips.insert(1.min(ips.len()), ev.sp_word);
         }
+        self.first_touch(page, ips);
+    }
+
+    /// A page fault whose frame-pointer walk died at once (in code without
+    /// frame pointers), with the raw user stack for the CFI unwinder.
+    pub fn on_fault_stack(&mut self, ev: &MapEvent, stack: &[u8]) {
+        let page = ev.addr & !(PAGE - 1);
+        if !self.wants_first_touch(page) {
+            return;
+        }
+        let ips = self.unwind(ev, stack);
+        self.first_touch(page, ips);
+    }
+
+    fn wants_first_touch(&self, page: u64) -> bool {
+        self.mapping_at(page).is_none() && !self.touched.contains_key(&page)
+    }
+
+    fn first_touch(&mut self, page: u64, ips: Vec<u64>) {
         let s = self.intern(ips, Attribution::FirstTouch);
         self.stacks[s as usize].events += 1;
         self.touched.insert(page, s);
@@ -286,7 +305,10 @@ impl Resident {
         let mut frames = self.unwinder.unwind(regs, window);
         if frames.len() <= 2 {
             // A module mapped since the last refresh (dlopen of an addon).
-            if self.unwinder.refresh().is_ok() {
+            if let Ok(true) = self
+                .unwinder
+                .refresh_at_most_every(std::time::Duration::from_millis(500))
+            {
                 frames = self.unwinder.unwind(regs, window);
             }
             if frames.len() <= 2 {
@@ -359,7 +381,13 @@ impl Resident {
                         .range(cur..end)
                         .next()
                         .map_or(end, |(ns, _)| *ns);
-                    self.mappings.insert(cur, Mapping { end: next, stack: s });
+                    self.mappings.insert(
+                        cur,
+                        Mapping {
+                            end: next,
+                            stack: s,
+                        },
+                    );
                     cur = next;
                 }
             }
@@ -529,7 +557,11 @@ fn reconcile(m: &Measure, pre_anon: u64, file: u64, exited: bool) -> String {
          file-backed {:.1} MiB = {:.1} MiB, {} by {:.1} MiB ({:.1}%, {} 5%)",
         mib(m.rss_bytes),
         m.t_secs,
-        if exited { " (last sample before exit)" } else { "" },
+        if exited {
+            " (last sample before exit)"
+        } else {
+            ""
+        },
         mib(m.attributed_bytes),
         mib(pre_anon),
         mib(file),

@@ -196,11 +196,23 @@ pub fn file_rss_by_path(pid: u32) -> Result<Vec<(String, u64)>, ProcError> {
     for line in text.lines() {
         let first = line.split_ascii_whitespace().next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
-            path = line.split_ascii_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+            path = line
+                .split_ascii_whitespace()
+                .skip(5)
+                .collect::<Vec<_>>()
+                .join(" ");
         } else if let Some(v) = line.strip_prefix("Rss:") {
-            rss = v.split_ascii_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            rss = v
+                .split_ascii_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("Anonymous:") {
-            let anon = v.split_ascii_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let anon = v
+                .split_ascii_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
             flush(&path, rss, anon);
         }
     }
