@@ -14,9 +14,16 @@
 //! present, so munmap, madvise(DONTNEED/FREE/REMOVE), brk shrink, swap-out and
 //! mremap all stop counting without being modelled. Pages resident before
 //! tracing started are remembered page by page at start and reported as
-//! `preexisting` lines per mapping kind while they stay resident.
+//! `preexisting` lines per mapping kind while they stay resident; file-backed
+//! pages (code, mapped files) are reported as `file:PATH` lines at the end.
+//!
+//! In the resulting `RawStack`s, `live_bytes` are resident bytes,
+//! `live_allocs` resident pages, `total_bytes` the peak resident bytes seen
+//! at any sample, and `total_allocs` the mappings created (mapping) or pages
+//! first touched (first_touch) by that stack.
 mod maps;
 mod procfs;
+mod set;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -25,6 +32,7 @@ use std::{
 
 pub use maps::{DrainStats, ResidentError, ResidentMaps};
 pub use procfs::{Pagemap, ProcError, PAGE};
+pub use set::{classifier, ResidentSet};
 use tracer_common::{FaultEvent, MapEvent};
 
 use super::{
