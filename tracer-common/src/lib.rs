@@ -262,9 +262,10 @@ pub enum Counter {
     FreeUnknown = 5,
     ReadFailed = 6,
     FaultStatsFull = 7,
+    OomKills = 8,
 }
 
-pub const COUNTER_MAX: u32 = 8;
+pub const COUNTER_MAX: u32 = 9;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_MAX as usize] = [
@@ -276,6 +277,7 @@ impl Counter {
         Counter::FreeUnknown,
         Counter::ReadFailed,
         Counter::FaultStatsFull,
+        Counter::OomKills,
     ];
 
     /// Name used in reports and metrics.
@@ -289,12 +291,13 @@ impl Counter {
             Counter::FreeUnknown => "free_of_untracked",
             Counter::ReadFailed => "user_read_failed",
             Counter::FaultStatsFull => "fault_stats_map_full",
+            Counter::OomKills => "oom_kills",
         }
     }
 
     /// Whether the counter means data was lost (as opposed to informational).
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Counter::FreeUnknown)
+        !matches!(self, Counter::FreeUnknown | Counter::OomKills)
     }
 }
 
@@ -305,5 +308,8 @@ mod pod {
     macro_rules! pod {
         ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
     }
-    pod!(TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs);
+    pod!(
+        TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, ProcEvent,
+        OomEvent
+    );
 }

@@ -185,7 +185,8 @@ enum counter {
 	OFFHEAP_CTR_FREE_UNKNOWN = 5,     /* free of an address not in allocs (allocated before tracing) */
 	OFFHEAP_CTR_READ_FAILED = 6,      /* bpf_probe_read_user failed */
 	OFFHEAP_CTR_FAULT_STATS_FULL = 7, /* resident mode: fault_stats full */
-	OFFHEAP_CTR_MAX = 8,
+	OFFHEAP_CTR_OOM_KILLS = 8,        /* oom/mark_victim fired, for any process (informational) */
+	OFFHEAP_CTR_MAX = 9,
 };
 
 

@@ -22,4 +22,10 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, OFFHEAP_EVENTS_BYTES);
+} events SEC(".maps");
+
+#include "lifecycle.bpf.c"
 #include "fault.bpf.c"

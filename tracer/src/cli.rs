@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::{Format, Mode};
+use crate::report::{Format, Mode, ValueKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,11 @@ pub enum Command {
     /// Render a saved JSON report again, in any format.
     Report(ReportArgs),
     /// Compare two saved JSON reports and rank the stacks that grew.
+    ///
+    /// Stacks are matched by their symbolized frames, never by address, so two
+    /// runs of one program compare. Formats: text, json, folded with two
+    /// values per line (`stack BEFORE AFTER`), or svg: a differential flame
+    /// graph where red frames grew and blue ones shrank.
     Diff(DiffArgs),
 }
 
@@ -70,6 +75,9 @@ pub struct OutputOpts {
     /// Text output: show at most N stacks per bucket (JSON always has all).
     #[arg(long, value_name = "N")]
     pub top: Option<usize>,
+    /// Folded and SVG output: weigh stacks by live bytes or by total bytes allocated.
+    #[arg(long, value_enum, default_value_t = ValueKind::Live)]
+    pub value: ValueKind,
 }
 
 #[derive(Debug, Args)]
@@ -136,7 +144,9 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// The earlier JSON report.
     pub before: PathBuf,
+    /// The later JSON report.
     pub after: PathBuf,
     #[command(flatten)]
     pub output: OutputOpts,

@@ -5,5 +5,6 @@ pub mod accounting;
 pub mod classify;
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod probes;
 pub mod report;

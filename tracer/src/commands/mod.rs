@@ -2,6 +2,9 @@
 //! shared tracing session; none knows how a probe works.
 use crate::cli::Command;
 
+pub mod diff;
+pub mod report;
+
 pub const EXIT_USAGE: u8 = 1;
 pub const EXIT_START: u8 = 2;
 pub const EXIT_WRITE: u8 = 3;
@@ -35,11 +38,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Record(_)
-        | Command::Run(_)
-        | Command::Watch(_)
-        | Command::Report(_)
-        | Command::Diff(_) => {
+        Command::Report(args) => report::run(&args),
+        Command::Diff(args) => diff::run(&args),
+        Command::Record(_) | Command::Run(_) | Command::Watch(_) => {
             anyhow::bail!(StartError("not built yet".into()))
         }
     }

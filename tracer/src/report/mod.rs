@@ -1,8 +1,15 @@
 //! The Report model and its outputs, one file per format. Outputs only read a
 //! `Report`; they know nothing about probes.
 pub mod build;
+pub mod diff;
+pub mod folded;
+pub mod hist;
 pub mod json;
+pub mod live;
 pub mod model;
+pub mod pprof;
+pub mod progress;
+pub mod svg;
 pub mod text;
 pub mod write;
 
@@ -11,9 +18,55 @@ pub use model::*;
 /// Output formats selectable with `--format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum Format {
+    /// For a person: summary per process, then the top stacks per bucket.
     #[default]
     Text,
+    /// The `offheap.report.v1` contract.
     Json,
+    /// Folded stacks (`outer;…;inner bytes`), the input of flame graph tools.
+    Folded,
+    /// Gzipped `perftools.profiles.Profile` for `go tool pprof`, Pyroscope, speedscope.
+    Pprof,
+    /// A flame graph, coloured by bucket.
+    Svg,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Folded => "folded",
+            Format::Pprof => "pprof",
+            Format::Svg => "svg",
+        }
+    }
+}
+
+/// Which byte count a folded stack or flame graph carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ValueKind {
+    /// Bytes still allocated (resident) when the report was taken.
+    #[default]
+    Live,
+    /// Bytes ever allocated, freed or not.
+    Total,
+}
+
+impl ValueKind {
+    pub fn of(self, s: &StackReport) -> u64 {
+        match self {
+            ValueKind::Live => s.live_bytes,
+            ValueKind::Total => s.total_bytes,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueKind::Live => "live",
+            ValueKind::Total => "total",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +80,8 @@ pub enum RenderError {
 pub struct RenderOptions {
     /// Text output: how many stacks to show per bucket (None: all).
     pub top: Option<usize>,
+    /// Folded and SVG output: live or total bytes.
+    pub value: ValueKind,
 }
 
 pub fn render(
@@ -37,5 +92,8 @@ pub fn render(
     match format {
         Format::Text => Ok(text::render(report, opts).into_bytes()),
         Format::Json => json::render(report),
+        Format::Folded => Ok(folded::render(report, opts.value).into_bytes()),
+        Format::Pprof => pprof::render(report),
+        Format::Svg => svg::render(report, opts.value),
     }
 }

@@ -255,6 +255,10 @@ pub struct Report {
     /// Warnings met while building the report (missing perf map, truncated file...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// GNU build-id (hex) of each module path that appears in a frame, when known.
+    /// Kept here, once per module, rather than on every frame.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_ids: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -268,6 +272,7 @@ impl Report {
             processes: Vec::new(),
             oom: None,
             warnings: Vec::new(),
+            build_ids: BTreeMap::new(),
         }
     }
 }

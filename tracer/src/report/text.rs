@@ -1,8 +1,16 @@
 //! Text output for a person: per process, a summary that contrasts the V8 heap
-//! with everything off it, then the top stacks per bucket.
+//! with everything off it, the series of each bucket with its growth, then the
+//! top stacks per bucket with their size and lifetime quantiles.
+//!
+//! Names that come from the target (symbols, JS functions, paths) may hold
+//! control characters; they are shown as `?` so a report printed on a terminal
+//! cannot drive it.
 use std::fmt::Write;
 
-use super::{Bucket, ProcessReport, RenderOptions, Report, StackReport};
+use super::{
+    diff::signed_bytes, live::sparkline, Bucket, Frame, FrameKind, ProcessReport, Quantiles,
+    RenderOptions, Report, StackReport,
+};
 
 /// Formats bytes with binary units, e.g. `1.5 MiB`.
 pub fn human_bytes(b: u64) -> String {
@@ -20,6 +28,29 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Formats nanoseconds, e.g. `1.2ms`, `3.0s`.
+pub fn human_ns(ns: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "µs"),
+        (1, "ns"),
+    ];
+    for (scale, unit) in UNITS {
+        if ns >= scale && scale > 1 {
+            return format!("{:.1}{unit}", ns as f64 / scale as f64);
+        }
+    }
+    format!("{ns}ns")
+}
+
+/// Replaces control characters (ESC, newlines...) with `?`.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 pub fn summary_line(p: &ProcessReport) -> String {
     let b = &p.buckets;
     format!(
@@ -31,6 +62,32 @@ pub fn summary_line(p: &ProcessReport) -> String {
         human_bytes(b.node_native),
         human_bytes(b.other),
     )
+}
+
+fn quantiles(q: &Quantiles, unit: fn(u64) -> String) -> String {
+    format!(
+        "p50 {} · p90 {} · p99 {} · max {} (n={})",
+        unit(q.p50),
+        unit(q.p90),
+        unit(q.p99),
+        unit(q.max),
+        q.count
+    )
+}
+
+fn frame_line(f: &Frame) -> String {
+    let name = match (f.kind, &f.symbol) {
+        (FrameKind::Jit, None) => format!("[JIT] {}", f.addr),
+        _ => f.display_name(),
+    };
+    let place = if let (Some(file), Some(line)) = (&f.file, f.line) {
+        format!(" ({file}:{line})")
+    } else if let Some(m) = &f.module {
+        format!(" [{}]", m.rsplit('/').next().unwrap_or(m))
+    } else {
+        String::new()
+    };
+    clean(&format!("{name}{place}"))
 }
 
 fn stack_block(out: &mut String, s: &StackReport) {
@@ -53,17 +110,54 @@ fn stack_block(out: &mut String, s: &StackReport) {
         );
     }
     if let Some(g) = s.growth_bytes_per_sec {
-        let _ = write!(out, ", growth {}/s", human_bytes(g.max(0.0) as u64));
+        let _ = write!(out, ", growth {}/s", signed_bytes(g as i64));
     }
     out.push('\n');
+    if let Some(q) = &s.sizes {
+        let _ = writeln!(out, "      sizes     {}", quantiles(q, human_bytes));
+    }
+    if let Some(q) = &s.lifetimes_ns {
+        let _ = writeln!(out, "      lifetimes {}", quantiles(q, human_ns));
+    }
     for f in &s.frames {
-        let _ = write!(out, "        {}", f.display_name());
-        if let (Some(file), Some(line)) = (&f.file, f.line) {
-            let _ = write!(out, " ({file}:{line})");
-        } else if let Some(m) = &f.module {
-            let _ = write!(out, " [{}]", m.rsplit('/').next().unwrap_or(m));
+        let _ = writeln!(out, "        {}", frame_line(f));
+    }
+}
+
+/// One line per bucket: its latest value, its growth over the series, and a
+/// sparkline of the series.
+fn series_block(out: &mut String, p: &ProcessReport) {
+    let (Some(first), Some(last)) = (p.series.first(), p.series.last()) else {
+        return;
+    };
+    let secs = last.t_secs - first.t_secs;
+    let rate = |a: u64, b: u64| {
+        if secs > 0.0 {
+            format!("{}/s", signed_bytes(((b as f64 - a as f64) / secs) as i64))
+        } else {
+            String::new()
         }
-        out.push('\n');
+    };
+    let _ = writeln!(out, "  over {:.1}s ({} samples):", secs, p.series.len());
+    let rss: Vec<u64> = p.series.iter().map(|s| s.rss_bytes).collect();
+    let _ = writeln!(
+        out,
+        "    {:<14} {:>10} {:>14}  {}",
+        "rss",
+        human_bytes(last.rss_bytes),
+        rate(first.rss_bytes, last.rss_bytes),
+        sparkline(&rss)
+    );
+    for b in Bucket::ALL {
+        let v: Vec<u64> = p.series.iter().map(|s| s.buckets.get(b)).collect();
+        let _ = writeln!(
+            out,
+            "    {:<14} {:>10} {:>14}  {}",
+            b.as_str(),
+            human_bytes(last.buckets.get(b)),
+            rate(first.buckets.get(b), last.buckets.get(b)),
+            sparkline(&v)
+        );
     }
 }
 
@@ -77,14 +171,14 @@ pub fn render(report: &Report, opts: &RenderOptions) -> String {
         report.dropped_events
     );
     for w in &report.warnings {
-        let _ = writeln!(out, "warning: {w}");
+        let _ = writeln!(out, "warning: {}", clean(w));
     }
     if let Some(oom) = &report.oom {
         let _ = writeln!(
             out,
             "OOM kill: pid {} ({}) anon-rss {} file-rss {} shmem-rss {}",
             oom.pid,
-            oom.comm,
+            clean(&oom.comm),
             human_bytes(oom.anon_rss_bytes),
             human_bytes(oom.file_rss_bytes),
             human_bytes(oom.shmem_rss_bytes)
@@ -95,29 +189,44 @@ pub fn render(report: &Report, opts: &RenderOptions) -> String {
             out,
             "\nPID {} ({}) {}{} · RSS {}",
             p.pid,
-            p.comm,
-            p.exe,
+            clean(&p.comm),
+            clean(&p.exe),
             if p.exited { " [exited]" } else { "" },
             human_bytes(p.rss_bytes)
         );
         let _ = writeln!(out, "  {}", summary_line(p));
         if let Some(r) = &p.reconciliation {
-            let _ = writeln!(out, "  {r}");
+            let _ = writeln!(out, "  {}", clean(r));
         }
+        if !p.preexisting.is_empty() {
+            let lines: Vec<String> = p
+                .preexisting
+                .iter()
+                .map(|l| format!("{} {}", clean(&l.kind), human_bytes(l.bytes)))
+                .collect();
+            let _ = writeln!(out, "  resident before tracing: {}", lines.join(", "));
+        }
+        series_block(&mut out, p);
         for b in Bucket::ALL {
             let stacks: Vec<&StackReport> =
                 p.stacks.iter().filter(|s| s.bucket == Some(b)).collect();
             if stacks.is_empty() {
                 continue;
             }
+            let shown = opts.top.unwrap_or(usize::MAX).min(stacks.len());
             let _ = writeln!(
                 out,
-                "\n  {} · {} in {} stacks",
+                "\n  {} · {} in {} stacks{}",
                 b.as_str(),
                 human_bytes(p.buckets.get(b)),
-                stacks.len()
+                stacks.len(),
+                if shown < stacks.len() {
+                    format!(" (top {shown} shown)")
+                } else {
+                    String::new()
+                }
             );
-            for s in stacks.iter().take(opts.top.unwrap_or(usize::MAX)) {
+            for s in stacks.iter().take(shown) {
                 stack_block(&mut out, s);
             }
         }
@@ -134,5 +243,13 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_ns(999), "999ns");
+        assert_eq!(human_ns(1_200_000), "1.2ms");
+        assert_eq!(human_ns(3_000_000_000), "3.0s");
+    }
+
+    #[test]
+    fn control_characters_are_neutralised() {
+        assert_eq!(clean("a\x1b[2Jb\n"), "a?[2Jb?");
     }
 }

@@ -1,0 +1,23 @@
+//! `offheap diff BEFORE.json AFTER.json`: rank the stacks that grew.
+use super::{
+    report::{emit, read_report, render_options},
+    UsageError, WriteFailure,
+};
+use crate::{
+    cli::DiffArgs,
+    report::{diff, Format},
+};
+
+pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
+    if args.output.format == Format::Pprof {
+        anyhow::bail!(UsageError(
+            "diff writes --format text, json, folded or svg".into()
+        ));
+    }
+    let before = read_report(&args.before)?;
+    let after = read_report(&args.after)?;
+    let d = diff::diff(&before, &after);
+    let bytes = diff::render(&d, args.output.format, &render_options(&args.output))
+        .map_err(|e| WriteFailure(e.to_string()))?;
+    emit(&bytes, args.output.output.as_deref())
+}

@@ -1,0 +1,473 @@
+//! OOM post-mortems and pre-OOM snapshots: the report of a process at the
+//! moment the kernel killed it (or its cgroup neared its limit), written
+//! where an SRE will find it, plus one log line that already names the culprit.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    daemon::{cgroup::MemoryCgroup, lifecycle::OomVictim},
+    report::{
+        self, text::human_bytes, write::write_atomic, Format, OomInfo, RenderOptions, Report,
+        StackReport,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OomError {
+    #[error(transparent)]
+    Write(#[from] report::write::WriteError),
+    #[error(transparent)]
+    Render(#[from] report::RenderError),
+}
+
+/// Frames shown in a log line, innermost first.
+const LOG_FRAMES: usize = 3;
+
+/// What the kernel told us about the kill, with the cgroup's figures read
+/// right after it (the limit does not change; usage has not dropped yet
+/// unless the victim already exited).
+pub fn oom_info(
+    v: &OomVictim,
+    cgroup: Option<&MemoryCgroup>,
+    limit: Option<u64>,
+    usage: Option<u64>,
+    now: SystemTime,
+) -> OomInfo {
+    OomInfo {
+        pid: v.tgid,
+        comm: v.comm.clone(),
+        anon_rss_bytes: v.anon_rss_bytes,
+        file_rss_bytes: v.file_rss_bytes,
+        shmem_rss_bytes: v.shmem_rss_bytes,
+        total_vm_bytes: v.total_vm_bytes,
+        cgroup: cgroup.map(|c| c.path.clone()),
+        memory_limit_bytes: limit,
+        memory_usage_bytes: usage,
+        time_unix_secs: unix_secs(now),
+    }
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `20261128T071203Z`: sorts by time, and safe in a file name.
+pub fn timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Keeps a name to `[A-Za-z0-9._-]` so that it is one path component.
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match s.trim_matches('.') {
+        "" => "unknown".to_string(),
+        t => t.to_string(),
+    }
+}
+
+/// The largest off-heap stack of `pid` (all processes when None).
+pub fn top_off_heap(report: &Report, pid: Option<u32>) -> Option<&StackReport> {
+    report
+        .processes
+        .iter()
+        .filter(|p| pid.is_none_or(|pid| p.pid == pid))
+        .flat_map(|p| &p.stacks)
+        .filter(|s| s.bucket.is_some_and(|b| b.is_off_heap()))
+        .max_by_key(|s| s.live_bytes)
+}
+
+/// `812.0 MiB array_buffers at handleRequest ← parseBody ← onData`.
+pub fn describe_stack(s: &StackReport) -> String {
+    let bucket = s.bucket.map_or("unclassified", |b| b.as_str());
+    let mut out = format!("{} {bucket}", human_bytes(s.live_bytes));
+    let names: Vec<String> = s
+        .frames
+        .iter()
+        .take(LOG_FRAMES)
+        .map(|f| f.display_name())
+        .collect();
+    if !names.is_empty() {
+        out.push_str(" at ");
+        out.push_str(&names.join(" ← "));
+        if s.frames.len() > LOG_FRAMES {
+            out.push_str(" ← …");
+        }
+    }
+    out
+}
+
+fn top_line(report: &Report, pid: Option<u32>) -> String {
+    match top_off_heap(report, pid) {
+        Some(s) => format!("top off-heap: {}", describe_stack(s)),
+        None => "top off-heap: no off-heap stack recorded".to_string(),
+    }
+}
+
+/// Files written for one event, and the line to log about them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub json: PathBuf,
+    pub txt: PathBuf,
+    pub log_line: String,
+}
+
+fn write_pair(dir: &Path, stem: &str, report: &Report) -> Result<(PathBuf, PathBuf), OomError> {
+    let json = dir.join(format!("{stem}.json"));
+    let txt = dir.join(format!("{stem}.txt"));
+    let opts = RenderOptions { top: Some(10) };
+    // The text first: the JSON is what the log line names, so once it exists
+    // both do.
+    write_atomic(&txt, &report::render(report, Format::Text, &opts)?)?;
+    write_atomic(&json, &report::render(report, Format::Json, &opts)?)?;
+    Ok((json, txt))
+}
+
+/// Where a process lived, for names and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Pod(String),
+    Cgroup(String),
+    Host,
+}
+
+impl Owner {
+    pub fn of(cgroup: Option<&MemoryCgroup>) -> Owner {
+        match cgroup {
+            Some(c) => match c.pod() {
+                Some(p) => Owner::Pod(p.pod_uid),
+                None => Owner::Cgroup(c.short_name()),
+            },
+            None => Owner::Host,
+        }
+    }
+
+    fn file_part(&self) -> String {
+        match self {
+            Owner::Pod(s) | Owner::Cgroup(s) => sanitize(s),
+            Owner::Host => "host".to_string(),
+        }
+    }
+
+    fn phrase(&self) -> String {
+        match self {
+            Owner::Pod(s) => format!(" in pod {s}"),
+            Owner::Cgroup(s) => format!(" in cgroup {s}"),
+            Owner::Host => String::new(),
+        }
+    }
+}
+
+/// Writes `<dir>/oom-<owner>-<pid>-<timestamp>.{json,txt}` for a report whose
+/// `oom` is filled in (see [`oom_info`]).
+pub fn write_postmortem(
+    dir: &Path,
+    report: &Report,
+    owner: &Owner,
+    now: SystemTime,
+) -> Result<Written, OomError> {
+    let (pid, comm) = report
+        .oom
+        .as_ref()
+        .map_or((0, String::new()), |o| (o.pid, o.comm.clone()));
+    let stem = format!("oom-{}-{pid}-{}", owner.file_part(), timestamp(now));
+    let (json, txt) = write_pair(dir, &stem, report)?;
+    let log_line = format!(
+        "offheap: OOM kill of pid {pid} ({comm}){}: report {}; {}",
+        owner.phrase(),
+        json.display(),
+        top_line(report, Some(pid))
+    );
+    Ok(Written {
+        json,
+        txt,
+        log_line,
+    })
+}
+
+/// The whole post-mortem of one kill: fills `report.oom` from the kernel's
+/// record and the cgroup's limit and usage (None where unreadable), marks the
+/// victim's process as exited, and writes the files. `cgroup` should be the
+/// one recorded when tracing started: by now /proc/PID may be gone.
+pub fn postmortem(
+    dir: &Path,
+    mut report: Report,
+    victim: &OomVictim,
+    cgroup: Option<&MemoryCgroup>,
+    now: SystemTime,
+) -> Result<(Report, Written), OomError> {
+    let limit = cgroup.and_then(|c| c.limit_bytes().ok().flatten());
+    let usage = cgroup.and_then(|c| c.usage_bytes().ok());
+    report.oom = Some(oom_info(victim, cgroup, limit, usage, now));
+    for p in report.processes.iter_mut().filter(|p| p.pid == victim.tgid) {
+        p.exited = true;
+        if p.cgroup.is_none() {
+            p.cgroup = cgroup.map(|c| c.path.clone());
+        }
+    }
+    let w = write_postmortem(dir, &report, &Owner::of(cgroup), now)?;
+    Ok((report, w))
+}
+
+/// Writes `<dir>/preoom-<owner>-<timestamp>.{json,txt}`: the state of a
+/// cgroup's processes when its usage crossed the warning threshold.
+pub fn write_preoom(
+    dir: &Path,
+    report: &Report,
+    owner: &Owner,
+    usage: u64,
+    limit: u64,
+    now: SystemTime,
+) -> Result<Written, OomError> {
+    let stem = format!("preoom-{}-{}", owner.file_part(), timestamp(now));
+    let (json, txt) = write_pair(dir, &stem, report)?;
+    let pct = usage as f64 * 100.0 / limit.max(1) as f64;
+    let log_line = format!(
+        "offheap: memory at {pct:.0}% of the {} limit{} ({} used): snapshot {}; {}",
+        human_bytes(limit),
+        owner.phrase(),
+        human_bytes(usage),
+        json.display(),
+        top_line(report, None)
+    );
+    Ok(Written {
+        json,
+        txt,
+        log_line,
+    })
+}
+
+/// At most one pre-OOM snapshot per upward crossing of `percent` of a
+/// cgroup's limit: a crossing disarms the cgroup, falling back below the
+/// threshold re-arms it.
+#[derive(Debug)]
+pub struct PreOomWatch {
+    percent: f64,
+    disarmed: HashMap<String, ()>,
+}
+
+impl PreOomWatch {
+    pub fn new(percent: f64) -> PreOomWatch {
+        PreOomWatch {
+            percent,
+            disarmed: HashMap::new(),
+        }
+    }
+
+    /// Feeds one reading; true when a snapshot should be written now.
+    /// Unlimited cgroups never trigger.
+    pub fn observe(&mut self, cgroup: &str, usage: u64, limit: Option<u64>) -> bool {
+        let Some(limit) = limit.filter(|&l| l > 0) else {
+            return false;
+        };
+        let above = usage as f64 >= limit as f64 * self.percent / 100.0;
+        if !above {
+            self.disarmed.remove(cgroup);
+            return false;
+        }
+        self.disarmed.insert(cgroup.to_string(), ()).is_none()
+    }
+
+    /// Forgets a cgroup that went away.
+    pub fn forget(&mut self, cgroup: &str) {
+        self.disarmed.remove(cgroup);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Bucket, Frame, Mode, ProcessReport};
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(at(0)), "19700101T000000Z");
+        assert_eq!(timestamp(at(951_782_400)), "20000229T000000Z"); // leap day
+        assert_eq!(timestamp(at(1_795_849_923)), "20261128T071203Z");
+    }
+
+    #[test]
+    fn sanitize_keeps_one_path_component() {
+        assert_eq!(sanitize("../etc/passwd"), "_etc_passwd");
+        assert_eq!(sanitize("pod a/b"), "pod_a_b");
+        assert_eq!(sanitize(""), "unknown");
+        assert_eq!(sanitize("0f5c-1a_3e.x"), "0f5c-1a_3e.x");
+    }
+
+    #[test]
+    fn armed_disarmed_crossings() {
+        let mut w = PreOomWatch::new(90.0);
+        let lim = Some(1000);
+        assert!(!w.observe("a", 899, lim));
+        assert!(w.observe("a", 900, lim)); // crossing: one snapshot
+        assert!(!w.observe("a", 950, lim)); // still above: none
+        assert!(!w.observe("a", 1000, lim));
+        assert!(w.observe("b", 990, lim)); // cgroups are independent
+        assert!(!w.observe("a", 100, lim)); // back below: re-armed
+        assert!(w.observe("a", 901, lim)); // second crossing
+        assert!(!w.observe("c", u64::MAX, None)); // unlimited
+        assert!(!w.observe("c", 5, Some(0)));
+        w.forget("b");
+        assert!(w.observe("b", 995, lim));
+    }
+
+    fn stack(bucket: Bucket, live: u64, frames: &[&str]) -> StackReport {
+        StackReport {
+            bucket: Some(bucket),
+            live_bytes: live,
+            frames: frames
+                .iter()
+                .map(|n| Frame {
+                    symbol: Some((*n).to_string()),
+                    ..Frame::unknown(0x1000)
+                })
+                .collect(),
+            ..StackReport::default()
+        }
+    }
+
+    fn report() -> Report {
+        let mut r = Report::new(Mode::Resident);
+        r.processes.push(ProcessReport {
+            pid: 123,
+            comm: "node".into(),
+            stacks: vec![
+                stack(Bucket::V8Heap, 900 << 20, &["v8::Heap::Allocate"]),
+                stack(
+                    Bucket::ArrayBuffers,
+                    812 << 20,
+                    &["handleRequest", "parseBody", "onData", "emit"],
+                ),
+                stack(Bucket::NativeAddon, 3 << 20, &["addon_alloc"]),
+            ],
+            ..ProcessReport::default()
+        });
+        r
+    }
+
+    #[test]
+    fn postmortem_files_and_log_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = report();
+        let victim = OomVictim {
+            tgid: 123,
+            comm: "node".into(),
+            total_vm_bytes: 2 << 30,
+            anon_rss_bytes: 1 << 30,
+            file_rss_bytes: 4096,
+            shmem_rss_bytes: 0,
+            pgtables_bytes: 8192,
+            uid: 0,
+            oom_score_adj: 0,
+            ts_ns: 1,
+        };
+        r.oom = Some(oom_info(
+            &victim,
+            None,
+            Some(1 << 30),
+            Some(1 << 30),
+            at(1_795_849_923),
+        ));
+        let owner = Owner::Pod("0f5c1a3e-8d4b-4c6a-9e21-7b3f2d1c0a99".into());
+        let w = write_postmortem(dir.path(), &r, &owner, at(1_795_849_923)).unwrap();
+        let stem = "oom-0f5c1a3e-8d4b-4c6a-9e21-7b3f2d1c0a99-123-20261128T071203Z";
+        assert_eq!(w.json, dir.path().join(format!("{stem}.json")));
+        assert_eq!(w.txt, dir.path().join(format!("{stem}.txt")));
+        assert_eq!(
+            w.log_line,
+            format!(
+                "offheap: OOM kill of pid 123 (node) in pod 0f5c1a3e-8d4b-4c6a-9e21-7b3f2d1c0a99: \
+                 report {}; top off-heap: 812.0 MiB array_buffers at handleRequest ← parseBody ← onData ← …",
+                w.json.display()
+            )
+        );
+        let back = report::json::parse(&std::fs::read(&w.json).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let oom = back.oom.unwrap();
+        assert_eq!(
+            (oom.anon_rss_bytes, oom.memory_limit_bytes),
+            (1 << 30, Some(1 << 30))
+        );
+        assert!(std::fs::read_to_string(&w.txt)
+            .unwrap()
+            .contains("handleRequest"));
+        // Exactly the two files: no temporaries left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn preoom_snapshot_and_empty_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = write_preoom(
+            dir.path(),
+            &Report::new(Mode::Resident),
+            &Owner::Cgroup("web.service".into()),
+            922 << 20,
+            1 << 30,
+            at(0),
+        )
+        .unwrap();
+        assert_eq!(
+            w.json,
+            dir.path().join("preoom-web.service-19700101T000000Z.json")
+        );
+        assert_eq!(
+            w.log_line,
+            format!(
+                "offheap: memory at 90% of the 1.0 GiB limit in cgroup web.service (922.0 MiB used): \
+                 snapshot {}; top off-heap: no off-heap stack recorded",
+                w.json.display()
+            )
+        );
+    }
+
+    #[test]
+    fn unwritable_dir_is_an_error_not_a_panic() {
+        let r = report();
+        let e = write_postmortem(Path::new("/proc/no-such-dir"), &r, &Owner::Host, at(0));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("/proc/no-such-dir/oom-host-0-"));
+    }
+}

@@ -1,0 +1,42 @@
+//! Helpers shared by the report_* tests: run the real `offheap` binary on the
+//! committed JSON fixtures.
+#![allow(dead_code)]
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use offheap::report::{json, Report};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn load(name: &str) -> Report {
+    json::parse(&std::fs::read(fixture(name)).unwrap()).unwrap()
+}
+
+pub fn offheap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_offheap"))
+        .args(args)
+        .output()
+        .expect("running offheap")
+}
+
+/// Runs offheap and returns stdout, failing the test with stderr otherwise.
+pub fn offheap_ok(args: &[&str]) -> Vec<u8> {
+    let out = offheap(args);
+    assert!(
+        out.status.success(),
+        "offheap {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Sum of a per-stack value over every process of a report.
+pub fn sum(r: &Report, f: impl Fn(&offheap::report::StackReport) -> u64) -> u64 {
+    r.processes.iter().flat_map(|p| &p.stacks).map(f).sum()
+}
