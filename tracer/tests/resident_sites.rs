@@ -73,5 +73,11 @@ fn pages_per_site_match_and_given_back_pages_stop_counting() {
             raw.reconciliation
         );
     }
-    assert_eq!(got.len(), want.len(), "unexpected sites: {got:?}");
+    // Anything else is glibc's own bookkeeping reached through a site (a
+    // chunk header written on a fresh heap page): at most one page each.
+    for (key, pages) in &got {
+        if !want.iter().any(|(k, _)| k == key) {
+            assert!(*pages <= 1, "unexpected {key:?}: {pages} pages; all: {got:?}");
+        }
+    }
 }

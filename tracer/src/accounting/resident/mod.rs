@@ -258,6 +258,7 @@ impl Resident {
     }
 
     fn first_touch(&mut self, page: u64, ips: Vec<u64>) {
+        log::trace!("pid {} first touch {page:#x} by {ips:x?}", self.pid);
         let s = self.intern(ips, Attribution::FirstTouch);
         self.stacks[s as usize].events += 1;
         self.touched.insert(page, s);
