@@ -19,6 +19,7 @@ pub mod maps {
     pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
     pub const FAULT_SCRATCH: &str = "fault_scratch";
     pub const FAULT_PAGES: &str = "fault_pages";
+    pub const FAULT_SKIP: &str = "fault_skip";
 }
 
 /// Program names of resident mode, with the tracepoint each attaches to.

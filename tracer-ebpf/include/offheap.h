@@ -212,6 +212,23 @@ enum resident_event_kind {
 	                               * frame-pointer walk died at once */
 };
 
+/* Parts of 2 MiB granules covered by mappings created while tracing (mapping
+ * attribution): faults there need no stack, the mapping's creation stack is
+ * charged. One [lo, hi) byte range per granule, merged when contiguous; a
+ * miss only costs a stack walk. Key: struct fault_page_key with page = the
+ * granule number (address >> 21). */
+#define OFFHEAP_GRANULE_SHIFT 21
+#define OFFHEAP_MAX_SKIP_GRANULES 65536
+/* glibc thread arenas: PROT_NONE + MAP_NORESERVE mappings of HEAP_MAX_SIZE
+ * (64 MiB on 64-bit) or twice it (malloc/arena.c:new_heap). Shared memory:
+ * first-touch attribution. accounting/resident/mod.rs uses the same rule. */
+#define OFFHEAP_GLIBC_HEAP_MAX (64ULL << 20)
+
+struct fault_skip_range {
+	__u32 lo;
+	__u32 hi;
+};
+
 struct fault_page_key {
 	__u32 tgid;
 	__u32 _pad;

@@ -21,6 +21,8 @@
 #define OFFHEAP_PF_PROT 0x1   /* arch/x86/include/asm/trap_pf.h X86_PF_PROT */
 #define OFFHEAP_PF_INSTR 0x10 /* X86_PF_INSTR: instruction fetch */
 #define OFFHEAP_MAP_ANONYMOUS 0x20
+#define OFFHEAP_MAP_NORESERVE 0x4000
+#define OFFHEAP_MAX_MARK_GRANULES 4096 /* 8 GiB per mapping; beyond, walks */
 #define OFFHEAP_MAX_ERRNO 4095 /* include/linux/err.h: IS_ERR_VALUE */
 /* Faults are many: copy less, enough to unwind out of glibc into node. */
 #define OFFHEAP_FAULT_STACK_COPY_PAGES 2
@@ -43,6 +45,13 @@ struct {
 	__type(key, struct fault_page_key);
 	__type(value, __u8);
 } fault_pages SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, OFFHEAP_MAX_SKIP_GRANULES);
+	__type(key, struct fault_page_key);
+	__type(value, struct fault_skip_range);
+} fault_skip SEC(".maps");
 
 /* A map_event is too big for the 512-byte BPF stack. */
 struct {
@@ -137,6 +146,70 @@ static __always_inline void send(void *ctx, struct map_event *e)
 		count(OFFHEAP_CTR_EVENTS_LOST);
 }
 
+struct mark_ctx {
+	__u32 tgid;
+	__u32 clear;
+	__u64 start;
+	__u64 end;
+};
+
+static long mark_granule(__u64 i, void *arg)
+{
+	struct mark_ctx *c = arg;
+	struct fault_page_key key = {};
+	struct fault_skip_range v, *r;
+	__u64 g = (c->start >> OFFHEAP_GRANULE_SHIFT) + i;
+	__u64 gs = g << OFFHEAP_GRANULE_SHIFT;
+	__u64 ge = gs + (1ULL << OFFHEAP_GRANULE_SHIFT);
+
+	key.tgid = c->tgid;
+	key.page = g;
+	if (c->clear) {
+		bpf_map_delete_elem(&fault_skip, &key);
+		return 0;
+	}
+	v.lo = (c->start > gs ? c->start : gs) - gs;
+	v.hi = (c->end < ge ? c->end : ge) - gs;
+	r = bpf_map_lookup_elem(&fault_skip, &key);
+	if (r && r->hi >= v.lo && r->lo <= v.hi) {
+		if (r->lo < v.lo)
+			v.lo = r->lo;
+		if (r->hi > v.hi)
+			v.hi = r->hi;
+	}
+	bpf_map_update_elem(&fault_skip, &key, &v, BPF_ANY);
+	return 0;
+}
+
+/* Marks (or clears) [start, end) in fault_skip. */
+static __always_inline void mark_range(__u32 tgid, __u64 start, __u64 end, __u32 clear)
+{
+	struct mark_ctx c = { .tgid = tgid, .clear = clear, .start = start, .end = end };
+	__u64 n;
+
+	if (end <= start)
+		return;
+	n = ((end - 1) >> OFFHEAP_GRANULE_SHIFT) - (start >> OFFHEAP_GRANULE_SHIFT) + 1;
+	if (n > OFFHEAP_MAX_MARK_GRANULES)
+		n = OFFHEAP_MAX_MARK_GRANULES;
+	bpf_loop(n, mark_granule, &c, 0);
+}
+
+static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
+{
+	struct fault_page_key key = {};
+	struct fault_skip_range *r;
+	__u64 off;
+
+	key.tgid = tgid;
+	key.page = addr >> OFFHEAP_GRANULE_SHIFT;
+	r = bpf_map_lookup_elem(&fault_skip, &key);
+	if (!r)
+		return 0;
+	off = addr & ((1ULL << OFFHEAP_GRANULE_SHIFT) - 1);
+	return off >= r->lo && off < r->hi;
+}
+
 /* Kernel-mode faults on user addresses are the kernel writing into user
  * memory for a syscall (read(2) into a fresh buffer): the user stack is the
  * syscall's caller, the right first toucher. */
@@ -158,6 +231,10 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	if (ctx->error_code & OFFHEAP_PF_INSTR)
 		return 0;
 	if (kernel && ctx->address >= OFFHEAP_USER_ADDR_END)
+		return 0;
+	/* Pages of a mapping created while tracing are charged to its creation
+	 * stack: no stack needed here. */
+	if (in_tracked_mapping(tgid, ctx->address))
 		return 0;
 	/* Refaults (after madvise(DONTNEED) or reclaim) change no first toucher:
 	 * skip them before the costly part. */
@@ -227,6 +304,7 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	struct map_event *e;
 	struct pt_regs *regs;
 	__u32 flags;
+	int arena;
 
 	if (!is_fault_target(tgid))
 		return 0;
@@ -248,6 +326,9 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	e->old_addr = 0;
 	e->old_len = 0;
 	send(ctx, e);
+	arena = e->prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
+		(e->len == OFFHEAP_GLIBC_HEAP_MAX || e->len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
+	mark_range(tgid, e->addr, e->addr + e->len, arena);
 	return 0;
 }
 
@@ -273,5 +354,8 @@ int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
 	e->flags = regs->r10;
 	e->prot = 0;
 	send(ctx, e);
+	/* Pages keep their attribution where they move (accounting does the same). */
+	if (in_tracked_mapping(tgid, e->old_addr))
+		mark_range(tgid, e->addr, e->addr + e->len, 0);
 	return 0;
 }

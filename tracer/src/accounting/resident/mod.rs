@@ -45,7 +45,8 @@ use crate::report::{Attribution, Bucket, Buckets, PreexistingLine, SeriesPoint};
 const GROWTH_WINDOW: usize = 10;
 /// glibc's HEAP_MAX_SIZE on 64-bit (2 * DEFAULT_MMAP_THRESHOLD_MAX): a
 /// thread arena is created as a PROT_NONE, MAP_NORESERVE mapping of this size
-/// (or twice it, trimmed to alignment) by malloc/arena.c:new_heap.
+/// (or twice it, trimmed to alignment) by malloc/arena.c:new_heap. fault.bpf.c
+/// applies the same rule (OFFHEAP_GLIBC_HEAP_MAX) to skip stack walks.
 const GLIBC_HEAP_MAX: u64 = 64 << 20;
 const MAP_FIXED: u32 = 0x10;
 const MAP_NORESERVE: u32 = 0x4000;
