@@ -20,6 +20,7 @@ pub mod maps {
     pub const FAULT_SCRATCH: &str = "fault_scratch";
     pub const FAULT_PAGES: &str = "fault_pages";
     pub const FAULT_SKIP: &str = "fault_skip";
+    pub const FAULT_CONFIG: &str = "fault_config";
 }
 
 /// Program names of resident mode, with the tracepoint each attaches to.
@@ -210,6 +211,13 @@ pub mod pf {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultConfig {
+    pub sample_every: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FaultPageKey {
     pub tgid: u32,
@@ -310,7 +318,15 @@ mod pod {
         ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
     }
     pod!(
-        TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, ProcEvent,
-        OomEvent
+        TargetInfo,
+        StackKey,
+        StackStats,
+        AllocKey,
+        AllocInfo,
+        Inflight,
+        VmArgs,
+        ProcEvent,
+        OomEvent,
+        FaultConfig
     );
 }

@@ -224,6 +224,14 @@ enum resident_event_kind {
  * first-touch attribution. accounting/resident/mod.rs uses the same rule. */
 #define OFFHEAP_GLIBC_HEAP_MAX (64ULL << 20)
 
+/* Value of `fault_config` (an array of one), set by userspace after load. */
+struct fault_config {
+	/* Take the stack of 1 in N first-touch pages (chosen at random, so that
+	 * each sampled page stands for N: an unbiased estimate). 0 or 1: all. */
+	__u32 sample_every;
+	__u32 _pad;
+};
+
 struct fault_skip_range {
 	__u32 lo;
 	__u32 hi;

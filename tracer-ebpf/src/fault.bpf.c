@@ -53,6 +53,13 @@ struct {
 	__type(value, struct fault_skip_range);
 } fault_skip SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fault_config);
+} fault_config SEC(".maps");
+
 /* A map_event is too big for the 512-byte BPF stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -221,7 +228,9 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	struct fault_event *e;
 	struct pt_regs *regs;
 	struct fault_page_key key;
+	struct fault_config *cfg;
 	__u64 probe[3];
+	__u32 zero = 0;
 	__u8 one = 1;
 	long n;
 
@@ -244,6 +253,11 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	if (bpf_map_lookup_elem(&fault_pages, &key))
 		return 0;
 	bpf_map_update_elem(&fault_pages, &key, &one, BPF_ANY);
+	/* Sampling after the dedupe: a page gets one chance, however often it
+	 * is refaulted, so no page is more likely to be sampled than another. */
+	cfg = bpf_map_lookup_elem(&fault_config, &zero);
+	if (cfg && cfg->sample_every > 1 && bpf_get_prandom_u32() % cfg->sample_every)
+		return 0;
 	/* A walk that dies within two frames started in code without frame
 	 * pointers (glibc's malloc writing a fresh arena page, a syscall
 	 * wrapper): send the raw stack for the CFI unwinder instead. A short

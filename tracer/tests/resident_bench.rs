@@ -39,7 +39,11 @@ fn run(script: &str, args: &[&str], traced: bool) -> (String, f64, Option<Tracer
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    let mut tracer = traced.then(|| Tracer::attach(pid));
+    let every: u32 = std::env::var("OFFHEAP_BENCH_SAMPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut tracer = traced.then(|| Tracer::attach_sampled(pid, every));
     stdin.write_all(b"g").unwrap();
     let mut other = |_: u32, _: &[u64]| Bucket::Other;
     let mut last_sample = Instant::now();
@@ -117,7 +121,11 @@ fn overhead_on_allocation_heavy_loop() {
     let mut wall = Vec::new();
     let mut cpu = Vec::new();
     for i in 0..7 {
-        let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         let mut ms = [0.0; 2];
         let mut cs = [0.0; 2];
         let mut stats = None;

@@ -186,14 +186,19 @@ fn js_heap_growth_stays_out_of_off_heap_buckets() {
         start.v8_heap / MIB,
         end.v8_heap / MIB
     );
+    // Within 10% of the start, or 1% of the V8 heap's growth: pages of V8's
+    // young generation (reserved before tracing) first touched by JS
+    // builtins are charged to those frames (node_native), a few dozen pages.
+    let v8_growth = end.v8_heap - start.v8_heap;
     for b in Bucket::ALL.into_iter().filter(|b| b.is_off_heap()) {
         let (s, e) = (start.get(b), end.get(b));
         assert!(
-            e.abs_diff(s) * 10 <= s.max(MIB),
-            "{} went from {} KiB to {} KiB",
+            e.abs_diff(s) * 10 <= s || e.abs_diff(s) * 100 <= v8_growth,
+            "{} went from {} KiB to {} KiB while v8_heap grew {} MiB",
             b.as_str(),
             s / 1024,
-            e / 1024
+            e / 1024,
+            v8_growth / MIB
         );
     }
 }

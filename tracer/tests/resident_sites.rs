@@ -77,7 +77,10 @@ fn pages_per_site_match_and_given_back_pages_stop_counting() {
     // chunk header written on a fresh heap page): at most one page each.
     for (key, pages) in &got {
         if !want.iter().any(|(k, _)| k == key) {
-            assert!(*pages <= 1, "unexpected {key:?}: {pages} pages; all: {got:?}");
+            assert!(
+                *pages <= 1,
+                "unexpected {key:?}: {pages} pages; all: {got:?}"
+            );
         }
     }
 }

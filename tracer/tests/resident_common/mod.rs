@@ -34,6 +34,11 @@ pub struct Tracer {
 impl Tracer {
     /// Panics (fails the test) when BPF is unavailable: never skips.
     pub fn attach(pid: u32) -> Tracer {
+        Self::attach_sampled(pid, 1)
+    }
+
+    /// Attaches with the kernel taking 1 in `sample_every` first-touch stacks.
+    pub fn attach_sampled(pid: u32, sample_every: u32) -> Tracer {
         if !Path::new("/sys/kernel/tracing/events").exists() {
             let _ = Command::new("mount")
                 .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
@@ -50,6 +55,8 @@ impl Tracer {
             p.attach(cat, name)
                 .unwrap_or_else(|e| panic!("attach {prog}: {e}"));
         }
+        let mut maps = ResidentMaps::take(&mut ebpf).unwrap();
+        maps.set_sample_every(sample_every).unwrap();
         let mut targets: BpfHashMap<_, u32, TargetInfo> =
             BpfHashMap::try_from(ebpf.map_mut(maps::TARGETS).unwrap()).unwrap();
         targets
@@ -62,9 +69,8 @@ impl Tracer {
                 0,
             )
             .unwrap();
-        let maps = ResidentMaps::take(&mut ebpf).unwrap();
         let mut procs = HashMap::new();
-        procs.insert(pid, Resident::start(pid).unwrap());
+        procs.insert(pid, Resident::start_sampled(pid, sample_every).unwrap());
         Tracer {
             _ebpf: ebpf,
             maps,

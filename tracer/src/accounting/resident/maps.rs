@@ -6,10 +6,10 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, RingBuf, StackTraceMap},
+    maps::{Array, MapData, RingBuf, StackTraceMap},
     Ebpf,
 };
-use tracer_common::{maps, resident_event_kind, EventHeader, FaultEvent, MapEvent};
+use tracer_common::{maps, resident_event_kind, EventHeader, FaultConfig, FaultEvent, MapEvent};
 
 use super::{procfs::ProcError, Resident};
 use crate::accounting::unwind::UnwindError;
@@ -45,6 +45,8 @@ pub struct DrainStats {
 pub struct ResidentMaps {
     ring: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
+    config: Array<MapData, FaultConfig>,
+    sample_every: u32,
     /// Stack ids are never reused (no BPF_F_REUSE_STACKID), so frames can be
     /// cached for the session.
     frames: HashMap<u32, Option<Vec<u64>>>,
@@ -69,11 +71,44 @@ impl ResidentMaps {
                     source,
                 }
             })?;
+        let config = Array::try_from(take(ebpf, maps::FAULT_CONFIG)?).map_err(|source| {
+            ResidentError::Map {
+                name: maps::FAULT_CONFIG,
+                source,
+            }
+        })?;
         Ok(ResidentMaps {
             ring,
             stacks,
+            config,
+            sample_every: 1,
             frames: HashMap::new(),
         })
+    }
+
+    /// Takes the stack of 1 in `n` first-touch pages (1: every page). Set it
+    /// before adding targets: each sampled page then stands for `n` pages.
+    pub fn set_sample_every(&mut self, n: u32) -> Result<(), ResidentError> {
+        let n = n.max(1);
+        self.config
+            .set(
+                0,
+                FaultConfig {
+                    sample_every: n,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(|source| ResidentError::Map {
+                name: maps::FAULT_CONFIG,
+                source,
+            })?;
+        self.sample_every = n;
+        Ok(())
+    }
+
+    pub fn sample_every(&self) -> u32 {
+        self.sample_every
     }
 
     /// The ring buffer's fd, readable when records are pending (for epoll or

@@ -122,6 +122,8 @@ pub struct Resident {
     last: Option<Measure>,
     /// Unwinds of mapping stacks that got no further than the syscall wrapper.
     pub shallow_unwinds: u64,
+    /// Pages each first-touch page stands for (the kernel's 1-in-N sampling).
+    weight: u64,
     exited: bool,
 }
 
@@ -129,6 +131,12 @@ impl Resident {
     /// Starts the model: remembers every page resident now. Call it after the
     /// probes are attached, so that no page falls between the two.
     pub fn start(pid: u32) -> Result<Resident, ResidentError> {
+        Self::start_sampled(pid, 1)
+    }
+
+    /// As `start`, when the kernel samples 1 in `sample_every` first-touch
+    /// pages (`ResidentMaps::set_sample_every`).
+    pub fn start_sampled(pid: u32, sample_every: u32) -> Result<Resident, ResidentError> {
         let unwinder = Unwinder::new(pid)?;
         let mut pagemap = Pagemap::open(pid)?;
         let mut kinds: Vec<String> = Vec::new();
@@ -177,6 +185,7 @@ impl Resident {
             series: Vec::new(),
             last: None,
             shallow_unwinds: 0,
+            weight: u64::from(sample_every.max(1)),
             exited: false,
         })
     }
@@ -261,7 +270,7 @@ impl Resident {
     fn first_touch(&mut self, page: u64, ips: Vec<u64>) {
         log::trace!("pid {} first touch {page:#x} by {ips:x?}", self.pid);
         let s = self.intern(ips, Attribution::FirstTouch);
-        self.stacks[s as usize].events += 1;
+        self.stacks[s as usize].events += self.weight;
         self.touched.insert(page, s);
         self.clear_baseline(page, page + PAGE);
     }
@@ -425,10 +434,11 @@ impl Resident {
                 j += 1;
             }
             let touched = &self.touched;
+            let weight = self.weight;
             self.pagemap
                 .for_each_resident(keys[i], keys[j] + PAGE, |p| {
                     if let Some(s) = touched.get(&p) {
-                        pages[*s as usize] += 1;
+                        pages[*s as usize] += weight;
                     }
                 });
             i = j + 1;

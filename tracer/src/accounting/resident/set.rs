@@ -32,8 +32,14 @@ impl ResidentSet {
     /// Starts tracing `pid`: call after its `targets` entry has
     /// `TARGET_FAULTS`, so that no page falls between the two.
     pub fn add(&mut self, pid: u32) -> Result<(), ResidentError> {
-        self.procs.insert(pid, Resident::start(pid)?);
+        let n = self.maps.sample_every();
+        self.procs.insert(pid, Resident::start_sampled(pid, n)?);
         Ok(())
+    }
+
+    /// See `ResidentMaps::set_sample_every`; call before `add`.
+    pub fn set_sample_every(&mut self, n: u32) -> Result<(), ResidentError> {
+        self.maps.set_sample_every(n)
     }
 
     pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
