@@ -8,3 +8,4 @@ pub mod commands;
 pub mod daemon;
 pub mod probes;
 pub mod report;
+pub mod symbols;

@@ -1,0 +1,425 @@
+//! Symbolization: turns the return addresses of a traced process into frames a
+//! Node engineer can read (native symbols with file:line, JS names from V8's
+//! perf map, `[JIT]` otherwise).
+//!
+//! The address -> module mapping is captured while the process lives (`capture`,
+//! `refresh` after a dlopen) and every module is opened and mapped at that
+//! moment, so stacks still symbolize after the process died or its binary was
+//! deleted or replaced on disk. Parsed modules are shared between processes,
+//! keyed by GNU build-id (or dev+inode+size+mtime when there is none).
+//!
+//! Addresses are looked up as given. A return address points after its call
+//! instruction, so callers that want the call's own line (and the right
+//! function when the call is the last instruction before another function)
+//! pass `ip - 1` for every frame but the innermost, as perf and gdb do.
+mod bench;
+mod demangle;
+mod maps;
+mod module;
+mod perfmap;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::Arc,
+};
+
+pub use bench::{bench_symbolize, BenchResult};
+pub use demangle::demangle;
+pub use maps::{innermost_pid, MapEntry};
+pub use module::{Module, SourceFrame};
+pub use perfmap::{JsSymbol, PerfMap, MAX_PERF_MAP_BYTES};
+
+use crate::report::{build::Symbolize, Frame, FrameKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolError {
+    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps): {source}")]
+    NoProcess { pid: u32, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable ELF file: {reason}")]
+    Elf { path: PathBuf, reason: String },
+}
+
+/// Symbol shown for JIT code that no perf map names.
+pub const JIT_SYMBOL: &str = "[JIT]";
+
+/// How many times one process's maps are re-read because an address fell
+/// outside every known mapping; bounds the cost of garbage addresses.
+const MAX_AUTO_REFRESH: u32 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+struct Mapped {
+    entry: MapEntry,
+    module: Option<Arc<Module>>,
+}
+
+struct Process {
+    /// Sorted by start, non-overlapping.
+    maps: Vec<Mapped>,
+    perf: Option<PerfMap>,
+    /// The perf map path as the process sees it (`/tmp/perf-<NSpid>.map`).
+    perf_path: String,
+    auto_refreshes: u32,
+}
+
+impl Process {
+    fn find(&self, addr: u64) -> Option<&Mapped> {
+        let idx = self.maps.partition_point(|m| m.entry.start <= addr);
+        let m = self.maps.get(idx.checked_sub(1)?)?;
+        (addr < m.entry.end).then_some(m)
+    }
+}
+
+/// Names the addresses of captured processes. Implements `report::build::Symbolize`.
+#[derive(Default)]
+pub struct Symbolizer {
+    by_stat: HashMap<StatKey, Arc<Module>>,
+    by_build_id: HashMap<Vec<u8>, Arc<Module>>,
+    procs: HashMap<u32, Process>,
+    warnings: Vec<String>,
+    warned: HashSet<String>,
+}
+
+impl Symbolizer {
+    pub fn new() -> Symbolizer {
+        Symbolizer::default()
+    }
+
+    /// Snapshots the executable mappings of a live process, opens and parses
+    /// every module now, and opens its perf map if there is one. Capturing an
+    /// already captured pid refreshes it.
+    pub fn capture(&mut self, pid: u32) -> Result<(), SymbolError> {
+        if self.procs.contains_key(&pid) {
+            return self.refresh(pid);
+        }
+        let entries = maps::read_exec_maps(pid)?;
+        let nspid = innermost_pid(pid).unwrap_or(pid);
+        let mut proc = Process {
+            maps: Vec::new(),
+            perf: None,
+            perf_path: format!("/tmp/perf-{nspid}.map"),
+            auto_refreshes: 0,
+        };
+        for entry in entries {
+            let module = self.open_module(pid, &entry);
+            proc.maps.push(Mapped { entry, module });
+        }
+        proc.perf = open_perf_map(pid, &proc.perf_path);
+        self.procs.insert(pid, proc);
+        Ok(())
+    }
+
+    /// Re-reads the maps of a captured (or new) process and opens only the
+    /// modules mapped since (an addon loaded by `require` -> dlopen(3)).
+    /// Mappings that went away are kept unless new ones overlap them, so that
+    /// stacks recorded before a dlclose still symbolize.
+    pub fn refresh(&mut self, pid: u32) -> Result<(), SymbolError> {
+        let Some(mut proc) = self.procs.remove(&pid) else {
+            return self.capture(pid);
+        };
+        let entries = match maps::read_exec_maps(pid) {
+            Ok(e) => e,
+            Err(e) => {
+                self.procs.insert(pid, proc);
+                return Err(e);
+            }
+        };
+        let mut old: Vec<Mapped> = std::mem::take(&mut proc.maps);
+        let mut new = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let module = match old.iter().position(|m| m.entry == entry) {
+                Some(i) => old.swap_remove(i).module,
+                None => self.open_module(pid, &entry),
+            };
+            new.push(Mapped { entry, module });
+        }
+        let kept: Vec<Mapped> = old
+            .into_iter()
+            .filter(|o| {
+                !new.iter()
+                    .any(|n: &Mapped| n.entry.start < o.entry.end && o.entry.start < n.entry.end)
+            })
+            .collect();
+        new.extend(kept);
+        new.sort_by_key(|m| m.entry.start);
+        proc.maps = new;
+        match proc.perf.as_mut() {
+            Some(p) => {
+                p.reload();
+            }
+            None => proc.perf = open_perf_map(pid, &proc.perf_path),
+        }
+        self.procs.insert(pid, proc);
+        Ok(())
+    }
+
+    /// Drops what is known about a process (modules stay cached for others).
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    /// Drops cached modules that no captured process maps any more, so a
+    /// long-running daemon watching short-lived processes does not grow.
+    pub fn prune(&mut self) {
+        let live: HashSet<*const Module> = self
+            .procs
+            .values()
+            .flat_map(|p| p.maps.iter())
+            .filter_map(|m| m.module.as_ref().map(Arc::as_ptr))
+            .collect();
+        self.by_stat.retain(|_, m| live.contains(&Arc::as_ptr(m)));
+        self.by_build_id
+            .retain(|_, m| live.contains(&Arc::as_ptr(m)));
+    }
+
+    /// Whether `pid` has been captured.
+    pub fn is_captured(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    /// Number of distinct parsed modules in the cache.
+    pub fn cached_modules(&self) -> usize {
+        let mut seen: Vec<*const Module> = self
+            .by_stat
+            .values()
+            .chain(self.by_build_id.values())
+            .map(Arc::as_ptr)
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen.len()
+    }
+
+    fn warn(&mut self, msg: String) {
+        if self.warned.insert(msg.clone()) {
+            self.warnings.push(msg);
+        }
+    }
+
+    /// Opens a file-backed mapping's module through `/proc/PID/map_files`
+    /// (the inode actually mapped, even if deleted or replaced; needs
+    /// CAP_SYS_ADMIN), else through `/proc/PID/root` (the process's mount
+    /// namespace, for containers).
+    fn open_module(&mut self, pid: u32, entry: &MapEntry) -> Option<Arc<Module>> {
+        if !entry.is_file() {
+            return None;
+        }
+        let path = entry.path.clone()?;
+        let via_map_files =
+            PathBuf::from(format!("/proc/{pid}/map_files/{}", entry.map_files_name()));
+        let via_root = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let (file, opened) = match File::open(&via_map_files) {
+            Ok(f) => (f, via_map_files),
+            Err(_) => match File::open(&via_root) {
+                Ok(f) if !entry.deleted => (f, via_root),
+                Ok(_) | Err(_) => {
+                    self.warn(format!(
+                        "cannot open module {path} of pid {pid} (deleted or not readable): its frames stay unnamed"
+                    ));
+                    return None;
+                }
+            },
+        };
+        let meta = file.metadata().ok()?;
+        let key = StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        if let Some(m) = self.by_stat.get(&key) {
+            return Some(m.clone());
+        }
+        // SAFETY: read-only private mapping, dropped at the end of this block;
+        // see module::map for the truncation caveat.
+        let build_id = unsafe { memmap2::Mmap::map(&file) }
+            .ok()
+            .and_then(|d| module::read_build_id(&d));
+        if let Some(m) = build_id.as_ref().and_then(|b| self.by_build_id.get(b)) {
+            let m = m.clone();
+            self.by_stat.insert(key, m.clone());
+            return Some(m);
+        }
+        let roots = [
+            PathBuf::from("/"),
+            PathBuf::from(format!("/proc/{pid}/root")),
+        ];
+        match Module::load(&file, &opened, &roots) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                self.by_stat.insert(key, m.clone());
+                if let Some(b) = &m.build_id {
+                    self.by_build_id.insert(b.clone(), m.clone());
+                }
+                Some(m)
+            }
+            Err(e) => {
+                self.warn(format!("module {path} of pid {pid}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// All frames for one address of a process, innermost first.
+    pub fn frames(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
+        if !self.procs.contains_key(&pid) {
+            if let Err(e) = self.capture(pid) {
+                self.warn(format!(
+                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({e})"
+                ));
+                return vec![Frame::unknown(addr)];
+            }
+        }
+        if let Some(f) = self.lookup(pid, addr) {
+            return f;
+        }
+        // Outside every known mapping: the process may have mapped code since
+        // the capture; re-read its maps a bounded number of times.
+        let may_refresh = self
+            .procs
+            .get_mut(&pid)
+            .map(|p| {
+                p.auto_refreshes += 1;
+                p.auto_refreshes <= MAX_AUTO_REFRESH
+            })
+            .unwrap_or(false);
+        if may_refresh && self.refresh(pid).is_ok() {
+            if let Some(f) = self.lookup(pid, addr) {
+                return f;
+            }
+        }
+        // Perhaps JIT code in memory mapped after the last capture.
+        self.js_frame(pid, addr)
+            .map(|f| vec![f])
+            .unwrap_or_else(|| vec![Frame::unknown(addr)])
+    }
+
+    /// None when the address is in no known mapping.
+    fn lookup(&mut self, pid: u32, addr: u64) -> Option<Vec<Frame>> {
+        let proc = self.procs.get(&pid)?;
+        let mapped = proc.find(addr)?;
+        let entry = mapped.entry.clone();
+        let module = mapped.module.clone();
+        if entry.is_anon() {
+            return Some(vec![self.js_frame(pid, addr).unwrap_or_else(|| Frame {
+                symbol: Some(JIT_SYMBOL.to_string()),
+                kind: FrameKind::Jit,
+                ..Frame::unknown(addr)
+            })]);
+        }
+        let base = Frame {
+            module: entry.path.clone(),
+            ..Frame::unknown(addr)
+        };
+        let Some(module) = module else {
+            return Some(vec![base]);
+        };
+        let Some(vaddr) = module.file_offset_to_vaddr(addr - entry.start + entry.offset) else {
+            return Some(vec![base]);
+        };
+        let symbol = module.function_name(vaddr).map(|s| s.to_string());
+        let source = module.source_frames(vaddr);
+        if source.is_empty() {
+            return Some(vec![Frame { symbol, ..base }]);
+        }
+        let last = source.len() - 1;
+        Some(
+            source
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| Frame {
+                    // The outermost DWARF frame is the real function: its
+                    // symbol-table name carries the C++ signature.
+                    symbol: if i == last {
+                        symbol.clone().or(s.function)
+                    } else {
+                        s.function.or_else(|| symbol.clone())
+                    },
+                    file: s.file,
+                    line: s.line,
+                    ..base.clone()
+                })
+                .collect(),
+        )
+    }
+
+    /// A frame from the perf map, re-reading the map once if the address is
+    /// not in it yet (V8 appends as it compiles).
+    fn js_frame(&mut self, pid: u32, addr: u64) -> Option<Frame> {
+        let proc = self.procs.get_mut(&pid)?;
+        if proc.perf.is_none() {
+            proc.perf = open_perf_map(pid, &proc.perf_path);
+        }
+        let Some(perf) = proc.perf.as_mut() else {
+            let msg = format!(
+                "pid {pid}: no perf map {} found, JS frames show as {JIT_SYMBOL}; run node with --perf-basic-prof",
+                proc.perf_path
+            );
+            self.warn(msg);
+            return None;
+        };
+        let sym = match perf.lookup(addr) {
+            Some(s) => s,
+            None => {
+                if !perf.reload() {
+                    return None;
+                }
+                perf.lookup(addr)?
+            }
+        };
+        Some(Frame {
+            symbol: Some(sym.name),
+            module: Some(perf.path.clone()),
+            file: sym.file,
+            line: sym.line,
+            kind: sym.kind,
+            ..Frame::unknown(addr)
+        })
+    }
+}
+
+fn open_perf_map(pid: u32, seen_as: &str) -> Option<PerfMap> {
+    let file = File::open(format!("/proc/{pid}/root{seen_as}")).ok()?;
+    Some(PerfMap::open(file, seen_as.to_string()))
+}
+
+impl Symbolize for Symbolizer {
+    fn symbolize(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
+        self.frames(pid, addr)
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        let problems: Vec<String> = self
+            .procs
+            .values()
+            .filter_map(|p| p.perf.as_ref())
+            .flat_map(PerfMap::problems)
+            .collect();
+        for p in problems {
+            self.warn(p);
+        }
+        std::mem::take(&mut self.warnings)
+    }
+}
+
+// The daemon keeps a Symbolizer across tokio tasks.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Symbolizer>();
+};
