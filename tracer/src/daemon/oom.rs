@@ -150,7 +150,10 @@ pub struct Written {
 fn write_pair(dir: &Path, stem: &str, report: &Report) -> Result<(PathBuf, PathBuf), OomError> {
     let json = dir.join(format!("{stem}.json"));
     let txt = dir.join(format!("{stem}.txt"));
-    let opts = RenderOptions { top: Some(10), ..RenderOptions::default() };
+    let opts = RenderOptions {
+        top: Some(10),
+        ..RenderOptions::default()
+    };
     // The text first: the JSON is what the log line names, so once it exists
     // both do.
     write_atomic(&txt, &report::render(report, Format::Text, &opts)?)?;

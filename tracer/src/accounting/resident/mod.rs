@@ -488,6 +488,25 @@ impl Resident {
         true
     }
 
+    /// Every stack with resident pages at some sample, as of the last sample.
+    pub fn raw_stacks(&self) -> Vec<RawStack> {
+        self.stacks
+            .iter()
+            .filter(|s| s.peak_pages > 0)
+            .map(|s| RawStack {
+                ips: s.ips.clone(),
+                live_bytes: s.pages * PAGE,
+                live_allocs: s.pages,
+                total_bytes: s.peak_pages * PAGE,
+                total_allocs: s.events,
+                attribution: Some(s.attribution),
+                growth_bytes_per_sec: growth(&s.history),
+                sizes: None,
+                lifetimes_ns: None,
+            })
+            .collect()
+    }
+
     /// The last sample, if any.
     pub fn last(&self) -> Option<&Measure> {
         self.last.as_ref()
@@ -521,22 +540,7 @@ impl Resident {
                 .map(|(kind, bytes)| PreexistingLine { kind, bytes }),
         );
         preexisting.sort_by(|a, b| b.bytes.cmp(&a.bytes));
-        let stacks = self
-            .stacks
-            .iter()
-            .filter(|s| s.peak_pages > 0)
-            .map(|s| RawStack {
-                ips: s.ips.clone(),
-                live_bytes: s.pages * PAGE,
-                live_allocs: s.pages,
-                total_bytes: s.peak_pages * PAGE,
-                total_allocs: s.events,
-                attribution: Some(s.attribution),
-                growth_bytes_per_sec: growth(&s.history),
-                sizes: None,
-                lifetimes_ns: None,
-            })
-            .collect();
+        let stacks = self.raw_stacks();
         RawProcess {
             pid: self.pid,
             comm: std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
