@@ -21,6 +21,8 @@ fn fixture(name: &str) -> String {
 
 /// Runs a fixture to completion, traced or not; returns its first line, the
 /// CPU seconds (user + system, all threads) the target used, and the tracer.
+// The child is reaped with wait4(2) for its rusage, not Child::wait.
+#[allow(clippy::zombie_processes)]
 fn run(script: &str, args: &[&str], traced: bool) -> (String, f64, Option<Tracer>) {
     let mut child = Command::new(NODE)
         .arg(fixture(script))

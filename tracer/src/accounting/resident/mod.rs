@@ -539,7 +539,7 @@ impl Resident {
                 .into_iter()
                 .map(|(kind, bytes)| PreexistingLine { kind, bytes }),
         );
-        preexisting.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        preexisting.sort_by_key(|l| std::cmp::Reverse(l.bytes));
         let stacks = self.raw_stacks();
         RawProcess {
             pid: self.pid,
