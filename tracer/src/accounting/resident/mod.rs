@@ -553,7 +553,13 @@ impl Resident {
             exited: self.exited,
             stacks,
             series: self.series.clone(),
-            reconciliation: Some(reconcile(&m, pre_anon, file_bytes, self.exited)),
+            reconciliation: Some(reconcile(
+                &m,
+                pre_anon,
+                file_bytes,
+                self.exited,
+                self.weight,
+            )),
             preexisting,
             cgroup: None,
         }
@@ -567,7 +573,7 @@ fn growth(h: &VecDeque<(f64, u64)>) -> Option<f64> {
     (t1 > t0).then(|| (p1 as f64 - p0 as f64) * PAGE as f64 / (t1 - t0))
 }
 
-fn reconcile(m: &Measure, pre_anon: u64, file: u64, exited: bool) -> String {
+fn reconcile(m: &Measure, pre_anon: u64, file: u64, exited: bool, weight: u64) -> String {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let sum = m.attributed_bytes + pre_anon + file;
     let diff = m.rss_bytes as f64 - sum as f64;
@@ -576,9 +582,14 @@ fn reconcile(m: &Measure, pre_anon: u64, file: u64, exited: bool) -> String {
     } else {
         0.0
     };
+    let sampling = if weight > 1 {
+        format!("; first-touch pages sampled 1 in {weight}, each counted {weight} times")
+    } else {
+        String::new()
+    };
     format!(
         "RSS {:.1} MiB at t={:.1}s{}: stacks {:.1} MiB + preexisting anonymous {:.1} MiB + \
-         file-backed {:.1} MiB = {:.1} MiB, {} by {:.1} MiB ({:.1}%, {} 5%)",
+         file-backed {:.1} MiB = {:.1} MiB, {} by {:.1} MiB ({:.1}%, {} 5%){sampling}",
         mib(m.rss_bytes),
         m.t_secs,
         if exited {
