@@ -92,7 +92,7 @@ static __always_inline struct pt_regs *user_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(task);
 }
 
-static __always_inline void count(__u32 idx)
+static __always_inline void fault_count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
 
@@ -135,7 +135,7 @@ static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u3
 	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
 		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096))) {
 			if (i == 0)
-				count(OFFHEAP_CTR_READ_FAILED);
+				fault_count(OFFHEAP_CTR_READ_FAILED);
 			break;
 		}
 		e->stack_len += 4096;
@@ -150,7 +150,7 @@ static __always_inline void send(void *ctx, struct map_event *e)
 	if (size > sizeof(*e))
 		return;
 	if (bpf_ringbuf_output(&fault_events, e, size, 0))
-		count(OFFHEAP_CTR_EVENTS_LOST);
+		fault_count(OFFHEAP_CTR_EVENTS_LOST);
 }
 
 struct mark_ctx {
@@ -280,7 +280,7 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	}
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
 	if (!e) {
-		count(OFFHEAP_CTR_EVENTS_LOST);
+		fault_count(OFFHEAP_CTR_EVENTS_LOST);
 		return 0;
 	}
 	regs = user_regs();
@@ -292,7 +292,7 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	e->error_code = ctx->error_code;
 	e->stack_id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
 	if (e->stack_id < 0)
-		count(OFFHEAP_CTR_STACK_ID_FAILED);
+		fault_count(OFFHEAP_CTR_STACK_ID_FAILED);
 	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)regs->rsp))
 		e->sp_word = 0;
 	bpf_ringbuf_submit(e, 0);
