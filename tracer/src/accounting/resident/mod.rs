@@ -99,6 +99,8 @@ impl BaselineRegion {
 pub struct Measure {
     pub t_secs: f64,
     pub rss_bytes: u64,
+    /// File-backed and shared resident bytes (reported per file, not per stack).
+    pub file_bytes: u64,
     pub attributed_bytes: u64,
     /// Still-resident preexisting bytes per kind index.
     pub preexisting: Vec<u64>,
@@ -321,6 +323,14 @@ impl Resident {
             base: ev.stack_base,
             bytes: stack,
         };
+        // The syscall or fault ip is in a module (libc) we have not seen yet:
+        // modules mapped since the last read (a process just exec'd loads
+        // its libraries after the model started, dlopen later).
+        if self.unwinder.module_of(ev.ip).is_none() {
+            let _ = self
+                .unwinder
+                .refresh_at_most_every(std::time::Duration::from_millis(20));
+        }
         let mut frames = self.unwinder.unwind(regs, window);
         if frames.len() <= 2 {
             // A module mapped since the last refresh (dlopen of an addon).
@@ -416,7 +426,7 @@ impl Resident {
     /// Asks the kernel what is resident now; appends a series point. Returns
     /// false when the process is gone (the last sample then stands).
     pub fn sample(&mut self, classify: &mut Classifier<'_>) -> bool {
-        let Ok(rss) = procfs::rss_bytes(self.pid) else {
+        let Ok((rss, file_bytes)) = procfs::rss_bytes(self.pid) else {
             self.exited = true;
             return false;
         };
@@ -481,6 +491,7 @@ impl Resident {
         self.last = Some(Measure {
             t_secs: t,
             rss_bytes: rss,
+            file_bytes,
             attributed_bytes: attributed,
             preexisting: pre,
             buckets,
@@ -516,12 +527,17 @@ impl Resident {
     /// per-stack model, with the preexisting lines and the reconciliation.
     pub fn finish(&mut self, classify: &mut Classifier<'_>) -> RawProcess {
         self.sample(classify);
-        let file_lines = if self.exited {
-            Vec::new()
-        } else {
-            procfs::file_rss_by_path(self.pid).unwrap_or_default()
-        };
         let m = self.last.clone().unwrap_or_default();
+        // Per file while the process lives; after its exit only the total of
+        // the last sample is known.
+        let file_lines = match procfs::file_rss_by_path(self.pid) {
+            Ok(l) if !self.exited => l,
+            _ if m.file_bytes > 0 => vec![(
+                "file-backed (per file: unknown, exited)".to_string(),
+                m.file_bytes,
+            )],
+            _ => Vec::new(),
+        };
         let mut preexisting: Vec<PreexistingLine> = self
             .kinds
             .iter()

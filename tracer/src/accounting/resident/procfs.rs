@@ -163,10 +163,13 @@ pub fn parse_maps(text: &str) -> Vec<MapsLine> {
         .collect()
 }
 
-/// RSS of the process in bytes (smaps_rollup "Rss:").
-pub fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
+/// RSS of the process and its file-backed part (page cache and shared
+/// memory: Rss minus Anonymous), in bytes, from smaps_rollup.
+pub fn rss_bytes(pid: u32) -> Result<(u64, u64), ProcError> {
     let text = read(format!("/proc/{pid}/smaps_rollup"))?;
-    Ok(kib_field(&text, "Rss:").unwrap_or(0) * 1024)
+    let rss = kib_field(&text, "Rss:").unwrap_or(0) * 1024;
+    let anon = kib_field(&text, "Anonymous:").unwrap_or(0) * 1024;
+    Ok((rss, rss.saturating_sub(anon)))
 }
 
 fn kib_field(text: &str, name: &str) -> Option<u64> {
