@@ -133,11 +133,10 @@ static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u3
 	e->stack_base = base;
 	e->stack_len = 0;
 	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
-		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096))) {
-			if (i == 0)
-				fault_count(OFFHEAP_CTR_READ_FAILED);
+		/* The page of sp itself is unreadable when the fault is the stack
+		 * growing into it: the record then carries the registers only. */
+		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096)))
 			break;
-		}
 		e->stack_len += 4096;
 	}
 	return e;
@@ -147,6 +146,9 @@ static __always_inline void send(void *ctx, struct map_event *e)
 {
 	__u64 size = offsetof(struct map_event, stack) + e->stack_len;
 
+	/* Keep the compiler from checking a copy: the verifier must see the
+	 * bound on the very register passed as the size. */
+	barrier_var(size);
 	if (size > sizeof(*e))
 		return;
 	if (bpf_ringbuf_output(&fault_events, e, size, 0))
@@ -222,6 +224,23 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
  * syscall's caller, the right first toucher. */
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
+static __always_inline int send_fault_stack(struct offheap_page_fault_ctx *ctx, __u32 tgid)
+{
+	struct map_event *m = capture(tgid, 0, OFFHEAP_FAULT_STACK_COPY_PAGES);
+
+	if (!m)
+		return 0;
+	m->hdr.kind = OFFHEAP_EV_FAULT_STACK;
+	m->addr = ctx->address;
+	m->flags = ctx->error_code;
+	m->len = 0;
+	m->old_addr = 0;
+	m->old_len = 0;
+	m->prot = 0;
+	send(ctx, m);
+	return 0;
+}
+
 static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kernel)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -232,7 +251,7 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	__u64 probe[3];
 	__u32 zero = 0;
 	__u8 one = 1;
-	long n;
+	long n, id;
 
 	if (!is_fault_target(tgid))
 		return 0;
@@ -261,23 +280,15 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	/* A walk that dies within two frames started in code without frame
 	 * pointers (glibc's malloc writing a fresh arena page, a syscall
 	 * wrapper): send the raw stack for the CFI unwinder instead. A short
-	 * walk of three frames costs little next to the fault itself. */
+	 * walk of three frames costs little next to the fault itself. The same
+	 * when the stack cannot be stored (a bucket of fault_stack_traces holds
+	 * another stack: -EEXIST), so that no stack is lost. */
 	n = bpf_get_stack(ctx, probe, sizeof(probe), BPF_F_USER_STACK);
-	if (n >= 0 && n < (long)sizeof(probe)) {
-		struct map_event *m = capture(tgid, 0, OFFHEAP_FAULT_STACK_COPY_PAGES);
-
-		if (!m)
-			return 0;
-		m->hdr.kind = OFFHEAP_EV_FAULT_STACK;
-		m->addr = ctx->address;
-		m->flags = ctx->error_code;
-		m->len = 0;
-		m->old_addr = 0;
-		m->old_len = 0;
-		m->prot = 0;
-		send(ctx, m);
-		return 0;
-	}
+	if (n >= 0 && n < (long)sizeof(probe))
+		return send_fault_stack(ctx, tgid);
+	id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
+	if (id < 0)
+		return send_fault_stack(ctx, tgid);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
 	if (!e) {
 		fault_count(OFFHEAP_CTR_EVENTS_LOST);
@@ -290,9 +301,7 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	e->address = ctx->address;
 	e->ip = kernel ? regs->rip : ctx->ip;
 	e->error_code = ctx->error_code;
-	e->stack_id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
-	if (e->stack_id < 0)
-		fault_count(OFFHEAP_CTR_STACK_ID_FAILED);
+	e->stack_id = id;
 	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)regs->rsp))
 		e->sp_word = 0;
 	bpf_ringbuf_submit(e, 0);
