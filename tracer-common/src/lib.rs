@@ -14,6 +14,8 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     pub const VM_INFLIGHT: &str = "vm_inflight";
     pub const FAULT_STATS: &str = "fault_stats";
+    pub const STACK_FALLBACK: &str = "stack_fallback";
+    pub const STACK_SCRATCH: &str = "stack_scratch";
     /// Resident mode (fault.bpf.c): ring buffer of `FaultEvent` and `MapEvent`.
     pub const FAULT_EVENTS: &str = "fault_events";
     pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
@@ -38,6 +40,86 @@ pub mod resident_programs {
     ];
 }
 
+/// Program names, exactly as the programs are named in the BPF object.
+pub mod programs {
+    /// One traced function of the malloc family: its symbol, the uprobe at its
+    /// entry, the uretprobe at its return (None: entry only), and whether
+    /// tracing cannot start without it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MallocProbe {
+        pub symbol: &'static str,
+        pub enter: &'static str,
+        pub exit: Option<&'static str>,
+        pub required: bool,
+    }
+
+    const fn pair(
+        symbol: &'static str,
+        enter: &'static str,
+        exit: &'static str,
+        required: bool,
+    ) -> MallocProbe {
+        MallocProbe {
+            symbol,
+            enter,
+            exit: Some(exit),
+            required,
+        }
+    }
+
+    /// The attach table of malloc mode. glibc, jemalloc, tcmalloc and mimalloc
+    /// all define the required ones; the others are attached when present.
+    pub const MALLOC_FAMILY: [MallocProbe; 10] = [
+        pair("malloc", "malloc_enter", "malloc_exit", true),
+        pair("calloc", "calloc_enter", "calloc_exit", true),
+        pair("realloc", "realloc_enter", "realloc_exit", true),
+        MallocProbe {
+            symbol: "free",
+            enter: "free_enter",
+            exit: None,
+            required: true,
+        },
+        pair(
+            "reallocarray",
+            "reallocarray_enter",
+            "reallocarray_exit",
+            false,
+        ),
+        pair(
+            "posix_memalign",
+            "posix_memalign_enter",
+            "posix_memalign_exit",
+            false,
+        ),
+        pair(
+            "aligned_alloc",
+            "aligned_alloc_enter",
+            "aligned_alloc_exit",
+            false,
+        ),
+        pair("memalign", "memalign_enter", "memalign_exit", false),
+        pair("valloc", "valloc_enter", "valloc_exit", false),
+        pair("pvalloc", "pvalloc_enter", "pvalloc_exit", false),
+    ];
+
+    /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
+    pub const VM_TRACEPOINTS: [(&str, &str, &str); 10] = [
+        ("mmap_enter", "syscalls", "sys_enter_mmap"),
+        ("mmap_exit", "syscalls", "sys_exit_mmap"),
+        ("munmap_enter", "syscalls", "sys_enter_munmap"),
+        ("munmap_exit", "syscalls", "sys_exit_munmap"),
+        ("mremap_enter", "syscalls", "sys_enter_mremap"),
+        ("mremap_exit", "syscalls", "sys_exit_mremap"),
+        ("brk_enter", "syscalls", "sys_enter_brk"),
+        ("brk_exit", "syscalls", "sys_exit_brk"),
+        ("madvise_enter", "syscalls", "sys_enter_madvise"),
+        ("madvise_exit", "syscalls", "sys_exit_madvise"),
+    ];
+
+    /// `const volatile` knobs in .rodata, set before load.
+    pub const KNOB_PAGE_SIZE: &str = "page_size";
+}
+
 pub const MAX_TARGETS: u32 = 4096;
 pub const MAX_ALLOCS: u32 = 1 << 20;
 pub const MAX_STACK_STATS: u32 = 65536;
@@ -46,6 +128,11 @@ pub const MAX_INFLIGHT: u32 = 16384;
 pub const MAX_STACK_DEPTH: usize = 127;
 pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COMM_LEN: usize = 16;
+pub const MAX_STACK_FALLBACK: u32 = 16384;
+
+/// Stack ids with this bit set live in `stack_fallback`, not `stack_traces`
+/// (stacks that collided in a stack_traces bucket).
+pub const STACK_ID_FALLBACK: i32 = 1 << 30;
 
 pub const TARGET_MALLOC: u32 = 1 << 0;
 pub const TARGET_VM: u32 = 1 << 1;
@@ -64,6 +151,20 @@ pub struct StackKey {
     pub tgid: u32,
     pub stack_id: i32,
     pub caller: u64,
+}
+
+/// Value of `stack_fallback`: a user stack, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackIps {
+    pub nr: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+impl StackIps {
+    pub fn frames(&self) -> &[u64] {
+        &self.ips[..(self.nr as usize).min(MAX_STACK_DEPTH)]
+    }
 }
 
 #[repr(C)]
@@ -115,6 +216,7 @@ pub struct Inflight {
     pub kind: u32,
     pub depth: u32,
     pub stack: StackKey,
+    pub sp: u64,
 }
 
 pub mod event_kind {
@@ -325,6 +427,8 @@ mod pod {
         AllocInfo,
         Inflight,
         VmArgs,
+        VmEvent,
+        StackIps,
         ProcEvent,
         OomEvent,
         FaultConfig

@@ -24,10 +24,12 @@
 #define OFFHEAP_MAX_STACK_DEPTH 127
 #define OFFHEAP_EVENTS_BYTES (4 << 20)
 #define OFFHEAP_COMM_LEN 16
+#define OFFHEAP_MAX_STACK_FALLBACK 16384
 
 /* ---- map and program names (mirrored as Rust constants) ------------------- */
 /* Maps: targets, allocs, inflight, stack_stats, stack_traces, counters, events,
- * vm_inflight, fault_stats. Programs are named <symbol>_enter / <symbol>_exit. */
+ * vm_inflight, fault_stats, stack_fallback, stack_scratch. Programs are named
+ * <symbol>_enter / <symbol>_exit. */
 
 /* ---- targets -------------------------------------------------------------- */
 
@@ -54,6 +56,21 @@ struct stack_key {
 	__u32 tgid;
 	__s32 stack_id;   /* < 0: the stack could not be taken (counted) */
 	__u64 caller;
+};
+
+/* A stack_traces bucket holds one stack: a second stack hashing to the same
+ * bucket gets -EEXIST from bpf_get_stackid (kernel/bpf/stackmap.c). Such a
+ * stack is stored instead in the `stack_fallback` hash (key: __s32 id), under
+ * an id with this bit set: 30 bits of a 64-bit FNV-1a hash of its frames.
+ * stack_traces ids are below its max_entries (< 2^30), so the ranges never
+ * meet. */
+#define OFFHEAP_STACK_ID_FALLBACK (1 << 30)
+
+/* Value of `stack_fallback`, and of the one-slot per-CPU `stack_scratch`
+ * (bpf_get_stack writes here; 1 KiB does not fit on the BPF stack). */
+struct stack_ips {
+	__u64 nr;        /* valid entries in ips */
+	__u64 ips[OFFHEAP_MAX_STACK_DEPTH];
 };
 
 /* Value of `stack_stats` (key: struct stack_key). Updated with atomic adds. */
@@ -102,6 +119,7 @@ struct inflight {
 	__u32 kind;      /* enum alloc_kind */
 	__u32 depth;
 	struct stack_key stack;
+	__u64 sp;        /* user stack pointer at the outermost entry */
 };
 
 /* ---- virtual memory events (ring buffer `events`) -------------------------- */

@@ -18,13 +18,7 @@ const volatile bool watch_exec = false;
  * The names match the kernel's trace_event_raw_* types so that CO-RE relocates
  * every field offset against the running kernel's BTF.
  */
-struct trace_entry {
-	unsigned short type;
-	unsigned char flags;
-	unsigned char preempt_count;
-	int pid;
-} __attribute__((preserve_access_index));
-
+/* struct trace_entry comes from kernel.h. */
 /* A __data_loc field: the low 16 bits are the offset of the string from the
  * start of the record, the high 16 bits its length (include/trace/stages). */
 struct trace_event_raw_sched_process_exec {

@@ -8,4 +8,5 @@ pub mod commands;
 pub mod daemon;
 pub mod probes;
 pub mod report;
+pub mod session;
 pub mod symbols;

@@ -1,1 +1,263 @@
+//! Helpers for the end-to-end tests: find the `offheap` binary, serialize BPF
+//! tests, build C fixtures, drive fixture processes over stdin/stdout, and
+//! read JSON reports.
+//!
+//! BPF tests never skip: without root, BTF or uprobes they fail (that is the
+//! point of an end-to-end test of a tracer).
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
 
+use serde_json::Value;
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `<workspace>/target/debug/offheap`, or $OFFHEAP_BIN.
+pub fn offheap_bin() -> PathBuf {
+    let p = std::env::var_os("OFFHEAP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/offheap"));
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build -p tracer` first (or set OFFHEAP_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// Held for the whole of a BPF test: one test at a time touches the kernel.
+pub struct BpfLock(#[allow(dead_code)] File);
+
+pub fn bpf_lock() -> BpfLock {
+    let f = File::create(std::env::temp_dir().join("offheap-e2e.lock")).unwrap();
+    // SAFETY: flock on an fd we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    BpfLock(f)
+}
+
+/// Fails (never skips) when the machine cannot run BPF tests.
+pub fn require_bpf() -> BpfLock {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "BPF end-to-end tests need root (CAP_BPF, CAP_PERFMON, ...)"
+    );
+    assert!(
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "no kernel BTF: BPF end-to-end tests cannot run here"
+    );
+    bpf_lock()
+}
+
+/// Compiles tests/fixtures/<name>.c with frame pointers and no sibling calls,
+/// so that each site's allocation call returns into the site.
+pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
+    let src = workspace().join("tests/fixtures").join(format!("{name}.c"));
+    let out = dir.join(name);
+    let o = Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-pthread",
+            "-Wall",
+            "-Werror",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running cc");
+    assert!(
+        o.status.success(),
+        "cc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Function sizes from `nm -S` (name -> size in bytes).
+pub fn symbol_sizes(bin: &Path) -> HashMap<String, u64> {
+    let o = Command::new("nm")
+        .arg("-S")
+        .arg("--defined-only")
+        .arg(bin)
+        .output()
+        .expect("running nm");
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| (f[3].to_string(), u64::from_str_radix(f[1], 16).unwrap()))
+        })
+        .collect()
+}
+
+/// Reads a child's stdout line by line on a thread, so waits can time out.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    pub fn new(out: ChildStdout) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    /// Lines up to and including `want`; panics after `timeout`.
+    pub fn until(&self, want: &str, timeout: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.rx.recv_timeout(timeout) {
+                Ok(l) if l == want => return seen,
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("waiting for {want:?}: {e} (saw {seen:?})"),
+            }
+        }
+    }
+}
+
+/// Parses the fixture's "site <name> <addr>" lines.
+pub fn parse_sites(lines: &[String]) -> HashMap<String, u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "site").then_some(())?;
+            let name = f.next()?.to_string();
+            let addr = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+            Some((name, addr))
+        })
+        .collect()
+}
+
+/// Sends one byte to a fixture's stdin.
+pub fn poke(stdin: &mut ChildStdin) {
+    stdin.write_all(b"x").unwrap();
+    stdin.flush().unwrap();
+}
+
+/// Waits for the offheap stderr line that says every probe is attached;
+/// returns it. Reads stderr on a thread and keeps the rest for later.
+pub struct Stderr {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Stderr {
+    pub fn new(err: std::process::ChildStderr) -> Stderr {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Stderr {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn wait_attached(&mut self, timeout: Duration) -> String {
+        loop {
+            match self.rx.recv_timeout(timeout) {
+                Ok(l) if l.starts_with("offheap: attached to PID") => return l,
+                Ok(l) => self.seen.push(l),
+                Err(e) => panic!(
+                    "offheap never attached: {e}; stderr so far: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Everything printed until stderr closes.
+    pub fn rest(mut self) -> Vec<String> {
+        while let Ok(l) = self.rx.recv_timeout(Duration::from_secs(60)) {
+            self.seen.push(l);
+        }
+        self.seen
+    }
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// Runs offheap to completion with the given arguments.
+pub fn offheap(args: &[&str]) -> Output {
+    Command::new(offheap_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn read_report(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading report {}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["schema"], "offheap.report.v1");
+    v
+}
+
+pub fn hex(s: &Value) -> u64 {
+    u64::from_str_radix(s.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Per-stack figures summed over a set of stacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub total_bytes: u64,
+    pub total_allocs: u64,
+}
+
+/// Sums the stacks of the report's first process whose first frame lies in
+/// [start, start + len].
+pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
+    let mut t = Totals::default();
+    for s in report["processes"][0]["stacks"].as_array().unwrap() {
+        let Some(f0) = s["frames"].as_array().and_then(|f| f.first()) else {
+            continue;
+        };
+        let a = hex(&f0["addr"]);
+        if a >= start && a <= start + len {
+            t.live_bytes += s["live_bytes"].as_u64().unwrap();
+            t.live_allocs += s["live_allocs"].as_u64().unwrap();
+            t.total_bytes += s["total_bytes"].as_u64().unwrap();
+            t.total_allocs += s["total_allocs"].as_u64().unwrap();
+        }
+    }
+    t
+}

@@ -1,8 +1,11 @@
 //! Turns what the kernel side counted into a per-process model of raw stacks
 //! (addresses, not names). Symbolization and classification happen later, in
 //! `report::build`, so that this module knows nothing about how reports look.
+pub mod counters;
+pub mod malloc;
 pub mod resident;
 pub mod unwind;
+pub mod vm;
 
 use crate::report::{Attribution, PreexistingLine, Quantiles, SeriesPoint};
 

@@ -1,6 +1,14 @@
 //! Front ends. Each one chooses targets and outputs, then hands over to the
 //! shared tracing session; none knows how a probe works.
-use crate::cli::Command;
+pub mod record;
+pub mod run;
+
+use std::time::Duration;
+
+use crate::{
+    cli::{Command, TraceOpts},
+    session::SessionOptions,
+};
 
 pub mod diff;
 pub mod report;
@@ -38,10 +46,36 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Record(args) => record::run(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Report(args) => report::run(&args),
         Command::Diff(args) => diff::run(&args),
-        Command::Record(_) | Command::Run(_) | Command::Watch(_) => {
+        Command::Watch(_) => {
             anyhow::bail!(StartError("not built yet".into()))
         }
     }
+}
+
+/// A positive, finite number of seconds.
+fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(UsageError(format!(
+            "{flag} must be a positive number of seconds, not {v}"
+        )))
+    }
+}
+
+/// Session options from the shared tracing flags.
+pub fn session_options(t: &TraceOpts) -> Result<SessionOptions, UsageError> {
+    Ok(SessionOptions {
+        mode: t.mode,
+        duration: t.duration.map(|d| seconds("--duration", d)).transpose()?,
+        interval: seconds("--interval", t.interval)?,
+        format: t.output.format,
+        output: t.output.output.clone(),
+        top: t.output.top,
+        value: t.output.value,
+    })
 }

@@ -1,0 +1,142 @@
+//! Errors before tracing starts: one clear line and the documented exit code.
+use std::{
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+};
+
+use offheap_e2e::*;
+
+fn one_error_line(stderr: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stderr).into_owned();
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got {s:?}");
+    assert!(lines[0].starts_with("offheap: error: "), "{s:?}");
+    lines[0].to_string()
+}
+
+/// A PID that is not in use: above the kernel's pid_max.
+fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    max + 1
+}
+
+#[test]
+fn unknown_pid_exits_2_with_one_line() {
+    let _lock = require_bpf();
+    let pid = unused_pid().to_string();
+    let o = offheap(&["record", "--pid", &pid, "--mode", "malloc"]);
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o.stderr);
+    assert!(
+        line.contains(&format!("no process with PID {pid}")),
+        "{line}"
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn non_root_exits_2_naming_the_missing_capabilities() {
+    let _lock = bpf_lock();
+    let mut cmd = Command::new(offheap_bin());
+    cmd.args(["record", "--pid", "1", "--mode", "malloc"])
+        .stdin(Stdio::null());
+    // SAFETY: only setgroups/setgid/setuid between fork and exec. Dropping to
+    // nobody clears the effective capabilities (capabilities(7)).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o.stderr);
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"] {
+        assert!(line.contains(cap), "{line}");
+    }
+    assert!(
+        line.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN"),
+        "{line}"
+    );
+}
+
+#[test]
+fn unwritable_output_exits_2_before_tracing() {
+    let _lock = require_bpf();
+    let me = std::process::id().to_string();
+    let o = offheap(&[
+        "record",
+        "--pid",
+        &me,
+        "--mode",
+        "malloc",
+        "--output",
+        "/proc/offheap-no-such-dir/r.json",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o.stderr);
+    assert!(line.contains("/proc/offheap-no-such-dir/r.json"), "{line}");
+}
+
+#[test]
+fn run_of_a_missing_command_exits_2() {
+    let _lock = require_bpf();
+    let o = offheap(&["run", "--mode", "malloc", "--", "offheap-no-such-command"]);
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o.stderr);
+    assert!(
+        line.contains("command not found: offheap-no-such-command"),
+        "{line}"
+    );
+}
+
+#[test]
+fn missing_pid_is_a_usage_error() {
+    let o = offheap(&["record", "--mode", "malloc"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn negative_duration_is_a_usage_error_not_a_panic() {
+    let o = offheap(&["record", "--pid", "1", "--mode", "malloc", "--duration=-1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_error_line(&o.stderr);
+    assert!(
+        line.contains("--duration must be a positive number"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_thread_id_is_refused_with_its_process_id() {
+    let _lock = require_bpf();
+    // A thread that lives until told to end.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let _ = end_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    let pid = std::process::id();
+    assert_ne!(tid, pid);
+    let o = offheap(&["record", "--pid", &tid.to_string(), "--mode", "malloc"]);
+    end_tx.send(()).unwrap();
+    t.join().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o.stderr);
+    assert!(
+        line.contains(&format!("PID {tid} is a thread of process {pid}")),
+        "{line}"
+    );
+}

@@ -1,0 +1,167 @@
+//! The layout of every struct in `tracer-ebpf/include/offheap.h` must equal its
+//! Rust mirror: compile a C program that includes the header with the host
+//! `cc`, print each sizeof/offsetof, and compare with size_of/offset_of!.
+use std::{collections::BTreeMap, mem::offset_of, mem::size_of, path::PathBuf, process::Command};
+
+use tracer_common::*;
+
+/// (C expression, Rust value) for every size and offset the BPF side relies on.
+macro_rules! layout {
+    ($($cty:literal $rty:ty { $($f:ident),* })*) => {{
+        let mut v: Vec<(String, usize)> = Vec::new();
+        $(
+            v.push((format!("sizeof(struct {})", $cty), size_of::<$rty>()));
+            $( v.push((format!("offsetof(struct {}, {})", $cty, stringify!($f)), offset_of!($rty, $f))); )*
+        )*
+        v
+    }};
+}
+
+fn rust_layout() -> Vec<(String, usize)> {
+    layout! {
+        "target_info" TargetInfo { flags, _pad }
+        "stack_key" StackKey { tgid, stack_id, caller }
+        "stack_ips" StackIps { nr, ips }
+        "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs }
+        "alloc_key" AllocKey { tgid, _pad, addr }
+        "alloc_info" AllocInfo { size, ts_ns, stack }
+        "inflight" Inflight { size, old_ptr, out_ptr, kind, depth, stack, sp }
+        "event_header" EventHeader { kind, tgid, ts_ns }
+        "vm_event" VmEvent { hdr, addr, len, old_addr, old_len, flags, prot, stack }
+        "proc_event" ProcEvent { hdr, child_tgid, exit_code, comm }
+        "oom_event" OomEvent { hdr, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb, pgtables_kb, uid, oom_score_adj, _pad, comm }
+        "vm_args" VmArgs { addr, len, old_len, flags, prot, syscall, _pad, stack }
+    }
+}
+
+/// Constants that must agree too (C expression, Rust value).
+fn rust_constants() -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = vec![
+        ("OFFHEAP_MAX_TARGETS".into(), MAX_TARGETS.into()),
+        ("OFFHEAP_MAX_ALLOCS".into(), MAX_ALLOCS.into()),
+        ("OFFHEAP_MAX_STACK_STATS".into(), MAX_STACK_STATS.into()),
+        ("OFFHEAP_MAX_STACK_TRACES".into(), MAX_STACK_TRACES.into()),
+        ("OFFHEAP_MAX_INFLIGHT".into(), MAX_INFLIGHT.into()),
+        ("OFFHEAP_MAX_STACK_DEPTH".into(), MAX_STACK_DEPTH as u64),
+        ("OFFHEAP_EVENTS_BYTES".into(), EVENTS_BYTES.into()),
+        ("OFFHEAP_COMM_LEN".into(), COMM_LEN as u64),
+        (
+            "OFFHEAP_MAX_STACK_FALLBACK".into(),
+            MAX_STACK_FALLBACK.into(),
+        ),
+        ("OFFHEAP_STACK_ID_FALLBACK".into(), STACK_ID_FALLBACK as u64),
+        ("OFFHEAP_TARGET_MALLOC".into(), TARGET_MALLOC.into()),
+        ("OFFHEAP_TARGET_VM".into(), TARGET_VM.into()),
+        ("OFFHEAP_TARGET_FAULTS".into(), TARGET_FAULTS.into()),
+        ("OFFHEAP_CTR_MAX".into(), COUNTER_MAX.into()),
+        ("OFFHEAP_EV_MMAP".into(), event_kind::MMAP.into()),
+        ("OFFHEAP_EV_MUNMAP".into(), event_kind::MUNMAP.into()),
+        ("OFFHEAP_EV_MREMAP".into(), event_kind::MREMAP.into()),
+        ("OFFHEAP_EV_BRK".into(), event_kind::BRK.into()),
+        ("OFFHEAP_EV_MADVISE".into(), event_kind::MADVISE.into()),
+        ("OFFHEAP_EV_EXEC".into(), event_kind::EXEC.into()),
+        ("OFFHEAP_EV_EXIT".into(), event_kind::EXIT.into()),
+        (
+            "OFFHEAP_EV_OOM_VICTIM".into(),
+            event_kind::OOM_VICTIM.into(),
+        ),
+        ("OFFHEAP_EV_FORK".into(), event_kind::FORK.into()),
+        ("OFFHEAP_KIND_MALLOC".into(), AllocKind::Malloc as u64),
+        ("OFFHEAP_KIND_FREE".into(), AllocKind::Free as u64),
+        ("OFFHEAP_KIND_PVALLOC".into(), AllocKind::Pvalloc as u64),
+    ];
+    let c_names = [
+        "OFFHEAP_CTR_ALLOCS_FULL",
+        "OFFHEAP_CTR_STACK_STATS_FULL",
+        "OFFHEAP_CTR_STACK_ID_FAILED",
+        "OFFHEAP_CTR_INFLIGHT_FULL",
+        "OFFHEAP_CTR_EVENTS_LOST",
+        "OFFHEAP_CTR_FREE_UNKNOWN",
+        "OFFHEAP_CTR_READ_FAILED",
+        "OFFHEAP_CTR_FAULT_STATS_FULL",
+    ];
+    for (c, name) in Counter::ALL.iter().zip(c_names) {
+        v.push((name.into(), *c as u64));
+    }
+    v
+}
+
+fn c_values(tag: &str, exprs: &[String]) -> BTreeMap<String, u64> {
+    let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tracer-ebpf/include");
+    let dir = tempfile_dir(tag);
+    let src = dir.join("layout.c");
+    let bin = dir.join("layout");
+    let mut c = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"offheap.h\"\nint main(void) {\n",
+    );
+    for e in exprs {
+        c.push_str(&format!(
+            "    printf(\"%s=%llu\\n\", \"{e}\", (unsigned long long)({e}));\n"
+        ));
+    }
+    c.push_str("    return 0;\n}\n");
+    std::fs::write(&src, c).unwrap();
+    let out = Command::new("cc")
+        .arg(format!("-I{}", include.display()))
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .expect("running cc (install a C compiler)");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&bin).output().unwrap();
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once('=').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn tempfile_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("offheap-abi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn struct_layouts_match_the_c_header() {
+    let rust = rust_layout();
+    let exprs: Vec<String> = rust.iter().map(|(e, _)| e.clone()).collect();
+    let c = c_values("structs", &exprs);
+    let mismatches: Vec<String> = rust
+        .iter()
+        .filter(|(e, v)| c[e] != *v as u64)
+        .map(|(e, v)| format!("{e}: C {} != Rust {v}", c[e]))
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "ABI drift:\n{}",
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn constants_match_the_c_header() {
+    let rust = rust_constants();
+    let exprs: Vec<String> = rust.iter().map(|(e, _)| e.clone()).collect();
+    let c = c_values("consts", &exprs);
+    let mismatches: Vec<String> = rust
+        .iter()
+        .filter(|(e, v)| c[e] != *v)
+        .map(|(e, v)| format!("{e}: C {} != Rust {v}", c[e]))
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "ABI drift:\n{}",
+        mismatches.join("\n")
+    );
+}

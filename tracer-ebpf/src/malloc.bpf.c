@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Malloc mode: uprobe/uretprobe pairs on the malloc family and a uprobe on
+ * free, attached per PID to the allocator the target really uses. Included by
+ * offheap.bpf.c (maps and helpers live there).
+ *
+ * Per thread, `inflight` holds the outermost traced call: its arguments and the
+ * stack taken at entry (where [sp] still holds the return address into the
+ * caller). A traced call made inside another one (glibc's reallocarray calls
+ * realloc; aligned_alloc and memalign share one address) only bumps `depth`,
+ * so each user call is counted once, by its outermost function. */
+
+/* A request that cannot succeed: calloc/reallocarray overflow, which makes
+ * the allocator fail with ENOMEM and leave the old block alone. */
+#define OFFHEAP_SIZE_OVERFLOW (~0ULL)
+
+static __always_inline __u64 array_size(__u64 nmemb, __u64 size)
+{
+	__u64 product = nmemb * size;
+
+	/* Both below 2^32: the product fits. Otherwise check by division;
+	 * barrier_var keeps clang from turning the check into a 128-bit
+	 * multiply, which BPF lacks. */
+	if (!((nmemb | size) >> 32))
+		return product;
+	barrier_var(product);
+	if (nmemb && product / nmemb != size)
+		return OFFHEAP_SIZE_OVERFLOW;
+	return product;
+}
+
+static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 size,
+				       __u64 old_ptr, __u64 out_ptr)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u64 sp = PT_REGS_SP(ctx);
+
+	if (!(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
+		return 0;
+	struct inflight *cur = inflight_of(&pid_tgid, sp);
+	if (cur) {
+		/* Only this thread ever touches its own entry. */
+		cur->depth++;
+		return 0;
+	}
+	struct inflight in = {
+		.sp = sp,
+		.size = size,
+		.old_ptr = old_ptr,
+		.out_ptr = out_ptr,
+		.kind = kind,
+		.depth = 1,
+	};
+	take_stack(ctx, &in.stack, tgid, sp);
+	if (bpf_map_update_elem(&inflight, &pid_tgid, &in, BPF_ANY) < 0)
+		count(OFFHEAP_CTR_INFLIGHT_FULL);
+	return 0;
+}
+
+/* Drops an outstanding allocation; returns 1 when it was known. */
+static __always_inline int forget(__u32 tgid, __u64 addr)
+{
+	struct alloc_key k = { .tgid = tgid, .addr = addr };
+	struct alloc_info *info = bpf_map_lookup_elem(&allocs, &k);
+
+	if (!info)
+		return 0;
+	__u64 size = info->size;
+	struct stack_key stack = info->stack;
+	/* A failed delete means another thread freed the same address first:
+	 * it did the accounting. */
+	if (bpf_map_delete_elem(&allocs, &k) < 0)
+		return 1;
+	struct stack_stats *st = bpf_map_lookup_elem(&stack_stats, &stack);
+	if (st) {
+		__sync_fetch_and_add(&st->live_bytes, -size);
+		__sync_fetch_and_add(&st->live_allocs, -1);
+	}
+	return 1;
+}
+
+static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct stack_key *stack)
+{
+	struct alloc_key k = { .tgid = tgid, .addr = addr };
+
+	/* The address is handed out again, so its previous owner was freed by
+	 * a path we did not see: retire it rather than keep it live forever. */
+	forget(tgid, addr);
+
+	struct stack_stats *st = stats_of(stack);
+	if (!st)
+		return;
+	__sync_fetch_and_add(&st->total_bytes, size);
+	__sync_fetch_and_add(&st->total_allocs, 1);
+
+	struct alloc_info info = {
+		.size = size,
+		.ts_ns = bpf_ktime_get_ns(),
+		.stack = *stack,
+	};
+	if (bpf_map_update_elem(&allocs, &k, &info, BPF_ANY) < 0) {
+		/* Untracked: counting it live would leave it live forever. */
+		count(OFFHEAP_CTR_ALLOCS_FULL);
+		return;
+	}
+	__sync_fetch_and_add(&st->live_bytes, size);
+	__sync_fetch_and_add(&st->live_allocs, 1);
+}
+
+static __always_inline int alloc_exit(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	struct inflight *cur = bpf_map_lookup_elem(&inflight, &pid_tgid);
+
+	if (!cur)
+		return 0;
+	if (cur->depth > 1) {
+		cur->depth--;
+		return 0;
+	}
+	struct inflight in = *cur;
+	bpf_map_delete_elem(&inflight, &pid_tgid);
+
+	__u64 addr = PT_REGS_RC(ctx);
+	switch (in.kind) {
+	case OFFHEAP_KIND_REALLOC:
+	case OFFHEAP_KIND_REALLOCARRAY:
+		/* C17 7.22.3.5 and glibc: on success the old block is gone
+		 * (possibly at the same address); realloc(p, 0) frees p and
+		 * returns NULL; on failure the old block is untouched. */
+		if (in.old_ptr && (addr || in.size == 0))
+			forget(tgid, in.old_ptr);
+		break;
+	case OFFHEAP_KIND_POSIX_MEMALIGN:
+		/* Returns an int error number; the block is written to *memptr
+		 * only on success (0). */
+		if ((int)addr != 0)
+			return 0;
+		if (bpf_probe_read_user(&addr, sizeof(addr), (void *)in.out_ptr) < 0) {
+			count(OFFHEAP_CTR_READ_FAILED);
+			return 0;
+		}
+		break;
+	default:
+		break;
+	}
+	if (addr)
+		remember(tgid, addr, in.size, &in.stack);
+	return 0;
+}
+
+SEC("uprobe")
+int malloc_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_MALLOC, PT_REGS_PARM1(ctx), 0, 0);
+}
+
+SEC("uprobe")
+int calloc_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_CALLOC,
+			   array_size(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx)), 0, 0);
+}
+
+SEC("uprobe")
+int realloc_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_REALLOC, PT_REGS_PARM2(ctx), PT_REGS_PARM1(ctx), 0);
+}
+
+SEC("uprobe")
+int reallocarray_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_REALLOCARRAY,
+			   array_size(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx)), PT_REGS_PARM1(ctx), 0);
+}
+
+SEC("uprobe")
+int posix_memalign_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_POSIX_MEMALIGN, PT_REGS_PARM3(ctx), 0,
+			   PT_REGS_PARM1(ctx));
+}
+
+SEC("uprobe")
+int aligned_alloc_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_ALIGNED_ALLOC, PT_REGS_PARM2(ctx), 0, 0);
+}
+
+SEC("uprobe")
+int memalign_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_MEMALIGN, PT_REGS_PARM2(ctx), 0, 0);
+}
+
+SEC("uprobe")
+int valloc_enter(struct pt_regs *ctx)
+{
+	return alloc_enter(ctx, OFFHEAP_KIND_VALLOC, PT_REGS_PARM1(ctx), 0, 0);
+}
+
+SEC("uprobe")
+int pvalloc_enter(struct pt_regs *ctx)
+{
+	/* pvalloc hands out whole pages: glibc rounds the request up to the
+	 * page size (ALIGN_UP(bytes, pagesize) in malloc.c), and so do we. */
+	__u64 size = PT_REGS_PARM1(ctx);
+	__u64 page = page_size ? page_size : 4096;
+
+	return alloc_enter(ctx, OFFHEAP_KIND_PVALLOC, (size + page - 1) / page * page, 0, 0);
+}
+
+SEC("uretprobe") int malloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int calloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int realloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int reallocarray_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int posix_memalign_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int aligned_alloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int memalign_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int valloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uretprobe") int pvalloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+
+SEC("uprobe")
+int free_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u64 addr = PT_REGS_PARM1(ctx);
+
+	if (!addr || !(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
+		return 0;
+	/* glibc's realloc(p, 0) calls __libc_free, which is free's address:
+	 * the outer realloc accounts for p at its return. */
+	if (inflight_of(&pid_tgid, PT_REGS_SP(ctx)))
+		return 0;
+	if (!forget(tgid, addr))
+		count(OFFHEAP_CTR_FREE_UNKNOWN);
+	return 0;
+}
