@@ -1,0 +1,211 @@
+//! Resident mode's session (the default mode): attach the page-fault and
+//! mapping tracepoints of fault.bpf.c, keep the ring buffer drained into the
+//! `accounting::resident` models, take one sample per --interval (RSS, the
+//! buckets, growth per stack), and build the report from the last sample.
+//! No uprobes: nothing is attached to the allocator.
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::programs::TracePoint;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracer_common::{resident_programs, TARGET_FAULTS};
+
+use super::{procinfo, spawn, Outcome, SessionOptions, SessionSymbolizer, StopReason, Target};
+use crate::{
+    accounting::{
+        self,
+        resident::{classifier, ResidentSet},
+    },
+    commands::StartError,
+    probes::{preflight, LoadConfig, Probes},
+    report::{self, build::Meta},
+};
+
+/// Default 1-in-N sampling of first-touch stacks (`OFFHEAP_FAULT_SAMPLE`
+/// overrides; 1 takes every page). Mapping attribution is always exact.
+pub const DEFAULT_FAULT_SAMPLE: u32 = 1;
+
+fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(StartError(e.to_string()))
+}
+
+/// The ring buffer's fd, for AsyncFd (the ring buffer itself stays in the set).
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+fn attach_tracepoints(probes: &mut Probes) -> Result<Vec<aya::programs::trace_point::TracePointLinkId>> {
+    let mut ids = Vec::new();
+    for (name, category, event) in resident_programs::ALL {
+        let prog: &mut TracePoint = probes
+            .ebpf_mut()
+            .program_mut(name)
+            .ok_or_else(|| start_err(format!("BPF program {name} is missing from the object")))?
+            .try_into()
+            .map_err(start_err)?;
+        prog.load()
+            .map_err(|e| start_err(format!("loading {name}: {e}")))?;
+        ids.push(
+            prog.attach(category, event)
+                .map_err(|e| start_err(format!("attaching {name} to {category}/{event}: {e}")))?,
+        );
+    }
+    Ok(ids)
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: plain syscall; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned by the OwnedFd, which the AsyncFd
+    // owns until it is dropped.
+    unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.map_err(|e| e.into_parts().1)
+}
+
+pub async fn trace(
+    target: Target,
+    opts: &SessionOptions,
+    sym: &mut dyn SessionSymbolizer,
+) -> Result<Outcome> {
+    if let Some(out) = &opts.output {
+        report::write::check_writable(out).map_err(start_err)?;
+    }
+    preflight::check().map_err(start_err)?;
+    let (pid, mut child, comm_hint) = match &target {
+        Target::Pid(pid) => (*pid, None, None),
+        Target::Command(argv) => {
+            let exe = spawn::resolve(&argv[0]).map_err(start_err)?;
+            let child = spawn::spawn_held(argv).map_err(start_err)?;
+            let comm = spawn::comm_of(&exe);
+            (child.pid, Some(child), Some(comm))
+        }
+    };
+    let setup = || -> Result<(Probes, ResidentSet)> {
+        let mut probes = Probes::load(&LoadConfig::from_env()).map_err(start_err)?;
+        let mut set = ResidentSet::new(probes.ebpf_mut()).map_err(start_err)?;
+        let every = std::env::var("OFFHEAP_FAULT_SAMPLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_FAULT_SAMPLE);
+        set.set_sample_every(every).map_err(start_err)?;
+        attach_tracepoints(&mut probes)?;
+        probes.add_target(pid, TARGET_FAULTS).map_err(start_err)?;
+        Ok((probes, set))
+    };
+    let (mut probes, mut set) = match setup() {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(c) = child.take() {
+                c.abort();
+            }
+            return Err(e);
+        }
+    };
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            if let Some(c) = child.take() {
+                c.abort();
+            }
+            return Err(start_err(format!("no process with PID {pid} ({e})")));
+        }
+    };
+    let comm = match &comm_hint {
+        Some(c) => c.clone(),
+        None => procinfo::snapshot(pid).map(|p| p.comm).unwrap_or_default(),
+    };
+    if let Some(c) = child.as_mut() {
+        if let Err(e) = c.release(&comm) {
+            let _ = spawn::reap(c.pid);
+            return Err(start_err(e));
+        }
+    }
+    // After exec: the model's baseline and module list are the new image's.
+    set.add(pid)
+        .map_err(|e| start_err(format!("starting resident accounting of PID {pid}: {e}")))?;
+    eprintln!("offheap: attached to PID {pid} ({comm}), mode resident");
+    let started = Instant::now();
+    sym.on_attached(pid);
+
+    let stop = wait(opts, pid, &pidfd, &mut set, sym).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    probes.remove_target(pid).map_err(anyhow::Error::new)?;
+    let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
+    sym.on_stop(pid, exited);
+    let child_status = child.as_ref().and_then(|c| spawn::reap(c.pid));
+    let mut raws = set.finish_all(&mut classifier(sym));
+    for r in &mut raws {
+        r.exited |= exited;
+        if r.comm.is_empty() {
+            r.comm = comm.clone();
+        }
+    }
+    let (counters, dropped_events) =
+        accounting::counters::read(probes.ebpf()).context("reading the error counters")?;
+    let meta = Meta {
+        mode: opts.mode,
+        duration_secs: elapsed,
+        counters,
+        dropped_events,
+    };
+    let report = report::build::assemble(meta, raws, sym);
+    Ok(Outcome {
+        report,
+        stop,
+        child_status,
+        probes,
+    })
+}
+
+async fn wait(
+    opts: &SessionOptions,
+    pid: u32,
+    pidfd: &AsyncFd<OwnedFd>,
+    set: &mut ResidentSet,
+    sym: &mut dyn SessionSymbolizer,
+) -> Result<StopReason> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    // SAFETY: the ring buffer (in `set`) owns the fd and keeps it open,
+    // unchanged, for longer than this AsyncFd, which is dropped on return.
+    let ring = unsafe { AsyncFd::register(RingFd(set.ring_fd())) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the fault_events ring buffer")?;
+    let deadline = async {
+        match opts.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Ok(StopReason::Duration),
+            _ = sigint.recv() => return Ok(StopReason::Signal),
+            _ = sigterm.recv() => return Ok(StopReason::Signal),
+            _ = pidfd.readable() => return Ok(StopReason::TargetExited),
+            guard = ring.readable() => {
+                let mut guard = guard.context("polling the fault_events ring buffer")?;
+                set.drain();
+                guard.clear_ready();
+            }
+            _ = ticker.tick() => {
+                sym.on_tick(pid);
+                set.sample(&mut classifier(sym));
+            }
+        }
+    }
+}
