@@ -44,7 +44,9 @@ impl AsRawFd for RingFd {
     }
 }
 
-fn attach_tracepoints(probes: &mut Probes) -> Result<Vec<aya::programs::trace_point::TracePointLinkId>> {
+fn attach_tracepoints(
+    probes: &mut Probes,
+) -> Result<Vec<aya::programs::trace_point::TracePointLinkId>> {
     let mut ids = Vec::new();
     for (name, category, event) in resident_programs::ALL {
         let prog: &mut TracePoint = probes
