@@ -1,10 +1,15 @@
 //! Resident mode's session (the default mode): attach the page-fault and
 //! mapping tracepoints of fault.bpf.c, keep the ring buffer drained into the
-//! `accounting::resident` models, take one sample per --interval (RSS, the
-//! buckets, growth per stack), and build the report from the last sample.
+//! `accounting::resident` models (on a thread of its own), take one sample
+//! per --interval (RSS, the buckets, growth per stack), and build the report
+//! from the last sample.
 //! No uprobes: nothing is attached to the allocator.
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -33,15 +38,6 @@ pub const DEFAULT_FAULT_SAMPLE: u32 = 1;
 
 fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(StartError(e.to_string()))
-}
-
-/// The ring buffer's fd, for AsyncFd (the ring buffer itself stays in the set).
-struct RingFd(RawFd);
-
-impl AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
 }
 
 fn attach_tracepoints(
@@ -137,17 +133,20 @@ pub async fn trace(
     // After exec: the model's baseline and module list are the new image's.
     set.add(pid)
         .map_err(|e| start_err(format!("starting resident accounting of PID {pid}: {e}")))?;
+    let set = Arc::new(Mutex::new(set));
+    let drainer = Drainer::start(set.clone());
     eprintln!("offheap: attached to PID {pid} ({comm}), mode resident");
     let started = Instant::now();
     sym.on_attached(pid);
 
-    let stop = wait(opts, pid, &pidfd, &mut set, sym).await?;
+    let stop = wait(opts, pid, &pidfd, &set, sym).await?;
     let elapsed = started.elapsed().as_secs_f64();
     probes.remove_target(pid).map_err(anyhow::Error::new)?;
     let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
     sym.on_stop(pid, exited);
     let child_status = child.as_ref().and_then(|c| spawn::reap(c.pid));
-    let mut raws = set.finish_all(&mut classifier(sym));
+    drop(drainer);
+    let mut raws = lock(&set).finish_all(&mut classifier(sym));
     for r in &mut raws {
         r.exited |= exited;
         if r.comm.is_empty() {
@@ -171,20 +170,59 @@ pub async fn trace(
     })
 }
 
+/// Drains the ring buffer on its own thread, so that a slow step of the
+/// session (the symbolizer parsing node's debug info at attach, a sample)
+/// never lets the ring buffer overflow.
+struct Drainer {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drainer {
+    fn start(set: Arc<Mutex<ResidentSet>>) -> Drainer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("offheap-drain".into())
+            .spawn(move || {
+                let fd = set.lock().map(|g| g.ring_fd()).unwrap_or(-1);
+                while !s.load(Ordering::Relaxed) {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the fd stays open while the
+                    // set (shared with this thread) lives.
+                    unsafe { libc::poll(&mut p, 1, 20) };
+                    if let Ok(mut g) = set.lock() {
+                        g.drain();
+                    }
+                }
+            })
+            .ok();
+        Drainer { stop, handle }
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 async fn wait(
     opts: &SessionOptions,
     pid: u32,
     pidfd: &AsyncFd<OwnedFd>,
-    set: &mut ResidentSet,
+    set: &Arc<Mutex<ResidentSet>>,
     sym: &mut dyn SessionSymbolizer,
 ) -> Result<StopReason> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    // SAFETY: the ring buffer (in `set`) owns the fd and keeps it open,
-    // unchanged, for longer than this AsyncFd, which is dropped on return.
-    let ring = unsafe { AsyncFd::register(RingFd(set.ring_fd())) }
-        .map_err(|e| e.into_parts().1)
-        .context("polling the fault_events ring buffer")?;
     let deadline = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -199,15 +237,16 @@ async fn wait(
             _ = sigint.recv() => return Ok(StopReason::Signal),
             _ = sigterm.recv() => return Ok(StopReason::Signal),
             _ = pidfd.readable() => return Ok(StopReason::TargetExited),
-            guard = ring.readable() => {
-                let mut guard = guard.context("polling the fault_events ring buffer")?;
-                set.drain();
-                guard.clear_ready();
-            }
             _ = ticker.tick() => {
                 sym.on_tick(pid);
-                set.sample(&mut classifier(sym));
+                lock(set).sample(&mut classifier(sym));
             }
         }
     }
+}
+
+fn lock(set: &Mutex<ResidentSet>) -> std::sync::MutexGuard<'_, ResidentSet> {
+    // A panic on the drain thread leaves the data as consistent as a drain
+    // that stopped between two records: keep going.
+    set.lock().unwrap_or_else(|e| e.into_inner())
 }
