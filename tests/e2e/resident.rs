@@ -159,7 +159,7 @@ fn run_node_buffer_leak_is_attributed_to_the_array_buffer_allocator() {
         .arg(&out)
         .args(["--", "node"])
         .arg(workspace().join("tests/fixtures/buffer_leak.js"))
-        .args(["200", "1000"])
+        .args(["200", "3000"])
         .current_dir(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -135,11 +135,17 @@ pub async fn trace(
         .map_err(|e| start_err(format!("starting resident accounting of PID {pid}: {e}")))?;
     let set = Arc::new(Mutex::new(set));
     let drainer = Drainer::start(set.clone());
+    // Before saying "attached": a Ctrl-C from then on must end tracing
+    // gracefully, even while the symbolizer is still reading debug info.
+    let signals = Signals {
+        int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+    };
     eprintln!("offheap: attached to PID {pid} ({comm}), mode resident");
     let started = Instant::now();
     sym.on_attached(pid);
 
-    let stop = wait(opts, pid, &pidfd, &set, sym).await?;
+    let stop = wait(opts, pid, &pidfd, &set, sym, signals).await?;
     let elapsed = started.elapsed().as_secs_f64();
     probes.remove_target(pid).map_err(anyhow::Error::new)?;
     let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
@@ -214,15 +220,19 @@ impl Drop for Drainer {
     }
 }
 
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
 async fn wait(
     opts: &SessionOptions,
     pid: u32,
     pidfd: &AsyncFd<OwnedFd>,
     set: &Arc<Mutex<ResidentSet>>,
     sym: &mut dyn SessionSymbolizer,
+    mut signals: Signals,
 ) -> Result<StopReason> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let deadline = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -234,8 +244,8 @@ async fn wait(
     loop {
         tokio::select! {
             _ = &mut deadline => return Ok(StopReason::Duration),
-            _ = sigint.recv() => return Ok(StopReason::Signal),
-            _ = sigterm.recv() => return Ok(StopReason::Signal),
+            _ = signals.int.recv() => return Ok(StopReason::Signal),
+            _ = signals.term.recv() => return Ok(StopReason::Signal),
             _ = pidfd.readable() => return Ok(StopReason::TargetExited),
             _ = ticker.tick() => {
                 sym.on_tick(pid);
