@@ -3,6 +3,8 @@
 //! `report::build`, so that this module knows nothing about how reports look.
 pub mod counters;
 pub mod malloc;
+pub mod resident;
+pub mod unwind;
 pub mod vm;
 
 use crate::report::{Attribution, PreexistingLine, Quantiles, SeriesPoint};
