@@ -506,6 +506,10 @@ impl Resident {
             .filter(|s| s.peak_pages > 0)
             .map(|s| RawStack {
                 ips: s.ips.clone(),
+                // A first-touch stack starts at the faulting instruction; a
+                // mapping's stack starts after the mmap `syscall` instruction,
+                // a return address like the others.
+                leaf_is_ip: s.attribution == Attribution::FirstTouch,
                 live_bytes: s.pages * PAGE,
                 live_allocs: s.pages,
                 total_bytes: s.peak_pages * PAGE,
