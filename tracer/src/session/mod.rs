@@ -73,7 +73,26 @@ impl SessionSymbolizer for NoSymbols {}
 /// The symbolizer every tracing front end uses: the one place to plug in
 /// `symbols::Symbolizer` (frames carry only addresses until then).
 pub fn new_symbolizer() -> Box<dyn SessionSymbolizer> {
-    Box::new(NoSymbols)
+    Box::new(crate::symbols::Symbolizer::new())
+}
+
+/// Modules are opened while the process lives (so that a process that has
+/// died, or whose binary was replaced, still symbolizes), and re-read when it
+/// maps new code (an addon's dlopen, libraries loaded after `run`'s exec).
+impl SessionSymbolizer for crate::symbols::Symbolizer {
+    fn on_attached(&mut self, pid: u32) {
+        if let Err(e) = self.capture(pid) {
+            log::warn!("symbols of PID {pid}: {e}");
+        }
+    }
+    fn on_tick(&mut self, pid: u32) {
+        let _ = self.refresh(pid);
+    }
+    fn on_stop(&mut self, pid: u32, exited: bool) {
+        if !exited {
+            let _ = self.refresh(pid);
+        }
+    }
 }
 
 /// Why tracing stopped.
