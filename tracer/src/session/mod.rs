@@ -113,7 +113,7 @@ pub struct Outcome {
     pub probes: Probes,
 }
 
-fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(StartError(e.to_string()))
 }
 
@@ -275,7 +275,8 @@ fn attach(pid: u32, alloc: &probes::Allocator) -> Result<(Probes, AsyncFd<RingBu
     Ok((probes, fd))
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+/// A pidfd of the target: it becomes readable when the process exits.
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; the returned fd is owned below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
