@@ -1,0 +1,524 @@
+//! The `watch` agent: one loaded BPF object tracing many processes. Targets
+//! come from a /proc scan at start and then from EXEC events (never from
+//! polling /proc); an EXIT drops everything kept about a process. Every
+//! interval each target's report is rebuilt (metrics, `/report?pid=N`, its
+//! growth series) and each tracked cgroup's usage is checked against its
+//! limit; an OOM kill of a target writes its post-mortem.
+mod caps;
+mod malloc;
+mod ring;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::Write,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::{maps, StackKey};
+
+use crate::{
+    accounting::{self, RawProcess},
+    commands::StartError,
+    daemon::{
+        cgroup::Mounts,
+        lifecycle::{self, LifecycleEvent, OomVictim},
+        metrics::{self, MetricsState},
+        oom::{self, Owner, PreOomWatch},
+        targets::{Selector, Tracked},
+    },
+    probes::{preflight, LoadConfig, Probes},
+    report::{self, build::Meta, Format, Mode, ProcessReport, RenderOptions, Report, SeriesPoint},
+    session::procinfo,
+    symbols::Symbolizer,
+};
+
+use malloc::{KeyedStack, MallocTargets};
+use ring::{RingEvent, RingReader};
+
+/// Counter added to each report's `counters`: stacks dropped by the caps.
+pub const STACKS_EVICTED: &str = "stacks_evicted";
+/// Points kept in a process's growth series (an hour at the default interval).
+const MAX_SERIES_POINTS: usize = 3600;
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub selector: Selector,
+    pub oom_dir: Option<PathBuf>,
+    pub warn_at: f64,
+    pub listen: String,
+    pub mode: Mode,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub max_stacks_per_process: usize,
+    pub max_stacks_total: usize,
+}
+
+/// One traced process.
+struct Target {
+    tracked: Tracked,
+    /// Latest /proc facts, kept for after it dies.
+    info: procinfo::ProcInfo,
+    series: Vec<SeriesPoint>,
+    /// CLOCK_MONOTONIC when tracing started: older EXEC records are stale.
+    since_ns: u64,
+}
+
+/// Latest JSON report per pid, read by the metrics thread.
+type Latest = Arc<Mutex<HashMap<u32, Arc<Vec<u8>>>>>;
+
+fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(StartError(e.to_string()))
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own. CLOCK_MONOTONIC
+    // is the clock of bpf_ktime_get_ns(), which stamps the ring's records.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct Agent {
+    opts: AgentOptions,
+    mounts: Mounts,
+    probes: Probes,
+    malloc: MallocTargets,
+    sym: Symbolizer,
+    targets: BTreeMap<u32, Target>,
+    metrics: Arc<MetricsState>,
+    latest: Latest,
+    preoom: PreOomWatch,
+    started: Instant,
+    evicted: u64,
+}
+
+/// Runs the agent until SIGINT, SIGTERM or --duration.
+pub async fn run(opts: AgentOptions) -> Result<()> {
+    if opts.mode != Mode::Malloc {
+        return Err(start_err(
+            "watch --mode resident is not available yet; use --mode malloc",
+        ));
+    }
+    if opts.selector.is_empty() {
+        return Err(anyhow::Error::new(crate::commands::UsageError(
+            "watch needs at least one of --cgroup, --comm, --all-node".into(),
+        )));
+    }
+    if let Some(dir) = &opts.oom_dir {
+        if !dir.is_dir() {
+            return Err(start_err(format!(
+                "--oom-dir {} is not a directory",
+                dir.display()
+            )));
+        }
+    }
+    preflight::check().map_err(start_err)?;
+    let mounts = Mounts::of_this_host().map_err(start_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(start_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(start_err)?;
+
+    let metrics = MetricsState::new().map_err(start_err)?;
+    let server = metrics::serve(&opts.listen, Arc::clone(&metrics)).map_err(start_err)?;
+    eprintln!("offheap: serving metrics on http://{}/metrics", server.addr);
+    let latest: Latest = Arc::default();
+    let l = Arc::clone(&latest);
+    metrics.set_report_provider(Box::new(move |pid| {
+        let m = l.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&pid).map(|j| j.as_ref().clone())
+    }));
+
+    let cfg = LoadConfig {
+        watch_exec: true,
+        ..LoadConfig::from_env()
+    };
+    let mut probes = Probes::load(&cfg).map_err(start_err)?;
+    lifecycle::attach(probes.ebpf_mut()).map_err(start_err)?;
+    probes.attach_vm().map_err(start_err)?;
+    let map = probes
+        .ebpf_mut()
+        .take_map(maps::EVENTS)
+        .ok_or_else(|| start_err("BPF map events is missing from the object"))?;
+    // Started before the scan: a process exec'd during it is not missed.
+    let (_reader, mut events) = RingReader::start(map).map_err(start_err)?;
+
+    let mut agent = Agent {
+        preoom: PreOomWatch::new(opts.warn_at),
+        opts,
+        mounts,
+        probes,
+        malloc: MallocTargets::default(),
+        sym: Symbolizer::new(),
+        targets: BTreeMap::new(),
+        metrics: Arc::clone(&metrics),
+        latest,
+        started: Instant::now(),
+        evicted: 0,
+    };
+    for p in agent.opts.selector.scan(&agent.mounts) {
+        agent.add(p.pid);
+    }
+    metrics.set_ready(true);
+    eprintln!(
+        "offheap: watching {} processes, mode {}",
+        agent.targets.len(),
+        agent.opts.mode.as_str()
+    );
+
+    let duration = agent.opts.duration;
+    let deadline = async move {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(agent.opts.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            ev = events.recv() => match ev {
+                Some(ev) => agent.handle(ev),
+                None => anyhow::bail!("the ring buffer thread stopped"),
+            },
+            _ = ticker.tick() => agent.tick(),
+        }
+    }
+    metrics.set_ready(false);
+    server.shutdown();
+    Ok(())
+}
+
+impl Agent {
+    /// Starts tracing `pid` if it still exists; failures are logged, the
+    /// agent goes on with the others.
+    fn add(&mut self, pid: u32) {
+        let Some(tracked) = Tracked::new(pid, &self.mounts) else {
+            return;
+        };
+        let since_ns = monotonic_ns();
+        let module = match self.malloc.add(&mut self.probes, pid) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!(
+                    "offheap: cannot trace PID {pid} ({}): {e}",
+                    tracked.info.comm
+                );
+                return;
+            }
+        };
+        // Captured now: at OOM or exit time /proc/PID/maps is gone.
+        if let Err(e) = self.sym.capture(pid) {
+            log::warn!("symbols of PID {pid}: {e}");
+        }
+        eprintln!(
+            "offheap: tracing PID {pid} ({}), allocator {module}{}",
+            tracked.info.comm,
+            tracked
+                .cgroup
+                .as_ref()
+                .map(|c| format!(", cgroup {}", c.path))
+                .unwrap_or_default()
+        );
+        let info = procinfo::snapshot(pid).unwrap_or_default();
+        self.targets.insert(
+            pid,
+            Target {
+                tracked,
+                info,
+                series: Vec::new(),
+                since_ns,
+            },
+        );
+    }
+
+    /// Drops every trace of `pid`: probes, map entries, symbols, metrics.
+    fn remove(&mut self, pid: u32) -> Option<Target> {
+        let t = self.targets.remove(&pid)?;
+        self.malloc.remove(&mut self.probes, pid);
+        self.sym.forget(pid);
+        self.sym.prune();
+        self.metrics.remove_process(pid);
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
+        if let Some(cg) = &t.tracked.cgroup {
+            let still = self
+                .targets
+                .values()
+                .any(|o| o.tracked.cgroup.as_ref().map(|c| &c.path) == Some(&cg.path));
+            if !still {
+                self.preoom.forget(&cg.path);
+            }
+        }
+        Some(t)
+    }
+
+    fn handle(&mut self, ev: RingEvent) {
+        match ev {
+            RingEvent::Vm(v) => self.malloc.apply(&v),
+            RingEvent::Life(LifecycleEvent::Exec { tgid, ts_ns, .. }) => {
+                match self.targets.get(&tgid) {
+                    // Found by the scan after this exec: already right.
+                    Some(t) if ts_ns < t.since_ns => {}
+                    // A new program in a traced process: new allocator,
+                    // new modules, a new report.
+                    Some(_) => {
+                        self.remove(tgid);
+                        self.add_if_selected(tgid);
+                    }
+                    None => self.add_if_selected(tgid),
+                }
+            }
+            RingEvent::Life(LifecycleEvent::Exit {
+                tgid, wait_status, ..
+            }) => {
+                if let Some(t) = self.remove(tgid) {
+                    eprintln!(
+                        "offheap: PID {tgid} ({}) exited (wait status {wait_status})",
+                        t.info.comm
+                    );
+                }
+            }
+            RingEvent::Life(LifecycleEvent::Oom(v)) => self.oom(&v),
+            RingEvent::Life(LifecycleEvent::Fork { .. }) => {}
+        }
+    }
+
+    fn add_if_selected(&mut self, pid: u32) {
+        let selected = crate::daemon::targets::proc_info(pid, &self.mounts)
+            .is_some_and(|p| self.opts.selector.matches(&p));
+        if selected {
+            self.add(pid);
+        }
+    }
+
+    fn meta(&mut self) -> Meta {
+        let (mut counters, dropped) = accounting::counters::read(self.probes.ebpf())
+            .map_err(|e| log::warn!("reading the error counters: {e}"))
+            .unwrap_or_default();
+        counters.insert(STACKS_EVICTED.to_string(), self.evicted);
+        self.metrics
+            .set_dropped_events_total(dropped + self.evicted);
+        Meta {
+            mode: self.opts.mode,
+            duration_secs: self.started.elapsed().as_secs_f64(),
+            counters,
+            dropped_events: dropped,
+        }
+    }
+
+    /// Stacks of every target, with the caps applied (evicted stacks are
+    /// deleted from the maps and counted).
+    fn read_capped(&mut self) -> HashMap<u32, Vec<KeyedStack>> {
+        let mut all = match self.malloc.read(&self.probes) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("offheap: reading the stacks: {e}");
+                return HashMap::new();
+            }
+        };
+        let sizes: HashMap<u32, Vec<caps::Sized>> = all
+            .iter()
+            .map(|(pid, list)| {
+                let v = list
+                    .iter()
+                    .map(|k| caps::Sized {
+                        live_bytes: k.stack.live_bytes,
+                        total_bytes: k.stack.total_bytes,
+                        evictable: !k.keys.is_empty(),
+                    })
+                    .collect();
+                (*pid, v)
+            })
+            .collect();
+        let evict = caps::choose(
+            &sizes,
+            self.opts.max_stacks_per_process,
+            self.opts.max_stacks_total,
+        );
+        if evict.is_empty() {
+            return all;
+        }
+        let mut keys: HashSet<StackKey> = HashSet::new();
+        for (pid, list) in all.iter_mut() {
+            let mut i = 0;
+            list.retain(|k| {
+                let gone = evict.contains(&(*pid, i));
+                i += 1;
+                if gone {
+                    keys.extend(k.keys.iter().copied());
+                }
+                !gone
+            });
+        }
+        self.evicted += evict.len() as u64;
+        if let Err(e) = self.malloc.evict(&mut self.probes, &keys) {
+            eprintln!("offheap: deleting evicted stacks: {e}");
+        }
+        all
+    }
+
+    fn raw(&self, pid: u32, t: &Target, stacks: Vec<KeyedStack>) -> RawProcess {
+        RawProcess {
+            pid,
+            comm: t.info.comm.clone(),
+            exe: t.info.exe.clone(),
+            rss_bytes: t.info.rss_bytes,
+            exited: false,
+            stacks: stacks.into_iter().map(|k| k.stack).collect(),
+            series: t.series.clone(),
+            cgroup: t.tracked.cgroup.as_ref().map(|c| c.path.clone()),
+            ..RawProcess::default()
+        }
+    }
+
+    /// One interval: every target's report, metrics, series; then the
+    /// cgroups' pre-OOM check.
+    fn tick(&mut self) {
+        let mut stacks = self.read_capped();
+        let meta = self.meta();
+        let t_secs = meta.duration_secs;
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        let mut reports: HashMap<u32, ProcessReport> = HashMap::new();
+        for pid in pids {
+            let alive = procinfo::snapshot(pid);
+            if alive.is_some() {
+                if let Err(e) = self.sym.refresh(pid) {
+                    log::debug!("refreshing the symbols of PID {pid}: {e}");
+                }
+            }
+            let Some(t) = self.targets.get_mut(&pid) else {
+                continue;
+            };
+            if let Some(now) = alive {
+                t.info = now;
+            }
+            let t = &self.targets[&pid];
+            let raw = self.raw(pid, t, stacks.remove(&pid).unwrap_or_default());
+            let mut report =
+                report::build::assemble(self.copy_meta(&meta), vec![raw], &mut self.sym);
+            let Some(p) = report.processes.first_mut() else {
+                continue;
+            };
+            let point = SeriesPoint {
+                t_secs,
+                rss_bytes: p.rss_bytes,
+                buckets: p.buckets.clone(),
+            };
+            let t = self.targets.get_mut(&pid).expect("present above");
+            t.series.push(point.clone());
+            if t.series.len() > MAX_SERIES_POINTS {
+                t.series.remove(0);
+            }
+            p.series.push(point);
+            self.metrics.update_process(p, &t.tracked.labels);
+            match report::render(&report, Format::Json, &RenderOptions::default()) {
+                Ok(json) => {
+                    self.latest
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(pid, Arc::new(json));
+                }
+                Err(e) => log::warn!("rendering the report of PID {pid}: {e}"),
+            }
+            if let Some(p) = report.processes.pop() {
+                reports.insert(pid, p);
+            }
+        }
+        self.check_cgroups(&meta, &reports);
+    }
+
+    fn copy_meta(&self, m: &Meta) -> Meta {
+        Meta {
+            mode: m.mode,
+            duration_secs: m.duration_secs,
+            counters: m.counters.clone(),
+            dropped_events: m.dropped_events,
+        }
+    }
+
+    /// Writes a pre-OOM snapshot of a cgroup's targets once per upward
+    /// crossing of --warn-at.
+    fn check_cgroups(&mut self, meta: &Meta, reports: &HashMap<u32, ProcessReport>) {
+        let mut seen: HashSet<String> = HashSet::new();
+        let cgroups: Vec<_> = self
+            .targets
+            .values()
+            .filter_map(|t| t.tracked.cgroup.clone())
+            .filter(|c| seen.insert(c.path.clone()))
+            .collect();
+        for cg in cgroups {
+            let (Ok(usage), Ok(limit)) = (cg.usage_bytes(), cg.limit_bytes()) else {
+                continue;
+            };
+            if !self.preoom.observe(&cg.path, usage, limit) {
+                continue;
+            }
+            let (Some(dir), Some(limit)) = (&self.opts.oom_dir, limit) else {
+                continue;
+            };
+            let mut report = Report::new(meta.mode);
+            report.duration_secs = meta.duration_secs;
+            report.counters = meta.counters.clone();
+            report.dropped_events = meta.dropped_events;
+            for (pid, t) in &self.targets {
+                if t.tracked.cgroup.as_ref().map(|c| &c.path) == Some(&cg.path) {
+                    if let Some(p) = reports.get(pid) {
+                        report.processes.push(p.clone());
+                    }
+                }
+            }
+            let owner = Owner::of(Some(&cg));
+            match oom::write_preoom(dir, &report, &owner, usage, limit, SystemTime::now()) {
+                Ok(w) => say(&w.log_line),
+                Err(e) => eprintln!("offheap: writing the pre-OOM snapshot of {}: {e}", cg.path),
+            }
+        }
+    }
+
+    /// The kernel chose an OOM victim: a target's post-mortem is built from
+    /// what was captured while it lived (its maps may already be gone).
+    fn oom(&mut self, v: &OomVictim) {
+        self.metrics.inc_oom_kills();
+        if !self.targets.contains_key(&v.tgid) {
+            return;
+        }
+        let mut stacks = self.read_capped();
+        let meta = self.meta();
+        let t = &self.targets[&v.tgid];
+        let raw = self.raw(v.tgid, t, stacks.remove(&v.tgid).unwrap_or_default());
+        let cgroup = t.tracked.cgroup.clone();
+        let report = report::build::assemble(meta, vec![raw], &mut self.sym);
+        let Some(dir) = self.opts.oom_dir.clone() else {
+            let top = oom::top_off_heap(&report, Some(v.tgid))
+                .map(oom::describe_stack)
+                .unwrap_or_else(|| "no off-heap stack recorded".into());
+            say(&format!(
+                "offheap: OOM kill of pid {} ({}): no --oom-dir, no report written; top off-heap: {top}",
+                v.tgid, v.comm
+            ));
+            return;
+        };
+        match oom::postmortem(&dir, report, v, cgroup.as_ref(), SystemTime::now()) {
+            Ok((_, w)) => say(&w.log_line),
+            Err(e) => eprintln!("offheap: writing the post-mortem of PID {}: {e}", v.tgid),
+        }
+    }
+}
+
+/// One line on stdout, flushed at once: log collectors read it live.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
