@@ -27,7 +27,9 @@ pub fn own_memory_cgroup() -> PathBuf {
         .find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            ctrl.split(',').any(|c| c == "memory").then(|| path.to_string())
+            ctrl.split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
         })
         .expect("the watch tests need the v1 memory controller (/proc/self/cgroup)");
     let dir = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
@@ -53,9 +55,7 @@ impl Cgroup {
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let path = format!(
             "/{}",
-            dir.strip_prefix("/sys/fs/cgroup/memory")
-                .unwrap()
-                .display()
+            dir.strip_prefix("/sys/fs/cgroup/memory").unwrap().display()
         );
         let cg = Cgroup { dir, path, name };
         if let Some(l) = limit {
@@ -232,8 +232,17 @@ impl Agent {
     pub fn wait_tracing(&mut self, pid: u32) {
         let want = format!("offheap: tracing PID {pid} ");
         let failed = format!("offheap: cannot trace PID {pid} ");
-        let line = self.err.until(&want, T, |l| {
-            l.starts_with(&want) || l.starts_with(&failed)
+        // Targets start in any order: the line may have come already.
+        self.err.drain();
+        let earlier = self
+            .err
+            .seen
+            .iter()
+            .find(|l| l.starts_with(&want) || l.starts_with(&failed))
+            .cloned();
+        let line = earlier.unwrap_or_else(|| {
+            self.err
+                .until(&want, T, |l| l.starts_with(&want) || l.starts_with(&failed))
         });
         assert!(line.starts_with(&want), "{line}");
     }

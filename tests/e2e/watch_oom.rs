@@ -90,9 +90,7 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
     let pre_report = json(&pre_json);
     assert_eq!(pre_report["processes"][0]["pid"], pid);
     assert!(pre_report["oom"].is_null());
-    assert!(oom_dir
-        .join(pre_name.replace(".json", ".txt"))
-        .is_file());
+    assert!(oom_dir.join(pre_name.replace(".json", ".txt")).is_file());
 
     // Leak until the kernel kills node.
     poke_line(&mut stdin);
@@ -102,19 +100,25 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
         "offheap: OOM kill of pid {pid} (node) in cgroup {}: report ",
         cg.name
     );
-    let line = agent
-        .out
-        .until("the OOM line", T, |l| l.starts_with("offheap: OOM kill of pid"));
+    let line = agent.out.until("the OOM line", T, |l| {
+        l.starts_with("offheap: OOM kill of pid")
+    });
     eprintln!("{pre}\n{line}");
     assert!(line.starts_with(&prefix), "{line}");
-    let path = line[prefix.len()..].split_once("; top off-heap: ").unwrap().0;
+    let path = line[prefix.len()..]
+        .split_once("; top off-heap: ")
+        .unwrap()
+        .0;
     let path = Path::new(path);
     assert_eq!(path.parent(), Some(oom_dir.as_path()));
     let name = path.file_name().unwrap().to_str().unwrap();
     let stem = format!("oom-{}-{pid}-", cg.name);
     assert!(name.starts_with(&stem) && name.ends_with(".json"), "{name}");
     assert!(oom_dir.join(name.replace(".json", ".txt")).is_file());
-    assert!(line.contains("; top off-heap: ") && line.contains(" array_buffers at "), "{line}");
+    assert!(
+        line.contains("; top off-heap: ") && line.contains(" array_buffers at "),
+        "{line}"
+    );
 
     let r = json(path);
     assert_eq!(r["oom"]["pid"], pid, "{}", r["oom"]);
@@ -127,9 +131,16 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
     assert_eq!(p["pid"], pid);
     assert_eq!(p["exited"], true);
     assert_eq!(p["cgroup"], cg.path.as_str());
-    assert_eq!(p["stacks"][0]["bucket"], "array_buffers", "{}", p["stacks"][0]);
+    assert_eq!(
+        p["stacks"][0]["bucket"], "array_buffers",
+        "{}",
+        p["stacks"][0]
+    );
     let ab = p["buckets"]["array_buffers"].as_u64().unwrap();
-    eprintln!("array_buffers {ab} of a {LIMIT} limit; buckets {}", p["buckets"]);
+    eprintln!(
+        "array_buffers {ab} of a {LIMIT} limit; buckets {}",
+        p["buckets"]
+    );
     assert!(ab >= LIMIT / 2, "array_buffers {ab} of a {LIMIT} limit");
     // A second copy of the same event is never written.
     let oom_files = std::fs::read_dir(&oom_dir)
@@ -145,10 +156,10 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
     let (code, _) = agent.get(&format!("/report?pid={pid}"));
     assert_eq!(code, 404);
     let (_, metrics) = agent.get("/metrics");
-    assert!(
-        !metrics.contains(&format!("pid=\"{pid}\"")),
-        "{metrics}"
+    assert!(!metrics.contains(&format!("pid=\"{pid}\"")), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "offheap_oom_kills_total").map(|v| v >= 1.0),
+        Some(true)
     );
-    assert_eq!(sample(&metrics, "offheap_oom_kills_total").map(|v| v >= 1.0), Some(true));
     assert_eq!(agent.stop(), Some(0));
 }
