@@ -414,7 +414,7 @@ impl Agent {
             let point = SeriesPoint {
                 t_secs,
                 rss_bytes: p.rss_bytes,
-                buckets: p.buckets.clone(),
+                buckets: p.buckets,
             };
             let t = self.targets.get_mut(&pid).expect("present above");
             t.series.push(point.clone());
