@@ -16,6 +16,28 @@ pub mod maps {
     pub const FAULT_STATS: &str = "fault_stats";
     pub const STACK_FALLBACK: &str = "stack_fallback";
     pub const STACK_SCRATCH: &str = "stack_scratch";
+    /// Resident mode (fault.bpf.c): ring buffer of `FaultEvent` and `MapEvent`.
+    pub const FAULT_EVENTS: &str = "fault_events";
+    pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
+    pub const FAULT_SCRATCH: &str = "fault_scratch";
+    pub const FAULT_PAGES: &str = "fault_pages";
+    pub const FAULT_SKIP: &str = "fault_skip";
+    pub const FAULT_CONFIG: &str = "fault_config";
+}
+
+/// Program names of resident mode, with the tracepoint each attaches to.
+pub mod resident_programs {
+    /// (program, tracepoint category, tracepoint name)
+    pub const ALL: [(&str, &str, &str); 4] = [
+        ("resident_fault_enter", "exceptions", "page_fault_user"),
+        (
+            "resident_kernel_fault_enter",
+            "exceptions",
+            "page_fault_kernel",
+        ),
+        ("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
+        ("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
+    ];
 }
 
 /// Program names, exactly as the programs are named in the BPF object.
@@ -267,6 +289,78 @@ pub struct VmArgs {
     pub stack: StackKey,
 }
 
+pub const FAULT_EVENTS_BYTES: u32 = 8 << 20;
+pub const MAX_FAULT_STACKS: u32 = 16384;
+pub const MAX_FAULT_PAGES: u32 = 131072;
+pub const STACK_COPY_PAGES: usize = 5;
+pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGES * 4096;
+
+/// `hdr.kind` of the resident-mode records in `fault_events`.
+pub mod resident_event_kind {
+    pub const FAULT: u32 = 32;
+    pub const MAP_STACK: u32 = 33;
+    /// A `MapEvent` for a page fault whose frame-pointer walk died at once:
+    /// `addr` is the faulting address, `flags` the error code.
+    pub const FAULT_STACK: u32 = 34;
+}
+
+/// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
+pub mod pf {
+    pub const PROT: u32 = 1 << 0;
+    pub const WRITE: u32 = 1 << 1;
+    pub const USER: u32 = 1 << 2;
+    pub const INSTR: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultConfig {
+    pub sample_every: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultPageKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub page: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultEvent {
+    pub hdr: EventHeader,
+    pub address: u64,
+    pub ip: u64,
+    pub error_code: u32,
+    pub stack_id: i32,
+    pub sp_word: u64,
+}
+
+/// The fixed part of C `struct map_event`; `stack_len` bytes of the raw user
+/// stack follow it (C `stack[]`, at offset `size_of::<MapEvent>()`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapEvent {
+    pub hdr: EventHeader,
+    pub addr: u64,
+    pub len: u64,
+    pub old_addr: u64,
+    pub old_len: u64,
+    pub flags: u32,
+    pub prot: u32,
+    pub syscall: u32,
+    pub stack_len: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub stack_base: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FaultEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<MapEvent>() == 96);
+
 /// Indexes into the per-CPU `counters` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,7 +420,17 @@ mod pod {
         ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
     }
     pod!(
-        TargetInfo, StackKey, StackStats, AllocKey, AllocInfo, Inflight, VmArgs, VmEvent, StackIps,
-        ProcEvent, OomEvent
+        TargetInfo,
+        StackKey,
+        StackStats,
+        AllocKey,
+        AllocInfo,
+        Inflight,
+        VmArgs,
+        VmEvent,
+        StackIps,
+        ProcEvent,
+        OomEvent,
+        FaultConfig
     );
 }

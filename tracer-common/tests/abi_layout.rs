@@ -18,7 +18,7 @@ macro_rules! layout {
 }
 
 fn rust_layout() -> Vec<(String, usize)> {
-    layout! {
+    let mut v = layout! {
         "target_info" TargetInfo { flags, _pad }
         "stack_key" StackKey { tgid, stack_id, caller }
         "stack_ips" StackIps { nr, ips }
@@ -31,7 +31,21 @@ fn rust_layout() -> Vec<(String, usize)> {
         "proc_event" ProcEvent { hdr, child_tgid, exit_code, comm }
         "oom_event" OomEvent { hdr, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb, pgtables_kb, uid, oom_score_adj, _pad, comm }
         "vm_args" VmArgs { addr, len, old_len, flags, prot, syscall, _pad, stack }
+        "fault_event" FaultEvent { hdr, address, ip, error_code, stack_id, sp_word }
+        "fault_page_key" FaultPageKey { tgid, _pad, page }
+        "fault_config" FaultConfig { sample_every, _pad }
+    };
+    // MapEvent mirrors the fixed part of struct map_event; stack[] follows it.
+    v.push((
+        "offsetof(struct map_event, stack)".into(),
+        size_of::<MapEvent>(),
+    ));
+    v.extend(layout! {
+        "map_event" MapEvent { hdr, addr, len, old_addr, old_len, flags, prot, syscall, stack_len, ip, sp, bp, stack_base }
     }
+    .into_iter()
+    .filter(|(e, _)| !e.starts_with("sizeof")));
+    v
 }
 
 /// Constants that must agree too (C expression, Rust value).
@@ -69,6 +83,23 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_KIND_MALLOC".into(), AllocKind::Malloc as u64),
         ("OFFHEAP_KIND_FREE".into(), AllocKind::Free as u64),
         ("OFFHEAP_KIND_PVALLOC".into(), AllocKind::Pvalloc as u64),
+        (
+            "OFFHEAP_FAULT_EVENTS_BYTES".into(),
+            FAULT_EVENTS_BYTES.into(),
+        ),
+        ("OFFHEAP_MAX_FAULT_STACKS".into(), MAX_FAULT_STACKS.into()),
+        ("OFFHEAP_MAX_FAULT_PAGES".into(), MAX_FAULT_PAGES.into()),
+        ("OFFHEAP_STACK_COPY_PAGES".into(), STACK_COPY_PAGES as u64),
+        ("OFFHEAP_STACK_COPY_BYTES".into(), STACK_COPY_BYTES as u64),
+        ("OFFHEAP_EV_FAULT".into(), resident_event_kind::FAULT.into()),
+        (
+            "OFFHEAP_EV_MAP_STACK".into(),
+            resident_event_kind::MAP_STACK.into(),
+        ),
+        (
+            "OFFHEAP_EV_FAULT_STACK".into(),
+            resident_event_kind::FAULT_STACK.into(),
+        ),
     ];
     let c_names = [
         "OFFHEAP_CTR_ALLOCS_FULL",

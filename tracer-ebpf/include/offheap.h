@@ -207,4 +207,92 @@ enum counter {
 	OFFHEAP_CTR_MAX = 9,
 };
 
+
+/* ---- resident mode (fault.bpf.c; read by tracer/src/accounting/resident.rs) -- */
+/* Maps: fault_events (ring buffer), fault_stack_traces (stack traces of faults),
+ * fault_scratch (per-CPU buffer for a raw stack copy). Kept apart from `events`
+ * and `stack_traces` so that resident mode has one owner of its maps. */
+
+#define OFFHEAP_FAULT_EVENTS_BYTES (8 << 20)
+#define OFFHEAP_MAX_FAULT_STACKS 16384
+/* Pages already reported per target (an LRU set): a page is reported on its
+ * first fault only, as first-touch attribution needs nothing more. */
+#define OFFHEAP_MAX_FAULT_PAGES 131072
+/* Raw user stack copied at mmap/mremap exit, in whole pages from the page of
+ * sp up: at least 16 KiB above sp. */
+#define OFFHEAP_STACK_COPY_PAGES 5
+#define OFFHEAP_STACK_COPY_BYTES (OFFHEAP_STACK_COPY_PAGES * 4096)
+
+enum resident_event_kind {
+	OFFHEAP_EV_FAULT = 32,      /* struct fault_event */
+	OFFHEAP_EV_MAP_STACK = 33,  /* struct map_event (mmap or mremap) */
+	OFFHEAP_EV_FAULT_STACK = 34, /* struct map_event for a fault whose
+	                               * frame-pointer walk died at once */
+};
+
+/* Parts of 2 MiB granules covered by mappings created while tracing (mapping
+ * attribution): faults there need no stack, the mapping's creation stack is
+ * charged. One [lo, hi) byte range per granule, merged when contiguous; a
+ * miss only costs a stack walk. Key: struct fault_page_key with page = the
+ * granule number (address >> 21). */
+#define OFFHEAP_GRANULE_SHIFT 21
+#define OFFHEAP_MAX_SKIP_GRANULES 65536
+/* glibc thread arenas: PROT_NONE + MAP_NORESERVE mappings of HEAP_MAX_SIZE
+ * (64 MiB on 64-bit) or twice it (malloc/arena.c:new_heap). Shared memory:
+ * first-touch attribution. accounting/resident/mod.rs uses the same rule. */
+#define OFFHEAP_GLIBC_HEAP_MAX (64ULL << 20)
+
+/* Value of `fault_config` (an array of one), set by userspace after load. */
+struct fault_config {
+	/* Take the stack of 1 in N first-touch pages (chosen at random, so that
+	 * each sampled page stands for N: an unbiased estimate). 0 or 1: all. */
+	__u32 sample_every;
+	__u32 _pad;
+};
+
+struct fault_skip_range {
+	__u32 lo;
+	__u32 hi;
+};
+
+struct fault_page_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 page;
+};
+
+/* One user page fault of a target (exceptions/page_fault_user). */
+struct fault_event {
+	struct event_header hdr;
+	__u64 address;
+	__u64 ip;
+	__u32 error_code;   /* x86 PF_* bits: 1 present, 2 write, 4 user */
+	__s32 stack_id;     /* fault_stack_traces id of the frame-pointer walk; < 0 none */
+	/* [sp] at the fault: the return address of a leaf function that has no
+	 * frame (glibc memset/memcpy), which the frame-pointer walk skips. */
+	__u64 sp_word;
+};
+
+/* A mapping created (mmap) or moved (mremap) by a target, with the raw user
+ * stack at the syscall's exit for the userspace CFI unwinder: allocator-made
+ * mappings come from glibc, which has no frame pointers. Variable length:
+ * only the fixed part and `stack_len` bytes of stack[] are sent. */
+struct map_event {
+	struct event_header hdr;
+	/* FAULT_STACK: addr is the faulting address, flags the error code. */
+	__u64 addr;        /* result: new mapping start */
+	__u64 len;         /* new length */
+	__u64 old_addr;    /* mremap only */
+	__u64 old_len;     /* mremap only */
+	__u32 flags;       /* mmap flags (MAP_*), or mremap flags */
+	__u32 prot;        /* mmap prot; 0 for mremap */
+	__u32 syscall;     /* OFFHEAP_EV_MMAP or OFFHEAP_EV_MREMAP */
+	__u32 stack_len;   /* bytes of stack[] that were readable (whole pages) */
+	__u64 ip;          /* user registers at the syscall */
+	__u64 sp;
+	__u64 bp;
+	__u64 stack_base;  /* user address of stack[0]: sp rounded down to its page */
+	__u8 stack[OFFHEAP_STACK_COPY_BYTES];
+};
+
 #endif /* OFFHEAP_H */

@@ -195,3 +195,4 @@ static __always_inline struct inflight *inflight_of(__u64 *pid_tgid, __u64 sp)
 #include "malloc.bpf.c"
 #include "vm.bpf.c"
 #include "lifecycle.bpf.c"
+#include "fault.bpf.c"

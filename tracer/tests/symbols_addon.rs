@@ -193,8 +193,8 @@ fn report_buckets_from_real_addresses_of_node_and_an_addon() {
         exited: true,
         stacks: vec![
             stack(vec![ab, napi], 1 << 20),
-            stack(vec![page, leak, napi], 256 << 10),
-            stack(vec![leak, napi], 4096),
+            stack(vec![page, leak + 4, napi], 256 << 10),
+            stack(vec![leak + 4, napi], 4096),
             stack(vec![napi], 100),
             stack(vec![0x10], 7),
         ],

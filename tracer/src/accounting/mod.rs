@@ -3,6 +3,8 @@
 //! `report::build`, so that this module knows nothing about how reports look.
 pub mod counters;
 pub mod malloc;
+pub mod resident;
+pub mod unwind;
 pub mod vm;
 
 use crate::report::{Attribution, PreexistingLine, Quantiles, SeriesPoint};
@@ -10,7 +12,13 @@ use crate::report::{Attribution, PreexistingLine, Quantiles, SeriesPoint};
 /// One stack as counted: return addresses, innermost (the allocation call) first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RawStack {
+    /// Return addresses, innermost first; see `leaf_is_ip` for `ips[0]`.
     pub ips: Vec<u64>,
+    /// `ips[0]` is the interrupted instruction itself (a page fault), not a
+    /// return address. Return addresses point after their call, so they are
+    /// symbolized at `addr - 1` to name the call's line (and the right
+    /// function when the call is the last instruction of one).
+    pub leaf_is_ip: bool,
     pub live_bytes: u64,
     pub live_allocs: u64,
     pub total_bytes: u64,

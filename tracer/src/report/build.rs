@@ -49,7 +49,8 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
 fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
     // Symbolize each unique address once: big reports repeat the same frames
     // thousands of times.
-    let mut cache: std::collections::HashMap<u64, Vec<Frame>> = std::collections::HashMap::new();
+    let mut cache: std::collections::HashMap<(u64, bool), Vec<Frame>> =
+        std::collections::HashMap::new();
     let mut buckets = Buckets::default();
     let mut stacks: Vec<StackReport> = p
         .stacks
@@ -58,10 +59,20 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
             let frames: Vec<Frame> = s
                 .ips
                 .iter()
-                .flat_map(|ip| {
+                .enumerate()
+                .flat_map(|(i, &ip)| {
+                    let is_return = !(i == 0 && s.leaf_is_ip);
                     cache
-                        .entry(*ip)
-                        .or_insert_with(|| sym.symbolize(p.pid, *ip))
+                        .entry((ip, is_return))
+                        .or_insert_with(|| {
+                            let lookup = if is_return { ip.saturating_sub(1) } else { ip };
+                            let mut frames = sym.symbolize(p.pid, lookup);
+                            // Report the address as captured, not the lookup address.
+                            for f in &mut frames {
+                                f.addr = format!("{ip:#x}");
+                            }
+                            frames
+                        })
                         .clone()
                 })
                 .collect();

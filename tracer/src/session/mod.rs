@@ -3,6 +3,7 @@
 //! drain the maps into raw stacks and assemble the report. Front ends only
 //! choose the target and the output.
 pub mod procinfo;
+pub mod resident;
 pub mod spawn;
 
 use std::{
@@ -124,10 +125,8 @@ pub async fn trace(
     opts: &SessionOptions,
     sym: &mut dyn SessionSymbolizer,
 ) -> Result<Outcome> {
-    if opts.mode != Mode::Malloc {
-        return Err(start_err(
-            "--mode resident is not implemented yet; use --mode malloc",
-        ));
+    if opts.mode == Mode::Resident {
+        return resident::trace(target, opts, sym).await;
     }
     if let Some(out) = &opts.output {
         report::write::check_writable(out).map_err(start_err)?;

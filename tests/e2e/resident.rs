@@ -1,0 +1,213 @@
+//! Resident mode (the default) end to end, through the `offheap` binary: a C
+//! fixture with known pages per site (record --pid), and a node Buffer leak
+//! (run --). Frames are matched to functions by address with `nm`, so these
+//! tests do not depend on the symbolizer.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use offheap_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(120);
+const PAGE: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+/// Function ranges [start, end) by name, from `nm -C -S` (non-PIE binaries).
+fn functions(bin: &Path) -> Vec<(u64, u64, String)> {
+    let o = Command::new("nm")
+        .args(["-C", "-S", "--defined-only"])
+        .arg(bin)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let a = u64::from_str_radix(it.next()?, 16).ok()?;
+            let s = u64::from_str_radix(it.next()?, 16).ok()?;
+            matches!(it.next()?, "t" | "T" | "W" | "w")
+                .then(|| (a, a + s, it.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+fn name_at(f: &[(u64, u64, String)], a: u64) -> Option<&str> {
+    f.iter()
+        .find(|(s, e, _)| a >= *s && a < *e)
+        .map(|(_, _, n)| n.as_str())
+}
+
+fn build_sites(dir: &Path) -> PathBuf {
+    let out = dir.join("resident_sites");
+    let o = Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Werror",
+            "-fno-omit-frame-pointer",
+            "-no-pie",
+        ])
+        .arg(workspace().join("tests/fixtures/resident_sites.c"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// `record --pid` on resident_sites.c: resident pages per site (innermost
+/// frame in a site function) and attribution match what the fixture documents,
+/// within one page per site; given-back pages do not count.
+#[test]
+fn record_counts_resident_pages_per_site() {
+    let _bpf = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_sites(dir.path());
+    let funcs = functions(&bin);
+    let mut fixture = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("r.json");
+    let mut tracer = Command::new(offheap_bin())
+        .args([
+            "record",
+            "--pid",
+            &fixture.id().to_string(),
+            "--interval",
+            "0.2",
+        ])
+        .args(["--format", "json", "-o"])
+        .arg(&out)
+        .env("OFFHEAP_FAULT_SAMPLE", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    let attached = err.wait_attached(T);
+    assert!(attached.contains("mode resident"), "{attached}");
+    poke(fixture.stdin.as_mut().unwrap());
+    let mut line = String::new();
+    BufReader::new(fixture.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("done"), "{line}");
+    signal(&tracer, libc::SIGINT);
+    let st = tracer.wait().unwrap();
+    assert!(st.success(), "offheap: {st}; {:?}", err.rest());
+    let _ = fixture.kill();
+    let _ = fixture.wait();
+
+    let report = read_report(&out);
+    assert_eq!(report["mode"], "resident");
+    let p = &report["processes"][0];
+    let sites = ["map_site", "malloc_site", "touch_brk", "memset_brk"];
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for s in p["stacks"].as_array().unwrap() {
+        let site = s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|f| name_at(&funcs, hex(&f["addr"])).filter(|n| sites.contains(n)));
+        if let Some(site) = site {
+            let a = s["attribution"].as_str().unwrap_or("none").to_string();
+            *got.entry((site.to_string(), a)).or_default() +=
+                s["live_bytes"].as_u64().unwrap() / PAGE;
+        }
+    }
+    let want = [
+        ("map_site", "mapping", 40),
+        ("malloc_site", "mapping", 513),
+        ("touch_brk", "first_touch", 60),
+        ("memset_brk", "first_touch", 20),
+    ];
+    for (site, attr, pages) in want {
+        let g = got
+            .get(&(site.to_string(), attr.to_string()))
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            g.abs_diff(pages) <= 1,
+            "{site}/{attr}: {g} pages, want {pages}; all {got:?}"
+        );
+    }
+    let rec = p["reconciliation"].as_str().unwrap();
+    assert!(rec.contains(", within 5%)"), "{rec}");
+    assert_eq!(report["counters"]["events_lost"], 0);
+}
+
+/// `run -- node` on a Buffer leak: at least 80% of the 200 MiB retained and
+/// written lands under mapping attribution on stacks through node's
+/// ArrayBuffer allocator (unwound through glibc's calloc), and the series has
+/// one point per interval.
+#[test]
+fn run_node_buffer_leak_is_attributed_to_the_array_buffer_allocator() {
+    let _bpf = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let node_funcs = functions(Path::new("/usr/bin/node"));
+    let mut tracer = Command::new(offheap_bin())
+        .args(["run", "--interval", "0.2", "--format", "json", "-o"])
+        .arg(&out)
+        .args(["--", "node"])
+        .arg(workspace().join("tests/fixtures/buffer_leak.js"))
+        .args(["200", "3000"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    err.wait_attached(T);
+    std::thread::sleep(Duration::from_millis(300));
+    poke(tracer.stdin.as_mut().unwrap());
+    let st = tracer.wait().unwrap();
+    assert!(st.success(), "offheap: {st}; {:?}", err.rest());
+    let report = read_report(&out);
+    let p = &report["processes"][0];
+    let through_allocator = |s: &&Value| {
+        s["frames"].as_array().unwrap().iter().any(|f| {
+            name_at(&node_funcs, hex(&f["addr"]))
+                .is_some_and(|n| n.starts_with("node::NodeArrayBufferAllocator::Allocate"))
+        })
+    };
+    let stacks = p["stacks"].as_array().unwrap();
+    let leak: u64 = stacks
+        .iter()
+        .filter(|s| s["attribution"] == "mapping")
+        .filter(through_allocator)
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(
+        leak * 10 >= 200 * MIB * 8,
+        "{} MiB of 200 MiB through NodeArrayBufferAllocator::Allocate",
+        leak / MIB
+    );
+    // Symbolized reports put those stacks in array_buffers.
+    for s in stacks.iter().filter(through_allocator) {
+        if s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["symbol"].is_string())
+        {
+            assert_eq!(s["bucket"], "array_buffers", "{s}");
+        }
+    }
+    assert!(
+        p["series"].as_array().unwrap().len() >= 3,
+        "{}",
+        p["series"]
+    );
+    let rec = p["reconciliation"].as_str().unwrap();
+    assert!(rec.contains(", within 5%)"), "{rec}");
+}

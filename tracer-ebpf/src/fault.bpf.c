@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Resident mode: which code made a target's pages resident.
+ *
+ * - resident_fault_enter (exceptions/page_fault_user) and
+ *   resident_kernel_fault_enter (page_fault_kernel, on user addresses): one
+ *   fault_event per page fault of a target, with a deduplicated frame-pointer stack. Userspace
+ *   keeps the first one per page (first-touch attribution) and checks
+ *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
+ *   madvise or a brk shrink stop counting without any bookkeeping here.
+ * - resident_mmap_exit / resident_mremap_exit (syscalls/sys_exit_*): one
+ *   map_event per anonymous mapping created or moved, with a raw copy of the
+ *   user stack. Allocator-made mappings are created inside glibc, which has
+ *   no frame pointers, so bpf_get_stackid yields one frame there; userspace
+ *   unwinds the copy with .eh_frame CFI instead (accounting/unwind.rs).
+ *
+ * Program names carry a `resident_` prefix: malloc mode (vm.bpf.c) attaches
+ * its own programs to the same syscall tracepoints.
+ */
+
+#define OFFHEAP_PF_PROT 0x1   /* arch/x86/include/asm/trap_pf.h X86_PF_PROT */
+#define OFFHEAP_PF_INSTR 0x10 /* X86_PF_INSTR: instruction fetch */
+#define OFFHEAP_MAP_ANONYMOUS 0x20
+#define OFFHEAP_MAP_NORESERVE 0x4000
+#define OFFHEAP_MAX_MARK_GRANULES 4096 /* 8 GiB per mapping; beyond, walks */
+#define OFFHEAP_MAX_ERRNO 4095 /* include/linux/err.h: IS_ERR_VALUE */
+/* Faults are many: copy less, enough to unwind out of glibc into node. */
+#define OFFHEAP_FAULT_STACK_COPY_PAGES 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, OFFHEAP_FAULT_EVENTS_BYTES);
+} fault_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, OFFHEAP_MAX_FAULT_STACKS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, OFFHEAP_MAX_STACK_DEPTH * sizeof(__u64));
+} fault_stack_traces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, OFFHEAP_MAX_FAULT_PAGES);
+	__type(key, struct fault_page_key);
+	__type(value, __u8);
+} fault_pages SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, OFFHEAP_MAX_SKIP_GRANULES);
+	__type(key, struct fault_page_key);
+	__type(value, struct fault_skip_range);
+} fault_skip SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fault_config);
+} fault_config SEC(".maps");
+
+/* A map_event is too big for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct map_event);
+} fault_scratch SEC(".maps");
+
+/* Tracepoint records, from /sys/kernel/tracing/events/.../format. */
+struct offheap_page_fault_ctx {
+	__u64 common;
+	__u64 address;
+	__u64 ip;
+	__u64 error_code;
+};
+
+struct offheap_sys_exit_ctx {
+	__u64 common;
+	__s32 syscall_nr;
+	__s32 _pad;
+	__s64 ret;
+};
+
+/* x86-64 user registers as saved on kernel entry (same layout as the
+ * kernel's struct pt_regs; names from the UAPI <asm/ptrace.h>). */
+static __always_inline struct pt_regs *user_regs(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return (struct pt_regs *)bpf_task_pt_regs(task);
+}
+
+static __always_inline void fault_count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int is_fault_target(__u32 tgid)
+{
+	struct target_info *t = bpf_map_lookup_elem(&targets, &tgid);
+
+	return t && (t->flags & OFFHEAP_TARGET_FAULTS);
+}
+
+/* Fills the scratch map_event with the registers and a raw copy of the user
+ * stack, page by page from the page of sp up, stopping at the first page that
+ * cannot be read (the top of the stack, or a page that is not resident:
+ * bpf_probe_read_user does not fault pages in). */
+static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u32 pages)
+{
+	__u32 zero = 0;
+	struct map_event *e = bpf_map_lookup_elem(&fault_scratch, &zero);
+	struct pt_regs *regs;
+	__u64 base;
+	__u32 i;
+
+	if (!e)
+		return 0;
+	regs = user_regs();
+	e->hdr.kind = OFFHEAP_EV_MAP_STACK;
+	e->hdr.tgid = tgid;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->syscall = syscall;
+	e->ip = regs->rip;
+	e->sp = regs->rsp;
+	e->bp = regs->rbp;
+	base = e->sp & ~4095ULL;
+	e->stack_base = base;
+	e->stack_len = 0;
+	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
+		/* The page of sp itself is unreadable when the fault is the stack
+		 * growing into it: the record then carries the registers only. */
+		if (bpf_probe_read_user(&e->stack[i * 4096], 4096, (void *)(base + i * 4096)))
+			break;
+		e->stack_len += 4096;
+	}
+	return e;
+}
+
+static __always_inline void send(void *ctx, struct map_event *e)
+{
+	__u64 size = offsetof(struct map_event, stack) + e->stack_len;
+
+	/* Keep the compiler from checking a copy: the verifier must see the
+	 * bound on the very register passed as the size. */
+	barrier_var(size);
+	if (size > sizeof(*e))
+		return;
+	if (bpf_ringbuf_output(&fault_events, e, size, 0))
+		fault_count(OFFHEAP_CTR_EVENTS_LOST);
+}
+
+struct mark_ctx {
+	__u32 tgid;
+	__u32 clear;
+	__u64 start;
+	__u64 end;
+};
+
+static long mark_granule(__u64 i, void *arg)
+{
+	struct mark_ctx *c = arg;
+	struct fault_page_key key = {};
+	struct fault_skip_range v, *r;
+	__u64 g = (c->start >> OFFHEAP_GRANULE_SHIFT) + i;
+	__u64 gs = g << OFFHEAP_GRANULE_SHIFT;
+	__u64 ge = gs + (1ULL << OFFHEAP_GRANULE_SHIFT);
+
+	key.tgid = c->tgid;
+	key.page = g;
+	if (c->clear) {
+		bpf_map_delete_elem(&fault_skip, &key);
+		return 0;
+	}
+	v.lo = (c->start > gs ? c->start : gs) - gs;
+	v.hi = (c->end < ge ? c->end : ge) - gs;
+	r = bpf_map_lookup_elem(&fault_skip, &key);
+	if (r && r->hi >= v.lo && r->lo <= v.hi) {
+		if (r->lo < v.lo)
+			v.lo = r->lo;
+		if (r->hi > v.hi)
+			v.hi = r->hi;
+	}
+	bpf_map_update_elem(&fault_skip, &key, &v, BPF_ANY);
+	return 0;
+}
+
+/* Marks (or clears) [start, end) in fault_skip. */
+static __always_inline void mark_range(__u32 tgid, __u64 start, __u64 end, __u32 clear)
+{
+	struct mark_ctx c = { .tgid = tgid, .clear = clear, .start = start, .end = end };
+	__u64 n;
+
+	if (end <= start)
+		return;
+	n = ((end - 1) >> OFFHEAP_GRANULE_SHIFT) - (start >> OFFHEAP_GRANULE_SHIFT) + 1;
+	if (n > OFFHEAP_MAX_MARK_GRANULES)
+		n = OFFHEAP_MAX_MARK_GRANULES;
+	bpf_loop(n, mark_granule, &c, 0);
+}
+
+static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
+{
+	struct fault_page_key key = {};
+	struct fault_skip_range *r;
+	__u64 off;
+
+	key.tgid = tgid;
+	key.page = addr >> OFFHEAP_GRANULE_SHIFT;
+	r = bpf_map_lookup_elem(&fault_skip, &key);
+	if (!r)
+		return 0;
+	off = addr & ((1ULL << OFFHEAP_GRANULE_SHIFT) - 1);
+	return off >= r->lo && off < r->hi;
+}
+
+/* Kernel-mode faults on user addresses are the kernel writing into user
+ * memory for a syscall (read(2) into a fresh buffer): the user stack is the
+ * syscall's caller, the right first toucher. */
+#define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
+
+static __always_inline int send_fault_stack(struct offheap_page_fault_ctx *ctx, __u32 tgid)
+{
+	struct map_event *m = capture(tgid, 0, OFFHEAP_FAULT_STACK_COPY_PAGES);
+
+	if (!m)
+		return 0;
+	m->hdr.kind = OFFHEAP_EV_FAULT_STACK;
+	m->addr = ctx->address;
+	m->flags = ctx->error_code;
+	m->len = 0;
+	m->old_addr = 0;
+	m->old_len = 0;
+	m->prot = 0;
+	send(ctx, m);
+	return 0;
+}
+
+static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kernel)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct fault_event *e;
+	struct pt_regs *regs;
+	struct fault_page_key key;
+	struct fault_config *cfg;
+	__u64 probe[3];
+	__u32 zero = 0;
+	__u8 one = 1;
+	long n, id;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	/* Code pages are file-backed: they are reported per file, not per stack. */
+	if (ctx->error_code & OFFHEAP_PF_INSTR)
+		return 0;
+	if (kernel && ctx->address >= OFFHEAP_USER_ADDR_END)
+		return 0;
+	/* Pages of a mapping created while tracing are charged to its creation
+	 * stack: no stack needed here. */
+	if (in_tracked_mapping(tgid, ctx->address))
+		return 0;
+	/* Refaults (after madvise(DONTNEED) or reclaim) change no first toucher:
+	 * skip them before the costly part. */
+	key.tgid = tgid;
+	key._pad = 0;
+	key.page = ctx->address & ~4095ULL;
+	if (bpf_map_lookup_elem(&fault_pages, &key))
+		return 0;
+	bpf_map_update_elem(&fault_pages, &key, &one, BPF_ANY);
+	/* Sampling after the dedupe: a page gets one chance, however often it
+	 * is refaulted, so no page is more likely to be sampled than another. */
+	cfg = bpf_map_lookup_elem(&fault_config, &zero);
+	if (cfg && cfg->sample_every > 1 && bpf_get_prandom_u32() % cfg->sample_every)
+		return 0;
+	/* A walk that dies within two frames started in code without frame
+	 * pointers (glibc's malloc writing a fresh arena page, a syscall
+	 * wrapper): send the raw stack for the CFI unwinder instead. A short
+	 * walk of three frames costs little next to the fault itself. The same
+	 * when the stack cannot be stored (a bucket of fault_stack_traces holds
+	 * another stack: -EEXIST), so that no stack is lost. */
+	n = bpf_get_stack(ctx, probe, sizeof(probe), BPF_F_USER_STACK);
+	if (n >= 0 && n < (long)sizeof(probe))
+		return send_fault_stack(ctx, tgid);
+	id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
+	if (id < 0)
+		return send_fault_stack(ctx, tgid);
+	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
+	if (!e) {
+		fault_count(OFFHEAP_CTR_EVENTS_LOST);
+		return 0;
+	}
+	regs = user_regs();
+	e->hdr.kind = OFFHEAP_EV_FAULT;
+	e->hdr.tgid = tgid;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->address = ctx->address;
+	e->ip = kernel ? regs->rip : ctx->ip;
+	e->error_code = ctx->error_code;
+	e->stack_id = id;
+	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)regs->rsp))
+		e->sp_word = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int resident_fault_enter(struct offheap_page_fault_ctx *ctx)
+{
+	return on_fault(ctx, 0);
+}
+
+SEC("tracepoint/exceptions/page_fault_kernel")
+int resident_kernel_fault_enter(struct offheap_page_fault_ctx *ctx)
+{
+	return on_fault(ctx, 1);
+}
+
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct map_event *e;
+	struct pt_regs *regs;
+	__u32 flags;
+	int arena;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
+		return 0;
+	/* The syscall arguments are still in the saved registers at exit: the
+	 * x86-64 syscall path only writes the return value back (rax). */
+	regs = user_regs();
+	flags = regs->r10;
+	if (!(flags & OFFHEAP_MAP_ANONYMOUS))
+		return 0;
+	e = capture(tgid, OFFHEAP_EV_MMAP, OFFHEAP_STACK_COPY_PAGES);
+	if (!e)
+		return 0;
+	e->addr = ctx->ret;
+	e->len = regs->rsi;
+	e->prot = regs->rdx;
+	e->flags = flags;
+	e->old_addr = 0;
+	e->old_len = 0;
+	send(ctx, e);
+	arena = e->prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
+		(e->len == OFFHEAP_GLIBC_HEAP_MAX || e->len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
+	mark_range(tgid, e->addr, e->addr + e->len, arena);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_mremap")
+int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct map_event *e;
+	struct pt_regs *regs;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
+		return 0;
+	regs = user_regs();
+	e = capture(tgid, OFFHEAP_EV_MREMAP, OFFHEAP_STACK_COPY_PAGES);
+	if (!e)
+		return 0;
+	e->addr = ctx->ret;
+	e->old_addr = regs->rdi;
+	e->old_len = regs->rsi;
+	e->len = regs->rdx;
+	e->flags = regs->r10;
+	e->prot = 0;
+	send(ctx, e);
+	/* Pages keep their attribution where they move (accounting does the same). */
+	if (in_tracked_mapping(tgid, e->old_addr))
+		mark_range(tgid, e->addr, e->addr + e->len, 0);
+	return 0;
+}

@@ -1,0 +1,419 @@
+//! Unwinds a raw copy of a user stack with the `.eh_frame` CFI of the modules
+//! its addresses fall in (x86-64 only).
+//!
+//! Why: allocator-made mappings are created inside glibc, and Debian's glibc is
+//! built without frame pointers (%rbp is a general register there), so the
+//! kernel's frame-pointer walk at mmap stops after one frame. `.eh_frame` is
+//! always present on x86-64 (the ABI requires it for C++ exceptions and thread
+//! cancellation), so CFI gets through libc; code with no CFI at all (V8's JIT
+//! code) keeps frame pointers, and there the walk follows %rbp.
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use addr2line::gimli::{
+    self, BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+use memmap2::Mmap;
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// Most frames an unwind returns (the kernel's limit for stack traces).
+pub const MAX_FRAMES: usize = tracer_common::MAX_STACK_DEPTH;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnwindError {
+    #[error("cannot read /proc/{pid}/maps: {source}")]
+    Maps {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A copy of user memory: `bytes` were at `base` in the process.
+#[derive(Clone, Copy, Debug)]
+pub struct StackWindow<'a> {
+    pub base: u64,
+    pub bytes: &'a [u8],
+}
+
+impl StackWindow<'_> {
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        let off = addr.checked_sub(self.base)? as usize;
+        let b = self.bytes.get(off..off.checked_add(8)?)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+}
+
+/// User registers at the point the stack was copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// One executable file mapping of the process.
+#[derive(Clone, Debug)]
+struct Region {
+    start: u64,
+    end: u64,
+    offset: u64,
+    path: PathBuf,
+}
+
+/// The CFI of one ELF file, kept mapped for the session.
+struct ElfCfi {
+    map: Mmap,
+    /// (file offset, size, address) of .eh_frame and .eh_frame_hdr.
+    eh_frame: (usize, usize, u64),
+    eh_frame_hdr: Option<(usize, usize, u64)>,
+    text_addr: u64,
+    /// PT_LOAD segments: (file offset, file size, address).
+    loads: Vec<(u64, u64, u64)>,
+}
+
+impl ElfCfi {
+    fn open(path: &Path) -> Option<ElfCfi> {
+        let file = File::open(path).ok()?;
+        // SAFETY: the file is only read; a module replaced on disk while mapped
+        // could change under us, which at worst yields a wrong frame.
+        let map = unsafe { Mmap::map(&file) }.ok()?;
+        let obj = object::File::parse(&*map).ok()?;
+        let range = |name: &str| -> Option<(usize, usize, u64)> {
+            let s = obj.section_by_name(name)?;
+            let (off, size) = s.file_range()?;
+            Some((off as usize, size as usize, s.address()))
+        };
+        let eh_frame = range(".eh_frame")?;
+        let eh_frame_hdr = range(".eh_frame_hdr");
+        let text_addr = obj.section_by_name(".text").map_or(0, |s| s.address());
+        let loads = obj
+            .segments()
+            .map(|s| {
+                let (off, size) = s.file_range();
+                (off, size, s.address())
+            })
+            .collect();
+        drop(obj);
+        Some(ElfCfi {
+            map,
+            eh_frame,
+            eh_frame_hdr,
+            text_addr,
+            loads,
+        })
+    }
+
+    /// The address in the ELF file (svma) of file offset `off`.
+    fn svma_of_offset(&self, off: u64) -> Option<u64> {
+        self.loads
+            .iter()
+            .find(|(o, size, _)| off >= *o && off < o + size)
+            .map(|(o, _, addr)| off - o + addr)
+    }
+
+    /// The CFA and the rules for the return address and %rbp at `svma`.
+    fn rules_at(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Option<Rules> {
+        let (off, size, addr) = self.eh_frame;
+        let eh = EhFrame::new(self.map.get(off..off + size)?, LittleEndian);
+        let mut bases = BaseAddresses::default()
+            .set_eh_frame(addr)
+            .set_text(self.text_addr);
+        let row = if let Some((hoff, hsize, haddr)) = self.eh_frame_hdr {
+            bases = bases.set_eh_frame_hdr(haddr);
+            let hdr = EhFrameHdr::new(self.map.get(hoff..hoff + hsize)?, LittleEndian)
+                .parse(&bases, 8)
+                .ok()?;
+            match hdr.table() {
+                Some(t) => t
+                    .unwind_info_for_address(&eh, &bases, ctx, svma, EhFrame::cie_from_offset)
+                    .ok()?
+                    .clone(),
+                None => eh
+                    .unwind_info_for_address(&bases, ctx, svma, EhFrame::cie_from_offset)
+                    .ok()?
+                    .clone(),
+            }
+        } else {
+            eh.unwind_info_for_address(&bases, ctx, svma, EhFrame::cie_from_offset)
+                .ok()?
+                .clone()
+        };
+        let cfa = match row.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } => (*register, *offset),
+            // DWARF expressions (PLT stubs, signal frames): not evaluated.
+            CfaRule::Expression(_) => return None,
+        };
+        Some(Rules {
+            cfa,
+            ra: row.register(X86_64::RA),
+            bp: row.register(X86_64::RBP),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Rules {
+    cfa: (gimli::Register, i64),
+    ra: RegisterRule<usize>,
+    bp: RegisterRule<usize>,
+}
+
+/// Unwinds stacks of one process. Keeps its module list and the CFI of every
+/// module it met; call `refresh` when a new module may have been mapped.
+pub struct Unwinder {
+    pid: u32,
+    regions: Vec<Region>,
+    cfi: HashMap<PathBuf, Option<Arc<ElfCfi>>>,
+    /// Rules per looked-up address: the same call sites recur in every stack.
+    rules: HashMap<u64, Option<Rules>>,
+    ctx: UnwindContext<usize>,
+    refreshed: Option<std::time::Instant>,
+}
+
+impl Unwinder {
+    pub fn new(pid: u32) -> Result<Unwinder, UnwindError> {
+        let mut u = Unwinder {
+            pid,
+            regions: Vec::new(),
+            cfi: HashMap::new(),
+            rules: HashMap::new(),
+            ctx: UnwindContext::new(),
+            refreshed: None,
+        };
+        u.refresh()?;
+        Ok(u)
+    }
+
+    /// Re-reads the executable file mappings from /proc/PID/maps.
+    pub fn refresh(&mut self) -> Result<(), UnwindError> {
+        let path = format!("/proc/{}/maps", self.pid);
+        let text = std::fs::read_to_string(&path).map_err(|source| UnwindError::Maps {
+            pid: self.pid,
+            source,
+        })?;
+        self.regions = text.lines().filter_map(parse_exec_region).collect();
+        self.regions.sort_by_key(|r| r.start);
+        self.rules.clear();
+        self.refreshed = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Refreshes unless that was done less than `min` ago (a process that
+    /// keeps producing short stacks must not make us re-read maps each time).
+    pub fn refresh_at_most_every(&mut self, min: std::time::Duration) -> Result<bool, UnwindError> {
+        if self.refreshed.is_some_and(|t| t.elapsed() < min) {
+            return Ok(false);
+        }
+        self.refresh().map(|()| true)
+    }
+
+    fn region(&self, addr: u64) -> Option<&Region> {
+        let i = self.regions.partition_point(|r| r.start <= addr);
+        let r = self.regions.get(i.checked_sub(1)?)?;
+        (addr < r.end).then_some(r)
+    }
+
+    /// The module file containing `addr`, if `addr` is in a file mapping.
+    pub fn module_of(&self, addr: u64) -> Option<&Path> {
+        self.region(addr).map(|r| r.path.as_path())
+    }
+
+    fn rules(&mut self, addr: u64) -> Option<Rules> {
+        if let Some(r) = self.rules.get(&addr) {
+            return r.clone();
+        }
+        let r = self.lookup_rules(addr);
+        self.rules.insert(addr, r.clone());
+        r
+    }
+
+    fn lookup_rules(&mut self, addr: u64) -> Option<Rules> {
+        let r = self.region(addr)?.clone();
+        let pid = self.pid;
+        let cfi = self
+            .cfi
+            .entry(r.path.clone())
+            .or_insert_with(|| {
+                // Through the process's root so that containers' files are found.
+                let p = PathBuf::from(format!("/proc/{pid}/root")).join(
+                    r.path
+                        .strip_prefix("/")
+                        .unwrap_or(&r.path)
+                        .to_string_lossy()
+                        .as_ref(),
+                );
+                ElfCfi::open(&p)
+                    .or_else(|| ElfCfi::open(&r.path))
+                    .map(Arc::new)
+            })
+            .clone()?;
+        let svma = cfi.svma_of_offset(addr - r.start + r.offset)?;
+        cfi.rules_at(svma, &mut self.ctx)
+    }
+
+    /// True when, at `ip`, the return address is at [sp]: the function has
+    /// not set up a frame (a leaf such as glibc's memset), which the kernel's
+    /// frame-pointer walk skips.
+    pub fn return_address_at_sp(&mut self, ip: u64) -> bool {
+        match self.rules(ip) {
+            Some(r) => r.cfa == (X86_64::RSP, 8) && r.ra == RegisterRule::Offset(-8),
+            None => false,
+        }
+    }
+
+    /// Return addresses, innermost (`regs.ip`) first.
+    pub fn unwind(&mut self, regs: Regs, stack: StackWindow<'_>) -> Vec<u64> {
+        let mut frames = vec![regs.ip];
+        let Regs {
+            mut ip,
+            mut sp,
+            mut bp,
+        } = regs;
+        let mut first = true;
+        while frames.len() < MAX_FRAMES {
+            // A return address points after the call; look up the call itself.
+            let lookup = if first { ip } else { ip.wrapping_sub(1) };
+            first = false;
+            let (ra, new_sp, new_bp) = match self.rules(lookup) {
+                Some(r) => {
+                    let base = match r.cfa.0 {
+                        X86_64::RSP => sp,
+                        X86_64::RBP => bp,
+                        _ => break,
+                    };
+                    let cfa = base.wrapping_add_signed(r.cfa.1);
+                    let Some(ra) = (match r.ra {
+                        RegisterRule::Offset(o) => stack.read_u64(cfa.wrapping_add_signed(o)),
+                        _ => None,
+                    }) else {
+                        break;
+                    };
+                    let new_bp = match r.bp {
+                        RegisterRule::Offset(o) => match stack.read_u64(cfa.wrapping_add_signed(o))
+                        {
+                            Some(v) => v,
+                            None => break,
+                        },
+                        _ => bp,
+                    };
+                    (ra, cfa, new_bp)
+                }
+                None => {
+                    // No CFI (JIT code, or an unreadable module): frame pointers.
+                    let (Some(saved_bp), Some(ra)) =
+                        (stack.read_u64(bp), stack.read_u64(bp.wrapping_add(8)))
+                    else {
+                        break;
+                    };
+                    (ra, bp.wrapping_add(16), saved_bp)
+                }
+            };
+            // The stack grows down: a caller's frame is always above.
+            if ra == 0 || new_sp <= sp {
+                break;
+            }
+            frames.push(ra);
+            ip = ra;
+            sp = new_sp;
+            bp = new_bp;
+        }
+        frames
+    }
+}
+
+/// Parses an executable file mapping line of /proc/PID/maps.
+fn parse_exec_region(line: &str) -> Option<Region> {
+    let mut it = line.split_ascii_whitespace();
+    let range = it.next()?;
+    let perms = it.next()?;
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let _dev = it.next()?;
+    let _inode = it.next()?;
+    let path = it.collect::<Vec<_>>().join(" ");
+    if !perms.contains('x') || !path.starts_with('/') {
+        return None;
+    }
+    let (s, e) = range.split_once('-')?;
+    Some(Region {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        offset,
+        path: PathBuf::from(path.trim_end_matches(" (deleted)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exec_regions_only() {
+        let r = parse_exec_region(
+            "7f0000001000-7f0000002000 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.start, r.end, r.offset),
+            (0x7f0000001000, 0x7f0000002000, 0x1000)
+        );
+        assert!(parse_exec_region("7f00-7f10 rw-p 00000000 00:00 0 [heap]").is_none());
+        assert!(parse_exec_region("7f00-7f10 r--p 00000000 08:01 1 /usr/bin/node").is_none());
+    }
+
+    /// Unwinds this very test's stack, copied from the live process, through
+    /// libc-free Rust frames built with CFI: the caller chain must contain the
+    /// return address into `outer`.
+    #[test]
+    fn unwinds_own_stack_with_cfi() {
+        #[inline(never)]
+        fn inner() -> (Regs, Vec<u8>, u64) {
+            let (sp, bp, ip): (u64, u64, u64);
+            // SAFETY: reads registers only.
+            unsafe {
+                std::arch::asm!("mov {}, rsp", "mov {}, rbp", "lea {}, [rip]",
+                    out(reg) sp, out(reg) bp, out(reg) ip);
+            }
+            // Page by page through /proc/self/mem, as the BPF side reads: the
+            // top of this thread's stack may be less than 16 KiB away.
+            use std::os::unix::fs::FileExt;
+            let base = sp & !4095;
+            let mem = File::open("/proc/self/mem").unwrap();
+            let mut bytes = Vec::new();
+            let mut page = [0u8; 4096];
+            for i in 0..4u64 {
+                if mem.read_exact_at(&mut page, base + i * 4096).is_err() {
+                    break;
+                }
+                bytes.extend_from_slice(&page);
+            }
+            (Regs { ip, sp, bp }, bytes, base)
+        }
+        #[inline(never)]
+        fn outer() -> (Regs, Vec<u8>, u64, u64) {
+            let (r, b, base) = std::hint::black_box(inner());
+            let here = outer as *const () as usize as u64;
+            (r, b, base, here)
+        }
+        let (regs, bytes, base, outer_addr) = outer();
+        let mut u = Unwinder::new(std::process::id()).unwrap();
+        let frames = u.unwind(
+            regs,
+            StackWindow {
+                base,
+                bytes: &bytes,
+            },
+        );
+        assert!(frames.len() >= 3, "{frames:x?}");
+        // frames[1] returns into outer(): within a few hundred bytes of its entry.
+        assert!(
+            frames[1] > outer_addr && frames[1] < outer_addr + 512,
+            "frames {frames:x?} outer {outer_addr:#x}"
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! Resident mode's session (the default mode): attach the page-fault and
+//! mapping tracepoints of fault.bpf.c, keep the ring buffer drained into the
+//! `accounting::resident` models (on a thread of its own), take one sample
+//! per --interval (RSS, the buckets, growth per stack), and build the report
+//! from the last sample.
+//! No uprobes: nothing is attached to the allocator.
+use std::{
+    os::fd::{FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::programs::TracePoint;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracer_common::{resident_programs, TARGET_FAULTS};
+
+use super::{procinfo, spawn, Outcome, SessionOptions, SessionSymbolizer, StopReason, Target};
+use crate::{
+    accounting::{
+        self,
+        resident::{classifier, ResidentSet},
+    },
+    commands::StartError,
+    probes::{preflight, LoadConfig, Probes},
+    report::{self, build::Meta},
+};
+
+/// Default 1-in-N sampling of first-touch stacks (`OFFHEAP_FAULT_SAMPLE`
+/// overrides; 1 takes every page). Mapping attribution is always exact.
+pub const DEFAULT_FAULT_SAMPLE: u32 = 1;
+
+fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(StartError(e.to_string()))
+}
+
+fn attach_tracepoints(
+    probes: &mut Probes,
+) -> Result<Vec<aya::programs::trace_point::TracePointLinkId>> {
+    let mut ids = Vec::new();
+    for (name, category, event) in resident_programs::ALL {
+        let prog: &mut TracePoint = probes
+            .ebpf_mut()
+            .program_mut(name)
+            .ok_or_else(|| start_err(format!("BPF program {name} is missing from the object")))?
+            .try_into()
+            .map_err(start_err)?;
+        prog.load()
+            .map_err(|e| start_err(format!("loading {name}: {e}")))?;
+        ids.push(
+            prog.attach(category, event)
+                .map_err(|e| start_err(format!("attaching {name} to {category}/{event}: {e}")))?,
+        );
+    }
+    Ok(ids)
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: plain syscall; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned by the OwnedFd, which the AsyncFd
+    // owns until it is dropped.
+    unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.map_err(|e| e.into_parts().1)
+}
+
+pub async fn trace(
+    target: Target,
+    opts: &SessionOptions,
+    sym: &mut dyn SessionSymbolizer,
+) -> Result<Outcome> {
+    if let Some(out) = &opts.output {
+        report::write::check_writable(out).map_err(start_err)?;
+    }
+    preflight::check().map_err(start_err)?;
+    let (pid, mut child, comm_hint) = match &target {
+        Target::Pid(pid) => (*pid, None, None),
+        Target::Command(argv) => {
+            let exe = spawn::resolve(&argv[0]).map_err(start_err)?;
+            let child = spawn::spawn_held(argv).map_err(start_err)?;
+            let comm = spawn::comm_of(&exe);
+            (child.pid, Some(child), Some(comm))
+        }
+    };
+    let setup = || -> Result<(Probes, ResidentSet)> {
+        let mut probes = Probes::load(&LoadConfig::from_env()).map_err(start_err)?;
+        let mut set = ResidentSet::new(probes.ebpf_mut()).map_err(start_err)?;
+        let every = std::env::var("OFFHEAP_FAULT_SAMPLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_FAULT_SAMPLE);
+        set.set_sample_every(every).map_err(start_err)?;
+        attach_tracepoints(&mut probes)?;
+        probes.add_target(pid, TARGET_FAULTS).map_err(start_err)?;
+        Ok((probes, set))
+    };
+    let (mut probes, mut set) = match setup() {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(c) = child.take() {
+                c.abort();
+            }
+            return Err(e);
+        }
+    };
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            if let Some(c) = child.take() {
+                c.abort();
+            }
+            return Err(start_err(format!("no process with PID {pid} ({e})")));
+        }
+    };
+    let comm = match &comm_hint {
+        Some(c) => c.clone(),
+        None => procinfo::snapshot(pid).map(|p| p.comm).unwrap_or_default(),
+    };
+    if let Some(c) = child.as_mut() {
+        if let Err(e) = c.release(&comm) {
+            let _ = spawn::reap(c.pid);
+            return Err(start_err(e));
+        }
+    }
+    // After exec: the model's baseline and module list are the new image's.
+    set.add(pid)
+        .map_err(|e| start_err(format!("starting resident accounting of PID {pid}: {e}")))?;
+    let set = Arc::new(Mutex::new(set));
+    let drainer = Drainer::start(set.clone());
+    // Before saying "attached": a Ctrl-C from then on must end tracing
+    // gracefully, even while the symbolizer is still reading debug info.
+    let signals = Signals {
+        int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+    };
+    eprintln!("offheap: attached to PID {pid} ({comm}), mode resident");
+    let started = Instant::now();
+    sym.on_attached(pid);
+
+    let stop = wait(opts, pid, &pidfd, &set, sym, signals).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    probes.remove_target(pid).map_err(anyhow::Error::new)?;
+    let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
+    sym.on_stop(pid, exited);
+    let child_status = child.as_ref().and_then(|c| spawn::reap(c.pid));
+    drop(drainer);
+    let mut raws = lock(&set).finish_all(&mut classifier(sym));
+    for r in &mut raws {
+        r.exited |= exited;
+        if r.comm.is_empty() {
+            r.comm = comm.clone();
+        }
+    }
+    let (counters, dropped_events) =
+        accounting::counters::read(probes.ebpf()).context("reading the error counters")?;
+    let meta = Meta {
+        mode: opts.mode,
+        duration_secs: elapsed,
+        counters,
+        dropped_events,
+    };
+    let report = report::build::assemble(meta, raws, sym);
+    Ok(Outcome {
+        report,
+        stop,
+        child_status,
+        probes,
+    })
+}
+
+/// Drains the ring buffer on its own thread, so that a slow step of the
+/// session (the symbolizer parsing node's debug info at attach, a sample)
+/// never lets the ring buffer overflow.
+struct Drainer {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drainer {
+    fn start(set: Arc<Mutex<ResidentSet>>) -> Drainer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("offheap-drain".into())
+            .spawn(move || {
+                let fd = set.lock().map(|g| g.ring_fd()).unwrap_or(-1);
+                while !s.load(Ordering::Relaxed) {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the fd stays open while the
+                    // set (shared with this thread) lives.
+                    unsafe { libc::poll(&mut p, 1, 20) };
+                    if let Ok(mut g) = set.lock() {
+                        g.drain();
+                    }
+                }
+            })
+            .ok();
+        Drainer { stop, handle }
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+async fn wait(
+    opts: &SessionOptions,
+    pid: u32,
+    pidfd: &AsyncFd<OwnedFd>,
+    set: &Arc<Mutex<ResidentSet>>,
+    sym: &mut dyn SessionSymbolizer,
+    mut signals: Signals,
+) -> Result<StopReason> {
+    let deadline = async {
+        match opts.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Ok(StopReason::Duration),
+            _ = signals.int.recv() => return Ok(StopReason::Signal),
+            _ = signals.term.recv() => return Ok(StopReason::Signal),
+            _ = pidfd.readable() => return Ok(StopReason::TargetExited),
+            _ = ticker.tick() => {
+                sym.on_tick(pid);
+                lock(set).sample(&mut classifier(sym));
+            }
+        }
+    }
+}
+
+fn lock(set: &Mutex<ResidentSet>) -> std::sync::MutexGuard<'_, ResidentSet> {
+    // A panic on the drain thread leaves the data as consistent as a drain
+    // that stopped between two records: keep going.
+    set.lock().unwrap_or_else(|e| e.into_inner())
+}
