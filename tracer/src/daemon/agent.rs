@@ -6,6 +6,7 @@
 //! limit; an OOM kill of a target writes its post-mortem.
 mod caps;
 mod malloc;
+mod resident;
 mod ring;
 
 use std::{
@@ -21,7 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::{maps, StackKey};
 
 use crate::{
-    accounting::{self, RawProcess},
+    accounting::{self, RawProcess, RawStack},
     commands::StartError,
     daemon::{
         cgroup::Mounts,
@@ -36,11 +37,16 @@ use crate::{
     symbols::Symbolizer,
 };
 
-use malloc::{KeyedStack, MallocTargets};
+use malloc::MallocTargets;
+use resident::ResidentTargets;
 use ring::{RingEvent, RingReader};
 
-/// Counter added to each report's `counters`: stacks dropped by the caps.
+/// Counter added to each report's `counters`: stacks dropped by the caps
+/// (malloc mode: deleted from the BPF maps, cumulative).
 pub const STACKS_EVICTED: &str = "stacks_evicted";
+/// Resident mode: stacks left out of the latest reports by the caps (the
+/// models keep them).
+pub const STACKS_HIDDEN: &str = "stacks_hidden";
 /// Points kept in a process's growth series (an hour at the default interval).
 const MAX_SERIES_POINTS: usize = 3600;
 
@@ -85,11 +91,18 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Where the figures come from: uprobes and BPF maps, or page faults and
+/// the resident models.
+enum Backend {
+    Malloc(MallocTargets),
+    Resident(ResidentTargets),
+}
+
 pub struct Agent {
     opts: AgentOptions,
     mounts: Mounts,
     probes: Probes,
-    malloc: MallocTargets,
+    backend: Backend,
     sym: Symbolizer,
     targets: BTreeMap<u32, Target>,
     metrics: Arc<MetricsState>,
@@ -97,15 +110,11 @@ pub struct Agent {
     preoom: PreOomWatch,
     started: Instant,
     evicted: u64,
+    hidden: u64,
 }
 
 /// Runs the agent until SIGINT, SIGTERM or --duration.
 pub async fn run(opts: AgentOptions) -> Result<()> {
-    if opts.mode != Mode::Malloc {
-        return Err(start_err(
-            "watch --mode resident is not available yet; use --mode malloc",
-        ));
-    }
     if opts.selector.is_empty() {
         return Err(anyhow::Error::new(crate::commands::UsageError(
             "watch needs at least one of --cgroup, --comm, --all-node".into(),
@@ -140,7 +149,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     let mut probes = Probes::load(&cfg).map_err(start_err)?;
     lifecycle::attach(probes.ebpf_mut()).map_err(start_err)?;
-    probes.attach_vm().map_err(start_err)?;
+    let backend = match opts.mode {
+        Mode::Malloc => {
+            probes.attach_vm().map_err(start_err)?;
+            Backend::Malloc(MallocTargets::default())
+        }
+        Mode::Resident => Backend::Resident(ResidentTargets::start(&mut probes).map_err(start_err)?),
+    };
     let map = probes
         .ebpf_mut()
         .take_map(maps::EVENTS)
@@ -153,13 +168,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         opts,
         mounts,
         probes,
-        malloc: MallocTargets::default(),
+        backend,
         sym: Symbolizer::new(),
         targets: BTreeMap::new(),
         metrics: Arc::clone(&metrics),
         latest,
         started: Instant::now(),
         evicted: 0,
+        hidden: 0,
     };
     for p in agent.opts.selector.scan(&agent.mounts) {
         agent.add(p.pid);
@@ -206,8 +222,15 @@ impl Agent {
             return;
         };
         let since_ns = monotonic_ns();
-        let module = match self.malloc.add(&mut self.probes, pid) {
-            Ok(m) => m,
+        let added = match &mut self.backend {
+            Backend::Malloc(m) => m
+                .add(&mut self.probes, pid)
+                .map(|module| format!("allocator {module}"))
+                .map_err(anyhow::Error::new),
+            Backend::Resident(r) => r.add(&mut self.probes, pid).map(|()| "page faults".into()),
+        };
+        let what = match added {
+            Ok(w) => w,
             Err(e) => {
                 eprintln!(
                     "offheap: cannot trace PID {pid} ({}): {e}",
@@ -221,7 +244,7 @@ impl Agent {
             log::warn!("symbols of PID {pid}: {e}");
         }
         eprintln!(
-            "offheap: tracing PID {pid} ({}), allocator {module}{}",
+            "offheap: tracing PID {pid} ({}), {what}{}",
             tracked.info.comm,
             tracked
                 .cgroup
@@ -244,7 +267,10 @@ impl Agent {
     /// Drops every trace of `pid`: probes, map entries, symbols, metrics.
     fn remove(&mut self, pid: u32) -> Option<Target> {
         let t = self.targets.remove(&pid)?;
-        self.malloc.remove(&mut self.probes, pid);
+        match &mut self.backend {
+            Backend::Malloc(m) => m.remove(&mut self.probes, pid),
+            Backend::Resident(r) => r.remove(&mut self.probes, pid),
+        }
         self.sym.forget(pid);
         self.sym.prune();
         self.metrics.remove_process(pid);
@@ -266,7 +292,11 @@ impl Agent {
 
     fn handle(&mut self, ev: RingEvent) {
         match ev {
-            RingEvent::Vm(v) => self.malloc.apply(&v),
+            RingEvent::Vm(v) => {
+                if let Backend::Malloc(m) = &mut self.backend {
+                    m.apply(&v);
+                }
+            }
             RingEvent::Life(LifecycleEvent::Exec { tgid, ts_ns, .. }) => {
                 match self.targets.get(&tgid) {
                     // Found by the scan after this exec: already right.
@@ -307,7 +337,10 @@ impl Agent {
         let (mut counters, dropped) = accounting::counters::read(self.probes.ebpf())
             .map_err(|e| log::warn!("reading the error counters: {e}"))
             .unwrap_or_default();
-        counters.insert(STACKS_EVICTED.to_string(), self.evicted);
+        match self.backend {
+            Backend::Malloc(_) => counters.insert(STACKS_EVICTED.to_string(), self.evicted),
+            Backend::Resident(_) => counters.insert(STACKS_HIDDEN.to_string(), self.hidden),
+        };
         self.metrics
             .set_dropped_events_total(dropped + self.evicted);
         Meta {
@@ -318,65 +351,106 @@ impl Agent {
         }
     }
 
-    /// Stacks of every target, with the caps applied (evicted stacks are
-    /// deleted from the maps and counted).
-    fn read_capped(&mut self) -> HashMap<u32, Vec<KeyedStack>> {
-        let mut all = match self.malloc.read(&self.probes) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("offheap: reading the stacks: {e}");
-                return HashMap::new();
+    /// Stacks of every target, with the caps applied. Malloc mode deletes
+    /// evicted stacks from the maps and counts them; resident mode leaves
+    /// them out of the reports. `sample`: take a new resident sample first.
+    fn collect(&mut self, sample: bool) -> HashMap<u32, Vec<RawStack>> {
+        match &mut self.backend {
+            Backend::Malloc(m) => {
+                let mut all = match m.read(&self.probes) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("offheap: reading the stacks: {e}");
+                        return HashMap::new();
+                    }
+                };
+                let evict = self.choose(all.iter().map(|(pid, l)| {
+                    (*pid, l.iter().map(|k| (&k.stack, !k.keys.is_empty())).collect())
+                }));
+                let mut keys: HashSet<StackKey> = HashSet::new();
+                let mut out = HashMap::new();
+                for (pid, list) in all.drain() {
+                    let mut kept = Vec::with_capacity(list.len());
+                    for (i, k) in list.into_iter().enumerate() {
+                        if evict.contains(&(pid, i)) {
+                            keys.extend(k.keys);
+                        } else {
+                            kept.push(k.stack);
+                        }
+                    }
+                    out.insert(pid, kept);
+                }
+                self.evicted += evict.len() as u64;
+                if let Backend::Malloc(m) = &mut self.backend {
+                    if let Err(e) = m.evict(&mut self.probes, &keys) {
+                        eprintln!("offheap: deleting evicted stacks: {e}");
+                    }
+                }
+                out
             }
-        };
-        let sizes: HashMap<u32, Vec<caps::Sized>> = all
-            .iter()
-            .map(|(pid, list)| {
-                let v = list
-                    .iter()
-                    .map(|k| caps::Sized {
-                        live_bytes: k.stack.live_bytes,
-                        total_bytes: k.stack.total_bytes,
-                        evictable: !k.keys.is_empty(),
+            Backend::Resident(r) => {
+                if sample {
+                    r.sample(&mut self.sym);
+                }
+                let mut all: HashMap<u32, Vec<RawStack>> = HashMap::new();
+                for (pid, t) in self.targets.iter_mut() {
+                    if let Some((stacks, last)) = r.read(*pid) {
+                        if let Some(m) = last {
+                            t.info.rss_bytes = m.rss_bytes;
+                        }
+                        all.insert(*pid, stacks);
+                    }
+                }
+                let evict = self.choose(
+                    all.iter()
+                        .map(|(pid, l)| (*pid, l.iter().map(|s| (s, true)).collect())),
+                );
+                self.hidden = evict.len() as u64;
+                for (pid, list) in all.iter_mut() {
+                    let mut i = 0;
+                    list.retain(|_| {
+                        i += 1;
+                        !evict.contains(&(*pid, i - 1))
+                    });
+                }
+                all
+            }
+        }
+    }
+
+    /// The caps over (stack, evictable) lists.
+    fn choose<'a>(
+        &self,
+        lists: impl Iterator<Item = (u32, Vec<(&'a RawStack, bool)>)>,
+    ) -> HashSet<(u32, usize)> {
+        let sizes: HashMap<u32, Vec<caps::Sized>> = lists
+            .map(|(pid, l)| {
+                let v = l
+                    .into_iter()
+                    .map(|(s, evictable)| caps::Sized {
+                        live_bytes: s.live_bytes,
+                        total_bytes: s.total_bytes,
+                        evictable,
                     })
                     .collect();
-                (*pid, v)
+                (pid, v)
             })
             .collect();
-        let evict = caps::choose(
+        caps::choose(
             &sizes,
             self.opts.max_stacks_per_process,
             self.opts.max_stacks_total,
-        );
-        if evict.is_empty() {
-            return all;
-        }
-        let mut keys: HashSet<StackKey> = HashSet::new();
-        for (pid, list) in all.iter_mut() {
-            let mut i = 0;
-            list.retain(|k| {
-                let gone = evict.contains(&(*pid, i));
-                i += 1;
-                if gone {
-                    keys.extend(k.keys.iter().copied());
-                }
-                !gone
-            });
-        }
-        self.evicted += evict.len() as u64;
-        if let Err(e) = self.malloc.evict(&mut self.probes, &keys) {
-            eprintln!("offheap: deleting evicted stacks: {e}");
-        }
-        all
+        )
     }
 
-    fn raw(&self, pid: u32, t: &Target, stacks: Vec<KeyedStack>) -> RawProcess {
+    fn raw(&self, pid: u32, t: &Target, stacks: Vec<RawStack>) -> RawProcess {
         RawProcess {
             pid,
             comm: t.info.comm.clone(),
             exe: t.info.exe.clone(),
             rss_bytes: t.info.rss_bytes,
             exited: false,
-            stacks: stacks.into_iter().map(|k| k.stack).collect(),
+            stacks,
             series: t.series.clone(),
             cgroup: t.tracked.cgroup.as_ref().map(|c| c.path.clone()),
             ..RawProcess::default()
@@ -386,25 +460,27 @@ impl Agent {
     /// One interval: every target's report, metrics, series; then the
     /// cgroups' pre-OOM check.
     fn tick(&mut self) {
-        let mut stacks = self.read_capped();
-        let meta = self.meta();
-        let t_secs = meta.duration_secs;
         let pids: Vec<u32> = self.targets.keys().copied().collect();
-        let mut reports: HashMap<u32, ProcessReport> = HashMap::new();
-        for pid in pids {
-            let alive = procinfo::snapshot(pid);
-            if alive.is_some() {
-                if let Err(e) = self.sym.refresh(pid) {
-                    log::debug!("refreshing the symbols of PID {pid}: {e}");
-                }
-            }
-            let Some(t) = self.targets.get_mut(&pid) else {
+        // Facts and symbols first: resident sampling classifies new stacks.
+        for &pid in &pids {
+            let Some(now) = procinfo::snapshot(pid) else {
                 continue;
             };
-            if let Some(now) = alive {
+            if let Err(e) = self.sym.refresh(pid) {
+                log::debug!("refreshing the symbols of PID {pid}: {e}");
+            }
+            if let Some(t) = self.targets.get_mut(&pid) {
                 t.info = now;
             }
-            let t = &self.targets[&pid];
+        }
+        let mut stacks = self.collect(true);
+        let meta = self.meta();
+        let t_secs = meta.duration_secs;
+        let mut reports: HashMap<u32, ProcessReport> = HashMap::new();
+        for pid in pids {
+            let Some(t) = self.targets.get(&pid) else {
+                continue;
+            };
             let raw = self.raw(pid, t, stacks.remove(&pid).unwrap_or_default());
             let mut report =
                 report::build::assemble(self.copy_meta(&meta), vec![raw], &mut self.sym);
@@ -494,7 +570,8 @@ impl Agent {
         if !self.targets.contains_key(&v.tgid) {
             return;
         }
-        let mut stacks = self.read_capped();
+        // Resident mode: the last sample stands (the victim is dying).
+        let mut stacks = self.collect(false);
         let meta = self.meta();
         let t = &self.targets[&v.tgid];
         let raw = self.raw(v.tgid, t, stacks.remove(&v.tgid).unwrap_or_default());

@@ -40,7 +40,8 @@ fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(StartError(e.to_string()))
 }
 
-fn attach_tracepoints(
+/// Loads and attaches fault.bpf.c's programs (also used by `watch`).
+pub fn attach_tracepoints(
     probes: &mut Probes,
 ) -> Result<Vec<aya::programs::trace_point::TracePointLinkId>> {
     let mut ids = Vec::new();
