@@ -47,7 +47,16 @@ fn scrape_until(agent: &Agent, what: &str, ok: impl Fn(&str) -> bool) -> String 
 }
 
 #[test]
-fn two_cgroups_two_labelled_series_and_exit_removes_one() {
+fn two_cgroups_two_labelled_series_and_exit_removes_one_malloc() {
+    two_cgroups("malloc");
+}
+
+#[test]
+fn two_cgroups_two_labelled_series_and_exit_removes_one_resident() {
+    two_cgroups("resident");
+}
+
+fn two_cgroups(mode: &str) {
     let _lock = require_bpf();
     let tmp = tempfile::tempdir().unwrap();
     let script = tmp.path().join("buffers.js");
@@ -55,7 +64,7 @@ fn two_cgroups_two_labelled_series_and_exit_removes_one() {
     let (cg_a, cg_b) = (Cgroup::create("-a", None), Cgroup::create("-b", None));
     let mut agent = Agent::start(&[
         "--mode",
-        "malloc",
+        mode,
         "--cgroup",
         cg_a.dir.to_str().unwrap(),
         "--cgroup",
@@ -80,21 +89,28 @@ fn two_cgroups_two_labelled_series_and_exit_removes_one() {
     out_a.until("done a", T, |l| l == "done");
     out_b.until("done b", T, |l| l == "done");
 
-    // Retained bytes, plus at most node's own small ArrayBuffers made after
-    // the probes went in (the stdin chunk; startup ones when the agent
-    // attached early): 64 KiB.
+    // Malloc mode: the retained bytes, plus at most node's own small
+    // ArrayBuffers made after the probes went in (the stdin chunk; startup
+    // ones when the agent attached early): 64 KiB. Resident mode counts
+    // pages: each Buffer is a glibc mmap chunk (above its 128 KiB
+    // threshold) with one page of header, plus the same 64 KiB.
+    let per = if mode == "resident" {
+        EACH + 4096
+    } else {
+        EACH
+    };
     let in_range = |m: &str, pid: u32, count: u64| {
         sample(
             m,
             &series("offheap_bucket_bytes", pid, Some("array_buffers")),
         )
-        .is_some_and(|v| (count * EACH..=count * EACH + 65536).contains(&(v as u64)))
+        .is_some_and(|v| (count * per..=count * per + 65536).contains(&(v as u64)))
     };
-    let m = scrape_until(
-        &agent,
-        "both pids' array_buffers reach their Buffers",
-        |m| in_range(m, pa, count_a) && in_range(m, pb, count_b),
-    );
+    let what =
+        format!("array_buffers of {pa} ({count_a} Buffers) and {pb} ({count_b}), {per} bytes each");
+    let m = scrape_until(&agent, &what, |m| {
+        in_range(m, pa, count_a) && in_range(m, pb, count_b)
+    });
     eprintln!(
         "array_buffers a={:?} b={:?}",
         sample(

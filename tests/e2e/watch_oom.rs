@@ -39,7 +39,16 @@ fn json(path: &Path) -> Value {
 }
 
 #[test]
-fn oom_kill_writes_a_postmortem_naming_the_buffers() {
+fn oom_kill_writes_a_postmortem_naming_the_buffers_malloc() {
+    oom_kill_writes_a_postmortem("malloc");
+}
+
+#[test]
+fn oom_kill_writes_a_postmortem_naming_the_buffers_resident() {
+    oom_kill_writes_a_postmortem("resident");
+}
+
+fn oom_kill_writes_a_postmortem(mode: &str) {
     let _lock = require_bpf();
     let tmp = tempfile::tempdir().unwrap();
     let oom_dir = tmp.path().join("oom");
@@ -50,7 +59,7 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
 
     let mut agent = Agent::start(&[
         "--mode",
-        "malloc",
+        mode,
         "--cgroup",
         cg.dir.to_str().unwrap(),
         "--oom-dir",
@@ -92,6 +101,21 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
     assert!(pre_report["oom"].is_null());
     assert!(oom_dir.join(pre_name.replace(".json", ".txt")).is_file());
 
+    // The agent has sampled the high state (resident mode reports the
+    // last sample before the kill).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (code, body) = agent.get(&format!("/report?pid={pid}"));
+        let ab = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
+        if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // Leak until the kernel kills node.
     poke_line(&mut stdin);
     let status = node.wait().unwrap();
@@ -121,6 +145,7 @@ fn oom_kill_writes_a_postmortem_naming_the_buffers() {
     );
 
     let r = json(path);
+    assert_eq!(r["mode"], mode);
     assert_eq!(r["oom"]["pid"], pid, "{}", r["oom"]);
     assert_eq!(r["oom"]["comm"], "node");
     assert_eq!(r["oom"]["cgroup"], cg.path.as_str());

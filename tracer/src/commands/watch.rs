@@ -15,6 +15,12 @@ use crate::{
 /// a container the host's namespace makes /proc/PID/cgroup show full
 /// (kubepods) paths. Outside one this changes nothing.
 pub fn before_runtime(_args: &WatchArgs) {
+    // Container runtimes (Docker, containerd) give containers a private
+    // cgroup namespace by default only on cgroup v2 hosts; with the v1
+    // memory hierarchy mounted, paths are the host's already.
+    if cgroup::Mounts::of_this_host().is_ok_and(|m| m.v1_memory.is_some()) {
+        return;
+    }
     match cgroup::enter_host_cgroup_namespace() {
         Ok(true) => log::info!("entered the host's cgroup namespace"),
         Ok(false) => {}

@@ -154,7 +154,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             probes.attach_vm().map_err(start_err)?;
             Backend::Malloc(MallocTargets::default())
         }
-        Mode::Resident => Backend::Resident(ResidentTargets::start(&mut probes).map_err(start_err)?),
+        Mode::Resident => {
+            Backend::Resident(ResidentTargets::start(&mut probes).map_err(start_err)?)
+        }
     };
     let map = probes
         .ebpf_mut()
@@ -365,7 +367,10 @@ impl Agent {
                     }
                 };
                 let evict = self.choose(all.iter().map(|(pid, l)| {
-                    (*pid, l.iter().map(|k| (&k.stack, !k.keys.is_empty())).collect())
+                    (
+                        *pid,
+                        l.iter().map(|k| (&k.stack, !k.keys.is_empty())).collect(),
+                    )
                 }));
                 let mut keys: HashSet<StackKey> = HashSet::new();
                 let mut out = HashMap::new();
