@@ -175,3 +175,37 @@ fn two_cgroups(mode: &str) {
     assert!(!m.contains("offheap_rss_bytes{"), "{m}");
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// Bad flags: one line on stderr and the documented exit code, before any
+/// BPF is loaded.
+#[test]
+fn bad_flags_fail_with_one_line() {
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["watch"],
+            1,
+            "offheap: error: watch needs at least one of --cgroup, --comm, --all-node",
+        ),
+        (
+            &["watch", "--comm", "x", "--warn-at", "0"],
+            1,
+            "offheap: error: --warn-at must be a percentage in (0, 100], not 0",
+        ),
+        (
+            &["watch", "--comm", "x", "--interval", "0"],
+            1,
+            "offheap: error: --interval must be a positive number of seconds, not 0",
+        ),
+        (
+            &["watch", "--comm", "x", "--oom-dir", "/nonexistent/offheap"],
+            2,
+            "offheap: error: --oom-dir /nonexistent/offheap is not a directory",
+        ),
+    ];
+    for (args, code, line) in cases {
+        let o = offheap(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {err}");
+        assert_eq!(err.lines().collect::<Vec<_>>(), vec![*line], "{args:?}");
+    }
+}
