@@ -8,6 +8,7 @@ mod caps;
 mod malloc;
 mod resident;
 mod ring;
+mod symcache;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -40,6 +41,7 @@ use crate::{
 use malloc::MallocTargets;
 use resident::ResidentTargets;
 use ring::{RingEvent, RingReader};
+use symcache::FrameCache;
 
 /// Counter added to each report's `counters`: stacks dropped by the caps
 /// (malloc mode: deleted from the BPF maps, cumulative).
@@ -104,6 +106,7 @@ pub struct Agent {
     probes: Probes,
     backend: Backend,
     sym: Symbolizer,
+    frames: FrameCache,
     targets: BTreeMap<u32, Target>,
     metrics: Arc<MetricsState>,
     latest: Latest,
@@ -172,6 +175,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         probes,
         backend,
         sym: Symbolizer::new(),
+        frames: FrameCache::default(),
         targets: BTreeMap::new(),
         metrics: Arc::clone(&metrics),
         latest,
@@ -274,6 +278,7 @@ impl Agent {
             Backend::Resident(r) => r.remove(&mut self.probes, pid),
         }
         self.sym.forget(pid);
+        self.frames.forget(pid);
         self.sym.prune();
         self.metrics.remove_process(pid);
         self.latest
@@ -487,8 +492,11 @@ impl Agent {
                 continue;
             };
             let raw = self.raw(pid, t, stacks.remove(&pid).unwrap_or_default());
-            let mut report =
-                report::build::assemble(self.copy_meta(&meta), vec![raw], &mut self.sym);
+            let mut report = report::build::assemble(
+                self.copy_meta(&meta),
+                vec![raw],
+                &mut self.frames.with(&mut self.sym),
+            );
             let Some(p) = report.processes.first_mut() else {
                 continue;
             };
@@ -581,7 +589,7 @@ impl Agent {
         let t = &self.targets[&v.tgid];
         let raw = self.raw(v.tgid, t, stacks.remove(&v.tgid).unwrap_or_default());
         let cgroup = t.tracked.cgroup.clone();
-        let report = report::build::assemble(meta, vec![raw], &mut self.sym);
+        let report = report::build::assemble(meta, vec![raw], &mut self.frames.with(&mut self.sym));
         let Some(dir) = self.opts.oom_dir.clone() else {
             let top = oom::top_off_heap(&report, Some(v.tgid))
                 .map(oom::describe_stack)
