@@ -1,6 +1,6 @@
 // The demo's leaking service: every 100 ms a request-handler-like function retains
 // off-heap memory that `process.memoryUsage().heapUsed` never shows:
-//   - a 64 KiB Buffer from Buffer.allocUnsafeSlow (malloc through node's ArrayBuffer allocator)
+//   - a 256 KiB Buffer from Buffer.allocUnsafeSlow (malloc through node's ArrayBuffer allocator)
 //   - a 16 KiB Buffer from Buffer.alloc (zero-filled: calloc)
 //   - a zlib deflate stream that is written to and never closed (zlib's native state)
 // and, for contrast, grows a JS-heap Map (the part heapUsed does show).
@@ -14,7 +14,7 @@ const openStreams = [];
 const sessions = new Map();
 
 function handleRequest(id) {
-  const body = Buffer.allocUnsafeSlow(64 * 1024);
+  const body = Buffer.allocUnsafeSlow(256 * 1024);
   body.fill(id & 0xff);
   const headers = Buffer.alloc(16 * 1024);
   retainedBuffers.push(body, headers);

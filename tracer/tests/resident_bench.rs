@@ -16,7 +16,7 @@ use offheap::report::Bucket;
 use resident_common::{Tracer, NODE};
 
 fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Runs a fixture to completion, traced or not; returns its first line, the

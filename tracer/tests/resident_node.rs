@@ -24,7 +24,7 @@ struct Node {
 
 impl Node {
     fn start(script: &str, args: &[&str]) -> Node {
-        let path = format!("{}/tests/fixtures/{script}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../tests/fixtures/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(NODE)
             .arg(path)
             .args(args)

@@ -38,7 +38,10 @@ pub fn run(mode: TraceMode, duration: u32, offheap: Option<PathBuf>) -> Result<(
     let mut cmd = std::process::Command::new(&offheap);
     cmd.current_dir(std::env::temp_dir())
         .env("NODE_OPTIONS", node_options)
-        .args(["run", "--mode", mode.as_str(), "--duration"])
+        // The leaking program ends itself soon after tracing stops, so the
+        // demo leaves nothing running behind it.
+        .env("LEAK_SECONDS", (duration + 2).to_string())
+        .args(["run", "--mode", mode.as_str(), "--top", "3", "--duration"])
         .arg(duration.to_string())
         .args(["--", "node"])
         .arg(&leak);

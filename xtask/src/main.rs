@@ -30,7 +30,7 @@ enum Task {
     /// Setup, build in release, trace the bundled leaking Node program and print the report.
     Demo {
         /// Tracing mode passed to `offheap run --mode`.
-        #[arg(long, value_enum, default_value_t = TraceMode::Malloc)]
+        #[arg(long, value_enum, default_value_t = TraceMode::Resident)]
         mode: TraceMode,
         /// How long to trace, in seconds.
         #[arg(long, default_value_t = 8)]

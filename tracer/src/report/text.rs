@@ -207,7 +207,10 @@ pub fn render(report: &Report, opts: &RenderOptions) -> String {
             let _ = writeln!(out, "  resident before tracing: {}", lines.join(", "));
         }
         series_block(&mut out, p);
-        for b in Bucket::ALL {
+        // Biggest bucket first: the answer to "where is the memory" leads.
+        let mut order = Bucket::ALL;
+        order.sort_by_key(|b| std::cmp::Reverse(p.buckets.get(*b)));
+        for b in order {
             let stacks: Vec<&StackReport> =
                 p.stacks.iter().filter(|s| s.bucket == Some(b)).collect();
             if stacks.is_empty() {

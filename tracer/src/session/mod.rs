@@ -73,7 +73,26 @@ impl SessionSymbolizer for NoSymbols {}
 /// The symbolizer every tracing front end uses: the one place to plug in
 /// `symbols::Symbolizer` (frames carry only addresses until then).
 pub fn new_symbolizer() -> Box<dyn SessionSymbolizer> {
-    Box::new(NoSymbols)
+    Box::new(crate::symbols::Symbolizer::new())
+}
+
+/// Modules are opened while the process lives (so that a process that has
+/// died, or whose binary was replaced, still symbolizes), and re-read when it
+/// maps new code (an addon's dlopen, libraries loaded after `run`'s exec).
+impl SessionSymbolizer for crate::symbols::Symbolizer {
+    fn on_attached(&mut self, pid: u32) {
+        if let Err(e) = self.capture(pid) {
+            log::warn!("symbols of PID {pid}: {e}");
+        }
+    }
+    fn on_tick(&mut self, pid: u32) {
+        let _ = self.refresh(pid);
+    }
+    fn on_stop(&mut self, pid: u32, exited: bool) {
+        if !exited {
+            let _ = self.refresh(pid);
+        }
+    }
 }
 
 /// Why tracing stopped.
@@ -94,7 +113,7 @@ pub struct Outcome {
     pub probes: Probes,
 }
 
-fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(StartError(e.to_string()))
 }
 
@@ -256,7 +275,8 @@ fn attach(pid: u32, alloc: &probes::Allocator) -> Result<(Probes, AsyncFd<RingBu
     Ok((probes, fd))
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+/// A pidfd of the target: it becomes readable when the process exits.
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; the returned fd is owned below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {

@@ -5,7 +5,7 @@
 //! from the last sample.
 //! No uprobes: nothing is attached to the allocator.
 use std::{
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -21,13 +21,15 @@ use tokio::{
 };
 use tracer_common::{resident_programs, TARGET_FAULTS};
 
-use super::{procinfo, spawn, Outcome, SessionOptions, SessionSymbolizer, StopReason, Target};
+use super::{
+    pidfd_open, procinfo, spawn, start_err, Outcome, SessionOptions, SessionSymbolizer, StopReason,
+    Target,
+};
 use crate::{
     accounting::{
         self,
         resident::{classifier, ResidentSet},
     },
-    commands::StartError,
     probes::{preflight, LoadConfig, Probes},
     report::{self, build::Meta},
 };
@@ -35,10 +37,6 @@ use crate::{
 /// Default 1-in-N sampling of first-touch stacks (`OFFHEAP_FAULT_SAMPLE`
 /// overrides; 1 takes every page). Mapping attribution is always exact.
 pub const DEFAULT_FAULT_SAMPLE: u32 = 1;
-
-fn start_err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::Error::new(StartError(e.to_string()))
-}
 
 /// Loads and attaches fault.bpf.c's programs (also used by `watch`).
 pub fn attach_tracepoints(
@@ -60,17 +58,6 @@ pub fn attach_tracepoints(
         );
     }
     Ok(ids)
-}
-
-fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: plain syscall; the returned fd is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor, owned by the OwnedFd, which the AsyncFd
-    // owns until it is dropped.
-    unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.map_err(|e| e.into_parts().1)
 }
 
 pub async fn trace(

@@ -118,10 +118,10 @@ impl Tracer {
     }
 }
 
-/// Compiles a C fixture from tests/fixtures into a temp dir.
+/// Compiles a C fixture from the workspace's tests/fixtures into a temp dir.
 pub fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../tests/fixtures")
         .join(format!("{name}.c"));
     let out = dir.join(name);
     let st = Command::new("cc")
