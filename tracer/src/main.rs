@@ -17,6 +17,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let offheap::cli::Command::Watch(args) = &cli.command {
+        commands::watch::before_runtime(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -2,6 +2,7 @@
 //! shared tracing session; none knows how a probe works.
 pub mod record;
 pub mod run;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -50,9 +51,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Report(args) => report::run(&args),
         Command::Diff(args) => diff::run(&args),
-        Command::Watch(_) => {
-            anyhow::bail!(StartError("not built yet".into()))
-        }
+        Command::Watch(args) => watch::run(args).await,
     }
 }
 

@@ -40,6 +40,9 @@ pub struct LoadConfig {
     pub max_allocs: u32,
     pub max_stack_stats: u32,
     pub max_stack_traces: u32,
+    /// Lifecycle's `watch_exec` knob: report every exec and OOM victim on
+    /// the host, not only those of targets (`watch`).
+    pub watch_exec: bool,
 }
 
 impl LoadConfig {
@@ -65,6 +68,7 @@ impl Default for LoadConfig {
             max_allocs: tracer_common::MAX_ALLOCS,
             max_stack_stats: tracer_common::MAX_STACK_STATS,
             max_stack_traces: tracer_common::MAX_STACK_TRACES,
+            watch_exec: false,
         }
     }
 }
@@ -74,7 +78,8 @@ impl Default for LoadConfig {
 pub struct Probes {
     ebpf: Ebpf,
     loaded: bool,
-    uprobe_links: Vec<UProbeLink>,
+    /// Each with the pid it filters on, so one process's can be detached.
+    uprobe_links: Vec<(u32, UProbeLink)>,
     tracepoint_links: Vec<TracePointLink>,
 }
 
@@ -93,6 +98,11 @@ impl Probes {
         let page = page_size();
         let ebpf = EbpfLoader::new()
             .set_global(programs::KNOB_PAGE_SIZE, &page, true)
+            .set_global(
+                crate::daemon::lifecycle::WATCH_EXEC_GLOBAL,
+                &u8::from(cfg.watch_exec),
+                true,
+            )
             .set_max_entries(maps::ALLOCS, cfg.max_allocs)
             .set_max_entries(maps::STACK_STATS, cfg.max_stack_stats)
             .set_max_entries(maps::STACK_TRACES, cfg.max_stack_traces)
@@ -228,11 +238,21 @@ impl Probes {
                         ),
                         source,
                     })?;
-                self.uprobe_links.push(link);
+                self.uprobe_links.push((pid, link));
             }
             attached.push(p.symbol);
         }
         Ok(attached)
+    }
+
+    /// Detaches the malloc-family probes of one process (it exited, or
+    /// exec'd another program).
+    pub fn detach_malloc(&mut self, pid: u32) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.uprobe_links)
+            .into_iter()
+            .partition(|(p, _)| *p == pid);
+        self.uprobe_links = kept;
+        drop(gone);
     }
 
     /// Detaches every probe. Each uprobe unregistration waits for an SRCU

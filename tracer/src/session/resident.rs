@@ -38,7 +38,8 @@ use crate::{
 /// overrides; 1 takes every page). Mapping attribution is always exact.
 pub const DEFAULT_FAULT_SAMPLE: u32 = 1;
 
-fn attach_tracepoints(
+/// Loads and attaches fault.bpf.c's programs (also used by `watch`).
+pub fn attach_tracepoints(
     probes: &mut Probes,
 ) -> Result<Vec<aya::programs::trace_point::TracePointLinkId>> {
     let mut ids = Vec::new();

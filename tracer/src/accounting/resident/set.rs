@@ -42,6 +42,12 @@ impl ResidentSet {
         self.maps.set_sample_every(n)
     }
 
+    /// Stops modelling `pid` (it exited, or exec'd a new program) and hands
+    /// its model back; records still in the ring for it are then ignored.
+    pub fn remove(&mut self, pid: u32) -> Option<Resident> {
+        self.procs.remove(&pid)
+    }
+
     pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
         self.procs.keys().copied()
     }

@@ -1,0 +1,127 @@
+//! `watch --max-stacks-per-process`: beyond the cap the smallest stacks are
+//! evicted, from the report and from the BPF maps (a later free(3) of an
+//! evicted block changes nothing), and counted in `stacks_evicted`.
+#[path = "watch_common.rs"]
+mod watch_common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use offheap_e2e::*;
+use serde_json::Value;
+use watch_common::*;
+
+/// (site, live bytes, total bytes) of every stack of the report, by site.
+fn sites(r: &Value) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<(String, u64, u64)> = r["processes"][0]["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["frames"][0]["symbol"].as_str().unwrap_or("?").to_string(),
+                s["live_bytes"].as_u64().unwrap(),
+                s["total_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn report_until(agent: &Agent, pid: u32, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let (code, body) = agent.get(&format!("/report?pid={pid}"));
+        if code == 200 {
+            let r: Value = serde_json::from_str(&body).unwrap();
+            if ok(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {:?} evicted {}",
+                sites(&r),
+                r["counters"]["stacks_evicted"]
+            );
+        }
+        assert!(Instant::now() < deadline, "{what}: /report {code}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn smallest_stacks_are_evicted_from_the_maps_and_counted() {
+    let _lock = require_bpf();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = build_fixture("capsites", tmp.path());
+    let mut agent = Agent::start(&[
+        "--mode",
+        "malloc",
+        "--comm",
+        "capsites",
+        "--max-stacks-per-process",
+        "3",
+        "--interval",
+        "0.2",
+    ]);
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = Stream::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    out.until("ready", T, |l| l == "ready");
+    agent.wait_tracing(pid);
+    poke_line(&mut stdin);
+    out.until("done", T, |l| l == "done");
+
+    let r = report_until(&agent, pid, "the three largest sites kept", |r| {
+        sites(r)
+            == want(&[
+                ("site_3", 3000, 3000),
+                ("site_4", 4000, 4000),
+                ("site_5", 5000, 5000),
+            ])
+    });
+    assert_eq!(r["counters"]["stacks_evicted"], 2);
+
+    // site_1's stack again, 6000 bytes: a fresh entry, now one of the
+    // largest; site_3 becomes the smallest and goes.
+    poke_line(&mut stdin);
+    out.until("again", T, |l| l == "again");
+    let new_set = want(&[
+        ("site_1", 6000, 6000),
+        ("site_4", 4000, 4000),
+        ("site_5", 5000, 5000),
+    ]);
+    let r = report_until(&agent, pid, "site_1 back, site_3 evicted", |r| {
+        sites(r) == new_set
+    });
+    assert_eq!(r["counters"]["stacks_evicted"], 3);
+
+    // Freeing the first site_1 block (allocated before its stack was
+    // evicted) must not touch the new entry: its allocs entry went with
+    // the eviction. Two more ticks, then the same figures.
+    poke_line(&mut stdin);
+    out.until("freed", T, |l| l == "freed");
+    let ticks = |r: &Value| r["processes"][0]["series"].as_array().unwrap().len();
+    let (_, body) = agent.get(&format!("/report?pid={pid}"));
+    let before = ticks(&serde_json::from_str(&body).unwrap());
+    let r = report_until(&agent, pid, "two ticks after the free", |r| {
+        ticks(r) >= before + 2
+    });
+    assert_eq!(sites(&r), new_set);
+    assert_eq!(r["counters"]["stacks_evicted"], 3);
+    poke_line(&mut stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(agent.stop(), Some(0));
+}
+
+fn want(v: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
+    v.iter().map(|(s, l, t)| (s.to_string(), *l, *t)).collect()
+}
