@@ -2,9 +2,11 @@
 //! wait for the end (duration, SIGINT/SIGTERM, or the target's exit), then
 //! drain the maps into raw stacks and assemble the report. Front ends only
 //! choose the target and the output.
+pub mod live;
 pub mod procinfo;
 pub mod resident;
 pub mod spawn;
+mod symbolizer;
 
 use std::{
     collections::HashMap,
@@ -55,6 +57,8 @@ pub struct SessionOptions {
     pub top: Option<usize>,
     /// Folded and SVG output: live or total bytes.
     pub value: report::ValueKind,
+    /// Draw the live view on stdout every interval (`report::live::wanted`).
+    pub live: bool,
 }
 
 /// The symbolizer slot: the session calls these hooks so that a symbolizer can
@@ -73,7 +77,7 @@ impl SessionSymbolizer for NoSymbols {}
 /// The symbolizer every tracing front end uses: the one place to plug in
 /// `symbols::Symbolizer` (frames carry only addresses until then).
 pub fn new_symbolizer() -> Box<dyn SessionSymbolizer> {
-    Box::new(NoSymbols)
+    Box::new(crate::symbols::Symbolizer::new())
 }
 
 /// Why tracing stopped.
@@ -200,7 +204,17 @@ pub async fn trace(
         info: procinfo::snapshot(pid).unwrap_or_default(),
     };
     sym.on_attached(pid);
-    let stop = live.wait(opts, sym).await.map_err(after_start)?;
+    let mut screen = live::Screen::new(opts.live);
+    let mut tick = |l: &Live, sym: &mut dyn SessionSymbolizer| {
+        if let Some(screen) = screen.as_mut() {
+            let secs = started.elapsed().as_secs_f64();
+            match snapshot(&probes, l, opts.mode, secs, sym) {
+                Ok(r) => screen.draw(r),
+                Err(e) => log::warn!("live view: {e:#}"),
+            }
+        }
+    };
+    let stop = live.wait(opts, sym, &mut tick).await.map_err(after_start)?;
     let elapsed = started.elapsed().as_secs_f64();
 
     // Freeze the figures, then take the last events from the ring buffer.
@@ -286,6 +300,7 @@ impl Live {
         &mut self,
         opts: &SessionOptions,
         sym: &mut dyn SessionSymbolizer,
+        tick: &mut dyn FnMut(&Live, &mut dyn SessionSymbolizer),
     ) -> Result<StopReason> {
         let deadline = async {
             match opts.duration {
@@ -295,6 +310,9 @@ impl Live {
         };
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+        // A slow step (the first symbol capture) must not be followed by a
+        // burst of back-to-back ticks: the live view's growth rates would spike.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut deadline => return Ok(StopReason::Duration),
@@ -312,6 +330,7 @@ impl Live {
                         self.info = now;
                         sym.on_tick(self.pid);
                     }
+                    tick(self, sym);
                 }
             }
         }
@@ -328,6 +347,27 @@ fn drain(ring: &mut RingBuf<MapData>, spaces: &mut HashMap<u32, VmSpace>) {
         let ev: VmEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         spaces.entry(ev.hdr.tgid).or_default().apply(&ev);
     }
+}
+
+/// The report as it stands, for the live view: the maps are read while the
+/// probes keep counting, so figures may be a few events apart.
+fn snapshot(
+    probes: &Probes,
+    l: &Live,
+    mode: Mode,
+    secs: f64,
+    sym: &mut dyn SessionSymbolizer,
+) -> Result<Report> {
+    let raw = raw_process(probes, l.pid, &l.info, false, l.spaces.get(&l.pid).cloned())?;
+    let (counters, dropped_events) =
+        accounting::counters::read(probes.ebpf()).context("reading the error counters")?;
+    let meta = Meta {
+        mode,
+        duration_secs: secs,
+        counters,
+        dropped_events,
+    };
+    Ok(report::build::assemble(meta, vec![raw], sym))
 }
 
 /// Merges the malloc stacks and the self-made mappings into raw stacks.

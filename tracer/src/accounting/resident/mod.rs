@@ -522,6 +522,20 @@ impl Resident {
             .collect()
     }
 
+    /// The model as of the last sample, without the end-of-trace extras
+    /// (preexisting lines, reconciliation): cheap enough for every interval
+    /// of the live view.
+    pub fn snapshot(&self) -> RawProcess {
+        RawProcess {
+            pid: self.pid,
+            rss_bytes: self.last.as_ref().map_or(0, |m| m.rss_bytes),
+            exited: self.exited,
+            stacks: self.raw_stacks(),
+            series: self.series.clone(),
+            ..RawProcess::default()
+        }
+    }
+
     /// The last sample, if any.
     pub fn last(&self) -> Option<&Measure> {
         self.last.as_ref()
