@@ -386,6 +386,11 @@ fn raw_process(
     if let Some(space) = space {
         accounting::malloc::merge_into(&mut stacks, &resolver, space.stack_stats());
     }
+    let sizes =
+        accounting::dist::read_hist(ebpf, maps::SIZE_HIST, pid).context("reading size_hist")?;
+    let lifetimes = accounting::dist::read_hist(ebpf, maps::LIFETIME_HIST, pid)
+        .context("reading lifetime_hist")?;
+    accounting::dist::fill(&mut stacks, &resolver, sizes, lifetimes);
     Ok(RawProcess {
         pid,
         comm: info.comm.clone(),
