@@ -12,13 +12,16 @@ use offheap_e2e::*;
 /// Cursor home + clear screen, as report::live draws each terminal frame.
 const CLEAR: &str = "\x1b[H\x1b[2J";
 
-/// A node script that retains a 1 MiB Buffer, fully written, every 50 ms.
+/// A node script that retains a 1 MiB Buffer, fully written, every 50 ms,
+/// and exits after 5 s, which ends the trace (a command still running
+/// after --duration would keep the test's stdout pipe open).
 fn leak_js(dir: &Path) -> PathBuf {
     let p = dir.join("leak.js");
     std::fs::write(
         &p,
         "const keep = [];\n\
-         setInterval(() => keep.push(Buffer.alloc(1 << 20, 1)), 50);\n",
+         setInterval(() => keep.push(Buffer.alloc(1 << 20, 1)), 50);\n\
+         setTimeout(() => process.exit(0), 5000);\n",
     )
     .unwrap();
     p
@@ -28,7 +31,7 @@ fn run_args(js: &Path, live: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = vec!["run".into()];
     v.extend(live.iter().map(|s| s.to_string()));
     v.extend(
-        ["--interval", "0.5", "--duration", "3", "--", "node"]
+        ["--interval", "0.5", "--", "node"]
             .iter()
             .map(|s| s.to_string()),
     );
