@@ -59,7 +59,7 @@ pub fn fill(
         .iter()
         .map(|(k, s)| (k, s.live_bytes, s.total_bytes))
         .collect();
-    order.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)));
+    order.sort_by_key(|s| std::cmp::Reverse((s.1, s.2)));
     let top: std::collections::HashSet<Vec<u64>> = order
         .into_iter()
         .take(TOP_STACKS)

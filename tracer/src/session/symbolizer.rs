@@ -7,24 +7,36 @@ use crate::{report::progress::Progress, symbols::Symbolizer};
 
 use super::SessionSymbolizer;
 
-/// Size of the target's executable, for the progress line.
-fn exe_label(pid: u32) -> String {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| format!("PID {pid}"));
-    match std::fs::metadata(format!("/proc/{pid}/exe")) {
-        Ok(m) => format!("{exe} ({} MB)", m.len() / 1_000_000),
-        Err(_) => exe,
-    }
+/// Executables from this size on take a noticeable time to parse (node:
+/// ~100 MB, ~1.5 s); smaller ones are read silently.
+const SLOW_EXE_BYTES: u64 = 16_000_000;
+
+/// The progress label for capturing a big executable, None for a small one.
+fn slow_exe_label(pid: u32) -> Option<String> {
+    let size = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?.len();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    (size >= SLOW_EXE_BYTES).then(|| {
+        format!(
+            "reading the symbols of {} ({} MB)",
+            exe.display(),
+            size / 1_000_000
+        )
+    })
 }
 
 impl SessionSymbolizer for Symbolizer {
     fn on_attached(&mut self, pid: u32) {
-        let step = Progress::new(format!("reading the symbols of {}", exe_label(pid)));
+        let step = slow_exe_label(pid).map(Progress::new);
         match self.capture(pid) {
-            Ok(()) => step.done(),
+            Ok(()) => {
+                if let Some(s) = step {
+                    s.done();
+                }
+            }
             Err(e) => {
-                step.failed();
+                if let Some(s) = step {
+                    s.failed();
+                }
                 // Frames keep their addresses: the report is still right.
                 eprintln!("offheap: warning: {e}");
             }
