@@ -404,6 +404,28 @@ fn raw_process(
 
 /// Renders the report and writes it to --output (atomically) or stdout.
 pub fn write_report(report: &Report, opts: &SessionOptions) -> Result<()> {
+    // Rendering and writing tens of thousands of stacks takes seconds: show
+    // it as a step on stderr so that the pause after tracing is explained.
+    let stacks: usize = report.processes.iter().map(|p| p.stacks.len()).sum();
+    let step = (stacks >= LARGE_REPORT_STACKS).then(|| {
+        report::progress::Progress::new(format!(
+            "writing the report ({stacks} stacks, {})",
+            opts.format.as_str()
+        ))
+    });
+    let res = write_rendered(report, opts);
+    match (step, &res) {
+        (Some(s), Ok(())) => s.done(),
+        (Some(s), Err(_)) => s.failed(),
+        (None, _) => {}
+    }
+    res
+}
+
+/// From this many stacks on, writing the report is shown as a step.
+const LARGE_REPORT_STACKS: usize = 20_000;
+
+fn write_rendered(report: &Report, opts: &SessionOptions) -> Result<()> {
     let bytes = report::render(
         report,
         opts.format,
