@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use aya::{maps::HashMap as BpfHashMap, Ebpf};
-use tracer_common::{hist_lower_bound, HistKey, StackKey};
+use tracer_common::{hist_lower_bound, maps, HistKey, StackKey};
 
 use super::{
     malloc::{ReadError, StackResolver},
@@ -36,6 +36,26 @@ pub fn read_hist(ebpf: &Ebpf, map: &'static str, tgid: u32) -> Result<Buckets, R
         }
     }
     Ok(out)
+}
+
+/// Removes the buckets of the stacks `gone` selects from both maps (a target
+/// that left, or stacks evicted by a cap): without this a long-running
+/// daemon would fill them up. Returns how many entries went.
+pub fn forget(ebpf: &mut Ebpf, gone: impl Fn(&StackKey) -> bool) -> Result<usize, ReadError> {
+    let mut removed = 0;
+    for map in [maps::SIZE_HIST, maps::LIFETIME_HIST] {
+        let m = ebpf.map_mut(map).ok_or(ReadError::MissingMap(map))?;
+        let mut hist: BpfHashMap<_, HistKey, u64> =
+            BpfHashMap::try_from(m).map_err(|e| ReadError::Map(map, e))?;
+        let keys: Vec<HistKey> = hist.keys().filter_map(Result::ok).collect();
+        for k in keys.into_iter().filter(|k| gone(&k.stack)) {
+            // Already gone (a concurrent delete) is as good as deleted.
+            if hist.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Quantiles of a set of buckets, None when empty.
