@@ -139,6 +139,27 @@ fn record_counts_resident_pages_per_site() {
             "{site}/{attr}: {g} pages, want {pages}; all {got:?}"
         );
     }
+    // Sizes of mapping stacks are the mmap lengths: map_site maps 64 pages
+    // once (2^18 bytes, an exact histogram bucket).
+    let map_sizes: Vec<&Value> = p["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["attribution"] == "mapping"
+                && s["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| name_at(&funcs, hex(&f["addr"])) == Some("map_site"))
+        })
+        .map(|s| &s["sizes"])
+        .collect();
+    assert_eq!(map_sizes.len(), 1, "{map_sizes:?}");
+    for k in ["p50", "p90", "p99", "max"] {
+        assert_eq!(map_sizes[0][k], 64 * PAGE, "{k}: {}", map_sizes[0]);
+    }
+    assert_eq!(map_sizes[0]["count"], 1);
     let rec = p["reconciliation"].as_str().unwrap();
     assert!(rec.contains(", within 5%)"), "{rec}");
     assert_eq!(report["counters"]["events_lost"], 0);

@@ -16,6 +16,10 @@ pub mod maps {
     pub const FAULT_STATS: &str = "fault_stats";
     pub const STACK_FALLBACK: &str = "stack_fallback";
     pub const STACK_SCRATCH: &str = "stack_scratch";
+    /// Malloc mode: allocations per (stack, size bucket).
+    pub const SIZE_HIST: &str = "size_hist";
+    /// Malloc mode: freed allocations per (stack, lifetime bucket), in ns.
+    pub const LIFETIME_HIST: &str = "lifetime_hist";
     /// Resident mode (fault.bpf.c): ring buffer of `FaultEvent` and `MapEvent`.
     pub const FAULT_EVENTS: &str = "fault_events";
     pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
@@ -129,6 +133,39 @@ pub const MAX_STACK_DEPTH: usize = 127;
 pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COMM_LEN: usize = 16;
 pub const MAX_STACK_FALLBACK: u32 = 16384;
+pub const MAX_HIST: u32 = 262144;
+pub const HIST_SUB_BITS: u32 = 3;
+pub const HIST_BUCKETS: u32 = 496;
+
+/// Key of `size_hist` and `lifetime_hist`: one log-linear bucket of a stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub stack: StackKey,
+    pub bucket: u32,
+    pub _pad: u32,
+}
+
+/// The bucket of a value, as `hist_bucket` in offheap.bpf.c computes it.
+pub const fn hist_bucket(v: u64) -> u32 {
+    if v < (1 << HIST_SUB_BITS) {
+        return v as u32;
+    }
+    let e = 63 - v.leading_zeros();
+    let sub = ((v >> (e - HIST_SUB_BITS)) & ((1 << HIST_SUB_BITS) - 1)) as u32;
+    ((e - HIST_SUB_BITS + 1) << HIST_SUB_BITS) + sub
+}
+
+/// The smallest value of a bucket (the inverse of `hist_bucket`, rounding down).
+pub const fn hist_lower_bound(bucket: u32) -> u64 {
+    let sub_count = 1 << HIST_SUB_BITS;
+    if bucket < sub_count {
+        return bucket as u64;
+    }
+    let e = (bucket >> HIST_SUB_BITS) + HIST_SUB_BITS - 1;
+    let sub = (bucket & (sub_count - 1)) as u64;
+    (sub_count as u64 + sub) << (e - HIST_SUB_BITS)
+}
 
 /// Stack ids with this bit set live in `stack_fallback`, not `stack_traces`
 /// (stacks that collided in a stack_traces bucket).
@@ -374,9 +411,10 @@ pub enum Counter {
     ReadFailed = 6,
     FaultStatsFull = 7,
     OomKills = 8,
+    HistFull = 9,
 }
 
-pub const COUNTER_MAX: u32 = 9;
+pub const COUNTER_MAX: u32 = 10;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_MAX as usize] = [
@@ -389,6 +427,7 @@ impl Counter {
         Counter::ReadFailed,
         Counter::FaultStatsFull,
         Counter::OomKills,
+        Counter::HistFull,
     ];
 
     /// Name used in reports and metrics.
@@ -403,6 +442,7 @@ impl Counter {
             Counter::ReadFailed => "user_read_failed",
             Counter::FaultStatsFull => "fault_stats_map_full",
             Counter::OomKills => "oom_kills",
+            Counter::HistFull => "histogram_map_full",
         }
     }
 
@@ -431,6 +471,7 @@ mod pod {
         StackIps,
         ProcEvent,
         OomEvent,
-        FaultConfig
+        FaultConfig,
+        HistKey
     );
 }

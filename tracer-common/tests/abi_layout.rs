@@ -34,6 +34,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         "fault_event" FaultEvent { hdr, address, ip, error_code, stack_id, sp_word }
         "fault_page_key" FaultPageKey { tgid, _pad, page }
         "fault_config" FaultConfig { sample_every, _pad }
+        "hist_key" HistKey { stack, bucket, _pad }
     };
     // MapEvent mirrors the fixed part of struct map_event; stack[] follows it.
     v.push((
@@ -68,6 +69,9 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_TARGET_VM".into(), TARGET_VM.into()),
         ("OFFHEAP_TARGET_FAULTS".into(), TARGET_FAULTS.into()),
         ("OFFHEAP_CTR_MAX".into(), COUNTER_MAX.into()),
+        ("OFFHEAP_MAX_HIST".into(), MAX_HIST.into()),
+        ("OFFHEAP_HIST_SUB_BITS".into(), HIST_SUB_BITS.into()),
+        ("OFFHEAP_HIST_BUCKETS".into(), HIST_BUCKETS.into()),
         ("OFFHEAP_EV_MMAP".into(), event_kind::MMAP.into()),
         ("OFFHEAP_EV_MUNMAP".into(), event_kind::MUNMAP.into()),
         ("OFFHEAP_EV_MREMAP".into(), event_kind::MREMAP.into()),
@@ -110,6 +114,8 @@ fn rust_constants() -> Vec<(String, u64)> {
         "OFFHEAP_CTR_FREE_UNKNOWN",
         "OFFHEAP_CTR_READ_FAILED",
         "OFFHEAP_CTR_FAULT_STATS_FULL",
+        "OFFHEAP_CTR_OOM_KILLS",
+        "OFFHEAP_CTR_HIST_FULL",
     ];
     for (c, name) in Counter::ALL.iter().zip(c_names) {
         v.push((name.into(), *c as u64));
@@ -195,4 +201,31 @@ fn constants_match_the_c_header() {
         "ABI drift:\n{}",
         mismatches.join("\n")
     );
+}
+
+/// The Rust bucket function is the BPF one (same formula, checked at the
+/// edges), and the lower bound inverts it.
+#[test]
+fn hist_buckets_round_trip() {
+    assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    let mut values: Vec<u64> = (0..4096).collect();
+    for e in 0..64 {
+        let p = 1u64 << e;
+        values.extend([p, p - 1, p + 1, p + p / 3]);
+    }
+    values.push(u64::MAX);
+    for v in values {
+        let b = hist_bucket(v);
+        let lo = hist_lower_bound(b);
+        assert!(lo <= v, "{v}: bucket {b} starts at {lo}");
+        assert_eq!(hist_bucket(lo), b, "{v}");
+        if b + 1 < HIST_BUCKETS {
+            assert!(hist_lower_bound(b + 1) > v, "{v}: bucket {b}");
+        }
+        // Within 1/8 of the value (exact below 16 and for powers of two).
+        assert!(v - lo <= v / 8, "{v}: {lo}");
+        if v.is_power_of_two() || v < 16 {
+            assert_eq!(lo, v);
+        }
+    }
 }

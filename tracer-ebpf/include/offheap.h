@@ -25,10 +25,13 @@
 #define OFFHEAP_EVENTS_BYTES (4 << 20)
 #define OFFHEAP_COMM_LEN 16
 #define OFFHEAP_MAX_STACK_FALLBACK 16384
+/* Entries of size_hist and of lifetime_hist: (stack, bucket) pairs. */
+#define OFFHEAP_MAX_HIST 262144
 
 /* ---- map and program names (mirrored as Rust constants) ------------------- */
 /* Maps: targets, allocs, inflight, stack_stats, stack_traces, counters, events,
- * vm_inflight, fault_stats, stack_fallback, stack_scratch. Programs are named
+ * vm_inflight, fault_stats, stack_fallback, stack_scratch, size_hist,
+ * lifetime_hist. Programs are named
  * <symbol>_enter / <symbol>_exit. */
 
 /* ---- targets -------------------------------------------------------------- */
@@ -92,6 +95,23 @@ struct alloc_info {
 	__u64 size;
 	__u64 ts_ns;          /* bpf_ktime_get_ns() at allocation, for lifetimes */
 	struct stack_key stack;
+};
+
+/* Distributions per stack (malloc mode): `size_hist` counts allocations by
+ * size, `lifetime_hist` freed allocations by nanoseconds from allocation to
+ * free. Key: struct hist_key; value: __u64 count, added to atomically.
+ * Buckets are log-linear, as in HDR histograms: values below 8 have a bucket
+ * each; above, each power of two [2^e, 2^(e+1)) is cut in 8 equal parts, so
+ * bucket = (e - 2) * 8 + the 3 bits after the leading one. The lower bound of
+ * a bucket is within 12.5% of every value in it, and exact for powers of two
+ * (the sizes allocators favour). */
+#define OFFHEAP_HIST_SUB_BITS 3
+#define OFFHEAP_HIST_BUCKETS 496   /* bucket of 2^64 - 1, plus one */
+
+struct hist_key {
+	struct stack_key stack;
+	__u32 bucket;
+	__u32 _pad;
 };
 
 /* Which traced function a thread is inside (inflight.kind). */
@@ -204,7 +224,8 @@ enum counter {
 	OFFHEAP_CTR_READ_FAILED = 6,      /* bpf_probe_read_user failed */
 	OFFHEAP_CTR_FAULT_STATS_FULL = 7, /* resident mode: fault_stats full */
 	OFFHEAP_CTR_OOM_KILLS = 8,        /* oom/mark_victim fired, for any process (informational) */
-	OFFHEAP_CTR_MAX = 9,
+	OFFHEAP_CTR_HIST_FULL = 9,        /* size_hist/lifetime_hist full: a sample was not counted */
+	OFFHEAP_CTR_MAX = 10,
 };
 
 

@@ -57,8 +57,10 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	return 0;
 }
 
-/* Drops an outstanding allocation; returns 1 when it was known. */
-static __always_inline int forget(__u32 tgid, __u64 addr)
+/* Drops an outstanding allocation; returns 1 when it was known. `freed`:
+ * the program saw the block go (free, realloc), so its lifetime is known;
+ * an address handed out again without a seen free only bounds it. */
+static __always_inline int forget(__u32 tgid, __u64 addr, int freed)
 {
 	struct alloc_key k = { .tgid = tgid, .addr = addr };
 	struct alloc_info *info = bpf_map_lookup_elem(&allocs, &k);
@@ -66,6 +68,7 @@ static __always_inline int forget(__u32 tgid, __u64 addr)
 	if (!info)
 		return 0;
 	__u64 size = info->size;
+	__u64 born = info->ts_ns;
 	struct stack_key stack = info->stack;
 	/* A failed delete means another thread freed the same address first:
 	 * it did the accounting. */
@@ -76,6 +79,8 @@ static __always_inline int forget(__u32 tgid, __u64 addr)
 		__sync_fetch_and_add(&st->live_bytes, -size);
 		__sync_fetch_and_add(&st->live_allocs, -1);
 	}
+	if (freed)
+		hist_add(&lifetime_hist, &stack, bpf_ktime_get_ns() - born);
 	return 1;
 }
 
@@ -85,13 +90,14 @@ static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct 
 
 	/* The address is handed out again, so its previous owner was freed by
 	 * a path we did not see: retire it rather than keep it live forever. */
-	forget(tgid, addr);
+	forget(tgid, addr, 0);
 
 	struct stack_stats *st = stats_of(stack);
 	if (!st)
 		return;
 	__sync_fetch_and_add(&st->total_bytes, size);
 	__sync_fetch_and_add(&st->total_allocs, 1);
+	hist_add(&size_hist, stack, size);
 
 	struct alloc_info info = {
 		.size = size,
@@ -130,7 +136,7 @@ static __always_inline int alloc_exit(struct pt_regs *ctx)
 		 * (possibly at the same address); realloc(p, 0) frees p and
 		 * returns NULL; on failure the old block is untouched. */
 		if (in.old_ptr && (addr || in.size == 0))
-			forget(tgid, in.old_ptr);
+			forget(tgid, in.old_ptr, 1);
 		break;
 	case OFFHEAP_KIND_POSIX_MEMALIGN:
 		/* Returns an int error number; the block is written to *memptr
@@ -235,7 +241,7 @@ int free_enter(struct pt_regs *ctx)
 	 * the outer realloc accounts for p at its return. */
 	if (inflight_of(&pid_tgid, PT_REGS_SP(ctx)))
 		return 0;
-	if (!forget(tgid, addr))
+	if (!forget(tgid, addr, 1))
 		count(OFFHEAP_CTR_FREE_UNKNOWN);
 	return 0;
 }

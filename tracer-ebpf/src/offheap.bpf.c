@@ -85,6 +85,22 @@ struct {
 	__type(value, struct vm_args);
 } vm_inflight SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, OFFHEAP_MAX_HIST);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hist_key);
+	__type(value, __u64);
+} size_hist SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, OFFHEAP_MAX_HIST);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hist_key);
+	__type(value, __u64);
+} lifetime_hist SEC(".maps");
+
 /* ---- helpers shared by the program files ------------------------------------ */
 
 static __always_inline void count(enum counter c)
@@ -172,6 +188,46 @@ static __always_inline struct stack_stats *stats_of(struct stack_key *key)
 	if (!st)
 		count(OFFHEAP_CTR_STACK_STATS_FULL);
 	return st;
+}
+
+/* The log-linear bucket of v (see struct hist_key). The log2 is found by
+ * halving: no clz instruction in BPF. */
+static __always_inline __u32 hist_bucket(__u64 v)
+{
+	__u64 x = v;
+	__u32 e = 0;
+
+	if (v < (1 << OFFHEAP_HIST_SUB_BITS))
+		return v;
+	if (x >> 32) { x >>= 32; e += 32; }
+	if (x >> 16) { x >>= 16; e += 16; }
+	if (x >> 8) { x >>= 8; e += 8; }
+	if (x >> 4) { x >>= 4; e += 4; }
+	if (x >> 2) { x >>= 2; e += 2; }
+	if (x >> 1) { e += 1; }
+	__u32 sub = (v >> (e - OFFHEAP_HIST_SUB_BITS)) & ((1 << OFFHEAP_HIST_SUB_BITS) - 1);
+	return ((e - OFFHEAP_HIST_SUB_BITS + 1) << OFFHEAP_HIST_SUB_BITS) + sub;
+}
+
+/* Counts one sample of v for a stack. */
+static __always_inline void hist_add(void *map, struct stack_key *stack, __u64 v)
+{
+	struct hist_key k = {};
+
+	k.stack = *stack;
+	k.bucket = hist_bucket(v);
+	__u64 *n = bpf_map_lookup_elem(map, &k);
+	if (!n) {
+		__u64 zero = 0;
+		/* NOEXIST: another CPU may have created it in between. */
+		bpf_map_update_elem(map, &k, &zero, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(map, &k);
+		if (!n) {
+			count(OFFHEAP_CTR_HIST_FULL);
+			return;
+		}
+	}
+	__sync_fetch_and_add(n, 1);
 }
 
 /* The thread's traced call in progress, if any. An entry whose outermost

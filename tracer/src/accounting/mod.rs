@@ -2,6 +2,7 @@
 //! (addresses, not names). Symbolization and classification happen later, in
 //! `report::build`, so that this module knows nothing about how reports look.
 pub mod counters;
+pub mod dist;
 pub mod malloc;
 pub mod resident;
 pub mod unwind;

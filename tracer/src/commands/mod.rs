@@ -76,5 +76,6 @@ pub fn session_options(t: &TraceOpts) -> Result<SessionOptions, UsageError> {
         output: t.output.output.clone(),
         top: t.output.top,
         value: t.output.value,
+        live: crate::report::live::wanted(t.live, t.no_live),
     })
 }

@@ -2,9 +2,11 @@
 //! wait for the end (duration, SIGINT/SIGTERM, or the target's exit), then
 //! drain the maps into raw stacks and assemble the report. Front ends only
 //! choose the target and the output.
+pub mod live;
 pub mod procinfo;
 pub mod resident;
 pub mod spawn;
+mod symbolizer;
 
 use std::{
     collections::HashMap,
@@ -55,6 +57,8 @@ pub struct SessionOptions {
     pub top: Option<usize>,
     /// Folded and SVG output: live or total bytes.
     pub value: report::ValueKind,
+    /// Draw the live view on stdout every interval (`report::live::wanted`).
+    pub live: bool,
 }
 
 /// The symbolizer slot: the session calls these hooks so that a symbolizer can
@@ -74,25 +78,6 @@ impl SessionSymbolizer for NoSymbols {}
 /// `symbols::Symbolizer` (frames carry only addresses until then).
 pub fn new_symbolizer() -> Box<dyn SessionSymbolizer> {
     Box::new(crate::symbols::Symbolizer::new())
-}
-
-/// Modules are opened while the process lives (so that a process that has
-/// died, or whose binary was replaced, still symbolizes), and re-read when it
-/// maps new code (an addon's dlopen, libraries loaded after `run`'s exec).
-impl SessionSymbolizer for crate::symbols::Symbolizer {
-    fn on_attached(&mut self, pid: u32) {
-        if let Err(e) = self.capture(pid) {
-            log::warn!("symbols of PID {pid}: {e}");
-        }
-    }
-    fn on_tick(&mut self, pid: u32) {
-        let _ = self.refresh(pid);
-    }
-    fn on_stop(&mut self, pid: u32, exited: bool) {
-        if !exited {
-            let _ = self.refresh(pid);
-        }
-    }
 }
 
 /// Why tracing stopped.
@@ -219,7 +204,17 @@ pub async fn trace(
         info: procinfo::snapshot(pid).unwrap_or_default(),
     };
     sym.on_attached(pid);
-    let stop = live.wait(opts, sym).await.map_err(after_start)?;
+    let mut screen = live::Screen::new(opts.live);
+    let mut tick = |l: &Live, sym: &mut dyn SessionSymbolizer| {
+        if let Some(screen) = screen.as_mut() {
+            let secs = started.elapsed().as_secs_f64();
+            match snapshot(&probes, l, opts.mode, secs, sym) {
+                Ok(r) => screen.draw(r),
+                Err(e) => log::warn!("live view: {e:#}"),
+            }
+        }
+    };
+    let stop = live.wait(opts, sym, &mut tick).await.map_err(after_start)?;
     let elapsed = started.elapsed().as_secs_f64();
 
     // Freeze the figures, then take the last events from the ring buffer.
@@ -306,6 +301,7 @@ impl Live {
         &mut self,
         opts: &SessionOptions,
         sym: &mut dyn SessionSymbolizer,
+        tick: &mut dyn FnMut(&Live, &mut dyn SessionSymbolizer),
     ) -> Result<StopReason> {
         let deadline = async {
             match opts.duration {
@@ -315,6 +311,9 @@ impl Live {
         };
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+        // A slow step (the first symbol capture) must not be followed by a
+        // burst of back-to-back ticks: the live view's growth rates would spike.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut deadline => return Ok(StopReason::Duration),
@@ -332,6 +331,7 @@ impl Live {
                         self.info = now;
                         sym.on_tick(self.pid);
                     }
+                    tick(self, sym);
                 }
             }
         }
@@ -350,6 +350,27 @@ fn drain(ring: &mut RingBuf<MapData>, spaces: &mut HashMap<u32, VmSpace>) {
     }
 }
 
+/// The report as it stands, for the live view: the maps are read while the
+/// probes keep counting, so figures may be a few events apart.
+fn snapshot(
+    probes: &Probes,
+    l: &Live,
+    mode: Mode,
+    secs: f64,
+    sym: &mut dyn SessionSymbolizer,
+) -> Result<Report> {
+    let raw = raw_process(probes, l.pid, &l.info, false, l.spaces.get(&l.pid).cloned())?;
+    let (counters, dropped_events) =
+        accounting::counters::read(probes.ebpf()).context("reading the error counters")?;
+    let meta = Meta {
+        mode,
+        duration_secs: secs,
+        counters,
+        dropped_events,
+    };
+    Ok(report::build::assemble(meta, vec![raw], sym))
+}
+
 /// Merges the malloc stacks and the self-made mappings into raw stacks.
 fn raw_process(
     probes: &Probes,
@@ -366,6 +387,11 @@ fn raw_process(
     if let Some(space) = space {
         accounting::malloc::merge_into(&mut stacks, &resolver, space.stack_stats());
     }
+    let sizes =
+        accounting::dist::read_hist(ebpf, maps::SIZE_HIST, pid).context("reading size_hist")?;
+    let lifetimes = accounting::dist::read_hist(ebpf, maps::LIFETIME_HIST, pid)
+        .context("reading lifetime_hist")?;
+    accounting::dist::fill(&mut stacks, &resolver, sizes, lifetimes);
     Ok(RawProcess {
         pid,
         comm: info.comm.clone(),
@@ -379,6 +405,28 @@ fn raw_process(
 
 /// Renders the report and writes it to --output (atomically) or stdout.
 pub fn write_report(report: &Report, opts: &SessionOptions) -> Result<()> {
+    // Rendering and writing tens of thousands of stacks takes seconds: show
+    // it as a step on stderr so that the pause after tracing is explained.
+    let stacks: usize = report.processes.iter().map(|p| p.stacks.len()).sum();
+    let step = (stacks >= LARGE_REPORT_STACKS).then(|| {
+        report::progress::Progress::new(format!(
+            "writing the report ({stacks} stacks, {})",
+            opts.format.as_str()
+        ))
+    });
+    let res = write_rendered(report, opts);
+    match (step, &res) {
+        (Some(s), Ok(())) => s.done(),
+        (Some(s), Err(_)) => s.failed(),
+        (None, _) => {}
+    }
+    res
+}
+
+/// From this many stacks on, writing the report is shown as a step.
+const LARGE_REPORT_STACKS: usize = 20_000;
+
+fn write_rendered(report: &Report, opts: &SessionOptions) -> Result<()> {
     let bytes = report::render(
         report,
         opts.format,

@@ -133,7 +133,31 @@ pub async fn trace(
     let started = Instant::now();
     sym.on_attached(pid);
 
-    let stop = wait(opts, pid, &pidfd, &set, sym, signals).await?;
+    let mut screen = super::live::Screen::new(opts.live);
+    let live = screen.is_some();
+    let mut tick = |sym: &mut dyn SessionSymbolizer, mut raws: Vec<accounting::RawProcess>| {
+        let Some(screen) = screen.as_mut() else {
+            return;
+        };
+        for r in &mut raws {
+            r.comm = if r.pid == pid {
+                comm.clone()
+            } else {
+                procinfo::snapshot(r.pid)
+                    .map(|p| p.comm)
+                    .unwrap_or_default()
+            };
+        }
+        let meta = Meta {
+            mode: opts.mode,
+            duration_secs: started.elapsed().as_secs_f64(),
+            counters: Default::default(),
+            dropped_events: accounting::counters::read(probes.ebpf()).map_or(0, |c| c.1),
+        };
+        screen.draw(report::build::assemble(meta, raws, sym));
+    };
+    let tick = live.then_some(&mut tick as &mut LiveTick<'_>);
+    let stop = wait(opts, pid, &pidfd, &set, sym, signals, tick).await?;
     let elapsed = started.elapsed().as_secs_f64();
     probes.remove_target(pid).map_err(anyhow::Error::new)?;
     let exited = stop == StopReason::TargetExited || procinfo::snapshot(pid).is_none();
@@ -213,6 +237,9 @@ struct Signals {
     term: tokio::signal::unix::Signal,
 }
 
+/// Draws one live screen from the processes as of the last sample.
+type LiveTick<'a> = dyn FnMut(&mut dyn SessionSymbolizer, Vec<accounting::RawProcess>) + 'a;
+
 async fn wait(
     opts: &SessionOptions,
     pid: u32,
@@ -220,6 +247,8 @@ async fn wait(
     set: &Arc<Mutex<ResidentSet>>,
     sym: &mut dyn SessionSymbolizer,
     mut signals: Signals,
+    // The live view's drawing, when it is on.
+    mut tick: Option<&mut LiveTick<'_>>,
 ) -> Result<StopReason> {
     let deadline = async {
         match opts.duration {
@@ -229,6 +258,9 @@ async fn wait(
     };
     tokio::pin!(deadline);
     let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+    // A slow step (the first symbol capture) must not be followed by a burst
+    // of back-to-back ticks: the live view's growth rates would spike.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut deadline => return Ok(StopReason::Duration),
@@ -237,7 +269,16 @@ async fn wait(
             _ = pidfd.readable() => return Ok(StopReason::TargetExited),
             _ = ticker.tick() => {
                 sym.on_tick(pid);
-                lock(set).sample(&mut classifier(sym));
+                // The live view symbolizes outside the lock: the drain thread
+                // must not wait for it.
+                let raws = {
+                    let mut guard = lock(set);
+                    guard.sample(&mut classifier(sym));
+                    tick.is_some().then(|| guard.snapshot_all())
+                };
+                if let (Some(tick), Some(raws)) = (tick.as_mut(), raws) {
+                    tick(sym, raws);
+                }
             }
         }
     }

@@ -66,6 +66,9 @@ struct Stack {
     /// Mappings created (mapping) or pages first touched (first_touch).
     events: u64,
     history: VecDeque<(f64, u64)>,
+    /// Lengths of the mappings created, as (log-linear bucket, count): the
+    /// kernel's `hist_bucket`, so both modes report sizes alike.
+    map_sizes: BTreeMap<u32, u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +213,7 @@ impl Resident {
             peak_pages: 0,
             events: 0,
             history: VecDeque::new(),
+            map_sizes: BTreeMap::new(),
         });
         self.index.insert(key, i);
         i
@@ -297,6 +301,10 @@ impl Resident {
         let frames = self.unwind(ev, stack);
         let s = self.intern(frames, Attribution::Mapping);
         self.stacks[s as usize].events += 1;
+        *self.stacks[s as usize]
+            .map_sizes
+            .entry(tracer_common::hist_bucket(ev.len))
+            .or_default() += 1;
         if ev.flags & MAP_FIXED != 0 {
             // An allocator re-mapping part of its own reservation (V8
             // decommits with mmap(MAP_FIXED, PROT_NONE)): the creator keeps it.
@@ -516,10 +524,29 @@ impl Resident {
                 total_allocs: s.events,
                 attribution: Some(s.attribution),
                 growth_bytes_per_sec: growth(&s.history),
-                sizes: None,
+                sizes: super::dist::quantiles(
+                    &s.map_sizes
+                        .iter()
+                        .map(|(b, n)| (*b, *n))
+                        .collect::<Vec<_>>(),
+                ),
                 lifetimes_ns: None,
             })
             .collect()
+    }
+
+    /// The model as of the last sample, without the end-of-trace extras
+    /// (preexisting lines, reconciliation): cheap enough for every interval
+    /// of the live view.
+    pub fn snapshot(&self) -> RawProcess {
+        RawProcess {
+            pid: self.pid,
+            rss_bytes: self.last.as_ref().map_or(0, |m| m.rss_bytes),
+            exited: self.exited,
+            stacks: self.raw_stacks(),
+            series: self.series.clone(),
+            ..RawProcess::default()
+        }
     }
 
     /// The last sample, if any.

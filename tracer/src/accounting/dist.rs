@@ -1,0 +1,133 @@
+//! Malloc mode's distributions per stack: allocation sizes (`size_hist`) and
+//! lifetimes of freed allocations (`lifetime_hist`), which the uprobes count
+//! in log-linear buckets (see struct hist_key in offheap.h). Each bucket is
+//! replayed into an HDR `Recorder` at its lower bound, so the quantiles carry
+//! the kernel's precision (exact for powers of two and below 16, within 1/8
+//! otherwise) rather than the recorder's.
+use std::collections::HashMap;
+
+use aya::{maps::HashMap as BpfHashMap, Ebpf};
+use tracer_common::{hist_lower_bound, maps, HistKey, StackKey};
+
+use super::{
+    malloc::{ReadError, StackResolver},
+    RawStack,
+};
+use crate::report::{hist::Recorder, Quantiles};
+
+/// Distributions are computed for this many stacks (the largest by live,
+/// then total bytes): a recorder costs up to ~200 KiB while it is built.
+pub const TOP_STACKS: usize = 256;
+
+/// (bucket, count) pairs per stack key of one tgid.
+pub type Buckets = HashMap<StackKey, Vec<(u32, u64)>>;
+
+/// Every bucket the kernel counted for one tgid in `map`.
+pub fn read_hist(ebpf: &Ebpf, map: &'static str, tgid: u32) -> Result<Buckets, ReadError> {
+    let m = ebpf.map(map).ok_or(ReadError::MissingMap(map))?;
+    let hist: BpfHashMap<_, HistKey, u64> =
+        BpfHashMap::try_from(m).map_err(|e| ReadError::Map(map, e))?;
+    let mut out: Buckets = HashMap::new();
+    for entry in hist.iter() {
+        // An entry deleted while iterating is skipped, not fatal.
+        let Ok((k, n)) = entry else { continue };
+        if k.stack.tgid == tgid && n > 0 {
+            out.entry(k.stack).or_default().push((k.bucket, n));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the buckets of the stacks `gone` selects from both maps (a target
+/// that left, or stacks evicted by a cap): without this a long-running
+/// daemon would fill them up. Returns how many entries went.
+pub fn forget(ebpf: &mut Ebpf, gone: impl Fn(&StackKey) -> bool) -> Result<usize, ReadError> {
+    let mut removed = 0;
+    for map in [maps::SIZE_HIST, maps::LIFETIME_HIST] {
+        let m = ebpf.map_mut(map).ok_or(ReadError::MissingMap(map))?;
+        let mut hist: BpfHashMap<_, HistKey, u64> =
+            BpfHashMap::try_from(m).map_err(|e| ReadError::Map(map, e))?;
+        let keys: Vec<HistKey> = hist.keys().filter_map(Result::ok).collect();
+        for k in keys.into_iter().filter(|k| gone(&k.stack)) {
+            // Already gone (a concurrent delete) is as good as deleted.
+            if hist.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Quantiles of a set of buckets, None when empty.
+pub fn quantiles(buckets: &[(u32, u64)]) -> Option<Quantiles> {
+    let mut r = Recorder::new();
+    for &(b, n) in buckets {
+        r.record_n(hist_lower_bound(b), n);
+    }
+    r.quantiles()
+}
+
+/// Fills `sizes` and `lifetimes_ns` of the top stacks. Keys whose frames are
+/// equal are one stack (as in `malloc::merge_into`).
+pub fn fill(
+    stacks: &mut HashMap<Vec<u64>, RawStack>,
+    resolver: &StackResolver<'_>,
+    sizes: Buckets,
+    lifetimes: Buckets,
+) {
+    let mut order: Vec<(&Vec<u64>, u64, u64)> = stacks
+        .iter()
+        .map(|(k, s)| (k, s.live_bytes, s.total_bytes))
+        .collect();
+    order.sort_by_key(|s| std::cmp::Reverse((s.1, s.2)));
+    let top: std::collections::HashSet<Vec<u64>> = order
+        .into_iter()
+        .take(TOP_STACKS)
+        .map(|(k, _, _)| k.clone())
+        .collect();
+    let group = |b: Buckets| {
+        let mut by_ips: HashMap<Vec<u64>, Vec<(u32, u64)>> = HashMap::new();
+        for (key, v) in b {
+            let ips = resolver.ips(&key);
+            if top.contains(&ips) {
+                by_ips.entry(ips).or_default().extend(v);
+            }
+        }
+        by_ips
+    };
+    for (ips, b) in group(sizes) {
+        if let Some(s) = stacks.get_mut(&ips) {
+            s.sizes = quantiles(&b);
+        }
+    }
+    for (ips, b) in group(lifetimes) {
+        if let Some(s) = stacks.get_mut(&ips) {
+            s.lifetimes_ns = quantiles(&b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::hist_bucket;
+
+    #[test]
+    fn kernel_buckets_give_exact_power_of_two_quantiles() {
+        // 100 x 4096 + 1 x 1 MiB, bucketed as the kernel does.
+        let b = vec![(hist_bucket(4096), 100), (hist_bucket(1 << 20), 1)];
+        let q = quantiles(&b).unwrap();
+        assert_eq!(
+            (q.count, q.p50, q.p90, q.p99, q.max),
+            (101, 4096, 4096, 4096, 1 << 20)
+        );
+        assert_eq!(quantiles(&[]), None);
+    }
+
+    #[test]
+    fn odd_sizes_round_down_to_their_bucket() {
+        // 1000 is in [960, 1024): bucket lower bound 960.
+        let q = quantiles(&[(hist_bucket(1000), 3)]).unwrap();
+        assert_eq!((q.p50, q.max), (960, 960));
+    }
+}
