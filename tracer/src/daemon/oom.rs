@@ -10,8 +10,8 @@ use std::{
 use crate::{
     daemon::{cgroup::MemoryCgroup, lifecycle::OomVictim},
     report::{
-        self, text::human_bytes, write::write_atomic, Format, Frame, FrameKind, OomInfo,
-        RenderOptions, Report, StackReport,
+        self, text::human_bytes, write::write_atomic, Format, OomInfo, RenderOptions, Report,
+        StackReport,
     },
 };
 
@@ -113,27 +113,10 @@ pub fn top_off_heap(report: &Report, pid: Option<u32>) -> Option<&StackReport> {
 }
 
 /// `812.0 MiB array_buffers at handleRequest ← parseBody ← onData`.
-/// The frames worth a log line: from the first JavaScript frame when there is
-/// one (the code a Node engineer owns), else from the first frame past the
-/// allocator machinery (libc, the loader, libstdc++'s operator new), which
-/// says nothing about who leaked.
-fn log_frames(frames: &[Frame]) -> &[Frame] {
-    if let Some(i) = frames.iter().position(|f| f.kind == FrameKind::Js) {
-        return &frames[i..];
-    }
-    let machinery = |f: &Frame| {
-        let module = f.module.as_deref().unwrap_or("");
-        let file = module.rsplit('/').next().unwrap_or(module);
-        file.starts_with("libc.so") || file.starts_with("ld-linux") || file.starts_with("libstdc++")
-    };
-    let start = frames.iter().position(|f| !machinery(f)).unwrap_or(0);
-    &frames[start..]
-}
-
 pub fn describe_stack(s: &StackReport) -> String {
     let bucket = s.bucket.map_or("unclassified", |b| b.as_str());
     let mut out = format!("{} {bucket}", human_bytes(s.live_bytes));
-    let names: Vec<String> = log_frames(&s.frames)
+    let names: Vec<String> = report::telling_frames(&s.frames)
         .iter()
         .take(LOG_FRAMES)
         .map(|f| f.display_name())
@@ -141,7 +124,7 @@ pub fn describe_stack(s: &StackReport) -> String {
     if !names.is_empty() {
         out.push_str(" at ");
         out.push_str(&names.join(" ← "));
-        if log_frames(&s.frames).len() > LOG_FRAMES {
+        if report::telling_frames(&s.frames).len() > LOG_FRAMES {
             out.push_str(" ← …");
         }
     }

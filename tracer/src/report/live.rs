@@ -129,13 +129,13 @@ fn stack_growth<'a>(
 }
 
 fn stack_name(s: &StackReport) -> String {
-    let mut names: Vec<String> = s
-        .frames
+    let frames = super::telling_frames(&s.frames);
+    let mut names: Vec<String> = frames
         .iter()
         .take(FRAMES_SHOWN)
         .map(|f| clean(&f.display_name()))
         .collect();
-    if s.frames.len() > FRAMES_SHOWN {
+    if frames.len() > FRAMES_SHOWN {
         names.push("…".into());
     }
     let line = names.join(" < ");

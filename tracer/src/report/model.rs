@@ -145,6 +145,24 @@ impl Frame {
     }
 }
 
+/// The frames that tell a person who allocated: from the first JavaScript
+/// frame when there is one (the code a Node engineer owns), else from the
+/// first frame past the allocator machinery (libc, the loader, libstdc++'s
+/// operator new), which is the same for every stack. For one-line summaries
+/// (live view, OOM log line); reports keep every frame.
+pub fn telling_frames(frames: &[Frame]) -> &[Frame] {
+    if let Some(i) = frames.iter().position(|f| f.kind == FrameKind::Js) {
+        return &frames[i..];
+    }
+    let machinery = |f: &Frame| {
+        let module = f.module.as_deref().unwrap_or("");
+        let file = module.rsplit('/').next().unwrap_or(module);
+        file.starts_with("libc.so") || file.starts_with("ld-linux") || file.starts_with("libstdc++")
+    };
+    let start = frames.iter().position(|f| !machinery(f)).unwrap_or(0);
+    &frames[start..]
+}
+
 /// Which rule attributed a stack's resident bytes (resident mode only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -274,5 +292,47 @@ impl Report {
             warnings: Vec::new(),
             build_ids: BTreeMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(symbol: &str, module: &str, kind: FrameKind) -> Frame {
+        Frame {
+            addr: "0x1".into(),
+            symbol: Some(symbol.into()),
+            module: Some(module.into()),
+            kind,
+            ..Frame::default()
+        }
+    }
+
+    #[test]
+    fn telling_frames_skip_allocator_machinery_or_start_at_js() {
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let native = [
+            frame("__GI___mmap64", libc, FrameKind::Native),
+            frame("malloc", libc, FrameKind::Native),
+            frame(
+                "node::NodeArrayBufferAllocator::Allocate",
+                "/usr/bin/node",
+                FrameKind::Native,
+            ),
+        ];
+        assert_eq!(
+            telling_frames(&native)[0].symbol.as_deref(),
+            Some("node::NodeArrayBufferAllocator::Allocate")
+        );
+        let mut mixed = native.to_vec();
+        mixed.push(frame(
+            "JS:^handleRequest /app/app.js:42:3",
+            "/tmp/perf-1.map",
+            FrameKind::Js,
+        ));
+        assert_eq!(telling_frames(&mixed).len(), 1);
+        let only_libc = [frame("malloc", libc, FrameKind::Native)];
+        assert_eq!(telling_frames(&only_libc).len(), 1);
     }
 }

@@ -14,6 +14,7 @@ use tracer_common::{
 
 use crate::{
     accounting::{
+        dist,
         malloc::{merge_into, ReadError, StackResolver},
         vm::VmSpace,
         RawStack,
@@ -88,6 +89,7 @@ impl MallocTargets {
         self.spaces.remove(&pid);
         let _ = delete_stats_where(probes, |k| k.tgid == pid);
         let _ = delete_allocs_where(probes, |k, _| k.tgid == pid);
+        let _ = dist::forget(probes.ebpf_mut(), |k| k.tgid == pid);
     }
 
     pub fn apply(&mut self, ev: &VmEvent) {
@@ -145,7 +147,9 @@ impl MallocTargets {
             return Ok(());
         }
         delete_stats_where(probes, |k| keys.contains(k))?;
-        delete_allocs_where(probes, |_, v| keys.contains(&v.stack))
+        delete_allocs_where(probes, |_, v| keys.contains(&v.stack))?;
+        dist::forget(probes.ebpf_mut(), |k| keys.contains(k))?;
+        Ok(())
     }
 }
 
