@@ -113,20 +113,33 @@ pub fn top_off_heap(report: &Report, pid: Option<u32>) -> Option<&StackReport> {
 }
 
 /// `812.0 MiB array_buffers at handleRequest ← parseBody ← onData`.
+/// `<bytes> <bucket> at <first frames past the allocator> ← … ← <first JS
+/// frame>`: the native frames say what allocated, the JS frame whose code
+/// asked for it.
 pub fn describe_stack(s: &StackReport) -> String {
     let bucket = s.bucket.map_or("unclassified", |b| b.as_str());
     let mut out = format!("{} {bucket}", human_bytes(s.live_bytes));
-    let names: Vec<String> = report::telling_frames(&s.frames)
+    let frames = report::telling_frames(&s.frames);
+    let mut names: Vec<String> = frames
         .iter()
         .take(LOG_FRAMES)
         .map(|f| f.display_name())
         .collect();
+    let js = frames
+        .iter()
+        .skip(LOG_FRAMES)
+        .find(|f| f.kind == report::FrameKind::Js);
+    match js {
+        Some(f) => {
+            names.push("…".into());
+            names.push(f.display_name());
+        }
+        None if frames.len() > LOG_FRAMES => names.push("…".into()),
+        None => {}
+    }
     if !names.is_empty() {
         out.push_str(" at ");
         out.push_str(&names.join(" ← "));
-        if report::telling_frames(&s.frames).len() > LOG_FRAMES {
-            out.push_str(" ← …");
-        }
     }
     out
 }

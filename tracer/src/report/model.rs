@@ -145,15 +145,11 @@ impl Frame {
     }
 }
 
-/// The frames that tell a person who allocated: from the first JavaScript
-/// frame when there is one (the code a Node engineer owns), else from the
-/// first frame past the allocator machinery (libc, the loader, libstdc++'s
-/// operator new), which is the same for every stack. For one-line summaries
-/// (live view, OOM log line); reports keep every frame.
+/// The frames that tell a person who allocated: from the first frame past
+/// the allocator machinery (libc, the loader, libstdc++'s operator new),
+/// which is the same for every stack and names no culprit. For one-line
+/// summaries (live view, OOM log line); reports keep every frame.
 pub fn telling_frames(frames: &[Frame]) -> &[Frame] {
-    if let Some(i) = frames.iter().position(|f| f.kind == FrameKind::Js) {
-        return &frames[i..];
-    }
     let machinery = |f: &Frame| {
         let module = f.module.as_deref().unwrap_or("");
         let file = module.rsplit('/').next().unwrap_or(module);
@@ -310,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn telling_frames_skip_allocator_machinery_or_start_at_js() {
+    fn telling_frames_skip_allocator_machinery() {
         let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
         let native = [
             frame("__GI___mmap64", libc, FrameKind::Native),
@@ -331,7 +327,7 @@ mod tests {
             "/tmp/perf-1.map",
             FrameKind::Js,
         ));
-        assert_eq!(telling_frames(&mixed).len(), 1);
+        assert_eq!(telling_frames(&mixed).len(), 2, "JS frames are kept");
         let only_libc = [frame("malloc", libc, FrameKind::Native)];
         assert_eq!(telling_frames(&only_libc).len(), 1);
     }
