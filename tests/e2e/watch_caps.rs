@@ -125,3 +125,103 @@ fn smallest_stacks_are_evicted_from_the_maps_and_counted() {
 fn want(v: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
     v.iter().map(|(s, l, t)| (s.to_string(), *l, *t)).collect()
 }
+
+/// Resident mode: beyond the cap the smallest stacks are folded into one
+/// aggregate per bucket and attribution, so the model (the agent's memory)
+/// stays bounded while the bucket totals keep every byte. resident_sites.c:
+/// malloc_site 513 pages (mapping) is the largest and stays; map_site (40
+/// pages, mapping), touch_brk (60) and memset_brk (20, first touch) fold.
+#[test]
+fn resident_mode_folds_the_smallest_stacks_and_keeps_their_bytes() {
+    const PAGE: u64 = 4096;
+    let _lock = require_bpf();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = workspace().join("tests/fixtures/resident_sites.c");
+    let bin = tmp.path().join("resident_sites");
+    let o = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-no-pie"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut agent = Agent::start(&[
+        "--mode",
+        "resident",
+        "--comm",
+        "resident_sites",
+        "--max-stacks-per-process",
+        "2",
+        "--interval",
+        "0.2",
+    ]);
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = Stream::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    agent.wait_tracing(pid);
+    poke_line(&mut stdin);
+    out.until("done", T, |l| l.starts_with("done "));
+
+    let stacks = |r: &Value| r["processes"][0]["stacks"].as_array().unwrap().clone();
+    let folded = |s: &Value| {
+        s["frames"][0]["symbol"]
+            .as_str()
+            .is_some_and(|n| n.contains("folded by the stack cap"))
+    };
+    let r = report_until(&agent, pid, "one real stack and the aggregates", |r| {
+        let st = stacks(r);
+        st.iter().filter(|s| !folded(s)).count() == 1
+            && st
+                .iter()
+                .any(|s| folded(s) && s["attribution"] == "first_touch")
+            && r["counters"]["stacks_evicted"].as_u64().unwrap_or(0) >= 3
+    });
+    let st = stacks(&r);
+    let real: Vec<&Value> = st.iter().filter(|s| !folded(s)).collect();
+    let names: Vec<&str> = real[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    assert!(names.contains(&"malloc_site"), "{names:?}");
+    assert_eq!(real[0]["live_bytes"], 513 * PAGE);
+    let sum = |attribution: &str| -> u64 {
+        st.iter()
+            .filter(|s| folded(s) && s["attribution"] == attribution)
+            .map(|s| s["live_bytes"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        sum("mapping") >= 40 * PAGE,
+        "mapping aggregate {}",
+        sum("mapping")
+    );
+    assert!(
+        sum("first_touch") >= 80 * PAGE,
+        "first-touch aggregate {}",
+        sum("first_touch")
+    );
+    let total: u64 = st.iter().map(|s| s["live_bytes"].as_u64().unwrap()).sum();
+    let buckets = &r["processes"][0]["buckets"];
+    let bucket_sum: u64 = [
+        "v8_heap",
+        "array_buffers",
+        "native_addon",
+        "node_native",
+        "other",
+    ]
+    .iter()
+    .map(|b| buckets[b].as_u64().unwrap())
+    .sum();
+    assert_eq!(bucket_sum, total, "buckets keep every folded byte");
+    poke_line(&mut stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(agent.stop(), Some(0));
+}

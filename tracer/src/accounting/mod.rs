@@ -8,7 +8,7 @@ pub mod resident;
 pub mod unwind;
 pub mod vm;
 
-use crate::report::{Attribution, PreexistingLine, Quantiles, SeriesPoint};
+use crate::report::{Attribution, Bucket, PreexistingLine, Quantiles, SeriesPoint};
 
 /// One stack as counted: return addresses, innermost (the allocation call) first.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -28,6 +28,11 @@ pub struct RawStack {
     pub growth_bytes_per_sec: Option<f64>,
     pub sizes: Option<Quantiles>,
     pub lifetimes_ns: Option<Quantiles>,
+    /// Set when the accounting already knows the bucket (an aggregate of
+    /// evicted stacks has no frames to classify).
+    pub bucket: Option<Bucket>,
+    /// How many smaller stacks this one aggregates (0: a real stack).
+    pub folded_stacks: u64,
 }
 
 /// Everything known about one traced process, before symbolization.

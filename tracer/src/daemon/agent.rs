@@ -43,12 +43,10 @@ use resident::ResidentTargets;
 use ring::{RingEvent, RingReader};
 use symcache::FrameCache;
 
-/// Counter added to each report's `counters`: stacks dropped by the caps
-/// (malloc mode: deleted from the BPF maps, cumulative).
+/// Counter added to each report's `counters`: stacks dropped by the caps,
+/// cumulative (malloc mode: deleted from the BPF maps; resident mode: folded
+/// into one aggregate per bucket and attribution, which keeps their bytes).
 pub const STACKS_EVICTED: &str = "stacks_evicted";
-/// Resident mode: stacks left out of the latest reports by the caps (the
-/// models keep them).
-pub const STACKS_HIDDEN: &str = "stacks_hidden";
 /// Points kept in a process's growth series (an hour at the default interval).
 const MAX_SERIES_POINTS: usize = 3600;
 
@@ -113,7 +111,6 @@ pub struct Agent {
     preoom: PreOomWatch,
     started: Instant,
     evicted: u64,
-    hidden: u64,
 }
 
 /// Runs the agent until SIGINT, SIGTERM or --duration.
@@ -181,7 +178,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         latest,
         started: Instant::now(),
         evicted: 0,
-        hidden: 0,
     };
     for p in agent.opts.selector.scan(&agent.mounts) {
         agent.add(p.pid);
@@ -344,12 +340,14 @@ impl Agent {
         let (mut counters, dropped) = accounting::counters::read(self.probes.ebpf())
             .map_err(|e| log::warn!("reading the error counters: {e}"))
             .unwrap_or_default();
-        match self.backend {
-            Backend::Malloc(_) => counters.insert(STACKS_EVICTED.to_string(), self.evicted),
-            Backend::Resident(_) => counters.insert(STACKS_HIDDEN.to_string(), self.hidden),
+        counters.insert(STACKS_EVICTED.to_string(), self.evicted);
+        // Evicted malloc-mode stacks lose their bytes; folded resident ones
+        // keep them in their aggregate.
+        let lost = match self.backend {
+            Backend::Malloc(_) => self.evicted,
+            Backend::Resident(_) => 0,
         };
-        self.metrics
-            .set_dropped_events_total(dropped + self.evicted);
+        self.metrics.set_dropped_events_total(dropped + lost);
         Meta {
             mode: self.opts.mode,
             duration_secs: self.started.elapsed().as_secs_f64(),
@@ -402,6 +400,13 @@ impl Agent {
                 if sample {
                     r.sample(&mut self.sym);
                 }
+                // The models themselves stay within the caps (memory), the
+                // reports too (below).
+                let per_process = self
+                    .opts
+                    .max_stacks_per_process
+                    .min(self.opts.max_stacks_total / self.targets.len().max(1));
+                self.evicted += r.evict_to(per_process, &mut self.sym);
                 let mut all: HashMap<u32, Vec<RawStack>> = HashMap::new();
                 for (pid, t) in self.targets.iter_mut() {
                     if let Some((stacks, last)) = r.read(*pid) {
@@ -410,18 +415,6 @@ impl Agent {
                         }
                         all.insert(*pid, stacks);
                     }
-                }
-                let evict = self.choose(
-                    all.iter()
-                        .map(|(pid, l)| (*pid, l.iter().map(|s| (s, true)).collect())),
-                );
-                self.hidden = evict.len() as u64;
-                for (pid, list) in all.iter_mut() {
-                    let mut i = 0;
-                    list.retain(|_| {
-                        i += 1;
-                        !evict.contains(&(*pid, i - 1))
-                    });
                 }
                 all
             }

@@ -56,7 +56,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
         .stacks
         .into_iter()
         .map(|s| {
-            let frames: Vec<Frame> = s
+            let mut frames: Vec<Frame> = s
                 .ips
                 .iter()
                 .enumerate()
@@ -76,7 +76,17 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                         .clone()
                 })
                 .collect();
-            let bucket = classify::classify(&frames);
+            if s.folded_stacks > 0 && frames.is_empty() {
+                frames.push(Frame {
+                    addr: "0x0".into(),
+                    symbol: Some(format!(
+                        "[{} smaller stacks, folded by the stack cap]",
+                        s.folded_stacks
+                    )),
+                    ..Frame::default()
+                });
+            }
+            let bucket = s.bucket.unwrap_or_else(|| classify::classify(&frames));
             *buckets.get_mut(bucket) += s.live_bytes;
             StackReport {
                 bucket: Some(bucket),

@@ -56,6 +56,15 @@ impl ResidentSet {
         self.procs.get(&pid)
     }
 
+    /// Folds every model's smallest stacks beyond `max` (see
+    /// `Resident::evict_to`); returns how many stacks were folded.
+    pub fn evict_to(&mut self, max: usize, classify: &mut Classifier<'_>) -> u64 {
+        self.procs
+            .values_mut()
+            .map(|r| r.evict_to(max, classify) as u64)
+            .sum()
+    }
+
     /// The ring buffer's fd, for epoll / tokio AsyncFd.
     pub fn ring_fd(&self) -> std::os::fd::RawFd {
         self.maps.ring_fd()

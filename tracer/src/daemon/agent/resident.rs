@@ -91,6 +91,12 @@ impl ResidentTargets {
         lock(&self.set).sample(&mut classifier(sym));
     }
 
+    /// Folds each model's smallest stacks beyond `max`, bounding the
+    /// agent's memory; returns how many stacks were folded.
+    pub fn evict_to(&mut self, max: usize, sym: &mut Symbolizer) -> u64 {
+        lock(&self.set).evict_to(max, &mut classifier(sym))
+    }
+
     /// A model's stacks and last measure, as of its last sample.
     pub fn read(&self, pid: u32) -> Option<(Vec<RawStack>, Option<Measure>)> {
         let set = lock(&self.set);
