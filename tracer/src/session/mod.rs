@@ -161,25 +161,8 @@ pub async fn trace(
     };
     alloc.check_required().map_err(start_err)?;
 
-    let attached = attach(pid, &alloc);
-    let (mut probes, events) = match attached {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(c) = child.take() {
-                c.abort();
-            }
-            return Err(e);
-        }
-    };
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            if let Some(c) = child.take() {
-                c.abort();
-            }
-            return Err(start_err(format!("no process with PID {pid} ({e})")));
-        }
-    };
+    let (mut probes, events) = or_abort(attach(pid, &alloc), &mut child)?;
+    let pidfd = target_pidfd(pid, &mut child)?;
     let comm = match &comm_hint {
         Some(c) => c.clone(),
         None => procinfo::snapshot(pid).map(|p| p.comm).unwrap_or_default(),
@@ -271,6 +254,26 @@ fn attach(pid: u32, alloc: &probes::Allocator) -> Result<(Probes, AsyncFd<RingBu
 }
 
 /// A pidfd of the target: it becomes readable when the process exits.
+/// A setup step of a session: on failure, a held `run` child is killed
+/// before its exec, so that no half-traced command runs on.
+pub(crate) fn or_abort<T>(r: Result<T>, child: &mut Option<spawn::HeldChild>) -> Result<T> {
+    if r.is_err() {
+        if let Some(c) = child.take() {
+            c.abort();
+        }
+    }
+    r
+}
+
+/// The target's pidfd (readable once it exits), or a start error.
+pub(crate) fn target_pidfd(
+    pid: u32,
+    child: &mut Option<spawn::HeldChild>,
+) -> Result<AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid).map_err(|e| start_err(format!("no process with PID {pid} ({e})")));
+    or_abort(fd, child)
+}
+
 pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; the returned fd is owned below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };

@@ -22,8 +22,8 @@ use tokio::{
 use tracer_common::{resident_programs, TARGET_FAULTS};
 
 use super::{
-    pidfd_open, procinfo, spawn, start_err, Outcome, SessionOptions, SessionSymbolizer, StopReason,
-    Target,
+    or_abort, procinfo, spawn, start_err, target_pidfd, Outcome, SessionOptions, SessionSymbolizer,
+    StopReason, Target,
 };
 use crate::{
     accounting::{
@@ -90,24 +90,8 @@ pub async fn trace(
         probes.add_target(pid, TARGET_FAULTS).map_err(start_err)?;
         Ok((probes, set))
     };
-    let (mut probes, mut set) = match setup() {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(c) = child.take() {
-                c.abort();
-            }
-            return Err(e);
-        }
-    };
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            if let Some(c) = child.take() {
-                c.abort();
-            }
-            return Err(start_err(format!("no process with PID {pid} ({e})")));
-        }
-    };
+    let (mut probes, mut set) = or_abort(setup(), &mut child)?;
+    let pidfd = target_pidfd(pid, &mut child)?;
     let comm = match &comm_hint {
         Some(c) => c.clone(),
         None => procinfo::snapshot(pid).map(|p| p.comm).unwrap_or_default(),
