@@ -279,10 +279,9 @@ fn js_function_names_appear_on_a_traced_buffer_leak() {
 #[test]
 fn js_function_names_appear_inside_a_pid_and_mount_namespace() {
     let _lock = require_bpf();
-    // Not under /tmp: the namespace mounts its own /tmp over it.
-    let base = workspace().join("target");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(base).unwrap();
+    // Not under /tmp (where a checkout may live, and tempdir() is): the
+    // namespace mounts its own /tmp over it, which would hide the script.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let script = write(dir.path(), "app.js", JS_DRIVER);
     // A private /tmp: node's perf-1.map exists only in the namespace, so
     // offheap must find it through NSpid and /proc/PID/root.

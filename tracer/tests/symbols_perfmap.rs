@@ -77,7 +77,9 @@ fn js_function_name_from_perf_map() {
 
 #[test]
 fn js_function_name_from_perf_map_in_a_pid_and_mount_namespace() {
-    let dir = workdir("perfmap-ns");
+    // Not under /tmp (where a checkout may live): the namespace mounts its
+    // own /tmp over it, which would hide the script.
+    let dir = tempfile_dir_outside_tmp("perfmap-ns");
     let script = dir.join("app.js");
     std::fs::write(&script, SCRIPT).unwrap();
     // A private /tmp: the perf map exists only inside the namespace, so it can
@@ -109,6 +111,7 @@ fn js_function_name_from_perf_map_in_a_pid_and_mount_namespace() {
     // SAFETY: plain kill(2) of the node process this test started.
     unsafe { libc::kill(host_pid as i32, libc::SIGKILL) };
     p.kill();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -199,4 +202,12 @@ fn malformed_and_truncated_perf_map_warns_and_keeps_good_lines() {
     );
     p.kill();
     std::fs::remove_file(&map).unwrap();
+}
+
+/// A fresh directory under /var/tmp, which a tmpfs mounted on /tmp does not hide.
+fn tempfile_dir_outside_tmp(name: &str) -> std::path::PathBuf {
+    let dir = Path::new("/var/tmp").join(format!("offheap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
