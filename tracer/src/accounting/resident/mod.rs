@@ -337,11 +337,13 @@ impl Resident {
         };
         // The syscall or fault ip is in a module (libc) we have not seen yet:
         // modules mapped since the last read (a process just exec'd loads
-        // its libraries after the model started, dlopen later).
+        // its libraries after the model started, dlopen later). Always read
+        // the maps again then: a rate limit here lost the first mappings of
+        // a process picked up at exec (its libc mapped a few ms after the
+        // model's first read). Raw-stack events are rare (mmap, or a fault
+        // whose frame-pointer walk died in libc), so this stays cheap.
         if self.unwinder.module_of(ev.ip).is_none() {
-            let _ = self
-                .unwinder
-                .refresh_at_most_every(std::time::Duration::from_millis(20));
+            let _ = self.unwinder.refresh();
         }
         let mut frames = self.unwinder.unwind(regs, window);
         if frames.len() <= 2 {
