@@ -83,26 +83,29 @@ fn smallest_stacks_are_evicted_from_the_maps_and_counted() {
     let r = report_until(&agent, pid, "the three largest sites kept", |r| {
         sites(r)
             == want(&[
-                ("site_3", 3000, 3000),
-                ("site_4", 4000, 4000),
-                ("site_5", 5000, 5000),
+                ("site_3", 300000, 300000),
+                ("site_4", 400000, 400000),
+                ("site_5", 500000, 500000),
             ])
     });
-    assert_eq!(r["counters"]["stacks_evicted"], 2);
+    // site_1 and site_2, and the dynamic loader's own mappings when the
+    // agent picked the process up before ld.so made them.
+    let evicted = r["counters"]["stacks_evicted"].as_u64().unwrap();
+    assert!((2..=4).contains(&evicted), "{evicted}");
 
-    // site_1's stack again, 6000 bytes: a fresh entry, now one of the
+    // site_1's stack again, 600000 bytes: a fresh entry, now one of the
     // largest; site_3 becomes the smallest and goes.
     poke_line(&mut stdin);
     out.until("again", T, |l| l == "again");
     let new_set = want(&[
-        ("site_1", 6000, 6000),
-        ("site_4", 4000, 4000),
-        ("site_5", 5000, 5000),
+        ("site_1", 600000, 600000),
+        ("site_4", 400000, 400000),
+        ("site_5", 500000, 500000),
     ]);
     let r = report_until(&agent, pid, "site_1 back, site_3 evicted", |r| {
         sites(r) == new_set
     });
-    assert_eq!(r["counters"]["stacks_evicted"], 3);
+    assert_eq!(r["counters"]["stacks_evicted"], evicted + 1);
 
     // Freeing the first site_1 block (allocated before its stack was
     // evicted) must not touch the new entry: its allocs entry went with
@@ -116,7 +119,7 @@ fn smallest_stacks_are_evicted_from_the_maps_and_counted() {
         ticks(r) >= before + 2
     });
     assert_eq!(sites(&r), new_set);
-    assert_eq!(r["counters"]["stacks_evicted"], 3);
+    assert_eq!(r["counters"]["stacks_evicted"], evicted + 1);
     poke_line(&mut stdin);
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(agent.stop(), Some(0));
