@@ -297,6 +297,23 @@ struct Live {
     info: ProcInfo,
 }
 
+/// Completes at --duration, or never without one.
+pub(crate) async fn deadline(opts: &SessionOptions) {
+    match opts.duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The per-interval ticker of a session's wait loop.
+pub(crate) fn ticker(opts: &SessionOptions) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
+    // A slow step (the first symbol capture) must not be followed by a burst
+    // of back-to-back ticks: the live view's growth rates would spike.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
 impl Live {
     /// Waits for the end while keeping the ring buffer drained and process
     /// facts fresh.
@@ -306,17 +323,9 @@ impl Live {
         sym: &mut dyn SessionSymbolizer,
         tick: &mut dyn FnMut(&Live, &mut dyn SessionSymbolizer),
     ) -> Result<StopReason> {
-        let deadline = async {
-            match opts.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let deadline = deadline(opts);
         tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
-        // A slow step (the first symbol capture) must not be followed by a
-        // burst of back-to-back ticks: the live view's growth rates would spike.
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = ticker(opts);
         loop {
             tokio::select! {
                 _ = &mut deadline => return Ok(StopReason::Duration),

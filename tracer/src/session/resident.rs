@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result};
@@ -234,17 +234,9 @@ async fn wait(
     // The live view's drawing, when it is on.
     mut tick: Option<&mut LiveTick<'_>>,
 ) -> Result<StopReason> {
-    let deadline = async {
-        match opts.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = super::deadline(opts);
     tokio::pin!(deadline);
-    let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
-    // A slow step (the first symbol capture) must not be followed by a burst
-    // of back-to-back ticks: the live view's growth rates would spike.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = super::ticker(opts);
     loop {
         tokio::select! {
             _ = &mut deadline => return Ok(StopReason::Duration),
