@@ -95,15 +95,17 @@ fn build_preload(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn record_pid_counts_every_site_exactly() {
-    record_basic(None, None);
+    record_basic(None, false);
 }
 
-/// With a one-bucket stack_traces map nearly every stack collides
-/// (bpf_get_stackid -EEXIST) and goes to stack_fallback: the figures and the
-/// frames must be just as exact, and nothing may be counted as dropped.
+/// Every stack collides: a one-bucket stack_traces map sends the mmap and
+/// brk sites' stacks (bpf_get_stackid -EEXIST) to hashed_stacks, and zero
+/// home-slot bits start every stack there in the same slot, so each must
+/// probe past the others to a slot of its own. The figures and the frames
+/// must be just as exact, and nothing may be counted as dropped.
 #[test]
 fn colliding_stacks_keep_their_frames() {
-    record_basic(None, Some("1"));
+    record_basic(None, true);
 }
 
 /// With a preloaded allocator, its functions are the ones to probe: probing
@@ -113,7 +115,7 @@ fn colliding_stacks_keep_their_frames() {
 fn record_pid_probes_a_preloaded_allocator() {
     let dir = tempfile::tempdir().unwrap();
     let preload = build_preload(dir.path());
-    record_basic(Some(&preload), None);
+    record_basic(Some(&preload), false);
 }
 
 #[test]
@@ -123,7 +125,7 @@ fn run_probes_a_preloaded_allocator() {
     run_basic(Some(&preload));
 }
 
-fn record_basic(preload: Option<&Path>, max_stack_traces: Option<&str>) {
+fn record_basic(preload: Option<&Path>, collide: bool) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
     let bin = build_fixture("basic", dir.path());
@@ -142,8 +144,9 @@ fn record_basic(preload: Option<&Path>, max_stack_traces: Option<&str>) {
     let out = dir.path().join("r.json");
 
     let mut tracer = Command::new(offheap_bin());
-    if let Some(n) = max_stack_traces {
-        tracer.env("OFFHEAP_MAX_STACK_TRACES", n);
+    if collide {
+        tracer.env("OFFHEAP_MAX_STACK_TRACES", "1");
+        tracer.env("OFFHEAP_STACK_HASH_BITS", "0");
     }
     let mut tracer = tracer
         .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])

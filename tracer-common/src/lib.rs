@@ -14,7 +14,8 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     pub const VM_INFLIGHT: &str = "vm_inflight";
     pub const FAULT_STATS: &str = "fault_stats";
-    pub const STACK_FALLBACK: &str = "stack_fallback";
+    /// Stacks stored by hash: malloc mode's walked stacks, and collided ones.
+    pub const HASHED_STACKS: &str = "hashed_stacks";
     pub const STACK_SCRATCH: &str = "stack_scratch";
     /// Malloc mode: allocations per (stack, size bucket).
     pub const SIZE_HIST: &str = "size_hist";
@@ -107,6 +108,11 @@ pub mod programs {
     ];
 
     /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
+    /// Removes an exiting thread's `inflight` entry; attached with the first
+    /// malloc-family probes. (program, tracepoint category, tracepoint name)
+    pub const MALLOC_THREAD_EXIT: (&str, &str, &str) =
+        ("malloc_thread_exit", "sched", "sched_process_exit");
+
     pub const VM_TRACEPOINTS: [(&str, &str, &str); 10] = [
         ("mmap_enter", "syscalls", "sys_enter_mmap"),
         ("mmap_exit", "syscalls", "sys_exit_mmap"),
@@ -122,6 +128,8 @@ pub mod programs {
 
     /// `const volatile` knobs in .rodata, set before load.
     pub const KNOB_PAGE_SIZE: &str = "page_size";
+    /// Bits of a stack's hash that pick its home slot in `hashed_stacks`.
+    pub const KNOB_STACK_HASH_BITS: &str = "stack_hash_bits";
 }
 
 pub const MAX_TARGETS: u32 = 4096;
@@ -132,7 +140,9 @@ pub const MAX_INFLIGHT: u32 = 16384;
 pub const MAX_STACK_DEPTH: usize = 127;
 pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COMM_LEN: usize = 16;
-pub const MAX_STACK_FALLBACK: u32 = 16384;
+pub const MAX_HASHED_STACKS: u32 = 65536;
+pub const STACK_WINDOW: usize = 4096;
+pub const STACK_HASH_PROBES: u32 = 32;
 pub const MAX_HIST: u32 = 262144;
 pub const HIST_SUB_BITS: u32 = 3;
 pub const HIST_BUCKETS: u32 = 496;
@@ -167,9 +177,10 @@ pub const fn hist_lower_bound(bucket: u32) -> u64 {
     (sub_count as u64 + sub) << (e - HIST_SUB_BITS)
 }
 
-/// Stack ids with this bit set live in `stack_fallback`, not `stack_traces`
-/// (stacks that collided in a stack_traces bucket).
-pub const STACK_ID_FALLBACK: i32 = 1 << 30;
+/// Stack ids with this bit set live in `hashed_stacks`, not `stack_traces`
+/// (malloc mode's walked stacks, and stacks that collided in a stack_traces
+/// bucket).
+pub const STACK_ID_HASHED: i32 = 1 << 30;
 
 pub const TARGET_MALLOC: u32 = 1 << 0;
 pub const TARGET_VM: u32 = 1 << 1;
@@ -190,11 +201,12 @@ pub struct StackKey {
     pub caller: u64,
 }
 
-/// Value of `stack_fallback`: a user stack, innermost first.
+/// Value of `hashed_stacks`: a user stack, innermost first, and its hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackIps {
     pub nr: u64,
+    pub hash: u64,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
 

@@ -21,7 +21,7 @@ fn rust_layout() -> Vec<(String, usize)> {
     let mut v = layout! {
         "target_info" TargetInfo { flags, _pad }
         "stack_key" StackKey { tgid, stack_id, caller }
-        "stack_ips" StackIps { nr, ips }
+        "stack_ips" StackIps { nr, hash, ips }
         "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs }
         "alloc_key" AllocKey { tgid, _pad, addr }
         "alloc_info" AllocInfo { size, ts_ns, stack }
@@ -60,11 +60,10 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_MAX_STACK_DEPTH".into(), MAX_STACK_DEPTH as u64),
         ("OFFHEAP_EVENTS_BYTES".into(), EVENTS_BYTES.into()),
         ("OFFHEAP_COMM_LEN".into(), COMM_LEN as u64),
-        (
-            "OFFHEAP_MAX_STACK_FALLBACK".into(),
-            MAX_STACK_FALLBACK.into(),
-        ),
-        ("OFFHEAP_STACK_ID_FALLBACK".into(), STACK_ID_FALLBACK as u64),
+        ("OFFHEAP_MAX_HASHED_STACKS".into(), MAX_HASHED_STACKS.into()),
+        ("OFFHEAP_STACK_WINDOW".into(), STACK_WINDOW as u64),
+        ("OFFHEAP_STACK_HASH_PROBES".into(), STACK_HASH_PROBES.into()),
+        ("OFFHEAP_STACK_ID_HASHED".into(), STACK_ID_HASHED as u64),
         ("OFFHEAP_TARGET_MALLOC".into(), TARGET_MALLOC.into()),
         ("OFFHEAP_TARGET_VM".into(), TARGET_VM.into()),
         ("OFFHEAP_TARGET_FAULTS".into(), TARGET_FAULTS.into()),

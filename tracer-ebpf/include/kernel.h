@@ -34,6 +34,7 @@ struct trace_event_raw_sys_exit {
 };
 
 struct mm_struct {
+	unsigned long start_stack;
 	unsigned long start_brk;
 	unsigned long brk;
 };

@@ -24,13 +24,20 @@
 #define OFFHEAP_MAX_STACK_DEPTH 127
 #define OFFHEAP_EVENTS_BYTES (4 << 20)
 #define OFFHEAP_COMM_LEN 16
-#define OFFHEAP_MAX_STACK_FALLBACK 16384
+/* Entries of hashed_stacks: the walked stacks of malloc mode's uprobes, plus
+ * the stacks that collided in stack_traces. */
+#define OFFHEAP_MAX_HASHED_STACKS 65536
+/* Bytes of user stack copied at once by the BPF frame-pointer walk
+ * (stacks.bpf.c); frames outside it cost one more copy. */
+#define OFFHEAP_STACK_WINDOW 4096
+/* Slots tried after a stack's home slot in hashed_stacks before giving up. */
+#define OFFHEAP_STACK_HASH_PROBES 32
 /* Entries of size_hist and of lifetime_hist: (stack, bucket) pairs. */
 #define OFFHEAP_MAX_HIST 262144
 
 /* ---- map and program names (mirrored as Rust constants) ------------------- */
 /* Maps: targets, allocs, inflight, stack_stats, stack_traces, counters, events,
- * vm_inflight, fault_stats, stack_fallback, stack_scratch, size_hist,
+ * vm_inflight, fault_stats, hashed_stacks, stack_scratch, size_hist,
  * lifetime_hist. Programs are named
  * <symbol>_enter / <symbol>_exit. */
 
@@ -61,18 +68,21 @@ struct stack_key {
 	__u64 caller;
 };
 
-/* A stack_traces bucket holds one stack: a second stack hashing to the same
- * bucket gets -EEXIST from bpf_get_stackid (kernel/bpf/stackmap.c). Such a
- * stack is stored instead in the `stack_fallback` hash (key: __s32 id), under
- * an id with this bit set: 30 bits of a 64-bit FNV-1a hash of its frames.
- * stack_traces ids are below its max_entries (< 2^30), so the ranges never
- * meet. */
-#define OFFHEAP_STACK_ID_FALLBACK (1 << 30)
+/* Stacks stored by hash in `hashed_stacks` (key: __s32 id) have ids with this
+ * bit set; stack_traces ids are below its max_entries (< 2^30), so the ranges
+ * never meet. Two kinds live there:
+ * - every stack of malloc mode's uprobes, walked in BPF (stacks.bpf.c);
+ * - a stack that bpf_get_stackid could not store because its stack_traces
+ *   bucket holds another stack (-EEXIST, kernel/bpf/stackmap.c).
+ * The low 30 bits are the home slot of the stack's 64-bit hash, or one of the
+ * OFFHEAP_STACK_HASH_PROBES slots after it when that slot holds a different
+ * stack (a different `hash` or `nr`): no two stacks share an id. */
+#define OFFHEAP_STACK_ID_HASHED (1 << 30)
 
-/* Value of `stack_fallback`, and of the one-slot per-CPU `stack_scratch`
- * (bpf_get_stack writes here; 1 KiB does not fit on the BPF stack). */
+/* Value of `hashed_stacks`: a user stack, innermost first, and its hash. */
 struct stack_ips {
 	__u64 nr;        /* valid entries in ips */
+	__u64 hash;      /* over ips[0..nr) (stacks.bpf.c, stack_hash) */
 	__u64 ips[OFFHEAP_MAX_STACK_DEPTH];
 };
 

@@ -37,23 +37,29 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 
 	if (!(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
 		return 0;
-	struct inflight *cur = inflight_of(&pid_tgid, sp);
-	if (cur) {
-		/* Only this thread ever touches its own entry. */
-		cur->depth++;
+	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	if (slot && slot->call.depth && sp <= slot->call.sp) {
+		/* Nested (see inflight_of). Only this thread ever touches its
+		 * own entry. */
+		slot->call.depth++;
 		return 0;
 	}
-	struct inflight in = {
-		.sp = sp,
-		.size = size,
-		.old_ptr = old_ptr,
-		.out_ptr = out_ptr,
-		.kind = kind,
-		.depth = 1,
-	};
-	take_stack(ctx, &in.stack, tgid, sp);
-	if (bpf_map_update_elem(&inflight, &pid_tgid, &in, BPF_ANY) < 0)
-		count(OFFHEAP_CTR_INFLIGHT_FULL);
+	if (!slot) {
+		/* The thread's first traced call: create its entry, idle. */
+		if (bpf_map_update_elem(&inflight, &pid_tgid, &idle_slot, BPF_NOEXIST) < 0)
+			count(OFFHEAP_CTR_INFLIGHT_FULL);
+		slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
+		if (!slot)
+			return 0;
+	}
+	struct inflight *cur = &slot->call;
+	cur->sp = sp;
+	cur->size = size;
+	cur->old_ptr = old_ptr;
+	cur->out_ptr = out_ptr;
+	cur->kind = kind;
+	take_uprobe_stack(ctx, &cur->stack, tgid, &slot->scratch, &slot->stack_limit);
+	cur->depth = 1;
 	return 0;
 }
 
@@ -87,12 +93,8 @@ static __always_inline int forget(__u32 tgid, __u64 addr, int freed)
 static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct stack_key *stack)
 {
 	struct alloc_key k = { .tgid = tgid, .addr = addr };
-
-	/* The address is handed out again, so its previous owner was freed by
-	 * a path we did not see: retire it rather than keep it live forever. */
-	forget(tgid, addr, 0);
-
 	struct stack_stats *st = stats_of(stack);
+
 	if (!st)
 		return;
 	__sync_fetch_and_add(&st->total_bytes, size);
@@ -104,7 +106,16 @@ static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct 
 		.ts_ns = bpf_ktime_get_ns(),
 		.stack = *stack,
 	};
-	if (bpf_map_update_elem(&allocs, &k, &info, BPF_ANY) < 0) {
+	long err = bpf_map_update_elem(&allocs, &k, &info, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */) {
+		/* The address is handed out again, so its previous owner was
+		 * freed by a path we did not see: retire it rather than keep it
+		 * live forever. (NOEXIST first: the common case needs no
+		 * separate lookup.) */
+		forget(tgid, addr, 0);
+		err = bpf_map_update_elem(&allocs, &k, &info, BPF_ANY);
+	}
+	if (err < 0) {
 		/* Untracked: counting it live would leave it live forever. */
 		count(OFFHEAP_CTR_ALLOCS_FULL);
 		return;
@@ -117,16 +128,17 @@ static __always_inline int alloc_exit(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
-	struct inflight *cur = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
 
-	if (!cur)
+	if (!slot || !slot->call.depth)
 		return 0;
+	struct inflight *cur = &slot->call;
 	if (cur->depth > 1) {
 		cur->depth--;
 		return 0;
 	}
 	struct inflight in = *cur;
-	bpf_map_delete_elem(&inflight, &pid_tgid);
+	cur->depth = 0;
 
 	__u64 addr = PT_REGS_RC(ctx);
 	switch (in.kind) {
@@ -243,5 +255,17 @@ int free_enter(struct pt_regs *ctx)
 		return 0;
 	if (!forget(tgid, addr, 1))
 		count(OFFHEAP_CTR_FREE_UNKNOWN);
+	return 0;
+}
+
+/* A thread keeps its `inflight` entry between calls (see inflight_of); it
+ * goes when the thread does. sched_process_exit fires once per exiting
+ * thread, in its context (kernel/exit.c, do_exit). */
+SEC("tracepoint/sched/sched_process_exit")
+int malloc_thread_exit(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&inflight, &pid_tgid);
 	return 0;
 }

@@ -12,6 +12,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Knobs set by userspace before load (aya EbpfLoader::set_global). */
 const volatile __u64 page_size = 4096;
+/* Bits of a stack's hash that pick its home slot in hashed_stacks (at most
+ * 30). Tests lower it to make every stack collide. */
+const volatile __u32 stack_hash_bits = 30;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -27,11 +30,38 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Scratch for a stack walk: too big for the 512-byte BPF stack. Not ABI:
+ * userspace never reads it. */
+struct stack_scratch {
+	struct stack_ips stack;
+	__u64 words[OFFHEAP_STACK_WINDOW / 8];   /* the copy the walk reads */
+};
+
+/* Value of `inflight`: the thread's traced call (struct inflight, the ABI)
+ * and the thread's own scratch for the uprobe stack walk. Per thread, not per
+ * CPU: uprobe programs run preemptible (migrate_disable and rcu_read_lock
+ * only: bpf_prog_run_array_uprobe, include/linux/bpf.h), so another thread's
+ * program could run on this CPU in the middle of a walk and overwrite a
+ * per-CPU buffer. */
+struct inflight_slot {
+	struct inflight call;
+	/* mm->start_stack, read once per thread (see take_uprobe_stack); 0
+	 * until then. Stale after an exec, which costs a walk speed, never
+	 * frames: read_window falls back when a copy fails. */
+	__u64 stack_limit;
+	struct stack_scratch scratch;
+};
+
+/* The value a thread's entry starts from (too big to build on the stack). */
+static const struct inflight_slot idle_slot;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, OFFHEAP_MAX_INFLIGHT);
+	/* Not preallocated: 5 KiB per entry, one entry per traced thread. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
-	__type(value, struct inflight);
+	__type(value, struct inflight_slot);
 } inflight SEC(".maps");
 
 struct {
@@ -60,17 +90,20 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, OFFHEAP_MAX_STACK_FALLBACK);
+	__uint(max_entries, OFFHEAP_MAX_HASHED_STACKS);
+	/* Not preallocated: 1 KiB per entry, filled as stacks appear. */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __s32);
 	__type(value, struct stack_ips);
-} stack_fallback SEC(".maps");
+} hashed_stacks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct stack_ips);
+	/* Tracepoint programs only (stack_id_collided): they run with
+	 * preemption off, so a per-CPU buffer is theirs for the whole run. */
+	__type(value, struct stack_scratch);
 } stack_scratch SEC(".maps");
 
 struct {
@@ -121,58 +154,7 @@ static __always_inline __u32 target_flags(__u32 tgid)
 	return t ? t->flags : 0;
 }
 
-/* The user stack of a stack that collided in stack_traces, stored under a
- * hash-derived id in stack_fallback (see OFFHEAP_STACK_ID_FALLBACK). */
-static __always_inline long stack_id_fallback(void *ctx)
-{
-	__u32 zero = 0;
-	struct stack_ips *buf = bpf_map_lookup_elem(&stack_scratch, &zero);
-
-	if (!buf)
-		return -1;
-	long n = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), BPF_F_USER_STACK);
-	if (n <= 0)
-		return n < 0 ? n : -1;
-	buf->nr = n / sizeof(__u64);
-
-	/* FNV-1a over the frames. */
-	__u64 h = 14695981039346656037ULL;
-	for (int i = 0; i < OFFHEAP_MAX_STACK_DEPTH; i++) {
-		if (i >= buf->nr)
-			break;
-		h ^= buf->ips[i];
-		h *= 1099511628211ULL;
-	}
-	__s32 id = OFFHEAP_STACK_ID_FALLBACK | (__s32)(h & (OFFHEAP_STACK_ID_FALLBACK - 1));
-	/* EEXIST: the same stack was stored before (a 30-bit collision between
-	 * two colliding stacks is the accepted, vanishing risk). */
-	long err = bpf_map_update_elem(&stack_fallback, &id, buf, BPF_NOEXIST);
-	if (err < 0 && err != -17 /* EEXIST */)
-		return err;
-	return id;
-}
-
-/* Fills key with the user stack of the current task. `sp` is the user stack
- * pointer at a function's first instruction (or at the `syscall` instruction
- * of a leaf libc wrapper): [sp] holds the return address into the direct
- * caller, the one frame the frame-pointer walk misses because the callee has
- * not pushed %rbp yet. */
-static __always_inline void take_stack(void *ctx, struct stack_key *key, __u32 tgid, __u64 sp)
-{
-	long id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
-
-	if (id == -17 /* EEXIST: the bucket holds another stack */)
-		id = stack_id_fallback(ctx);
-	key->tgid = tgid;
-	key->stack_id = id;
-	key->caller = 0;
-	if (id < 0)
-		count(OFFHEAP_CTR_STACK_ID_FAILED);
-	if (sp && bpf_probe_read_user(&key->caller, sizeof(key->caller), (void *)sp) < 0) {
-		key->caller = 0;
-		count(OFFHEAP_CTR_READ_FAILED);
-	}
-}
+#include "stacks.bpf.c"
 
 /* The stats of a stack, created zeroed on first use. */
 static __always_inline struct stack_stats *stats_of(struct stack_key *key)
@@ -230,19 +212,28 @@ static __always_inline void hist_add(void *map, struct stack_key *stack, __u64 v
 	__sync_fetch_and_add(n, 1);
 }
 
-/* The thread's traced call in progress, if any. An entry whose outermost
- * call has already returned without its uretprobe firing (longjmp out of the
- * allocator, a thread that died inside it) is stale: a call really nested in
+/* The thread's traced call in progress, if any. A thread keeps its entry
+ * between calls, idle at depth 0 (an update and a delete per call cost more
+ * than the walk of a short stack); sched_process_exit removes it when the
+ * thread exits.
+ * An entry whose outermost call has already returned without its uretprobe
+ * firing (longjmp out of the allocator) is stale: a call really nested in
  * it runs deeper in the stack, at a lower %rsp (the x86-64 stack grows down),
  * or at the same %rsp when the outer call tail-calls it (glibc's
  * reallocarray jumps to realloc). A call from higher up the stack proves the
- * entry stale; it is dropped, else it would hide every later call. */
+ * entry stale; it goes idle, else it would hide every later call. */
 static __always_inline struct inflight *inflight_of(__u64 *pid_tgid, __u64 sp)
 {
-	struct inflight *cur = bpf_map_lookup_elem(&inflight, pid_tgid);
+	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, pid_tgid);
 
-	if (cur && sp > cur->sp) {
-		bpf_map_delete_elem(&inflight, pid_tgid);
+	if (!slot)
+		return NULL;
+	struct inflight *cur = &slot->call;
+
+	if (!cur->depth)
+		return NULL;
+	if (sp > cur->sp) {
+		cur->depth = 0;
 		return NULL;
 	}
 	return cur;

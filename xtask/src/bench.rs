@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: what tracing costs an allocation-heavy Node loop.
 //!
-//! Every figure is a median over paired runs (untraced, then traced, alternating),
-//! timed by the workload itself (bench/alloc-loop.js prints its loop's elapsed ms),
+//! Every figure is a median over paired runs (an untraced run next to a traced
+//! one), timed by the workload itself (bench/alloc-loop.js prints its loop's elapsed ms),
 //! so node's start-up and a tracer's attach and report never count. It prints and
 //! never asserts: a benchmark on a shared 2-core machine is not a test.
 //!
@@ -24,11 +24,14 @@ const WORKLOAD: &str = "bench/alloc-loop.js";
 const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
 const RESIDENT_GOAL: f64 = 1.03;
 const SYMBOLIZE_GOAL_MS: f64 = 1000.0;
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Paired runs for the floor and malloc mode (>= 5 for a stable median).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Rounds for the floors and malloc mode (untraced runs here vary by 30%,
+    /// so 9 by default); each
+    /// round is one untraced run, then each of them traced.
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..))]
     pairs: u32,
     /// Paired runs for resident mode (>= 7: its effect is small, so more samples).
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
@@ -38,7 +41,13 @@ pub struct BenchArgs {
     iterations: Option<u32>,
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum)]
-    only: Vec<Part>,
+    only: Vec<PartName>,
+    /// Pin the workload (every node run, traced or not, all its threads) to
+    /// this CPU with taskset; the tracers' own threads stay free to run
+    /// elsewhere. Not the default: a service's threads are not pinned, and
+    /// pinning measured no steadier here (untraced runs 290-480 ms).
+    #[arg(long, value_name = "CPU")]
+    pin_cpu: Option<u32>,
     /// Use the existing target/release/offheap instead of building it.
     #[arg(long)]
     no_build: bool,
@@ -48,7 +57,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Part {
+enum PartName {
     Floor,
     BpftraceFloor,
     Malloc,
@@ -86,6 +95,7 @@ struct Bench {
     offheap: PathBuf,
     iterations: Option<u32>,
     libc: PathBuf,
+    pin: Option<u32>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -115,23 +125,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         root,
         iterations: args.iterations,
         libc: floor::node_libc(),
+        pin: args.pin_cpu,
     };
+    if let Some(cpu) = bench.pin {
+        println!("bench: every node run pinned to CPU {cpu} (taskset)");
+    }
     ensure!(
         bench.root.join(WORKLOAD).exists(),
         "{WORKLOAD} is missing from the workspace"
     );
-    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let wants = |p: PartName| args.only.is_empty() || args.only.contains(&p);
 
     // Warm the page cache and node's code cache once; not counted.
     let warm = bench.untraced()?;
     println!("bench: workload node {WORKLOAD}: warm-up run {warm:.0} ms untraced");
 
-    let floor = if wants(Part::Floor) {
+    // The floors and malloc mode run interleaved, in rounds that share one
+    // untraced run: the machine's drift then hits every part alike, and within
+    // a round malloc's slowdown over the floor's is malloc's traced time over
+    // the floor's (the untraced time cancels).
+    let counter = if wants(PartName::Floor) {
         match PerPidCounter::build(&bench.root) {
-            Ok(counter) => paired(&bench, "floor", args.pairs, |b| {
-                let out = counter.run(&b.root, &b.libc, &b.node_args())?;
-                counted("floor", &out)
-            }),
+            Ok(counter) => Some(counter),
             Err(e) => {
                 println!("bench: floor: not available: {e:#}");
                 None
@@ -140,20 +155,31 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let bt_floor = if wants(Part::BpftraceFloor) {
-        paired(&bench, "bpftrace-floor", args.pairs, |b| {
-            let out = floor::bpftrace(&b.root, &b.libc, &b.node_args())?;
+    let mut parts: Vec<Part<'_>> = Vec::new();
+    if let Some(counter) = &counter {
+        parts.push(Part::new("floor", move |b: &Bench| {
+            let out = counter.run(&b.root, &b.libc, &b.workload_argv())?;
+            counted("floor", &out)
+        }));
+    }
+    if wants(PartName::BpftraceFloor) {
+        parts.push(Part::new("bpftrace-floor", |b: &Bench| {
+            let out = floor::bpftrace(&b.root, &b.libc, &b.workload_argv())?;
             counted("bpftrace-floor", &out)
-        })
-    } else {
-        None
+        }));
+    }
+    if wants(PartName::Malloc) {
+        parts.push(Part::new("malloc", |b: &Bench| b.offheap_run("malloc")));
+    }
+    let mut interleaved = rounds(&bench, parts, args.pairs);
+    let mut take = |name: &str| {
+        interleaved
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| interleaved.remove(i))
     };
-    let malloc = if wants(Part::Malloc) {
-        paired(&bench, "malloc", args.pairs, |b| b.offheap_run("malloc"))
-    } else {
-        None
-    };
-    let resident = if wants(Part::Resident) {
+    let (floor, bt_floor, malloc) = (take("floor"), take("bpftrace-floor"), take("malloc"));
+    let resident = if wants(PartName::Resident) {
         paired(&bench, "resident", args.resident_pairs, |b| {
             b.offheap_run("resident")
         })
@@ -170,11 +196,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         summary_line(p);
     }
     for f in [&floor, &bt_floor].into_iter().flatten() {
-        if let (Some(mr), Some(fr)) = (malloc.as_ref().and_then(Paired::ratio), f.ratio()) {
-            let rel = mr / fr;
+        if let (Some(m), Some(mr), Some(fr)) = (
+            malloc.as_ref(),
+            malloc.as_ref().and_then(Paired::ratio),
+            f.ratio(),
+        ) {
+            // Per round: malloc's traced time over the floor's, both against
+            // the round's one untraced run.
+            let per_round: Vec<f64> = m.traced.iter().zip(&f.traced).map(|(m, f)| m / f).collect();
+            let rel = median(&per_round).unwrap_or(f64::NAN);
             println!(
-                "  malloc slowdown / {} slowdown = {mr:.2}x / {fr:.2}x = {rel:.2}  (goal <= {MALLOC_GOAL_VS_FLOOR}) {}",
+                "  malloc slowdown / {} slowdown: {rel:.2} (median over rounds; medians {mr:.2}x / {fr:.2}x = {:.2})  (goal <= {MALLOC_GOAL_VS_FLOOR}) {}",
                 f.name,
+                mr / fr,
                 verdict(rel <= MALLOC_GOAL_VS_FLOOR)
             );
         }
@@ -209,6 +243,77 @@ fn summary_line(p: &Paired) {
         ),
         _ => println!("  {:<14} no complete pair", p.name),
     }
+}
+
+/// Runs the workload traced one way; returns its loop time in ms.
+type TracedRun<'a> = Box<dyn FnMut(&Bench) -> Result<f64> + 'a>;
+
+/// One traced way of running the workload, for `rounds`.
+struct Part<'a> {
+    name: &'static str,
+    run: TracedRun<'a>,
+}
+
+impl<'a> Part<'a> {
+    fn new(name: &'static str, run: impl FnMut(&Bench) -> Result<f64> + 'a) -> Self {
+        Part {
+            name,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Runs `n` rounds of one untraced run followed by each part (in an order that
+/// rotates from round to round, so that no part always runs first). A part
+/// that fails is reported as not available and dropped; the others go on.
+fn rounds(bench: &Bench, mut parts: Vec<Part<'_>>, n: u32) -> Vec<Paired> {
+    let mut out: Vec<Paired> = parts
+        .iter()
+        .map(|p| Paired {
+            name: p.name,
+            untraced: Vec::new(),
+            traced: Vec::new(),
+        })
+        .collect();
+    let mut alive = vec![true; parts.len()];
+    for i in 1..=n {
+        if !alive.iter().any(|a| *a) {
+            break;
+        }
+        let u = match bench.untraced() {
+            Ok(u) => u,
+            Err(e) => {
+                println!("bench: untraced run failed: {e:#}");
+                return Vec::new();
+            }
+        };
+        let k = parts.len();
+        for j in (0..k).map(|j| (j + i as usize) % k) {
+            if !alive[j] {
+                continue;
+            }
+            let name = parts[j].name;
+            match (parts[j].run)(bench) {
+                Ok(t) => {
+                    println!(
+                        "bench: round {i}/{n}: {name}: untraced {u:.1} ms, traced {t:.1} ms ({:.3}x)",
+                        t / u
+                    );
+                    out[j].untraced.push(u);
+                    out[j].traced.push(t);
+                }
+                Err(e) => {
+                    println!("bench: {name}: not available: {e:#}");
+                    alive[j] = false;
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .zip(alive)
+        .filter(|(_, a)| *a)
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// Runs `pairs` (untraced, traced) pairs. A part whose traced run fails is reported
@@ -257,9 +362,24 @@ impl Bench {
         args
     }
 
+    /// The workload's command line: node, pinned to one CPU when `pin` is set.
+    fn workload_argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        if let Some(cpu) = self.pin {
+            argv.extend(["taskset".to_string(), "-c".into(), cpu.to_string()]);
+        }
+        argv.push("node".into());
+        argv.extend(self.node_args());
+        argv
+    }
+
     fn node_cmd(&self) -> Command {
-        let mut cmd = Command::new("node");
-        cmd.current_dir(&self.root).args(self.node_args());
+        // Every run starts from a machine at rest: a tracer that just exited
+        // still has maps and links being freed by the kernel for a moment.
+        std::thread::sleep(SETTLE);
+        let argv = self.workload_argv();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.current_dir(&self.root).args(&argv[1..]);
         cmd
     }
 

@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, StackTraceMap},
     Ebpf,
 };
-use tracer_common::{maps, StackIps, StackKey, StackStats, STACK_ID_FALLBACK};
+use tracer_common::{maps, StackIps, StackKey, StackStats, STACK_ID_HASHED};
 
 use super::RawStack;
 
@@ -42,7 +42,7 @@ pub fn read_stack_stats(
 /// Resolves stack keys into return addresses, innermost first.
 pub struct StackResolver<'a> {
     traces: StackTraceMap<&'a MapData>,
-    fallback: BpfHashMap<&'a MapData, i32, StackIps>,
+    hashed: BpfHashMap<&'a MapData, i32, StackIps>,
 }
 
 impl<'a> StackResolver<'a> {
@@ -53,19 +53,19 @@ impl<'a> StackResolver<'a> {
         let traces =
             StackTraceMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_TRACES, e))?;
         let map = ebpf
-            .map(maps::STACK_FALLBACK)
-            .ok_or(ReadError::MissingMap(maps::STACK_FALLBACK))?;
-        let fallback =
-            BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_FALLBACK, e))?;
-        Ok(StackResolver { traces, fallback })
+            .map(maps::HASHED_STACKS)
+            .ok_or(ReadError::MissingMap(maps::HASHED_STACKS))?;
+        let hashed =
+            BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::HASHED_STACKS, e))?;
+        Ok(StackResolver { traces, hashed })
     }
 
     /// The frame-pointer walk of a stack id, from whichever map holds it.
     fn walk(&self, id: i32) -> Vec<u64> {
         if id < 0 {
             Vec::new()
-        } else if id & STACK_ID_FALLBACK != 0 {
-            self.fallback
+        } else if id & STACK_ID_HASHED != 0 {
+            self.hashed
                 .get(&id, 0)
                 .map(|s| s.frames().to_vec())
                 .unwrap_or_default()

@@ -34,29 +34,38 @@ pub enum ProbeError {
     Map(&'static str, aya::maps::MapError),
 }
 
+/// The id bits below `STACK_ID_HASHED`: a home slot has at most this many.
+const STACK_HASH_BITS: u32 = tracer_common::STACK_ID_HASHED.trailing_zeros();
+
 /// Sizes and knobs fixed before load.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     pub max_allocs: u32,
     pub max_stack_stats: u32,
     pub max_stack_traces: u32,
+    /// Bits of a stack's hash that pick its home slot in `hashed_stacks`
+    /// (30; fewer make distinct stacks share home slots).
+    pub stack_hash_bits: u32,
     /// Lifecycle's `watch_exec` knob: report every exec and OOM victim on
     /// the host, not only those of targets (`watch`).
     pub watch_exec: bool,
 }
 
 impl LoadConfig {
-    /// The defaults, with `stack_traces` resized by $OFFHEAP_MAX_STACK_TRACES
-    /// when set: a tiny map makes stacks collide, which the tests use to
-    /// exercise the `stack_fallback` path.
+    /// The defaults, with two test knobs from the environment that make
+    /// stacks collide, to exercise the paths that handle it:
+    /// $OFFHEAP_MAX_STACK_TRACES resizes `stack_traces` (a tiny map sends
+    /// tracepoint stacks to `hashed_stacks`), $OFFHEAP_STACK_HASH_BITS
+    /// shrinks the home-slot bits of `hashed_stacks` (0: every stack starts
+    /// at the same slot and probes for a free one).
     pub fn from_env() -> LoadConfig {
         let mut c = LoadConfig::default();
-        if let Some(n) = std::env::var("OFFHEAP_MAX_STACK_TRACES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-        {
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        if let Some(n) = env("OFFHEAP_MAX_STACK_TRACES").filter(|n| *n > 0) {
             c.max_stack_traces = n;
+        }
+        if let Some(bits) = env("OFFHEAP_STACK_HASH_BITS") {
+            c.stack_hash_bits = bits.min(STACK_HASH_BITS);
         }
         c
     }
@@ -68,6 +77,7 @@ impl Default for LoadConfig {
             max_allocs: tracer_common::MAX_ALLOCS,
             max_stack_stats: tracer_common::MAX_STACK_STATS,
             max_stack_traces: tracer_common::MAX_STACK_TRACES,
+            stack_hash_bits: STACK_HASH_BITS,
             watch_exec: false,
         }
     }
@@ -81,6 +91,7 @@ pub struct Probes {
     /// Each with the pid it filters on, so one process's can be detached.
     uprobe_links: Vec<(u32, UProbeLink)>,
     tracepoint_links: Vec<TracePointLink>,
+    thread_exit_attached: bool,
 }
 
 fn page_size() -> u64 {
@@ -98,6 +109,7 @@ impl Probes {
         let page = page_size();
         let ebpf = EbpfLoader::new()
             .set_global(programs::KNOB_PAGE_SIZE, &page, true)
+            .set_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
             .set_global(
                 crate::daemon::lifecycle::WATCH_EXEC_GLOBAL,
                 &u8::from(cfg.watch_exec),
@@ -112,6 +124,7 @@ impl Probes {
             loaded: false,
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
+            thread_exit_attached: false,
         })
     }
 
@@ -135,7 +148,8 @@ impl Probes {
                     .map_err(|source| ProbeError::Program { name, source })?;
             }
         }
-        for (name, _, _) in programs::VM_TRACEPOINTS.iter() {
+        let thread_exit = std::iter::once(&programs::MALLOC_THREAD_EXIT);
+        for (name, _, _) in programs::VM_TRACEPOINTS.iter().chain(thread_exit) {
             self.tracepoint(name)?
                 .load()
                 .map_err(|source| ProbeError::Program { name, source })?;
@@ -213,6 +227,19 @@ impl Probes {
         alloc: &Allocator,
     ) -> Result<Vec<&'static str>, ProbeError> {
         self.load_programs()?;
+        if !self.thread_exit_attached {
+            let (name, category, event) = programs::MALLOC_THREAD_EXIT;
+            let prog = self.tracepoint(name)?;
+            let link = prog
+                .attach(category, event)
+                .and_then(|id| prog.take_link(id))
+                .map_err(|source| ProbeError::Attach {
+                    what: format!("{name} to {category}/{event}"),
+                    source,
+                })?;
+            self.tracepoint_links.push(link);
+            self.thread_exit_attached = true;
+        }
         let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
         let mut attached = Vec::new();
         for p in programs::MALLOC_FAMILY.iter() {

@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: GPL-2.0
+/* User stacks: taking them, and storing them under an id. Included by
+ * offheap.bpf.c (the maps live there).
+ *
+ * Malloc mode's uprobes walk the frame-pointer chain themselves, over one
+ * bulk copy of the stack, instead of calling bpf_get_stackid. Measured on
+ * this project's machines (kernel 6.18, bpf_stats): the kernel's walk
+ * (perf_callchain_user, two __get_user per frame) costs about 63 ns a frame,
+ * 1.5 us for node's typical 23-frame malloc stack, and was most of malloc
+ * mode's overhead. One bpf_probe_read_user of OFFHEAP_STACK_WINDOW bytes above
+ * %rsp and a walk inside the copy cost about 4 ns a frame.
+ *
+ * The frames are those the kernel's walk gives: ips[0] is the probed
+ * instruction, then the return address of each frame on the %rbp chain. */
+
+static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
+{
+	/* Multiply (high bits from low) then fold (low bits from high): every
+	 * bit of every frame reaches the slot bits. */
+	h = (h ^ ip) * 0x9e3779b97f4a7c15ULL;
+	return h ^ (h >> 32);
+}
+
+#define STACK_HASH_SEED 0xcbf29ce484222325ULL
+#define STACK_SLOT_MASK (OFFHEAP_STACK_ID_HASHED - 1)
+
+/* Stores s (nr, hash and ips filled) in hashed_stacks and returns its id, or
+ * a negative error (the map is full, or every slot tried holds another
+ * stack). */
+static __always_inline long intern_stack(struct stack_ips *s)
+{
+	__u64 home = s->hash & (((__u64)1 << stack_hash_bits) - 1);
+
+	for (__u32 k = 0; k < OFFHEAP_STACK_HASH_PROBES; k++) {
+		__s32 id = OFFHEAP_STACK_ID_HASHED | (__s32)((home + k) & STACK_SLOT_MASK);
+		struct stack_ips *cur = bpf_map_lookup_elem(&hashed_stacks, &id);
+
+		if (!cur) {
+			long err = bpf_map_update_elem(&hashed_stacks, &id, s, BPF_NOEXIST);
+			if (!err)
+				return id;
+			if (err != -17 /* EEXIST: another CPU stored a stack here first */)
+				return err;
+			cur = bpf_map_lookup_elem(&hashed_stacks, &id);
+			if (!cur)
+				continue;
+		}
+		/* A 64-bit hash and the depth both equal: the same stack. */
+		if (cur->hash == s->hash && cur->nr == s->nr)
+			return id;
+	}
+	return -28; /* ENOSPC */
+}
+
+/* The user stack of a stack that collided in stack_traces: the kernel's walk
+ * again, stored by hash. */
+static __always_inline long stack_id_collided(void *ctx)
+{
+	__u32 zero = 0;
+	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
+
+	if (!sc)
+		return -1;
+	struct stack_ips *s = &sc->stack;
+	long n = bpf_get_stack(ctx, s->ips, sizeof(s->ips), BPF_F_USER_STACK);
+	if (n <= 0)
+		return n < 0 ? n : -1;
+	s->nr = n / sizeof(__u64);
+	__u64 h = STACK_HASH_SEED;
+	for (int i = 0; i < OFFHEAP_MAX_STACK_DEPTH; i++) {
+		if (i >= s->nr)
+			break;
+		h = stack_hash_step(h, s->ips[i]);
+	}
+	s->hash = h;
+	return intern_stack(s);
+}
+
+/* Fills key with the user stack of the current task, through the kernel's
+ * walk (for tracepoints, whose context holds no user registers). `sp` is the
+ * user stack pointer at a function's first instruction (or at the `syscall`
+ * instruction of a leaf libc wrapper): [sp] holds the return address into the
+ * direct caller, the one frame the frame-pointer walk misses because the
+ * callee has not pushed %rbp yet. */
+static __always_inline void take_stack(void *ctx, struct stack_key *key, __u32 tgid, __u64 sp)
+{
+	long id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
+
+	if (id == -17 /* EEXIST: the bucket holds another stack */)
+		id = stack_id_collided(ctx);
+	key->tgid = tgid;
+	key->stack_id = id;
+	key->caller = 0;
+	if (id < 0)
+		count(OFFHEAP_CTR_STACK_ID_FAILED);
+	if (sp && bpf_probe_read_user(&key->caller, sizeof(key->caller), (void *)sp) < 0) {
+		key->caller = 0;
+		count(OFFHEAP_CTR_READ_FAILED);
+	}
+}
+
+/* Copies user memory at addr into words; returns how many bytes it copied.
+ * A copy that runs past the end of the stack's mapping fails as a whole, so
+ * `limit` (an address known to be readable up to, or 0) bounds it first, and
+ * a failed full copy is retried up to the end of addr's page. */
+static __always_inline __u64 read_window(__u64 *words, __u64 addr, __u64 limit)
+{
+	__u64 len = OFFHEAP_STACK_WINDOW;
+
+	if (limit > addr && limit - addr < len)
+		len = limit - addr;
+	else if (bpf_probe_read_user(words, OFFHEAP_STACK_WINDOW, (void *)addr) == 0)
+		return OFFHEAP_STACK_WINDOW;
+	else
+		len = 4096 - (addr & 4095);
+	if (len > OFFHEAP_STACK_WINDOW)
+		return 0;
+	if (bpf_probe_read_user(words, len, (void *)addr) < 0)
+		return 0;
+	return len;
+}
+
+/* State of one walk, passed to walk_frame by bpf_loop. */
+struct walk_state {
+	__u64 base;    /* user address of words[0] */
+	__u64 win;     /* bytes of the copy that are valid */
+	__u64 fp;      /* the next frame record to read */
+	__u64 limit;   /* see read_window */
+	__u64 hash;
+	__u32 nr;
+	struct stack_scratch *sc;
+};
+
+/* One frame of the walk; returns 1 to stop. A bpf_loop callback, so the
+ * verifier checks it once rather than once per possible depth. */
+static long walk_frame(__u64 i, struct walk_state *w)
+{
+	struct stack_scratch *sc = w->sc;
+	__u64 fp = w->fp;
+
+	/* A frame record is two words: the caller's %rbp, then the return
+	 * address. A misaligned one is not a frame. */
+	if (!sc || !fp || (fp & 7) || w->nr >= OFFHEAP_MAX_STACK_DEPTH)
+		return 1;
+	__u64 off = fp - w->base;
+	if (fp < w->base || w->win < 16 || off > w->win - 16) {
+		w->base = fp;
+		w->win = read_window(sc->words, fp, w->limit);
+		off = 0;
+	}
+	if (w->win < 16 || off > OFFHEAP_STACK_WINDOW - 16)
+		return 1;
+	__u64 next = sc->words[off / 8];
+	__u64 ret = sc->words[off / 8 + 1];
+	__u32 nr = w->nr;
+
+	if (nr >= OFFHEAP_MAX_STACK_DEPTH)
+		return 1;
+	sc->stack.ips[nr] = ret;
+	w->nr = nr + 1;
+	w->hash = stack_hash_step(w->hash, ret);
+	/* The x86-64 stack grows down: a caller's frame lies above its callee's.
+	 * A saved %rbp that does not is code built without frame pointers using
+	 * %rbp for data (glibc's __libc_start_call_main, start_thread): the
+	 * chain ends there. */
+	if (next <= fp)
+		return 1;
+	w->fp = next;
+	return 0;
+}
+
+/* Fills key with the user stack at a uprobe on a function's first
+ * instruction, walked here (see the top of this file). */
+static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_key *key,
+					      __u32 tgid, struct stack_scratch *sc,
+					      __u64 *limit)
+{
+	key->tgid = tgid;
+	key->stack_id = -1;
+	key->caller = 0;
+	if (!sc) {
+		count(OFFHEAP_CTR_STACK_ID_FAILED);
+		return;
+	}
+	__u64 sp = PT_REGS_SP(ctx);
+	/* The main thread's stack ends a little above mm->start_stack (argv and
+	 * the environment); every thread's frames lie below it. */
+	if (!*limit) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		*limit = BPF_CORE_READ(task, mm, start_stack);
+	}
+	struct walk_state w = {
+		.base = sp,
+		.fp = PT_REGS_FP(ctx),
+		.limit = *limit,
+		.hash = stack_hash_step(STACK_HASH_SEED, PT_REGS_IP(ctx)),
+		.sc = sc,
+	};
+
+	w.win = read_window(sc->words, sp, w.limit);
+	if (w.win >= 8)
+		key->caller = sc->words[0];
+	else if (bpf_probe_read_user(&key->caller, sizeof(key->caller), (void *)sp) < 0)
+		count(OFFHEAP_CTR_READ_FAILED);
+	sc->stack.ips[0] = PT_REGS_IP(ctx);
+	/* Loaded back from the map, the depth is a number the verifier does not
+	 * know: a known constant would make it check walk_frame once per depth
+	 * (each call's state differs) and exceed its instruction limit. */
+	sc->stack.nr = 1;
+	w.nr = *(volatile __u64 *)&sc->stack.nr;
+	bpf_loop(OFFHEAP_MAX_STACK_DEPTH - 1, walk_frame, &w, 0);
+	sc->stack.nr = w.nr;
+	sc->stack.hash = w.hash;
+	long id = intern_stack(&sc->stack);
+	if (id < 0)
+		count(OFFHEAP_CTR_STACK_ID_FAILED);
+	key->stack_id = id;
+}
