@@ -149,16 +149,20 @@ fn resident_mode_folds_the_smallest_stacks_and_keeps_their_bytes() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut agent = Agent::start(&[
-        "--mode",
-        "resident",
-        "--comm",
-        "resident_sites",
-        "--max-stacks-per-process",
-        "2",
-        "--interval",
-        "0.2",
-    ]);
+    // Exact first-touch pages per site: every page's stack, not 1 in 8.
+    let mut agent = Agent::start_env(
+        &[
+            "--mode",
+            "resident",
+            "--comm",
+            "resident_sites",
+            "--max-stacks-per-process",
+            "2",
+            "--interval",
+            "0.2",
+        ],
+        &[("OFFHEAP_FAULT_SAMPLE", "1")],
+    );
     let mut child = Command::new(&bin)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -185,8 +185,14 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on a free port and waits until /healthz says ready.
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_env(args, &[])
+    }
+
+    /// As `start`, with extra environment variables for the agent.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(offheap_bin())
             .arg("watch")
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())

@@ -23,7 +23,6 @@ pub mod maps {
     pub const LIFETIME_HIST: &str = "lifetime_hist";
     /// Resident mode (fault.bpf.c): ring buffer of `FaultEvent` and `MapEvent`.
     pub const FAULT_EVENTS: &str = "fault_events";
-    pub const FAULT_STACK_TRACES: &str = "fault_stack_traces";
     pub const FAULT_SCRATCH: &str = "fault_scratch";
     pub const FAULT_PAGES: &str = "fault_pages";
     pub const FAULT_SKIP: &str = "fault_skip";
@@ -339,7 +338,6 @@ pub struct VmArgs {
 }
 
 pub const FAULT_EVENTS_BYTES: u32 = 8 << 20;
-pub const MAX_FAULT_STACKS: u32 = 16384;
 pub const MAX_FAULT_PAGES: u32 = 131072;
 pub const STACK_COPY_PAGES: usize = 5;
 pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGES * 4096;

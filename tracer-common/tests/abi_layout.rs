@@ -90,7 +90,6 @@ fn rust_constants() -> Vec<(String, u64)> {
             "OFFHEAP_FAULT_EVENTS_BYTES".into(),
             FAULT_EVENTS_BYTES.into(),
         ),
-        ("OFFHEAP_MAX_FAULT_STACKS".into(), MAX_FAULT_STACKS.into()),
         ("OFFHEAP_MAX_FAULT_PAGES".into(), MAX_FAULT_PAGES.into()),
         ("OFFHEAP_STACK_COPY_PAGES".into(), STACK_COPY_PAGES as u64),
         ("OFFHEAP_STACK_COPY_BYTES".into(), STACK_COPY_BYTES as u64),

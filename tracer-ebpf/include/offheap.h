@@ -240,12 +240,12 @@ enum counter {
 
 
 /* ---- resident mode (fault.bpf.c; read by tracer/src/accounting/resident.rs) -- */
-/* Maps: fault_events (ring buffer), fault_stack_traces (stack traces of faults),
- * fault_scratch (per-CPU buffer for a raw stack copy). Kept apart from `events`
- * and `stack_traces` so that resident mode has one owner of its maps. */
+/* Maps: fault_events (ring buffer), fault_scratch (per-CPU buffer for a raw
+ * stack copy). Kept apart from `events` and `stack_traces` so that resident
+ * mode has one owner of its maps; fault stacks go to hashed_stacks, which
+ * resident mode takes (malloc mode is not active in the same object). */
 
 #define OFFHEAP_FAULT_EVENTS_BYTES (8 << 20)
-#define OFFHEAP_MAX_FAULT_STACKS 16384
 /* Pages already reported per target (an LRU set): a page is reported on its
  * first fault only, as first-touch attribution needs nothing more. */
 #define OFFHEAP_MAX_FAULT_PAGES 131072
@@ -298,7 +298,7 @@ struct fault_event {
 	__u64 address;
 	__u64 ip;
 	__u32 error_code;   /* x86 PF_* bits: 1 present, 2 write, 4 user */
-	__s32 stack_id;     /* fault_stack_traces id of the frame-pointer walk; < 0 none */
+	__s32 stack_id;     /* hashed_stacks id of the frame-pointer walk; < 0 none */
 	/* [sp] at the fault: the return address of a leaf function that has no
 	 * frame (glibc memset/memcpy), which the frame-pointer walk skips. */
 	__u64 sp_word;

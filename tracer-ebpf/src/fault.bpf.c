@@ -4,7 +4,8 @@
  *
  * - resident_fault_enter (exceptions/page_fault_user) and
  *   resident_kernel_fault_enter (page_fault_kernel, on user addresses): one
- *   fault_event per page fault of a target, with a deduplicated frame-pointer stack. Userspace
+ *   fault_event per page fault of a target, with a frame-pointer stack walked
+ *   by stacks.bpf.c and stored by hash in hashed_stacks. Userspace
  *   keeps the first one per page (first-touch attribution) and checks
  *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
  *   madvise or a brk shrink stop counting without any bookkeeping here.
@@ -31,13 +32,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, OFFHEAP_FAULT_EVENTS_BYTES);
 } fault_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, OFFHEAP_MAX_FAULT_STACKS);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, OFFHEAP_MAX_STACK_DEPTH * sizeof(__u64));
-} fault_stack_traces SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -248,10 +242,11 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	struct pt_regs *regs;
 	struct fault_page_key key;
 	struct fault_config *cfg;
-	__u64 probe[3];
+	struct stack_scratch *sc;
+	__u64 ip, sp_word;
 	__u32 zero = 0;
 	__u8 one = 1;
-	long n, id;
+	long id;
 
 	if (!is_fault_target(tgid))
 		return 0;
@@ -264,29 +259,38 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	 * stack: no stack needed here. */
 	if (in_tracked_mapping(tgid, ctx->address))
 		return 0;
+	/* Sampling first, and by the page itself: a refaulted page gets the
+	 * same answer every time, so no page is more likely to be sampled than
+	 * another, and the 1 - 1/N pages not sampled cost no map update. The
+	 * multiplicative hash spreads the pages of one contiguous allocation
+	 * evenly (Knuth's 2^64/phi). */
+	key.page = ctx->address & ~4095ULL;
+	cfg = bpf_map_lookup_elem(&fault_config, &zero);
+	if (cfg && cfg->sample_every > 1 &&
+	    ((key.page >> 12) * 0x9e3779b97f4a7c15ULL >> 32) % cfg->sample_every)
+		return 0;
 	/* Refaults (after madvise(DONTNEED) or reclaim) change no first toucher:
 	 * skip them before the costly part. */
 	key.tgid = tgid;
 	key._pad = 0;
-	key.page = ctx->address & ~4095ULL;
 	if (bpf_map_lookup_elem(&fault_pages, &key))
 		return 0;
 	bpf_map_update_elem(&fault_pages, &key, &one, BPF_ANY);
-	/* Sampling after the dedupe: a page gets one chance, however often it
-	 * is refaulted, so no page is more likely to be sampled than another. */
-	cfg = bpf_map_lookup_elem(&fault_config, &zero);
-	if (cfg && cfg->sample_every > 1 && bpf_get_prandom_u32() % cfg->sample_every)
-		return 0;
 	/* A walk that dies within two frames started in code without frame
 	 * pointers (glibc's malloc writing a fresh arena page, a syscall
-	 * wrapper): send the raw stack for the CFI unwinder instead. A short
-	 * walk of three frames costs little next to the fault itself. The same
-	 * when the stack cannot be stored (a bucket of fault_stack_traces holds
-	 * another stack: -EEXIST), so that no stack is lost. */
-	n = bpf_get_stack(ctx, probe, sizeof(probe), BPF_F_USER_STACK);
-	if (n >= 0 && n < (long)sizeof(probe))
+	 * wrapper): send the raw stack for the CFI unwinder instead. The same
+	 * when the stack cannot be stored (hashed_stacks full), so that no
+	 * stack is lost. */
+	regs = user_regs();
+	sc = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!sc)
 		return send_fault_stack(ctx, tgid);
-	id = bpf_get_stackid(ctx, &fault_stack_traces, BPF_F_USER_STACK);
+	ip = kernel ? regs->rip : ctx->ip;
+	/* The walk of stacks.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
+	 * of ~63, on the hottest path of resident mode. */
+	if (walk_user_stack(sc, ip, regs->rsp, regs->rbp, stack_limit(), &sp_word) < 3)
+		return send_fault_stack(ctx, tgid);
+	id = intern_stack(&sc->stack);
 	if (id < 0)
 		return send_fault_stack(ctx, tgid);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
@@ -294,16 +298,14 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 		fault_count(OFFHEAP_CTR_EVENTS_LOST);
 		return 0;
 	}
-	regs = user_regs();
 	e->hdr.kind = OFFHEAP_EV_FAULT;
 	e->hdr.tgid = tgid;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->address = ctx->address;
-	e->ip = kernel ? regs->rip : ctx->ip;
+	e->ip = ip;
 	e->error_code = ctx->error_code;
 	e->stack_id = id;
-	if (bpf_probe_read_user(&e->sp_word, sizeof(e->sp_word), (void *)regs->rsp))
-		e->sp_word = 0;
+	e->sp_word = sp_word;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

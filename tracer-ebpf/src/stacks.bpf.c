@@ -169,8 +169,50 @@ static long walk_frame(__u64 i, struct walk_state *w)
 	return 0;
 }
 
+/* Walks the user stack whose registers are (ip, sp, fp) into sc->stack (nr,
+ * hash, ips; see the top of this file) and returns its depth. `limit`: see
+ * read_window. `sp_word` receives [sp] (0 when unreadable). */
+static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip, __u64 sp,
+					     __u64 fp, __u64 limit, __u64 *sp_word)
+{
+	struct walk_state w = {
+		.base = sp,
+		.fp = fp,
+		.limit = limit,
+		.hash = stack_hash_step(STACK_HASH_SEED, ip),
+		.sc = sc,
+	};
+
+	w.win = read_window(sc->words, sp, limit);
+	*sp_word = 0;
+	if (w.win >= 8)
+		*sp_word = sc->words[0];
+	else if (bpf_probe_read_user(sp_word, sizeof(*sp_word), (void *)sp) < 0)
+		*sp_word = 0;
+	sc->stack.ips[0] = ip;
+	/* Loaded back from the map, the depth is a number the verifier does not
+	 * know: a known constant would make it check walk_frame once per depth
+	 * (each call's state differs) and exceed its instruction limit. */
+	sc->stack.nr = 1;
+	w.nr = *(volatile __u64 *)&sc->stack.nr;
+	bpf_loop(OFFHEAP_MAX_STACK_DEPTH - 1, walk_frame, &w, 0);
+	sc->stack.nr = w.nr;
+	sc->stack.hash = w.hash;
+	return w.nr;
+}
+
+/* The main thread's stack ends a little above mm->start_stack (argv and the
+ * environment); every thread's frames lie below it. */
+static __always_inline __u64 stack_limit(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return BPF_CORE_READ(task, mm, start_stack);
+}
+
 /* Fills key with the user stack at a uprobe on a function's first
- * instruction, walked here (see the top of this file). */
+ * instruction, walked here (see the top of this file). `limit` caches
+ * stack_limit() per thread. */
 static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_key *key,
 					      __u32 tgid, struct stack_scratch *sc,
 					      __u64 *limit)
@@ -182,35 +224,12 @@ static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
 		return;
 	}
+	if (!*limit)
+		*limit = stack_limit();
 	__u64 sp = PT_REGS_SP(ctx);
-	/* The main thread's stack ends a little above mm->start_stack (argv and
-	 * the environment); every thread's frames lie below it. */
-	if (!*limit) {
-		struct task_struct *task = bpf_get_current_task_btf();
-		*limit = BPF_CORE_READ(task, mm, start_stack);
-	}
-	struct walk_state w = {
-		.base = sp,
-		.fp = PT_REGS_FP(ctx),
-		.limit = *limit,
-		.hash = stack_hash_step(STACK_HASH_SEED, PT_REGS_IP(ctx)),
-		.sc = sc,
-	};
-
-	w.win = read_window(sc->words, sp, w.limit);
-	if (w.win >= 8)
-		key->caller = sc->words[0];
-	else if (bpf_probe_read_user(&key->caller, sizeof(key->caller), (void *)sp) < 0)
+	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), *limit, &key->caller);
+	if (!key->caller)
 		count(OFFHEAP_CTR_READ_FAILED);
-	sc->stack.ips[0] = PT_REGS_IP(ctx);
-	/* Loaded back from the map, the depth is a number the verifier does not
-	 * know: a known constant would make it check walk_frame once per depth
-	 * (each call's state differs) and exceed its instruction limit. */
-	sc->stack.nr = 1;
-	w.nr = *(volatile __u64 *)&sc->stack.nr;
-	bpf_loop(OFFHEAP_MAX_STACK_DEPTH - 1, walk_frame, &w, 0);
-	sc->stack.nr = w.nr;
-	sc->stack.hash = w.hash;
 	long id = intern_stack(&sc->stack);
 	if (id < 0)
 		count(OFFHEAP_CTR_STACK_ID_FAILED);

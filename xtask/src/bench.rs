@@ -33,8 +33,9 @@ pub struct BenchArgs {
     /// round is one untraced run, then each of them traced.
     #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..))]
     pairs: u32,
-    /// Paired runs for resident mode (>= 7: its effect is small, so more samples).
-    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Paired runs for resident mode (its effect is small next to the machine's
+    /// noise, so more samples).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
     resident_pairs: u32,
     /// Workload loop iterations (default: the workload's, ~0.5-1 s untraced).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]

@@ -36,7 +36,7 @@ use crate::{
 
 /// Default 1-in-N sampling of first-touch stacks (`OFFHEAP_FAULT_SAMPLE`
 /// overrides; 1 takes every page). Mapping attribution is always exact.
-pub const DEFAULT_FAULT_SAMPLE: u32 = 1;
+pub const DEFAULT_FAULT_SAMPLE: u32 = 8;
 
 /// Loads and attaches fault.bpf.c's programs (also used by `watch`).
 pub fn attach_tracepoints(

@@ -1,15 +1,17 @@
 //! Owner of resident mode's BPF maps (fault.bpf.c): drains `fault_events`
-//! into the per-process models and resolves `fault_stack_traces` ids.
+//! into the per-process models and resolves fault stack ids (`hashed_stacks`).
 use std::{
     collections::HashMap,
     os::fd::{AsRawFd, RawFd},
 };
 
 use aya::{
-    maps::{Array, MapData, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
     Ebpf,
 };
-use tracer_common::{maps, resident_event_kind, EventHeader, FaultConfig, FaultEvent, MapEvent};
+use tracer_common::{
+    maps, resident_event_kind, EventHeader, FaultConfig, FaultEvent, MapEvent, StackIps,
+};
 
 use super::{procfs::ProcError, Resident};
 use crate::accounting::unwind::UnwindError;
@@ -44,12 +46,12 @@ pub struct DrainStats {
 
 pub struct ResidentMaps {
     ring: RingBuf<MapData>,
-    stacks: StackTraceMap<MapData>,
+    stacks: BpfHashMap<MapData, i32, StackIps>,
     config: Array<MapData, FaultConfig>,
     sample_every: u32,
-    /// Stack ids are never reused (no BPF_F_REUSE_STACKID), so frames can be
-    /// cached for the session.
-    frames: HashMap<u32, Option<Vec<u64>>>,
+    /// A stack's id never changes hands (nothing deletes from
+    /// hashed_stacks), so frames can be cached for the session.
+    frames: HashMap<i32, Option<Vec<u64>>>,
 }
 
 impl ResidentMaps {
@@ -64,13 +66,12 @@ impl ResidentMaps {
                 source,
             }
         })?;
-        let stacks =
-            StackTraceMap::try_from(take(ebpf, maps::FAULT_STACK_TRACES)?).map_err(|source| {
-                ResidentError::Map {
-                    name: maps::FAULT_STACK_TRACES,
-                    source,
-                }
-            })?;
+        let stacks = BpfHashMap::try_from(take(ebpf, maps::HASHED_STACKS)?).map_err(|source| {
+            ResidentError::Map {
+                name: maps::HASHED_STACKS,
+                source,
+            }
+        })?;
         let config = Array::try_from(take(ebpf, maps::FAULT_CONFIG)?).map_err(|source| {
             ResidentError::Map {
                 name: maps::FAULT_CONFIG,
@@ -121,16 +122,10 @@ impl ResidentMaps {
         if id < 0 {
             return None;
         }
-        let id = id as u32;
         let stacks = &self.stacks;
         self.frames
             .entry(id)
-            .or_insert_with(|| {
-                stacks
-                    .get(&id, 0)
-                    .ok()
-                    .map(|t| t.frames().iter().map(|f| f.ip).collect())
-            })
+            .or_insert_with(|| stacks.get(&id, 0).ok().map(|s| s.frames().to_vec()))
             .as_deref()
     }
 
