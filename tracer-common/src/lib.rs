@@ -14,7 +14,8 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     pub const VM_INFLIGHT: &str = "vm_inflight";
     pub const FAULT_STATS: &str = "fault_stats";
-    /// Stacks stored by hash: malloc mode's walked stacks, and collided ones.
+    /// Stacks stored by hash: those walked in BPF (malloc mode's uprobes,
+    /// resident mode's faults), and those that collided in `stack_traces`.
     pub const HASHED_STACKS: &str = "hashed_stacks";
     pub const STACK_SCRATCH: &str = "stack_scratch";
     /// Malloc mode: allocations per (stack, size bucket).
@@ -106,12 +107,12 @@ pub mod programs {
         pair("pvalloc", "pvalloc_enter", "pvalloc_exit", false),
     ];
 
-    /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
     /// Removes an exiting thread's `inflight` entry; attached with the first
     /// malloc-family probes. (program, tracepoint category, tracepoint name)
     pub const MALLOC_THREAD_EXIT: (&str, &str, &str) =
         ("malloc_thread_exit", "sched", "sched_process_exit");
 
+    /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
     pub const VM_TRACEPOINTS: [(&str, &str, &str); 10] = [
         ("mmap_enter", "syscalls", "sys_enter_mmap"),
         ("mmap_exit", "syscalls", "sys_exit_mmap"),
@@ -177,8 +178,7 @@ pub const fn hist_lower_bound(bucket: u32) -> u64 {
 }
 
 /// Stack ids with this bit set live in `hashed_stacks`, not `stack_traces`
-/// (malloc mode's walked stacks, and stacks that collided in a stack_traces
-/// bucket).
+/// (stacks walked in BPF, and stacks that collided in a stack_traces bucket).
 pub const STACK_ID_HASHED: i32 = 1 << 30;
 
 pub const TARGET_MALLOC: u32 = 1 << 0;

@@ -24,8 +24,8 @@
 #define OFFHEAP_MAX_STACK_DEPTH 127
 #define OFFHEAP_EVENTS_BYTES (4 << 20)
 #define OFFHEAP_COMM_LEN 16
-/* Entries of hashed_stacks: the walked stacks of malloc mode's uprobes, plus
- * the stacks that collided in stack_traces. */
+/* Entries of hashed_stacks: the stacks walked in BPF (malloc mode's uprobes,
+ * resident mode's faults), plus the stacks that collided in stack_traces. */
 #define OFFHEAP_MAX_HASHED_STACKS 65536
 /* Bytes of user stack copied at once by the BPF frame-pointer walk
  * (stacks.bpf.c); frames outside it cost one more copy. */
@@ -71,7 +71,8 @@ struct stack_key {
 /* Stacks stored by hash in `hashed_stacks` (key: __s32 id) have ids with this
  * bit set; stack_traces ids are below its max_entries (< 2^30), so the ranges
  * never meet. Two kinds live there:
- * - every stack of malloc mode's uprobes, walked in BPF (stacks.bpf.c);
+ * - every stack of malloc mode's uprobes and of resident mode's page faults,
+ *   walked in BPF (stacks.bpf.c);
  * - a stack that bpf_get_stackid could not store because its stack_traces
  *   bucket holds another stack (-EEXIST, kernel/bpf/stackmap.c).
  * The low 30 bits are the home slot of the stack's 64-bit hash, or one of the

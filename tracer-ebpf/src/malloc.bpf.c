@@ -38,9 +38,8 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	if (!(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
 		return 0;
 	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
-	if (slot && slot->call.depth && sp <= slot->call.sp) {
-		/* Nested (see inflight_of). Only this thread ever touches its
-		 * own entry. */
+	if (call_in_progress(slot, sp)) {
+		/* Nested. Only this thread ever touches its own entry. */
 		slot->call.depth++;
 		return 0;
 	}

@@ -212,7 +212,8 @@ static __always_inline void hist_add(void *map, struct stack_key *stack, __u64 v
 	__sync_fetch_and_add(n, 1);
 }
 
-/* The thread's traced call in progress, if any. A thread keeps its entry
+/* Whether the thread's slot holds a traced call in progress, for a call at
+ * `sp`; inflight_of returns that call. A thread keeps its entry
  * between calls, idle at depth 0 (an update and a delete per call cost more
  * than the walk of a short stack); sched_process_exit removes it when the
  * thread exits.
@@ -222,21 +223,22 @@ static __always_inline void hist_add(void *map, struct stack_key *stack, __u64 v
  * or at the same %rsp when the outer call tail-calls it (glibc's
  * reallocarray jumps to realloc). A call from higher up the stack proves the
  * entry stale; it goes idle, else it would hide every later call. */
+static __always_inline int call_in_progress(struct inflight_slot *slot, __u64 sp)
+{
+	if (!slot || !slot->call.depth)
+		return 0;
+	if (sp > slot->call.sp) {
+		slot->call.depth = 0;
+		return 0;
+	}
+	return 1;
+}
+
 static __always_inline struct inflight *inflight_of(__u64 *pid_tgid, __u64 sp)
 {
 	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, pid_tgid);
 
-	if (!slot)
-		return NULL;
-	struct inflight *cur = &slot->call;
-
-	if (!cur->depth)
-		return NULL;
-	if (sp > cur->sp) {
-		cur->depth = 0;
-		return NULL;
-	}
-	return cur;
+	return call_in_progress(slot, sp) ? &slot->call : NULL;
 }
 
 #include "malloc.bpf.c"

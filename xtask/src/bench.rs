@@ -28,13 +28,12 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Rounds for the floors and malloc mode (untraced runs here vary by 30%,
-    /// so 9 by default); each
-    /// round is one untraced run, then each of them traced.
+    /// Rounds for the floors and malloc mode, each one untraced run and then
+    /// each of them traced (untraced runs here vary by 30%, so 9 by default).
     #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..))]
     pairs: u32,
-    /// Paired runs for resident mode (its effect is small next to the machine's
-    /// noise, so more samples).
+    /// Rounds (one untraced run, one traced) for resident mode: its effect is
+    /// small next to the machine's noise, so more of them.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
     resident_pairs: u32,
     /// Workload loop iterations (default: the workload's, ~0.5-1 s untraced).
@@ -43,12 +42,6 @@ pub struct BenchArgs {
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum)]
     only: Vec<PartName>,
-    /// Pin the workload (every node run, traced or not, all its threads) to
-    /// this CPU with taskset; the tracers' own threads stay free to run
-    /// elsewhere. Not the default: a service's threads are not pinned, and
-    /// pinning measured no steadier here (untraced runs 290-480 ms).
-    #[arg(long, value_name = "CPU")]
-    pin_cpu: Option<u32>,
     /// Use the existing target/release/offheap instead of building it.
     #[arg(long)]
     no_build: bool,
@@ -96,7 +89,6 @@ struct Bench {
     offheap: PathBuf,
     iterations: Option<u32>,
     libc: PathBuf,
-    pin: Option<u32>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -126,11 +118,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         root,
         iterations: args.iterations,
         libc: floor::node_libc(),
-        pin: args.pin_cpu,
     };
-    if let Some(cpu) = bench.pin {
-        println!("bench: every node run pinned to CPU {cpu} (taskset)");
-    }
     ensure!(
         bench.root.join(WORKLOAD).exists(),
         "{WORKLOAD} is missing from the workspace"
@@ -159,13 +147,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut parts: Vec<Part<'_>> = Vec::new();
     if let Some(counter) = &counter {
         parts.push(Part::new("floor", move |b: &Bench| {
-            let out = counter.run(&b.root, &b.libc, &b.workload_argv())?;
+            let out = counter.run(&b.root, &b.libc, &b.node_args())?;
             counted("floor", &out)
         }));
     }
     if wants(PartName::BpftraceFloor) {
         parts.push(Part::new("bpftrace-floor", |b: &Bench| {
-            let out = floor::bpftrace(&b.root, &b.libc, &b.workload_argv())?;
+            let out = floor::bpftrace(&b.root, &b.libc, &b.node_args())?;
             counted("bpftrace-floor", &out)
         }));
     }
@@ -181,9 +169,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let (floor, bt_floor, malloc) = (take("floor"), take("bpftrace-floor"), take("malloc"));
     let resident = if wants(PartName::Resident) {
-        paired(&bench, "resident", args.resident_pairs, |b| {
-            b.offheap_run("resident")
-        })
+        let part = Part::new("resident", |b: &Bench| b.offheap_run("resident"));
+        rounds(&bench, vec![part], args.resident_pairs).pop()
     } else {
         None
     };
@@ -197,11 +184,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         summary_line(p);
     }
     for f in [&floor, &bt_floor].into_iter().flatten() {
-        if let (Some(m), Some(mr), Some(fr)) = (
-            malloc.as_ref(),
-            malloc.as_ref().and_then(Paired::ratio),
-            f.ratio(),
-        ) {
+        if let (Some(m), Some(fr)) = (malloc.as_ref(), f.ratio()) {
+            let mr = m.ratio().unwrap_or(f64::NAN);
             // Per round: malloc's traced time over the floor's, both against
             // the round's one untraced run.
             let per_round: Vec<f64> = m.traced.iter().zip(&f.traced).map(|(m, f)| m / f).collect();
@@ -317,44 +301,6 @@ fn rounds(bench: &Bench, mut parts: Vec<Part<'_>>, n: u32) -> Vec<Paired> {
         .collect()
 }
 
-/// Runs `pairs` (untraced, traced) pairs. A part whose traced run fails is reported
-/// as not available (e.g. an offheap without that mode yet) and yields None.
-fn paired(
-    bench: &Bench,
-    name: &'static str,
-    pairs: u32,
-    mut traced: impl FnMut(&Bench) -> Result<f64>,
-) -> Option<Paired> {
-    let mut p = Paired {
-        name,
-        untraced: Vec::new(),
-        traced: Vec::new(),
-    };
-    for i in 1..=pairs {
-        let u = match bench.untraced() {
-            Ok(u) => u,
-            Err(e) => {
-                println!("bench: {name}: untraced run failed: {e:#}");
-                return None;
-            }
-        };
-        let t = match traced(bench) {
-            Ok(t) => t,
-            Err(e) => {
-                println!("bench: {name}: not available: {e:#}");
-                return None;
-            }
-        };
-        println!(
-            "bench: {name} pair {i}/{pairs}: untraced {u:.1} ms, traced {t:.1} ms ({:.3}x)",
-            t / u
-        );
-        p.untraced.push(u);
-        p.traced.push(t);
-    }
-    Some(p)
-}
-
 impl Bench {
     /// node's arguments: the workload and its iteration count, if given.
     fn node_args(&self) -> Vec<String> {
@@ -363,24 +309,12 @@ impl Bench {
         args
     }
 
-    /// The workload's command line: node, pinned to one CPU when `pin` is set.
-    fn workload_argv(&self) -> Vec<String> {
-        let mut argv = Vec::new();
-        if let Some(cpu) = self.pin {
-            argv.extend(["taskset".to_string(), "-c".into(), cpu.to_string()]);
-        }
-        argv.push("node".into());
-        argv.extend(self.node_args());
-        argv
-    }
-
     fn node_cmd(&self) -> Command {
         // Every run starts from a machine at rest: a tracer that just exited
         // still has maps and links being freed by the kernel for a moment.
         std::thread::sleep(SETTLE);
-        let argv = self.workload_argv();
-        let mut cmd = Command::new(&argv[0]);
-        cmd.current_dir(&self.root).args(&argv[1..]);
+        let mut cmd = Command::new("node");
+        cmd.current_dir(&self.root).args(self.node_args());
         cmd
     }
 

@@ -62,13 +62,13 @@ impl PerPidCounter {
 
     /// Runs node with `node_args` from `root` under the counter; returns its stdout
     /// (the workload's lines, then `@n: <calls>`).
-    /// Runs `argv` (the workload's command line) under the counter.
-    pub fn run(&self, root: &Path, libc: &Path, argv: &[String]) -> Result<String> {
+    pub fn run(&self, root: &Path, libc: &Path, node_args: &[String]) -> Result<String> {
         let out = Command::new(&self.bin)
             .current_dir(root)
             .arg(&self.obj)
             .arg(libc)
-            .args(argv)
+            .arg("node")
+            .args(node_args)
             .stdin(Stdio::null())
             .output()
             .context("could not start floor-count")?;
@@ -76,21 +76,17 @@ impl PerPidCounter {
     }
 }
 
-/// Runs `argv` (the workload's command line) from `root` under bpftrace;
-/// returns its stdout.
-pub fn bpftrace(root: &Path, libc: &Path, argv: &[String]) -> Result<String> {
+/// Runs node with `node_args` from `root` under bpftrace; returns its stdout.
+pub fn bpftrace(root: &Path, libc: &Path, node_args: &[String]) -> Result<String> {
     // bpftrace -c wants one unique binary: PATH has /usr/bin/node and /bin/node
     // (usrmerge), so give it the absolute path.
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| anyhow!("no workload command"))?;
-    let node = which(program).ok_or_else(|| anyhow!("{program} is not in PATH"))?;
+    let node = which("node").ok_or_else(|| anyhow!("node is not in PATH"))?;
     let script = format!(
         "uprobe:{l}:malloc, uprobe:{l}:free /pid == cpid/ {{ @n = count(); }}",
         l = libc.display()
     );
     let child = std::iter::once(node.display().to_string())
-        .chain(args.iter().cloned())
+        .chain(node_args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
     let out = Command::new("bpftrace")

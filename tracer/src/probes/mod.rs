@@ -203,18 +203,26 @@ impl Probes {
     /// Attaches the mapping tracepoints (system-wide; filtered by `targets`).
     pub fn attach_vm(&mut self) -> Result<(), ProbeError> {
         self.load_programs()?;
-        for (name, category, event) in programs::VM_TRACEPOINTS.iter() {
-            let what = || format!("{name} to {category}/{event}");
-            let prog = self.tracepoint(name)?;
-            let link = prog
-                .attach(category, event)
-                .and_then(|id| prog.take_link(id))
-                .map_err(|source| ProbeError::Attach {
-                    what: what(),
-                    source,
-                })?;
-            self.tracepoint_links.push(link);
+        for &tracepoint in programs::VM_TRACEPOINTS.iter() {
+            self.attach_tracepoint(tracepoint)?;
         }
+        Ok(())
+    }
+
+    /// Attaches one loaded tracepoint program; its link lives as long as self.
+    fn attach_tracepoint(
+        &mut self,
+        (name, category, event): (&'static str, &str, &str),
+    ) -> Result<(), ProbeError> {
+        let prog = self.tracepoint(name)?;
+        let link = prog
+            .attach(category, event)
+            .and_then(|id| prog.take_link(id))
+            .map_err(|source| ProbeError::Attach {
+                what: format!("{name} to {category}/{event}"),
+                source,
+            })?;
+        self.tracepoint_links.push(link);
         Ok(())
     }
 
@@ -228,16 +236,7 @@ impl Probes {
     ) -> Result<Vec<&'static str>, ProbeError> {
         self.load_programs()?;
         if !self.thread_exit_attached {
-            let (name, category, event) = programs::MALLOC_THREAD_EXIT;
-            let prog = self.tracepoint(name)?;
-            let link = prog
-                .attach(category, event)
-                .and_then(|id| prog.take_link(id))
-                .map_err(|source| ProbeError::Attach {
-                    what: format!("{name} to {category}/{event}"),
-                    source,
-                })?;
-            self.tracepoint_links.push(link);
+            self.attach_tracepoint(programs::MALLOC_THREAD_EXIT)?;
             self.thread_exit_attached = true;
         }
         let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
