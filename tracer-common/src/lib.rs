@@ -107,11 +107,6 @@ pub mod programs {
         pair("pvalloc", "pvalloc_enter", "pvalloc_exit", false),
     ];
 
-    /// Removes an exiting thread's `inflight` entry; attached with the first
-    /// malloc-family probes. (program, tracepoint category, tracepoint name)
-    pub const MALLOC_THREAD_EXIT: (&str, &str, &str) =
-        ("malloc_thread_exit", "sched", "sched_process_exit");
-
     /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
     pub const VM_TRACEPOINTS: [(&str, &str, &str); 10] = [
         ("mmap_enter", "syscalls", "sys_enter_mmap"),
@@ -130,6 +125,9 @@ pub mod programs {
     pub const KNOB_PAGE_SIZE: &str = "page_size";
     /// Bits of a stack's hash that pick its home slot in `hashed_stacks`.
     pub const KNOB_STACK_HASH_BITS: &str = "stack_hash_bits";
+    /// `const volatile __s64`: how many `allocs` entries may stay marked
+    /// free for reuse (malloc.bpf.c); set to a quarter of the map.
+    pub const KNOB_MAX_FREE_ALLOCS: &str = "max_free_allocs";
 }
 
 pub const MAX_TARGETS: u32 = 4096;
@@ -141,7 +139,7 @@ pub const MAX_STACK_DEPTH: usize = 127;
 pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const COMM_LEN: usize = 16;
 pub const MAX_HASHED_STACKS: u32 = 65536;
-pub const STACK_WINDOW: usize = 4096;
+pub const STACK_WINDOW: usize = 8192;
 pub const STACK_HASH_PROBES: u32 = 32;
 pub const MAX_HIST: u32 = 262144;
 pub const HIST_SUB_BITS: u32 = 3;
@@ -215,6 +213,29 @@ impl StackIps {
     }
 }
 
+/// Histogram buckets counted in a stack's own `stack_stats` entry (see
+/// struct inline_hist in offheap.h).
+pub const INLINE_BUCKETS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InlineHist {
+    /// 1 + the bucket of `count[i]`; 0: the slot is free.
+    pub bucket: [u64; INLINE_BUCKETS],
+    pub count: [u64; INLINE_BUCKETS],
+}
+
+impl InlineHist {
+    /// The (bucket, count) pairs counted here.
+    pub fn buckets(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.bucket
+            .iter()
+            .zip(self.count.iter())
+            .filter(|(b, n)| **b != 0 && **n != 0)
+            .map(|(b, n)| ((b - 1) as u32, *n))
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackStats {
@@ -222,6 +243,10 @@ pub struct StackStats {
     pub live_allocs: u64,
     pub total_bytes: u64,
     pub total_allocs: u64,
+    /// Malloc mode's first size buckets (the rest are in `size_hist`).
+    pub sizes: InlineHist,
+    /// Malloc mode's first lifetime buckets (the rest are in `lifetime_hist`).
+    pub lifetimes: InlineHist,
 }
 
 #[repr(C)]

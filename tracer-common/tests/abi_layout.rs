@@ -22,7 +22,8 @@ fn rust_layout() -> Vec<(String, usize)> {
         "target_info" TargetInfo { flags, _pad }
         "stack_key" StackKey { tgid, stack_id, caller }
         "stack_ips" StackIps { nr, hash, ips }
-        "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs }
+        "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs, sizes, lifetimes }
+        "inline_hist" InlineHist { bucket, count }
         "alloc_key" AllocKey { tgid, _pad, addr }
         "alloc_info" AllocInfo { size, ts_ns, stack }
         "inflight" Inflight { size, old_ptr, out_ptr, kind, depth, stack, sp }
@@ -62,6 +63,7 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_COMM_LEN".into(), COMM_LEN as u64),
         ("OFFHEAP_MAX_HASHED_STACKS".into(), MAX_HASHED_STACKS.into()),
         ("OFFHEAP_STACK_WINDOW".into(), STACK_WINDOW as u64),
+        ("OFFHEAP_INLINE_BUCKETS".into(), INLINE_BUCKETS as u64),
         ("OFFHEAP_STACK_HASH_PROBES".into(), STACK_HASH_PROBES.into()),
         ("OFFHEAP_STACK_ID_HASHED".into(), STACK_ID_HASHED as u64),
         ("OFFHEAP_TARGET_MALLOC".into(), TARGET_MALLOC.into()),

@@ -235,6 +235,10 @@ static __always_inline int send_fault_stack(struct offheap_page_fault_ctx *ctx, 
 	return 0;
 }
 
+/* How much of the stack a fault's walk copies first: faults come from any
+ * thread, with no previous walk to size the copy on. */
+#define FAULT_STACK_COPY 4096
+
 static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kernel)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -243,7 +247,7 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	struct fault_page_key key;
 	struct fault_config *cfg;
 	struct stack_scratch *sc;
-	__u64 ip, sp_word;
+	__u64 ip, sp_word, span;
 	__u32 zero = 0;
 	__u8 one = 1;
 	long id;
@@ -288,7 +292,8 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	ip = kernel ? regs->rip : ctx->ip;
 	/* The walk of stacks.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
 	 * of ~63, on the hottest path of resident mode. */
-	if (walk_user_stack(sc, ip, regs->rsp, regs->rbp, stack_limit(), &sp_word) < 3)
+	span = FAULT_STACK_COPY;
+	if (walk_user_stack(sc, ip, regs->rsp, regs->rbp, stack_limit(), &span, &sp_word) < 3)
 		return send_fault_stack(ctx, tgid);
 	id = intern_stack(&sc->stack);
 	if (id < 0)

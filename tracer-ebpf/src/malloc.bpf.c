@@ -35,21 +35,25 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	__u32 tgid = pid_tgid >> 32;
 	__u64 sp = PT_REGS_SP(ctx);
 
-	if (!(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
-		return 0;
-	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	struct inflight_slot *slot = thread_slot(0);
+
 	if (call_in_progress(slot, sp)) {
-		/* Nested. Only this thread ever touches its own entry. */
+		/* Nested. Only this thread ever touches its own slot. */
 		slot->call.depth++;
 		return 0;
 	}
 	if (!slot) {
-		/* The thread's first traced call: create its entry, idle. */
-		if (bpf_map_update_elem(&inflight, &pid_tgid, &idle_slot, BPF_NOEXIST) < 0)
-			count(OFFHEAP_CTR_INFLIGHT_FULL);
-		slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
-		if (!slot)
+		/* The thread's first traced call. A thread with a slot has
+		 * passed this check already: the targets lookup is paid once
+		 * per thread, not per call. (The uprobes are attached per
+		 * process anyway.) */
+		if (!(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
 			return 0;
+		slot = thread_slot(1);
+		if (!slot) {
+			count(OFFHEAP_CTR_INFLIGHT_FULL);
+			return 0;
+		}
 	}
 	struct inflight *cur = &slot->call;
 	cur->sp = sp;
@@ -57,35 +61,61 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	cur->old_ptr = old_ptr;
 	cur->out_ptr = out_ptr;
 	cur->kind = kind;
-	take_uprobe_stack(ctx, &cur->stack, tgid, &slot->scratch, &slot->stack_limit);
+	take_uprobe_stack(ctx, &cur->stack, tgid, &slot->scratch, &slot->stack_limit,
+			  &slot->stack_span);
 	cur->depth = 1;
 	return 0;
 }
 
+/* `allocs` entries are kept after a free, marked free (ts_ns 0), and reused
+ * in place when the allocator hands the address out again, which it soon
+ * does (glibc's tcache is LIFO): 86% of the allocations of node's
+ * allocation loop found their address's entry. A lookup costs 25-75 ns
+ * here, a hash update ~200 ns and a delete ~130 ns (BPF_PROG_TEST_RUN, this
+ * project's machines): the bucket lock. Free entries take room from live
+ * ones, so there are at most `max_free_allocs` of them (set at load, a
+ * quarter of the map); past that, a free deletes its entry. */
+const volatile __s64 max_free_allocs = OFFHEAP_MAX_ALLOCS / 4;
+/* Entries marked free now (approximately: the agent deletes some). */
+__s64 free_allocs;
+
+/* Retires the allocation `info` describes: marks its entry free and takes
+ * it out of its stack's live counts. Returns 0 when it was free already, or
+ * another thread retired it first (a compare-and-swap on ts_ns decides;
+ * only the winner does the accounting). */
+static __always_inline int retire(struct alloc_info *info, int freed)
+{
+	__u64 born = info->ts_ns;
+	__u64 size = info->size;
+	struct stack_key stack = info->stack;
+
+	if (!born || __sync_val_compare_and_swap(&info->ts_ns, born, 0) != born)
+		return 0;
+	__sync_fetch_and_add(&free_allocs, 1);
+	struct stack_stats *st = bpf_map_lookup_elem(&stack_stats, &stack);
+	if (!st)
+		return 1;
+	__sync_fetch_and_add(&st->live_bytes, -size);
+	__sync_fetch_and_add(&st->live_allocs, -1);
+	if (freed)
+		hist_add(&lifetime_hist, &st->lifetimes, &stack, bpf_ktime_get_ns() - born);
+	return 1;
+}
+
 /* Drops an outstanding allocation; returns 1 when it was known. `freed`:
- * the program saw the block go (free, realloc), so its lifetime is known;
- * an address handed out again without a seen free only bounds it. */
+ * the program saw the block go (free, realloc), so its lifetime is known. */
 static __always_inline int forget(__u32 tgid, __u64 addr, int freed)
 {
 	struct alloc_key k = { .tgid = tgid, .addr = addr };
 	struct alloc_info *info = bpf_map_lookup_elem(&allocs, &k);
 
-	if (!info)
+	if (!info || !retire(info, freed))
 		return 0;
-	__u64 size = info->size;
-	__u64 born = info->ts_ns;
-	struct stack_key stack = info->stack;
-	/* A failed delete means another thread freed the same address first:
-	 * it did the accounting. */
-	if (bpf_map_delete_elem(&allocs, &k) < 0)
-		return 1;
-	struct stack_stats *st = bpf_map_lookup_elem(&stack_stats, &stack);
-	if (st) {
-		__sync_fetch_and_add(&st->live_bytes, -size);
-		__sync_fetch_and_add(&st->live_allocs, -1);
-	}
-	if (freed)
-		hist_add(&lifetime_hist, &stack, bpf_ktime_get_ns() - born);
+	/* Too many free entries: delete this one. No thread can be reusing
+	 * it meanwhile: the uprobe runs before free's body, so the allocator
+	 * cannot have handed the address out again yet. */
+	if (free_allocs > max_free_allocs && bpf_map_delete_elem(&allocs, &k) == 0)
+		__sync_fetch_and_add(&free_allocs, -1);
 	return 1;
 }
 
@@ -98,26 +128,34 @@ static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct 
 		return;
 	__sync_fetch_and_add(&st->total_bytes, size);
 	__sync_fetch_and_add(&st->total_allocs, 1);
-	hist_add(&size_hist, stack, size);
+	hist_add(&size_hist, &st->sizes, stack, size);
 
-	struct alloc_info info = {
-		.size = size,
-		.ts_ns = bpf_ktime_get_ns(),
-		.stack = *stack,
-	};
-	long err = bpf_map_update_elem(&allocs, &k, &info, BPF_NOEXIST);
-	if (err == -17 /* EEXIST */) {
-		/* The address is handed out again, so its previous owner was
-		 * freed by a path we did not see: retire it rather than keep it
-		 * live forever. (NOEXIST first: the common case needs no
-		 * separate lookup.) */
-		forget(tgid, addr, 0);
-		err = bpf_map_update_elem(&allocs, &k, &info, BPF_ANY);
-	}
-	if (err < 0) {
-		/* Untracked: counting it live would leave it live forever. */
-		count(OFFHEAP_CTR_ALLOCS_FULL);
-		return;
+	__u64 now = bpf_ktime_get_ns();
+	struct alloc_info *cur = bpf_map_lookup_elem(&allocs, &k);
+	if (cur) {
+		/* A live entry means the previous owner was freed by a path we
+		 * did not see: retire it rather than keep it live forever.
+		 * Then the entry is free and ours: the allocator handed the
+		 * address to this thread, after any free of it. */
+		retire(cur, 0);
+		cur->size = size;
+		cur->stack = *stack;
+		cur->ts_ns = now;
+		__sync_fetch_and_add(&free_allocs, -1);
+	} else {
+		struct alloc_info info = {
+			.size = size,
+			.ts_ns = now,
+			.stack = *stack,
+		};
+		/* BPF_ANY: a free entry another thread just deleted or made is
+		 * as good as none. */
+		if (bpf_map_update_elem(&allocs, &k, &info, BPF_ANY) < 0) {
+			/* Untracked: counting it live would leave it live
+			 * forever. */
+			count(OFFHEAP_CTR_ALLOCS_FULL);
+			return;
+		}
 	}
 	__sync_fetch_and_add(&st->live_bytes, size);
 	__sync_fetch_and_add(&st->live_allocs, 1);
@@ -125,9 +163,8 @@ static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct 
 
 static __always_inline int alloc_exit(struct pt_regs *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct inflight_slot *slot = thread_slot(0);
 
 	if (!slot || !slot->call.depth)
 		return 0;
@@ -242,29 +279,20 @@ SEC("uretprobe") int pvalloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx);
 SEC("uprobe")
 int free_enter(struct pt_regs *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 addr = PT_REGS_PARM1(ctx);
 
-	if (!addr || !(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
+	if (!addr)
+		return 0;
+	struct inflight_slot *slot = thread_slot(0);
+	/* A thread with a slot is a target's (see alloc_enter). */
+	if (!slot && !(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
 		return 0;
 	/* glibc's realloc(p, 0) calls __libc_free, which is free's address:
 	 * the outer realloc accounts for p at its return. */
-	if (inflight_of(&pid_tgid, PT_REGS_SP(ctx)))
+	if (call_in_progress(slot, PT_REGS_SP(ctx)))
 		return 0;
 	if (!forget(tgid, addr, 1))
 		count(OFFHEAP_CTR_FREE_UNKNOWN);
-	return 0;
-}
-
-/* A thread keeps its `inflight` entry between calls (see inflight_of); it
- * goes when the thread does. sched_process_exit fires once per exiting
- * thread, in its context (kernel/exit.c, do_exit). */
-SEC("tracepoint/sched/sched_process_exit")
-int malloc_thread_exit(void *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-	bpf_map_delete_elem(&inflight, &pid_tgid);
 	return 0;
 }

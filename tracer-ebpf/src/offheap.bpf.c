@@ -49,18 +49,20 @@ struct inflight_slot {
 	 * until then. Stale after an exec, which costs a walk speed, never
 	 * frames: read_window falls back when a copy fails. */
 	__u64 stack_limit;
+	/* Bytes the thread's previous stack walk spanned (take_uprobe_stack). */
+	__u64 stack_span;
 	struct stack_scratch scratch;
 };
 
-/* The value a thread's entry starts from (too big to build on the stack). */
-static const struct inflight_slot idle_slot;
-
+/* Task-local storage: the slot hangs off the thread's task_struct, so finding
+ * it costs a pointer walk, not a hash lookup (three per malloc/free pair),
+ * and it goes when the thread does (bpf_task_storage_free, called as the
+ * task is freed). Allocated on the thread's first traced call, zeroed: idle,
+ * at depth 0. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, OFFHEAP_MAX_INFLIGHT);
-	/* Not preallocated: 5 KiB per entry, one entry per traced thread. */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64);
+	__type(key, int);
 	__type(value, struct inflight_slot);
 } inflight SEC(".maps");
 
@@ -77,6 +79,9 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, OFFHEAP_MAX_STACK_STATS);
+	/* Not preallocated: ~300 bytes per stack with the inline histogram
+	 * buckets, and an entry is created once per stack. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct stack_key);
 	__type(value, struct stack_stats);
 } stack_stats SEC(".maps");
@@ -191,13 +196,34 @@ static __always_inline __u32 hist_bucket(__u64 v)
 	return ((e - OFFHEAP_HIST_SUB_BITS + 1) << OFFHEAP_HIST_SUB_BITS) + sub;
 }
 
-/* Counts one sample of v for a stack. */
-static __always_inline void hist_add(void *map, struct stack_key *stack, __u64 v)
+/* Counts one sample of v for a stack: in the stack's inline slots when v's
+ * bucket has one or a slot is free (see struct inline_hist), else in `map`. */
+static __always_inline void hist_add(void *map, struct inline_hist *h, struct stack_key *stack,
+				     __u64 v)
 {
+	__u64 bucket = hist_bucket(v);
+
+	for (int i = 0; i < OFFHEAP_INLINE_BUCKETS; i++) {
+		__u64 cur = h->bucket[i];
+
+		if (!cur) {
+			/* Returns the old value: 0 when this CPU claimed the
+			 * slot, else the bucket another CPU claimed it for. */
+			cur = __sync_val_compare_and_swap(&h->bucket[i], 0, bucket + 1);
+			if (!cur)
+				cur = bucket + 1;
+		}
+		if (cur == bucket + 1) {
+			__sync_fetch_and_add(&h->count[i], 1);
+			return;
+		}
+	}
+
+
 	struct hist_key k = {};
 
 	k.stack = *stack;
-	k.bucket = hist_bucket(v);
+	k.bucket = bucket;
 	__u64 *n = bpf_map_lookup_elem(map, &k);
 	if (!n) {
 		__u64 zero = 0;
@@ -213,10 +239,8 @@ static __always_inline void hist_add(void *map, struct stack_key *stack, __u64 v
 }
 
 /* Whether the thread's slot holds a traced call in progress, for a call at
- * `sp`; inflight_of returns that call. A thread keeps its entry
- * between calls, idle at depth 0 (an update and a delete per call cost more
- * than the walk of a short stack); sched_process_exit removes it when the
- * thread exits.
+ * `sp`; inflight_of returns that call. A thread keeps its slot between
+ * calls, idle at depth 0.
  * An entry whose outermost call has already returned without its uretprobe
  * firing (longjmp out of the allocator) is stale: a call really nested in
  * it runs deeper in the stack, at a lower %rsp (the x86-64 stack grows down),
@@ -234,9 +258,17 @@ static __always_inline int call_in_progress(struct inflight_slot *slot, __u64 sp
 	return 1;
 }
 
-static __always_inline struct inflight *inflight_of(__u64 *pid_tgid, __u64 sp)
+/* The current thread's slot; NULL when it has none and `create` is 0, or
+ * when one could not be made. */
+static __always_inline struct inflight_slot *thread_slot(int create)
 {
-	struct inflight_slot *slot = bpf_map_lookup_elem(&inflight, pid_tgid);
+	return bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), NULL,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+static __always_inline struct inflight *inflight_of(__u64 sp)
+{
+	struct inflight_slot *slot = thread_slot(0);
 
 	return call_in_progress(slot, sp) ? &slot->call : NULL;
 }

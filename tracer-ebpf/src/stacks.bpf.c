@@ -100,20 +100,26 @@ static __always_inline void take_stack(void *ctx, struct stack_key *key, __u32 t
 	}
 }
 
-/* Copies user memory at addr into words; returns how many bytes it copied.
- * A copy that runs past the end of the stack's mapping fails as a whole, so
- * `limit` (an address known to be readable up to, or 0) bounds it first, and
- * a failed full copy is retried up to the end of addr's page. */
-static __always_inline __u64 read_window(__u64 *words, __u64 addr, __u64 limit)
+/* Copies up to `want` bytes (at most OFFHEAP_STACK_WINDOW) of user memory at
+ * addr into words; returns how many bytes it copied. A copy that runs past
+ * the end of the stack's mapping fails as a whole, so `limit` (an address
+ * known to be readable up to, or 0) bounds it first, and a failed copy is
+ * retried up to the end of addr's page. */
+static __always_inline __u64 read_window(__u64 *words, __u64 addr, __u64 limit, __u64 want)
 {
-	__u64 len = OFFHEAP_STACK_WINDOW;
+	__u64 len = want;
 
 	if (limit > addr && limit - addr < len)
 		len = limit - addr;
-	else if (bpf_probe_read_user(words, OFFHEAP_STACK_WINDOW, (void *)addr) == 0)
-		return OFFHEAP_STACK_WINDOW;
-	else
-		len = 4096 - (addr & 4095);
+	if (len > OFFHEAP_STACK_WINDOW)
+		len = OFFHEAP_STACK_WINDOW;
+	barrier_var(len);
+	if (len <= OFFHEAP_STACK_WINDOW && bpf_probe_read_user(words, len, (void *)addr) == 0)
+		return len;
+	len = 4096 - (addr & 4095);
+	if (len > want)
+		len = want;
+	barrier_var(len);
 	if (len > OFFHEAP_STACK_WINDOW)
 		return 0;
 	if (bpf_probe_read_user(words, len, (void *)addr) < 0)
@@ -146,7 +152,7 @@ static long walk_frame(__u64 i, struct walk_state *w)
 	__u64 off = fp - w->base;
 	if (fp < w->base || w->win < 16 || off > w->win - 16) {
 		w->base = fp;
-		w->win = read_window(sc->words, fp, w->limit);
+		w->win = read_window(sc->words, fp, w->limit, OFFHEAP_STACK_WINDOW);
 		off = 0;
 	}
 	if (w->win < 16 || off > OFFHEAP_STACK_WINDOW - 16)
@@ -172,9 +178,11 @@ static long walk_frame(__u64 i, struct walk_state *w)
 
 /* Walks the user stack whose registers are (ip, sp, fp) into sc->stack (nr,
  * hash, ips; see the top of this file) and returns its depth. `limit`: see
- * read_window. `sp_word` receives [sp] (0 when unreadable). */
+ * read_window. `*span`: in, how many bytes above sp to copy first (the walk
+ * copies more where a frame lies past them); out, how far above sp the last
+ * frame record ends. `sp_word` receives [sp] (0 when unreadable). */
 static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip, __u64 sp,
-					     __u64 fp, __u64 limit, __u64 *sp_word)
+					     __u64 fp, __u64 limit, __u64 *span, __u64 *sp_word)
 {
 	struct walk_state w = {
 		.base = sp,
@@ -184,7 +192,7 @@ static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip,
 		.sc = sc,
 	};
 
-	w.win = read_window(sc->words, sp, limit);
+	w.win = read_window(sc->words, sp, limit, *span);
 	/* A window shorter than a word: not even sp's page was readable. */
 	*sp_word = w.win >= 8 ? sc->words[0] : 0;
 	sc->stack.ips[0] = ip;
@@ -196,6 +204,7 @@ static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip,
 	bpf_loop(OFFHEAP_MAX_STACK_DEPTH - 1, walk_frame, &w, 0);
 	sc->stack.nr = w.nr;
 	sc->stack.hash = w.hash;
+	*span = w.fp > sp ? w.fp + 16 - sp : 0;
 	return w.nr;
 }
 
@@ -208,12 +217,20 @@ static __always_inline __u64 stack_limit(void)
 	return BPF_CORE_READ(task, mm, start_stack);
 }
 
+/* How much of the stack a uprobe's walk copies first: what the thread's
+ * previous walk spanned, and some slack. Measured on node's allocation loop,
+ * a malloc stack spans 3.6 KiB on average (4% under 2 KiB, 74% under 4 KiB):
+ * one fixed window either copied too much or needed a second copy a quarter
+ * of the time, while a thread's consecutive calls mostly come from similar
+ * depths. A frame past the copy is not lost: the walk copies again there. */
+#define STACK_SPAN_SLACK 512
+
 /* Fills key with the user stack at a uprobe on a function's first
  * instruction, walked here (see the top of this file). `limit` caches
- * stack_limit() per thread. */
+ * stack_limit() per thread; `span` is the thread's previous walk's. */
 static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_key *key,
 					      __u32 tgid, struct stack_scratch *sc,
-					      __u64 *limit)
+					      __u64 *limit, __u64 *span)
 {
 	key->tgid = tgid;
 	key->stack_id = -1;
@@ -225,7 +242,9 @@ static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_
 	if (!*limit)
 		*limit = stack_limit();
 	__u64 sp = PT_REGS_SP(ctx);
-	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), *limit, &key->caller);
+	__u64 want = *span ? *span + STACK_SPAN_SLACK : OFFHEAP_STACK_WINDOW;
+	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), *limit, &want, &key->caller);
+	*span = want;
 	if (!key->caller)
 		count(OFFHEAP_CTR_READ_FAILED);
 	long id = intern_stack(&sc->stack);

@@ -49,7 +49,7 @@ static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 
 	/* Mappings the allocator makes while serving a traced call are already
 	 * counted by that call (madvise is kept: resident mode needs it, and it
 	 * never adds bytes). */
-	if (syscall != OFFHEAP_EV_MADVISE && inflight_of(&pid_tgid, sp))
+	if (syscall != OFFHEAP_EV_MADVISE && inflight_of(sp))
 		return 0;
 	struct vm_args a = {
 		.addr = addr,

@@ -4,7 +4,13 @@ use clap::Parser;
 use offheap::{cli::Cli, commands};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        // aya 0.13 warns on every load that `inflight` (task-local storage)
+        // has no aya type, although the loader is told to allow it. Its one
+        // other warning there (object BTF not loadable) ends in a load error
+        // that says as much.
+        .filter_module("aya::bpf", log::LevelFilter::Error)
+        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

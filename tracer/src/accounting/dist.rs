@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use aya::{maps::HashMap as BpfHashMap, Ebpf};
-use tracer_common::{hist_lower_bound, maps, HistKey, StackKey};
+use tracer_common::{hist_lower_bound, maps, HistKey, InlineHist, StackKey, StackStats};
 
 use super::{
     malloc::{ReadError, StackResolver},
@@ -22,12 +22,50 @@ pub const TOP_STACKS: usize = 256;
 /// (bucket, count) pairs per stack key of one tgid.
 pub type Buckets = HashMap<StackKey, Vec<(u32, u64)>>;
 
-/// Every bucket the kernel counted for one tgid in `map`.
-pub fn read_hist(ebpf: &Ebpf, map: &'static str, tgid: u32) -> Result<Buckets, ReadError> {
+/// One of malloc mode's distributions.
+#[derive(Clone, Copy, Debug)]
+pub enum Dist {
+    Sizes,
+    Lifetimes,
+}
+
+impl Dist {
+    /// The map that holds the buckets past a stack's inline ones.
+    fn map(self) -> &'static str {
+        match self {
+            Dist::Sizes => maps::SIZE_HIST,
+            Dist::Lifetimes => maps::LIFETIME_HIST,
+        }
+    }
+
+    /// The buckets counted in a stack's own stats entry.
+    fn inline(self, s: &StackStats) -> &InlineHist {
+        match self {
+            Dist::Sizes => &s.sizes,
+            Dist::Lifetimes => &s.lifetimes,
+        }
+    }
+}
+
+/// Every bucket the kernel counted for one tgid: those inline in its
+/// `stats` (read from `stack_stats`) and those in the distribution's map.
+pub fn read_hist(
+    ebpf: &Ebpf,
+    dist: Dist,
+    tgid: u32,
+    stats: &HashMap<StackKey, StackStats>,
+) -> Result<Buckets, ReadError> {
+    let map = dist.map();
     let m = ebpf.map(map).ok_or(ReadError::MissingMap(map))?;
     let hist: BpfHashMap<_, HistKey, u64> =
         BpfHashMap::try_from(m).map_err(|e| ReadError::Map(map, e))?;
     let mut out: Buckets = HashMap::new();
+    for (k, s) in stats {
+        let inline: Vec<(u32, u64)> = dist.inline(s).buckets().collect();
+        if k.tgid == tgid && !inline.is_empty() {
+            out.entry(*k).or_default().extend(inline);
+        }
+    }
     for entry in hist.iter() {
         // An entry deleted while iterating is skipped, not fatal.
         let Ok((k, n)) = entry else { continue };

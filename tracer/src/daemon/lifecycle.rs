@@ -228,6 +228,8 @@ impl LifecycleTracer {
     pub fn load(watch_exec: bool) -> Result<Self, LifecycleError> {
         let mut ebpf = EbpfLoader::new()
             .set_global(WATCH_EXEC_GLOBAL, &u8::from(watch_exec), true)
+            // `inflight` (task-local storage) has no aya type; unused here.
+            .allow_unsupported_maps()
             .load(OBJECT)?;
         attach(&mut ebpf)?;
         let map = ebpf

@@ -52,15 +52,19 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
-    /// The defaults, with two test knobs from the environment that make
-    /// stacks collide, to exercise the paths that handle it:
+    /// The defaults, with test knobs from the environment. Two make stacks
+    /// collide, to exercise the paths that handle it:
     /// $OFFHEAP_MAX_STACK_TRACES resizes `stack_traces` (a tiny map sends
     /// tracepoint stacks to `hashed_stacks`), $OFFHEAP_STACK_HASH_BITS
     /// shrinks the home-slot bits of `hashed_stacks` (0: every stack starts
-    /// at the same slot and probes for a free one).
+    /// at the same slot and probes for a free one). $OFFHEAP_MAX_ALLOCS
+    /// resizes `allocs`, to fill it with freed entries.
     pub fn from_env() -> LoadConfig {
         let mut c = LoadConfig::default();
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        if let Some(n) = env("OFFHEAP_MAX_ALLOCS").filter(|n| *n > 0) {
+            c.max_allocs = n;
+        }
         if let Some(n) = env("OFFHEAP_MAX_STACK_TRACES").filter(|n| *n > 0) {
             c.max_stack_traces = n;
         }
@@ -91,7 +95,6 @@ pub struct Probes {
     /// Each with the pid it filters on, so one process's can be detached.
     uprobe_links: Vec<(u32, UProbeLink)>,
     tracepoint_links: Vec<TracePointLink>,
-    thread_exit_attached: bool,
 }
 
 fn page_size() -> u64 {
@@ -107,9 +110,11 @@ fn page_size() -> u64 {
 impl Probes {
     pub fn load(cfg: &LoadConfig) -> Result<Probes, ProbeError> {
         let page = page_size();
+        let max_free_allocs = i64::from(cfg.max_allocs / 4);
         let ebpf = EbpfLoader::new()
             .set_global(programs::KNOB_PAGE_SIZE, &page, true)
             .set_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
+            .set_global(programs::KNOB_MAX_FREE_ALLOCS, &max_free_allocs, true)
             .set_global(
                 crate::daemon::lifecycle::WATCH_EXEC_GLOBAL,
                 &u8::from(cfg.watch_exec),
@@ -118,13 +123,15 @@ impl Probes {
             .set_max_entries(maps::ALLOCS, cfg.max_allocs)
             .set_max_entries(maps::STACK_STATS, cfg.max_stack_stats)
             .set_max_entries(maps::STACK_TRACES, cfg.max_stack_traces)
+            // `inflight` is task-local storage, which aya 0.13 creates but
+            // has no type for; userspace never opens it.
+            .allow_unsupported_maps()
             .load(object::OBJECT)?;
         Ok(Probes {
             ebpf,
             loaded: false,
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
-            thread_exit_attached: false,
         })
     }
 
@@ -148,8 +155,7 @@ impl Probes {
                     .map_err(|source| ProbeError::Program { name, source })?;
             }
         }
-        let thread_exit = std::iter::once(&programs::MALLOC_THREAD_EXIT);
-        for (name, _, _) in programs::VM_TRACEPOINTS.iter().chain(thread_exit) {
+        for (name, _, _) in programs::VM_TRACEPOINTS.iter() {
             self.tracepoint(name)?
                 .load()
                 .map_err(|source| ProbeError::Program { name, source })?;
@@ -235,10 +241,6 @@ impl Probes {
         alloc: &Allocator,
     ) -> Result<Vec<&'static str>, ProbeError> {
         self.load_programs()?;
-        if !self.thread_exit_attached {
-            self.attach_tracepoint(programs::MALLOC_THREAD_EXIT)?;
-            self.thread_exit_attached = true;
-        }
         let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
         let mut attached = Vec::new();
         for p in programs::MALLOC_FAMILY.iter() {

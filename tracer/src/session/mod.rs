@@ -25,7 +25,7 @@ use tokio::{
 use tracer_common::{maps, VmEvent, TARGET_MALLOC, TARGET_VM};
 
 use crate::{
-    accounting::{self, vm::VmSpace, RawProcess, RawStack},
+    accounting::{self, dist::Dist, vm::VmSpace, RawProcess, RawStack},
     commands::{StartError, WriteFailure},
     probes::{self, allocator, preflight, LoadConfig, Probes},
     report::{
@@ -394,15 +394,15 @@ fn raw_process(
     let ebpf = probes.ebpf();
     let stats = accounting::malloc::read_stack_stats(ebpf, pid).context("reading stack_stats")?;
     let resolver = accounting::malloc::StackResolver::new(ebpf).context("reading stack_traces")?;
+    let sizes =
+        accounting::dist::read_hist(ebpf, Dist::Sizes, pid, &stats).context("reading size_hist")?;
+    let lifetimes = accounting::dist::read_hist(ebpf, Dist::Lifetimes, pid, &stats)
+        .context("reading lifetime_hist")?;
     let mut stacks: HashMap<Vec<u64>, RawStack> = HashMap::new();
     accounting::malloc::merge_into(&mut stacks, &resolver, stats);
     if let Some(space) = space {
         accounting::malloc::merge_into(&mut stacks, &resolver, space.stack_stats());
     }
-    let sizes =
-        accounting::dist::read_hist(ebpf, maps::SIZE_HIST, pid).context("reading size_hist")?;
-    let lifetimes = accounting::dist::read_hist(ebpf, maps::LIFETIME_HIST, pid)
-        .context("reading lifetime_hist")?;
     accounting::dist::fill(&mut stacks, &resolver, sizes, lifetimes);
     Ok(RawProcess {
         pid,

@@ -12,7 +12,7 @@ use std::{
 use aya::{
     maps::{HashMap as BpfHashMap, PerCpuArray},
     programs::TracePoint,
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use offheap::{
     accounting::{
@@ -44,7 +44,10 @@ impl Tracer {
                 .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
                 .status();
         }
-        let mut ebpf = Ebpf::load(offheap::probes::object::OBJECT).expect("load BPF object");
+        let mut ebpf = EbpfLoader::new()
+            .allow_unsupported_maps()
+            .load(offheap::probes::object::OBJECT)
+            .expect("load BPF object");
         for (prog, cat, name) in resident_programs::ALL {
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
