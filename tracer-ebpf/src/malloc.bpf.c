@@ -62,7 +62,7 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	cur->out_ptr = out_ptr;
 	cur->kind = kind;
 	take_uprobe_stack(ctx, &cur->stack, tgid, &slot->scratch, &slot->stack_limit,
-			  &slot->stack_span);
+			  &slot->stack_span, slot->stack_ids);
 	cur->depth = 1;
 	return 0;
 }

@@ -230,7 +230,8 @@ static __always_inline __u64 stack_limit(void)
  * stack_limit() per thread; `span` is the thread's previous walk's. */
 static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_key *key,
 					      __u32 tgid, struct stack_scratch *sc,
-					      __u64 *limit, __u64 *span)
+					      __u64 *limit, __u64 *span,
+					      struct stack_id_cache_entry *ids)
 {
 	key->tgid = tgid;
 	key->stack_id = -1;
@@ -247,8 +248,18 @@ static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_
 	*span = want;
 	if (!key->caller)
 		count(OFFHEAP_CTR_READ_FAILED);
+	struct stack_id_cache_entry *c = &ids[(sc->stack.hash >> 32) & (STACK_ID_CACHE - 1)];
+	if (c->hash == sc->stack.hash && c->nr == sc->stack.nr && c->nr) {
+		key->stack_id = c->id;
+		return;
+	}
 	long id = intern_stack(&sc->stack);
-	if (id < 0)
+	if (id < 0) {
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
+	} else {
+		c->hash = sc->stack.hash;
+		c->nr = sc->stack.nr;
+		c->id = id;
+	}
 	key->stack_id = id;
 }
