@@ -2,17 +2,21 @@
 
 /// Median of the samples (mean of the middle two for an even count); None when empty.
 pub fn median(samples: &[f64]) -> Option<f64> {
+    quantile(samples, 0.5)
+}
+
+/// The q-quantile of the samples, interpolated between the two nearest
+/// (q = 0.5 is the median); None when empty.
+pub fn quantile(samples: &[f64], q: f64) -> Option<f64> {
     let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
     }
     v.sort_by(|a, b| a.total_cmp(b));
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    let next = v.get(i + 1).copied().unwrap_or(v[i]);
+    Some(v[i] + (next - v[i]) * frac)
 }
 
 /// The workload's own timing: the last `alloc-loop: elapsed_ms=<ms>` line of its stdout.
@@ -43,6 +47,16 @@ mod tests {
         assert_eq!(median(&[3.0]), Some(3.0));
         assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn quartiles() {
+        let v = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(quantile(&v, 0.25), Some(2.0));
+        assert_eq!(quantile(&v, 0.75), Some(4.0));
+        assert_eq!(quantile(&[1.0, 2.0], 0.25), Some(1.25));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&v, 1.0), Some(5.0));
     }
 
     #[test]
