@@ -61,8 +61,7 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 si
 	cur->old_ptr = old_ptr;
 	cur->out_ptr = out_ptr;
 	cur->kind = kind;
-	take_uprobe_stack(ctx, &cur->stack, tgid, &slot->scratch, &slot->stack_limit,
-			  &slot->stack_span, slot->stack_ids);
+	take_uprobe_stack(ctx, &cur->stack, tgid, slot);
 	cur->depth = 1;
 	return 0;
 }

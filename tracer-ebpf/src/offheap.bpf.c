@@ -37,12 +37,6 @@ struct stack_scratch {
 	__u64 words[OFFHEAP_STACK_WINDOW / 8];   /* the copy the walk reads */
 };
 
-/* Value of `inflight`: the thread's traced call (struct inflight, the ABI)
- * and the thread's own scratch for the uprobe stack walk. Per thread, not per
- * CPU: uprobe programs run preemptible (migrate_disable and rcu_read_lock
- * only: bpf_prog_run_array_uprobe, include/linux/bpf.h), so another thread's
- * program could run on this CPU in the middle of a walk and overwrite a
- * per-CPU buffer. */
 /* A thread's recent stacks and their ids in hashed_stacks (take_uprobe_stack):
  * a thread allocates from the same few sites over and over, and an id found
  * here saves a hashed_stacks lookup (25-75 ns). Entries stay right because
@@ -55,6 +49,12 @@ struct stack_id_cache_entry {
 	__s32 id;
 };
 
+/* Value of `inflight`: the thread's traced call (struct inflight, the ABI)
+ * and the thread's own scratch for the uprobe stack walk. Per thread, not per
+ * CPU: uprobe programs run preemptible (migrate_disable and rcu_read_lock
+ * only: bpf_prog_run_array_uprobe, include/linux/bpf.h), so another thread's
+ * program could run on this CPU in the middle of a walk and overwrite a
+ * per-CPU buffer. */
 struct inflight_slot {
 	struct inflight call;
 	struct stack_id_cache_entry stack_ids[STACK_ID_CACHE];
@@ -231,7 +231,6 @@ static __always_inline void hist_add(void *map, struct inline_hist *h, struct st
 			return;
 		}
 	}
-
 
 	struct hist_key k = {};
 

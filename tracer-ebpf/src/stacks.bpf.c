@@ -226,29 +226,27 @@ static __always_inline __u64 stack_limit(void)
 #define STACK_SPAN_SLACK 512
 
 /* Fills key with the user stack at a uprobe on a function's first
- * instruction, walked here (see the top of this file). `limit` caches
- * stack_limit() per thread; `span` is the thread's previous walk's. */
+ * instruction, walked here (see the top of this file) in the thread's slot:
+ * its scratch, its cached stack_limit(), its previous walk's span and its
+ * recent stack ids. */
 static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_key *key,
-					      __u32 tgid, struct stack_scratch *sc,
-					      __u64 *limit, __u64 *span,
-					      struct stack_id_cache_entry *ids)
+					      __u32 tgid, struct inflight_slot *slot)
 {
+	struct stack_scratch *sc = &slot->scratch;
+
 	key->tgid = tgid;
-	key->stack_id = -1;
 	key->caller = 0;
-	if (!sc) {
-		count(OFFHEAP_CTR_STACK_ID_FAILED);
-		return;
-	}
-	if (!*limit)
-		*limit = stack_limit();
+	if (!slot->stack_limit)
+		slot->stack_limit = stack_limit();
 	__u64 sp = PT_REGS_SP(ctx);
-	__u64 want = *span ? *span + STACK_SPAN_SLACK : OFFHEAP_STACK_WINDOW;
-	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), *limit, &want, &key->caller);
-	*span = want;
+	__u64 want = slot->stack_span ? slot->stack_span + STACK_SPAN_SLACK : OFFHEAP_STACK_WINDOW;
+	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), slot->stack_limit, &want,
+			&key->caller);
+	slot->stack_span = want;
 	if (!key->caller)
 		count(OFFHEAP_CTR_READ_FAILED);
-	struct stack_id_cache_entry *c = &ids[(sc->stack.hash >> 32) & (STACK_ID_CACHE - 1)];
+	struct stack_id_cache_entry *c =
+		&slot->stack_ids[(sc->stack.hash >> 32) & (STACK_ID_CACHE - 1)];
 	if (c->hash == sc->stack.hash && c->nr == sc->stack.nr && c->nr) {
 		key->stack_id = c->id;
 		return;
