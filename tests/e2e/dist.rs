@@ -1,10 +1,7 @@
 //! Distributions in malloc mode on the dist.c fixture: allocation sizes and
 //! lifetimes per stack, counted in the kernel (size_hist / lifetime_hist)
 //! and reported as quantiles in JSON and text.
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::path::Path;
 
 use offheap_e2e::*;
 use serde_json::Value;
@@ -41,26 +38,7 @@ fn run_dist(
     format: &str,
 ) -> (std::process::Output, std::collections::HashMap<String, u64>) {
     let bin = build_fixture("dist", dir);
-    let out = dir.join(format!("r.{format}"));
-    let o = Command::new(offheap_bin())
-        .args(["run", "--mode", "malloc", "--no-live", "--format", format])
-        .args(["--output", out.to_str().unwrap(), "--"])
-        .arg(&bin)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
-    (o, parse_sites(&lines))
+    run_malloc_fixture(&bin, &dir.join(format!("r.{format}")), format, &[])
 }
 
 #[test]

@@ -156,6 +156,40 @@ pub fn parse_sites(lines: &[String]) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Runs a self-running fixture (it prints its "site <name> <addr>" lines,
+/// allocates, prints "done" and exits 0) under `offheap run --mode malloc`,
+/// writing the report in `format` to `out`, with extra environment `env` for
+/// the tracer. Checks that both exited 0 and the fixture finished; returns
+/// the tracer's output and the sites.
+pub fn run_malloc_fixture(
+    bin: &Path,
+    out: &Path,
+    format: &str,
+    env: &[(&str, &str)],
+) -> (Output, HashMap<String, u64>) {
+    let o = Command::new(offheap_bin())
+        .args(["run", "--mode", "malloc", "--no-live", "--format", format])
+        .args(["--output", out.to_str().unwrap(), "--"])
+        .arg(bin)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
+    let sites = parse_sites(&lines);
+    (o, sites)
+}
+
 /// Sends one byte to a fixture's stdin.
 pub fn poke(stdin: &mut ChildStdin) {
     stdin.write_all(b"x").unwrap();
