@@ -28,21 +28,6 @@ pub mod maps {
     pub const FAULT_CONFIG: &str = "fault_config";
 }
 
-/// Program names of resident mode, with the tracepoint each attaches to.
-pub mod resident_programs {
-    /// (program, tracepoint category, tracepoint name)
-    pub const ALL: [(&str, &str, &str); 4] = [
-        ("resident_fault_enter", "exceptions", "page_fault_user"),
-        (
-            "resident_kernel_fault_enter",
-            "exceptions",
-            "page_fault_kernel",
-        ),
-        ("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
-        ("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
-    ];
-}
-
 /// Program names, exactly as the programs are named in the BPF object.
 pub mod programs {
     /// The uprobe program of every malloc-family function but free; the
@@ -100,18 +85,62 @@ pub mod programs {
         ]
     };
 
-    /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
-    pub const VM_TRACEPOINTS: [(&str, &str, &str); 10] = [
-        ("mmap_enter", "syscalls", "sys_enter_mmap"),
-        ("mmap_exit", "syscalls", "sys_exit_mmap"),
-        ("munmap_enter", "syscalls", "sys_enter_munmap"),
-        ("munmap_exit", "syscalls", "sys_exit_munmap"),
-        ("mremap_enter", "syscalls", "sys_enter_mremap"),
-        ("mremap_exit", "syscalls", "sys_exit_mremap"),
-        ("brk_enter", "syscalls", "sys_enter_brk"),
-        ("brk_exit", "syscalls", "sys_exit_brk"),
-        ("madvise_enter", "syscalls", "sys_enter_madvise"),
-        ("madvise_exit", "syscalls", "sys_exit_madvise"),
+    /// Where a system-wide program attaches.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Attach {
+        /// A perf tracepoint (category, event), for records whose fields a
+        /// BTF raw tracepoint does not carry.
+        TracePoint(&'static str, &'static str),
+        /// A BTF-typed raw tracepoint (tp_btf): cheaper per event, and
+        /// detached without the serialized grace period of a perf
+        /// tracepoint.
+        BtfTracePoint(&'static str),
+    }
+
+    /// One system-wide program and where it attaches.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Hook {
+        pub program: &'static str,
+        pub attach: Attach,
+    }
+
+    const fn btf(program: &'static str, name: &'static str) -> Hook {
+        Hook {
+            program,
+            attach: Attach::BtfTracePoint(name),
+        }
+    }
+
+    const fn perf(program: &'static str, category: &'static str, name: &'static str) -> Hook {
+        Hook {
+            program,
+            attach: Attach::TracePoint(category, name),
+        }
+    }
+
+    /// lifecycle.bpf.c, in every mode. mark_victim needs the perf record's
+    /// RSS fields.
+    pub const LIFECYCLE: [Hook; 4] = [
+        btf("sched_process_exec", "sched_process_exec"),
+        btf("sched_process_exit", "sched_process_exit"),
+        btf("sched_process_fork", "sched_process_fork"),
+        perf("mark_victim", "oom", "mark_victim"),
+    ];
+
+    /// vm.bpf.c: malloc mode's mapping changes.
+    pub const MALLOC_VM: [Hook; 2] = [
+        btf("vm_sys_enter", "sys_enter"),
+        btf("vm_sys_exit", "sys_exit"),
+    ];
+
+    /// fault.bpf.c: resident mode. The syscall exits stay perf tracepoints:
+    /// a raw sys_exit would run for every syscall of the host, in the
+    /// DaemonSet's mode.
+    pub const RESIDENT: [Hook; 4] = [
+        btf("resident_fault_enter", "page_fault_user"),
+        btf("resident_kernel_fault_enter", "page_fault_kernel"),
+        perf("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
+        perf("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
     ];
 
     /// `const volatile` knobs in .rodata, set before load.

@@ -2,7 +2,7 @@
 /*
  * Resident mode: which code made a target's pages resident.
  *
- * - resident_fault_enter (exceptions/page_fault_user) and
+ * - resident_fault_enter (tp_btf page_fault_user) and
  *   resident_kernel_fault_enter (page_fault_kernel, on user addresses): one
  *   fault_event per page fault of a target, with a frame-pointer stack walked
  *   by walk.bpf.c and stored by hash in hashed_stacks. Userspace
@@ -63,13 +63,6 @@ struct {
 } fault_scratch SEC(".maps");
 
 /* Tracepoint records, from /sys/kernel/tracing/events/.../format. */
-struct offheap_page_fault_ctx {
-	__u64 common;
-	__u64 address;
-	__u64 ip;
-	__u64 error_code;
-};
-
 struct offheap_sys_exit_ctx {
 	__u64 common;
 	__s32 syscall_nr;
@@ -199,15 +192,16 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
  * syscall's caller, the right first toucher. */
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
-static __always_inline int send_fault_stack(struct offheap_page_fault_ctx *ctx, __u32 tgid)
+static __always_inline int send_fault_stack(void *ctx, __u32 tgid, __u64 address,
+					    __u64 error_code)
 {
 	struct map_event *m = capture(tgid, 0, OFFHEAP_FAULT_STACK_COPY_PAGES);
 
 	if (!m)
 		return 0;
 	m->hdr.kind = OFFHEAP_EV_FAULT_STACK;
-	m->addr = ctx->address;
-	m->flags = ctx->error_code;
+	m->addr = address;
+	m->flags = error_code;
 	m->len = 0;
 	m->old_addr = 0;
 	m->old_len = 0;
@@ -216,7 +210,7 @@ static __always_inline int send_fault_stack(struct offheap_page_fault_ctx *ctx, 
 	return 0;
 }
 
-static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kernel)
+static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, int kernel)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct fault_event *e;
@@ -232,20 +226,20 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	if (!is_fault_target(tgid))
 		return 0;
 	/* Code pages are file-backed: they are reported per file, not per stack. */
-	if (ctx->error_code & OFFHEAP_PF_INSTR)
+	if (error_code & OFFHEAP_PF_INSTR)
 		return 0;
-	if (kernel && ctx->address >= OFFHEAP_USER_ADDR_END)
+	if (kernel && address >= OFFHEAP_USER_ADDR_END)
 		return 0;
 	/* Pages of a mapping created while tracing are charged to its creation
 	 * stack: no stack needed here. */
-	if (in_tracked_mapping(tgid, ctx->address))
+	if (in_tracked_mapping(tgid, address))
 		return 0;
 	/* Sampling first, and by the page itself: a refaulted page gets the
 	 * same answer every time, so no page is more likely to be sampled than
 	 * another, and the 1 - 1/N pages not sampled cost no map update. The
 	 * multiplicative hash spreads the pages of one contiguous allocation
 	 * evenly (Knuth's 2^64/phi). */
-	key.page = ctx->address & ~4095ULL;
+	key.page = address & ~4095ULL;
 	cfg = bpf_map_lookup_elem(&fault_config, &zero);
 	if (cfg && cfg->sample_every > 1 &&
 	    ((key.page >> 12) * 0x9e3779b97f4a7c15ULL >> 32) % cfg->sample_every)
@@ -265,17 +259,19 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	regs = user_regs();
 	sc = bpf_map_lookup_elem(&stack_scratch, &zero);
 	if (!sc)
-		return send_fault_stack(ctx, tgid);
-	ip = kernel ? regs->rip : ctx->ip;
+		return send_fault_stack(ctx, tgid, address, error_code);
+	/* The user registers: for a kernel-mode fault, where the syscall that
+	 * wrote the page was made. */
+	ip = PT_REGS_IP(regs);
 	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
 	 * of ~63, on the hottest path of resident mode. */
 	span = STACK_FIRST_COPY;
 	if (walk_user_stack(sc, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(), &span,
 			    &sp_word, WALK_AT_IP) < 3)
-		return send_fault_stack(ctx, tgid);
+		return send_fault_stack(ctx, tgid, address, error_code);
 	id = intern_stack(&sc->stack);
 	if (id < 0)
-		return send_fault_stack(ctx, tgid);
+		return send_fault_stack(ctx, tgid, address, error_code);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
 	if (!e) {
 		count(OFFHEAP_CTR_EVENTS_LOST);
@@ -284,25 +280,32 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	e->hdr.kind = OFFHEAP_EV_FAULT;
 	e->hdr.tgid = tgid;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
-	e->address = ctx->address;
+	e->address = address;
 	e->ip = ip;
-	e->error_code = ctx->error_code;
+	e->error_code = error_code;
 	e->stack_id = id;
 	e->sp_word = sp_word;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
 
-SEC("tracepoint/exceptions/page_fault_user")
-int resident_fault_enter(struct offheap_page_fault_ctx *ctx)
+/* BTF-typed raw tracepoints (TP_PROTO(unsigned long address, struct pt_regs
+ * *regs, unsigned long error_code), arch/x86/include/asm/trace/exceptions.h):
+ * cheaper per fault than the perf tracepoint, and detached without the
+ * grace period perf_trace_event_unreg waits for under event_mutex (~80 ms
+ * per event here, serialized). */
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(resident_fault_enter, unsigned long address, struct pt_regs *regs,
+	     unsigned long error_code)
 {
-	return on_fault(ctx, 0);
+	return on_fault(ctx, address, error_code, 0);
 }
 
-SEC("tracepoint/exceptions/page_fault_kernel")
-int resident_kernel_fault_enter(struct offheap_page_fault_ctx *ctx)
+SEC("tp_btf/page_fault_kernel")
+int BPF_PROG(resident_kernel_fault_enter, unsigned long address, struct pt_regs *regs,
+	     unsigned long error_code)
 {
-	return on_fault(ctx, 1);
+	return on_fault(ctx, address, error_code, 1);
 }
 
 SEC("tracepoint/syscalls/sys_exit_mmap")

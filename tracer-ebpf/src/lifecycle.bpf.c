@@ -21,20 +21,7 @@ const volatile bool watch_exec = false;
 /* struct trace_entry comes from kernel.h. */
 /* A __data_loc field: the low 16 bits are the offset of the string from the
  * start of the record, the high 16 bits its length (include/trace/stages). */
-struct trace_event_raw_sched_process_exec {
-	struct trace_entry ent;
-	__u32 __data_loc_filename;
-	int pid;
-	int old_pid;
-} __attribute__((preserve_access_index));
 
-struct trace_event_raw_sched_process_exit {
-	struct trace_entry ent;
-	char comm[16];
-	int pid;
-	int prio;
-	bool group_dead;
-} __attribute__((preserve_access_index));
 
 struct trace_event_raw_mark_victim {
 	struct trace_entry ent;
@@ -51,10 +38,17 @@ struct trace_event_raw_mark_victim {
 
 /* Only the fields read here; the ___offheap_lc flavour suffix is dropped by
  * CO-RE when matching against the kernel's struct task_struct. */
+struct signal_struct___offheap_lc {
+	struct {
+		int counter;
+	} live;
+} __attribute__((preserve_access_index));
+
 struct task_struct___offheap_lc {
 	int pid;
 	int tgid;
 	int exit_code;
+	struct signal_struct___offheap_lc *signal;
 } __attribute__((preserve_access_index));
 
 static __always_inline bool lifecycle_tracked(__u32 tgid)
@@ -78,8 +72,11 @@ static __always_inline struct proc_event *lifecycle_reserve(__u32 kind, __u32 tg
 	return e;
 }
 
-SEC("tracepoint/sched/sched_process_exec")
-int sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
+/* exec, exit and fork are BTF-typed raw tracepoints: detaching a perf
+ * tracepoint waits out a grace period under the kernel-wide event_mutex
+ * (perf_trace_event_unreg, ~80 ms each here, one after the other). */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sched_process_exec, struct task_struct___offheap_lc *p, int old_pid)
 {
 	/* After exec the caller is the thread-group leader (de_thread() made it
 	 * so), and begin_new_exec() already set comm to the new binary's name. */
@@ -96,30 +93,23 @@ int sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_process_exit")
-int sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sched_process_exit, struct task_struct___offheap_lc *task)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	struct task_struct___offheap_lc *task;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct proc_event *e;
-	bool whole_process;
 
-	/* The tracepoint fires once per exiting thread. group_dead (kernel >= 6.16)
-	 * is true for the last thread of the group; before it, the leader's exit
-	 * (pid == tgid) is the best available sign of the process ending. */
-	if (bpf_core_field_exists(ctx->group_dead))
-		whole_process = BPF_CORE_READ(ctx, group_dead);
-	else
-		whole_process = (__u32)pid_tgid == tgid;
-	if (!whole_process || !lifecycle_tracked(tgid))
+	/* The tracepoint fires once per exiting thread, in do_exit() after
+	 * `group_dead = atomic_dec_and_test(&tsk->signal->live)`: the last
+	 * thread of the group sees no live thread left. (Kernels >= 6.16 pass
+	 * group_dead as a second argument; this works before them too.) */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !lifecycle_tracked(tgid))
 		return 0;
 	e = lifecycle_reserve(OFFHEAP_EV_EXIT, tgid);
 	if (!e)
 		return 0;
 	/* do_exit() stores the wait status in task->exit_code before this
 	 * tracepoint: (status & 0xff) << 8 for exit(), the signal number if killed. */
-	task = (struct task_struct___offheap_lc *)bpf_get_current_task();
 	e->exit_code = BPF_CORE_READ(task, exit_code);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);

@@ -1,9 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Mapping changes through the syscall tracepoints, so that direct syscalls
- * count too, not only libc's wrappers. Arguments are kept in `vm_inflight`
- * from sys_enter to sys_exit; a vm_event goes to the `events` ring buffer only
- * when the syscall succeeded. Userspace (accounting/vm.rs) keeps the ranges.
- * Included by offheap.bpf.c. */
+/* Malloc mode's mapping changes through the raw syscall tracepoints
+ * (sys_enter, sys_exit), so that direct syscalls count too, not only libc's
+ * wrappers. Arguments are kept in `vm_inflight` from sys_enter to sys_exit;
+ * a vm_event goes to the `events` ring buffer only when the syscall
+ * succeeded. Userspace (accounting/vm.rs) keeps the ranges. Included by
+ * offheap.bpf.c.
+ *
+ * Two BTF-typed raw tracepoints instead of ten perf tracepoints (one per
+ * syscall and direction): each perf tracepoint's detach waits out a grace
+ * period under the kernel-wide event_mutex (perf_trace_event_unreg, ~80 ms
+ * here, one after the other), which made exit take a second more. The cost:
+ * every syscall of the host runs the switch below before it returns. */
+
+/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). */
+#define OFFHEAP_NR_MMAP 9
+#define OFFHEAP_NR_MUNMAP 11
+#define OFFHEAP_NR_BRK 12
+#define OFFHEAP_NR_MREMAP 25
+#define OFFHEAP_NR_MADVISE 28
+
+/* The kernel's x86-64 struct pt_regs fields read here (the UAPI struct of
+ * <asm/ptrace.h> names them rdi, rsi...): CO-RE relocates their offsets. A
+ * syscall's arguments are in di, si, dx, r10, r8, r9; orig_ax is its number. */
+struct pt_regs___offheap {
+	unsigned long r10;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
 
 /* <linux/mman.h> / <asm-generic/mman-common.h> values (x86-64). */
 #define OFFHEAP_MAP_TYPE 0x0f
@@ -28,8 +53,8 @@ static __always_inline __u64 user_sp(void)
 	return PT_REGS_SP(user_regs());
 }
 
-static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 len,
-				    __u64 old_len, __u32 flags, __u32 prot)
+static __always_inline int vm_enter(__u32 syscall, __u64 addr, __u64 len, __u64 old_len,
+				    __u32 flags, __u32 prot)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
@@ -64,7 +89,7 @@ static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 
 	return 0;
 }
 
-static __always_inline int vm_exit(struct trace_event_raw_sys_exit *ctx, __u32 syscall)
+static __always_inline int vm_exit(__u32 syscall, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct vm_args *p = bpf_map_lookup_elem(&vm_inflight, &pid_tgid);
@@ -75,7 +100,6 @@ static __always_inline int vm_exit(struct trace_event_raw_sys_exit *ctx, __u32 s
 	bpf_map_delete_elem(&vm_inflight, &pid_tgid);
 	if (a.syscall != syscall)
 		return 0;
-	long ret = BPF_CORE_READ(ctx, ret);
 
 	struct vm_event ev = {};
 	ev.hdr.kind = syscall;
@@ -121,84 +145,71 @@ static __always_inline int vm_exit(struct trace_event_raw_sys_exit *ctx, __u32 s
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_mmap")
-int mmap_enter(struct trace_event_raw_sys_enter *ctx)
+SEC("tp_btf/sys_enter")
+int BPF_PROG(vm_sys_enter, struct pt_regs *kregs, long id)
 {
-	__u32 flags = BPF_CORE_READ(ctx, args[3]);
+	struct pt_regs___offheap *regs = (void *)kregs;
+	__u64 addr = regs->di, len = 0, old_len = 0;
+	__u32 kind, flags = 0, prot = 0;
 
-	__u32 prot = BPF_CORE_READ(ctx, args[2]);
-
-	/* Only anonymous private mappings are allocations: file and shared
-	 * mappings are not the process's own memory, and a PROT_NONE mapping
-	 * is a reservation of address space (V8 reserves its cages this way),
-	 * not memory. */
-	if (!(flags & OFFHEAP_MAP_ANONYMOUS) || (flags & OFFHEAP_MAP_TYPE) != OFFHEAP_MAP_PRIVATE ||
-	    prot == 0)
+	switch (id) {
+	case OFFHEAP_NR_MMAP:     /* mmap(addr, len, prot, flags, fd, off) */
+		kind = OFFHEAP_EV_MMAP;
+		len = regs->si;
+		prot = regs->dx;
+		flags = regs->r10;
+		/* Only anonymous private mappings are allocations: file and
+		 * shared mappings are not the process's own memory, and a
+		 * PROT_NONE mapping is a reservation of address space (V8
+		 * reserves its cages this way), not memory. */
+		if (!(flags & OFFHEAP_MAP_ANONYMOUS) ||
+		    (flags & OFFHEAP_MAP_TYPE) != OFFHEAP_MAP_PRIVATE || prot == 0)
+			return 0;
+		break;
+	case OFFHEAP_NR_MUNMAP:   /* munmap(addr, len) */
+		kind = OFFHEAP_EV_MUNMAP;
+		len = regs->si;
+		break;
+	case OFFHEAP_NR_MREMAP:   /* mremap(old_addr, old_len, new_len, flags, new_addr) */
+		kind = OFFHEAP_EV_MREMAP;
+		old_len = regs->si;
+		len = regs->dx;
+		flags = regs->r10;
+		break;
+	case OFFHEAP_NR_BRK:      /* brk(addr) */
+		kind = OFFHEAP_EV_BRK;
+		break;
+	case OFFHEAP_NR_MADVISE:  /* madvise(addr, len, advice) */
+		kind = OFFHEAP_EV_MADVISE;
+		len = regs->si;
+		flags = regs->dx;
+		if (flags != OFFHEAP_MADV_DONTNEED && flags != OFFHEAP_MADV_FREE &&
+		    flags != OFFHEAP_MADV_REMOVE)
+			return 0;
+		break;
+	default:
 		return 0;
-	return vm_enter(ctx, OFFHEAP_EV_MMAP, BPF_CORE_READ(ctx, args[0]),
-			BPF_CORE_READ(ctx, args[1]), 0, flags, prot);
+	}
+	return vm_enter(kind, addr, len, old_len, flags, prot);
 }
 
-SEC("tracepoint/syscalls/sys_exit_mmap")
-int mmap_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(vm_sys_exit, struct pt_regs *kregs, long ret)
 {
-	return vm_exit(ctx, OFFHEAP_EV_MMAP);
-}
+	struct pt_regs___offheap *regs = (void *)kregs;
 
-SEC("tracepoint/syscalls/sys_enter_munmap")
-int munmap_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return vm_enter(ctx, OFFHEAP_EV_MUNMAP, BPF_CORE_READ(ctx, args[0]),
-			BPF_CORE_READ(ctx, args[1]), 0, 0, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_munmap")
-int munmap_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return vm_exit(ctx, OFFHEAP_EV_MUNMAP);
-}
-
-SEC("tracepoint/syscalls/sys_enter_mremap")
-int mremap_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	/* mremap(old_addr, old_len, new_len, flags, new_addr) */
-	return vm_enter(ctx, OFFHEAP_EV_MREMAP, BPF_CORE_READ(ctx, args[0]),
-			BPF_CORE_READ(ctx, args[2]), BPF_CORE_READ(ctx, args[1]),
-			BPF_CORE_READ(ctx, args[3]), 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_mremap")
-int mremap_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return vm_exit(ctx, OFFHEAP_EV_MREMAP);
-}
-
-SEC("tracepoint/syscalls/sys_enter_brk")
-int brk_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return vm_enter(ctx, OFFHEAP_EV_BRK, BPF_CORE_READ(ctx, args[0]), 0, 0, 0, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_brk")
-int brk_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return vm_exit(ctx, OFFHEAP_EV_BRK);
-}
-
-SEC("tracepoint/syscalls/sys_enter_madvise")
-int madvise_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	__u32 advice = BPF_CORE_READ(ctx, args[2]);
-
-	if (advice != OFFHEAP_MADV_DONTNEED && advice != OFFHEAP_MADV_FREE &&
-	    advice != OFFHEAP_MADV_REMOVE)
+	switch (regs->orig_ax) {
+	case OFFHEAP_NR_MMAP:
+		return vm_exit(OFFHEAP_EV_MMAP, ret);
+	case OFFHEAP_NR_MUNMAP:
+		return vm_exit(OFFHEAP_EV_MUNMAP, ret);
+	case OFFHEAP_NR_MREMAP:
+		return vm_exit(OFFHEAP_EV_MREMAP, ret);
+	case OFFHEAP_NR_BRK:
+		return vm_exit(OFFHEAP_EV_BRK, ret);
+	case OFFHEAP_NR_MADVISE:
+		return vm_exit(OFFHEAP_EV_MADVISE, ret);
+	default:
 		return 0;
-	return vm_enter(ctx, OFFHEAP_EV_MADVISE, BPF_CORE_READ(ctx, args[0]),
-			BPF_CORE_READ(ctx, args[1]), 0, advice, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_madvise")
-int madvise_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return vm_exit(ctx, OFFHEAP_EV_MADVISE);
+	}
 }

@@ -58,7 +58,7 @@ pub async fn trace(mut tracer: Tracer, first: u32, o: &TraceOpts) -> Result<Opti
     let finished = tracer.finish().map_err(WriteFailure::new)?;
     let bytes = render(&finished.report, &o.output)?;
     emit(&bytes, o.output.output.as_deref())?;
-    // The report is out: now the slow part, detaching (in parallel).
-    drop(finished.probes);
+    // The report is out: wait for the last probes to go.
+    drop(finished.detaching);
     Ok(finished.child_status)
 }

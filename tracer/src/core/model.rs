@@ -12,7 +12,7 @@ use super::{
 use crate::{
     accounting,
     classify::stack_classifier,
-    probes::Probes,
+    probes::Detacher,
     proc,
     report::{
         build::{assemble, Meta},
@@ -22,12 +22,12 @@ use crate::{
 };
 
 /// What tracing leaves: the final report, how `run`'s command ended, and
-/// the probes, still attached but no longer counting (detaching takes a
-/// grace period per uprobe: drop them after writing the report).
+/// the probes being detached in the background (a grace period per uprobe:
+/// drop `detaching` after writing the report, to wait for the last).
 pub struct Finished {
     pub report: Report,
     pub child_status: Option<String>,
-    pub probes: Probes,
+    pub detaching: Detacher,
 }
 
 impl Tracer {
@@ -235,6 +235,8 @@ impl Tracer {
         for pid in self.pids() {
             self.probes.remove_target(pid)?;
         }
+        // Nothing counts any more: detach while the report is built.
+        let detaching = self.probes.detach();
         // The drain thread stops; what it did not take is taken here.
         drop(self.drainer.take());
         while let Ok(ev) = self.rx.try_recv() {
@@ -255,11 +257,10 @@ impl Tracer {
         let child_status = self.held.as_ref().and_then(|c| spawn::reap(c.pid));
         let meta = self.meta();
         let report = assemble(meta, raws, &mut self.frames.with(&mut self.sym));
-        let Tracer { probes, .. } = self;
         Ok(Finished {
             report,
             child_status,
-            probes,
+            detaching,
         })
     }
 

@@ -3,6 +3,7 @@
 //! size and loaded; nothing here knows how a report looks, it hands the
 //! loaded maps to `accounting`.
 pub mod allocator;
+pub mod multi;
 pub mod object;
 pub mod preflight;
 
@@ -11,16 +12,19 @@ use std::collections::BTreeMap;
 use aya::{
     maps::HashMap as BpfHashMap,
     programs::{
-        tp_btf::BtfTracePointLink,
-        trace_point::TracePointLink,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
-        BtfTracePoint, ProgramError, TracePoint, UProbe,
+        tp_btf::BtfTracePointLink, trace_point::TracePointLink, BtfTracePoint, ProgramError,
+        TracePoint,
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
-use tracer_common::{maps, programs, TargetInfo};
+use tracer_common::{
+    maps,
+    programs::{self, Attach, Hook},
+    TargetInfo,
+};
 
 pub use allocator::Allocator;
+use multi::{MultiLink, MultiPrograms};
 
 use crate::report::Mode;
 
@@ -52,20 +56,12 @@ pub enum ProbeError {
     },
     #[error("reading the kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
     Btf(#[from] aya::BtfError),
+    #[error(transparent)]
+    Multi(multi::MultiError),
 }
 
 /// The id bits of `hashed_stacks`: a home slot has at most this many.
 const STACK_HASH_BITS: u32 = tracer_common::STACK_ID_BITS;
-
-/// Lifecycle programs: (program, tracepoint category, tracepoint name).
-pub const LIFECYCLE_TRACEPOINTS: [(&str, &str, &str); 3] = [
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("mark_victim", "oom", "mark_victim"),
-];
-/// The fork program is a BTF-typed raw tracepoint: it needs the child task,
-/// which the classic sched_process_fork record does not carry.
-const FORK_PROGRAM: &str = "sched_process_fork";
 
 /// Entries of `hashed_stacks` in resident mode. Its stacks are first-touch
 /// fault stacks only (mapping stacks are unwound in userspace), sampled 1 in
@@ -76,9 +72,13 @@ const RESIDENT_HASHED_STACKS: u32 = 8192;
 /// Bytes of the `events` ring buffer in resident mode: it carries only
 /// exec/exit/fork/OOM records there (mappings go to `fault_events`).
 const RESIDENT_EVENTS_BYTES: u32 = 256 << 10;
-/// Bytes of resident mode's `fault_events` ring buffer: a first fault per
-/// sampled page and a raw stack per mapping, drained every 20 ms.
-const RESIDENT_FAULT_EVENTS_BYTES: u32 = 4 << 20;
+/// Resident mode's LRU sets: pages already reported (`fault_pages`, of
+/// sampled pages: 65536 of them stand for 2 GiB first touched at 1 in 8;
+/// an evicted page is only reported again), and granules of tracked mappings
+/// (`fault_skip`, 2 MiB each: 64 GiB of mappings). Preallocated, ~88 B an
+/// entry: 8.4 MiB together, half of the defaults in offheap.h.
+const RESIDENT_FAULT_PAGES: u32 = 65536;
+const RESIDENT_FAULT_SKIP: u32 = 32768;
 
 /// Sizes and knobs fixed before load.
 #[derive(Clone, Debug)]
@@ -139,7 +139,8 @@ impl LoadConfig {
                 (maps::VM_INFLIGHT, 1),
                 (maps::HASHED_STACKS, RESIDENT_HASHED_STACKS),
                 (maps::EVENTS, RESIDENT_EVENTS_BYTES),
-                (maps::FAULT_EVENTS, RESIDENT_FAULT_EVENTS_BYTES),
+                (maps::FAULT_PAGES, RESIDENT_FAULT_PAGES),
+                (maps::FAULT_SKIP, RESIDENT_FAULT_SKIP),
             ],
         }
     }
@@ -150,11 +151,13 @@ impl LoadConfig {
 pub struct Probes {
     ebpf: Ebpf,
     mode: Mode,
+    /// Malloc mode's programs, loaded for uprobe_multi links.
+    multi: Option<MultiPrograms>,
     /// Each with the pid it filters on, so one process's can be detached.
-    uprobe_links: Vec<(u32, UProbeLink)>,
+    uprobe_links: Vec<(u32, MultiLink)>,
     tracepoint_links: Vec<TracePointLink>,
     btf_links: Vec<BtfTracePointLink>,
-    malloc_loaded: bool,
+    detacher: Detacher,
 }
 
 pub(crate) fn page_size() -> u64 {
@@ -187,13 +190,31 @@ impl Probes {
             loader.map_max_entries(name, n);
         }
         let ebpf = loader.load(object::OBJECT)?;
+        // Loaded now, while every map is still in `ebpf` (the core takes
+        // the ring buffers out later).
+        let multi = match cfg.mode {
+            Mode::Malloc => Some(
+                MultiPrograms::load(
+                    &ebpf,
+                    object::OBJECT,
+                    &[
+                        programs::ALLOC_ENTER,
+                        programs::ALLOC_EXIT,
+                        programs::FREE_ENTER,
+                    ],
+                )
+                .map_err(ProbeError::Multi)?,
+            ),
+            Mode::Resident => None,
+        };
         Ok(Probes {
             ebpf,
+            multi,
             mode: cfg.mode,
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
             btf_links: Vec::new(),
-            malloc_loaded: false,
+            detacher: Detacher::default(),
         })
     }
 
@@ -218,32 +239,29 @@ impl Probes {
             what: "tracefs".into(),
             source: ProgramError::IOError(e),
         })?;
-        for tp in LIFECYCLE_TRACEPOINTS {
-            self.attach_tracepoint(tp)?;
-        }
-        self.attach_fork()?;
-        let mode_tracepoints: &[(&'static str, &'static str, &'static str)] = match self.mode {
-            Mode::Malloc => &programs::VM_TRACEPOINTS,
-            Mode::Resident => &tracer_common::resident_programs::ALL,
+        let mode_hooks: &[Hook] = match self.mode {
+            Mode::Malloc => &programs::MALLOC_VM,
+            Mode::Resident => &programs::RESIDENT,
         };
-        for &tp in mode_tracepoints {
-            self.attach_tracepoint(tp)?;
+        let btf = Btf::from_sys_fs()?;
+        for hook in programs::LIFECYCLE.iter().chain(mode_hooks) {
+            match hook.attach {
+                Attach::TracePoint(category, event) => {
+                    self.attach_tracepoint(hook.program, category, event)?
+                }
+                Attach::BtfTracePoint(event) => self.attach_btf(hook.program, event, &btf)?,
+            }
         }
         Ok(())
-    }
-
-    fn uprobe(&mut self, name: &'static str) -> Result<&mut UProbe, ProbeError> {
-        self.ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(ProbeError::MissingProgram(name))
     }
 
     /// Loads and attaches one tracepoint program; its link lives as long as
     /// self.
     fn attach_tracepoint(
         &mut self,
-        (name, category, event): (&'static str, &str, &str),
+        name: &'static str,
+        category: &str,
+        event: &str,
     ) -> Result<(), ProbeError> {
         let prog: &mut TracePoint = self
             .ebpf
@@ -263,21 +281,20 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_fork(&mut self) -> Result<(), ProbeError> {
-        let btf = Btf::from_sys_fs()?;
-        let name = FORK_PROGRAM;
+    /// Loads and attaches one BTF raw tracepoint program.
+    fn attach_btf(&mut self, name: &'static str, event: &str, btf: &Btf) -> Result<(), ProbeError> {
         let prog: &mut BtfTracePoint = self
             .ebpf
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .ok_or(ProbeError::MissingProgram(name))?;
-        prog.load("sched_process_fork", &btf)
+        prog.load(event, btf)
             .map_err(|source| ProbeError::Program { name, source })?;
         let link = prog
             .attach()
             .and_then(|id| prog.take_link(id))
             .map_err(|source| ProbeError::Attach {
-                what: format!("{name} to sched_process_fork"),
+                what: format!("{name} to {event}"),
                 source,
             })?;
         self.btf_links.push(link);
@@ -331,39 +348,24 @@ impl Probes {
             .collect())
     }
 
-    /// Loads the malloc-family programs (once: three programs, the attach
-    /// cookie tells their functions apart).
-    fn load_malloc(&mut self) -> Result<(), ProbeError> {
-        if self.malloc_loaded {
-            return Ok(());
-        }
-        for name in [
-            programs::ALLOC_ENTER,
-            programs::ALLOC_EXIT,
-            programs::FREE_ENTER,
-        ] {
-            self.uprobe(name)?
-                .load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-        }
-        self.malloc_loaded = true;
-        Ok(())
-    }
-
     /// Attaches the malloc-family probes to one process's allocator, from
-    /// the attach table (`programs::MALLOC_FAMILY`). Functions sharing one
-    /// address (glibc's aligned_alloc is memalign) get one probe: two would
-    /// fire twice per call. Returns the symbols attached.
+    /// the attach table (`programs::MALLOC_FAMILY`): one uprobe_multi link
+    /// per program (see `multi`), each point with its function's kind as
+    /// cookie. Functions sharing one address (glibc's aligned_alloc is
+    /// memalign) get one probe: two would fire twice per call. Returns the
+    /// symbols attached.
     pub fn attach_malloc(
         &mut self,
         pid: u32,
         alloc: &Allocator,
     ) -> Result<Vec<&'static str>, ProbeError> {
-        self.load_malloc()?;
-        let scope = std::num::NonZeroU32::new(pid)
-            .map(UProbeScope::OneProcess)
-            .ok_or(ProbeError::MissingProgram("a uprobe for PID 0"))?;
+        let multi = self
+            .multi
+            .as_ref()
+            .ok_or(ProbeError::MissingProgram(programs::ALLOC_ENTER))?;
         let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
+        // program -> (offsets, cookies)
+        let mut points: BTreeMap<&'static str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
         let mut attached = Vec::new();
         for p in programs::MALLOC_FAMILY.iter() {
             let Some(&offset) = alloc.offsets.get(p.symbol) else {
@@ -373,53 +375,115 @@ impl Probes {
                 continue;
             }
             let (enter, exit) = p.programs();
-            // The uretprobe first: an entry seen before its return probe
-            // exists would leave a call in flight that no return ends.
-            for name in exit.into_iter().chain(std::iter::once(enter)) {
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: Some(p.kind as u64),
-                };
-                let prog = self.uprobe(name)?;
-                let link = prog
-                    .attach(point, &alloc.path, scope)
-                    .and_then(|id| prog.take_link(id))
-                    .map_err(|source| ProbeError::Attach {
-                        what: format!(
-                            "{name} to {}:{} (PID {pid})",
-                            alloc.path.display(),
-                            p.symbol
-                        ),
-                        source,
-                    })?;
-                self.uprobe_links.push((pid, link));
+            for name in std::iter::once(enter).chain(exit) {
+                let e = points.entry(name).or_default();
+                e.0.push(offset);
+                e.1.push(p.kind as u64);
             }
             attached.push(p.symbol);
+        }
+        // The return probes first: an entry seen before its return probe
+        // exists would leave a call in flight that no return ends.
+        let order = [
+            (programs::ALLOC_EXIT, true),
+            (programs::ALLOC_ENTER, false),
+            (programs::FREE_ENTER, false),
+        ];
+        for (name, ret) in order {
+            let Some((offsets, cookies)) = points.get(name) else {
+                continue;
+            };
+            let link = multi
+                .attach(name, &alloc.path, offsets, cookies, pid, ret)
+                .map_err(ProbeError::Multi)?;
+            self.uprobe_links.push((pid, link));
         }
         Ok(attached)
     }
 
     /// Detaches the malloc-family probes of one process (it exited, or
-    /// exec'd another program).
+    /// exec'd another program), in the background (see `Detacher`).
     pub fn detach_malloc(&mut self, pid: u32) {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.uprobe_links)
             .into_iter()
             .partition(|(p, _)| *p == pid);
         self.uprobe_links = kept;
-        detach_all(gone.into_iter().map(|(_, l)| l).collect());
+        self.detacher
+            .send(Links::Uprobes(gone.into_iter().map(|(_, l)| l).collect()));
     }
 
-    /// Detaches every probe. Each uprobe unregistration waits for an RCU
-    /// grace period (uprobe_unregister_sync, ~0.08 s each here, measured),
-    /// so they are closed on threads of their own, whose waits overlap.
-    pub fn detach(&mut self) {
-        let uprobes: Vec<UProbeLink> = std::mem::take(&mut self.uprobe_links)
+    /// Starts detaching every probe, in the background, and returns the
+    /// handle to wait for it: the maps stay readable meanwhile, so a report
+    /// is built while the links go.
+    pub fn detach(&mut self) -> Detacher {
+        let uprobes = std::mem::take(&mut self.uprobe_links)
             .into_iter()
             .map(|(_, l)| l)
             .collect();
-        detach_all(uprobes);
-        self.tracepoint_links.clear();
-        self.btf_links.clear();
+        self.detacher.send(Links::Uprobes(uprobes));
+        self.detacher.send(Links::TracePoints(std::mem::take(
+            &mut self.tracepoint_links,
+        )));
+        self.detacher
+            .send(Links::Btf(std::mem::take(&mut self.btf_links)));
+        std::mem::take(&mut self.detacher)
+    }
+}
+
+/// Links on their way out (dropped, never read).
+#[allow(dead_code)]
+enum Links {
+    Uprobes(Vec<MultiLink>),
+    TracePoints(Vec<TracePointLink>),
+    Btf(Vec<BtfTracePointLink>),
+}
+
+/// A thread that drops links. Detaching a uprobe or a perf tracepoint
+/// waits out RCU grace periods under the kernel-wide event_mutex
+/// (perf_trace_destroy, uprobe_unregister_sync): ~80 ms each here, one after
+/// the other whatever the thread. Done here, that time overlaps with the
+/// report being built and written instead of adding to it. Dropping the
+/// handle waits until every link sent is gone.
+#[derive(Default)]
+pub struct Detacher {
+    tx: Option<std::sync::mpsc::Sender<Links>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Detacher {
+    fn send(&mut self, links: Links) {
+        if self.tx.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Links>();
+            let spawned = std::thread::Builder::new()
+                .name("offheap-detach".into())
+                .spawn(move || rx.into_iter().for_each(drop));
+            match spawned {
+                Ok(t) => {
+                    self.tx = Some(tx);
+                    self.thread = Some(t);
+                }
+                // No thread: detach here and now.
+                Err(_) => return drop(links),
+            }
+        }
+        if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(links)) {
+            drop(e.0);
+        }
+    }
+}
+
+impl Drop for Detacher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        drop(self.detach());
     }
 }
 
@@ -430,26 +494,5 @@ pub fn is_not_found(e: &aya::maps::MapError) -> bool {
         aya::maps::MapError::KeyNotFound => true,
         aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
-    }
-}
-
-/// Drops links in parallel, a thread each (there are at most a few dozen):
-/// a uprobe's close waits out a grace period, and grace periods waited on
-/// together end together.
-fn detach_all(links: Vec<UProbeLink>) {
-    if links.len() <= 1 {
-        drop(links);
-        return;
-    }
-    std::thread::scope(|s| {
-        for l in links {
-            s.spawn(move || drop(l));
-        }
-    });
-}
-
-impl Drop for Probes {
-    fn drop(&mut self) {
-        self.detach();
     }
 }
