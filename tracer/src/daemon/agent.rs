@@ -497,6 +497,7 @@ impl Agent {
                 t_secs,
                 rss_bytes: p.rss_bytes,
                 buckets: p.buckets,
+                ..SeriesPoint::default()
             };
             let t = self.targets.get_mut(&pid).expect("present above");
             t.series.push(point.clone());
