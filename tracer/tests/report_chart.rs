@@ -154,6 +154,16 @@ fn drawn_max_bytes(axes: &Axes, l: &Value) -> f64 {
     axes.bytes(top)
 }
 
+/// Every text of a panel: title, axis labels, legend.
+fn texts(panel: &Value) -> Vec<&str> {
+    panel["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn max_of(series: &[SeriesPoint], f: impl Fn(&SeriesPoint) -> u64) -> u64 {
     series.iter().map(f).max().unwrap()
 }
@@ -247,12 +257,7 @@ fn chart_of_a_fixture_has_every_bucket_rss_and_v8_heap_at_their_maxima() {
         num(layer(p, "other", "area"), "data-max-stacked-bytes"),
         16_557_024.0
     );
-    let texts: Vec<&str> = p["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let texts = texts(p);
     for want in [
         "node (pid 2222) · malloc mode · 4 samples over 22.5 s",
         "MiB",
@@ -301,12 +306,7 @@ fn postmortem_chart_marks_the_kill_the_limit_and_the_traffic() {
         let want = 10.0 * (i + 2) as f64;
         assert!((axes.per_sec(*y) - want).abs() <= per_px, "{i}: {y}");
     }
-    let texts: Vec<&str> = p["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let texts = texts(p);
     for want in [
         "node (pid 4321) · resident mode · 8 samples over 35.0 s · OOM-killed",
         "requests/s",
