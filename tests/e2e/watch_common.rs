@@ -97,6 +97,15 @@ impl Cgroup {
             .spawn()
             .unwrap()
     }
+
+    /// `spawn_node`, then waits for the script's "ready" line.
+    pub fn start_node(&self, script: &Path, args: &[String]) -> Node {
+        let mut child = self.spawn_node(script, args);
+        let mut out = Stream::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take().unwrap();
+        out.until("ready", T, |l| l == "ready");
+        Node { child, out, stdin }
+    }
 }
 
 /// A node process started in a cgroup, past its "ready" line.
@@ -115,17 +124,6 @@ impl Node {
     pub fn poke_until(&mut self, want: &str) {
         poke_line(&mut self.stdin);
         self.out.until(want, T, |l| l == want);
-    }
-}
-
-impl Cgroup {
-    /// `spawn_node`, then waits for the script's "ready" line.
-    pub fn start_node(&self, script: &Path, args: &[String]) -> Node {
-        let mut child = self.spawn_node(script, args);
-        let mut out = Stream::new(child.stdout.take().unwrap());
-        let stdin = child.stdin.take().unwrap();
-        out.until("ready", T, |l| l == "ready");
-        Node { child, out, stdin }
     }
 }
 
