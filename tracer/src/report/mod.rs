@@ -3,6 +3,7 @@
 pub mod build;
 pub mod chart;
 pub mod diff;
+pub mod fmt;
 pub mod folded;
 pub mod hist;
 pub mod json;
@@ -10,6 +11,7 @@ pub mod live;
 pub mod model;
 pub mod pprof;
 pub mod progress;
+pub mod raw;
 pub mod svg;
 pub mod text;
 pub mod write;

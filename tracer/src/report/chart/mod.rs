@@ -20,10 +20,11 @@
 //! - Several processes: one panel per process, stacked vertically in the
 //!   same SVG, in report order; at most [`MAX_PANELS`], the rest named in a
 //!   last line (their figures stay in the JSON).
-//! - No series (malloc mode's `record`/`run` keep none): the final buckets
-//!   and RSS are drawn as one sample at `duration_secs`, a narrow column,
-//!   and the panel's title says so. A report without any process is an
-//!   error (exit 3 from `offheap report`).
+//! - Fewer than two samples (a trace shorter than two intervals): the one
+//!   sample is drawn as a narrow column ending at it; without any series
+//!   (a report from elsewhere), the final buckets and RSS are that sample,
+//!   at `duration_secs`. The panel's title says which. A report without any
+//!   process is an error (exit 3 from `offheap report`).
 //! - One vertex per sample, no downsampling: what is drawn is what was
 //!   measured.
 //!
@@ -37,7 +38,7 @@
 mod draw;
 
 use super::{
-    text::{clean, human_bytes},
+    fmt::{clean, human_bytes},
     Bucket, Report, SeriesPoint,
 };
 
