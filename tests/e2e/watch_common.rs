@@ -6,7 +6,6 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
@@ -97,6 +96,34 @@ impl Cgroup {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// `spawn_node`, then waits for the script's "ready" line.
+    pub fn start_node(&self, script: &Path, args: &[String]) -> Node {
+        let mut child = self.spawn_node(script, args);
+        let mut out = Stream::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take().unwrap();
+        out.until("ready", T, |l| l == "ready");
+        Node { child, out, stdin }
+    }
+}
+
+/// A node process started in a cgroup, past its "ready" line.
+pub struct Node {
+    pub child: Child,
+    pub out: Stream,
+    pub stdin: ChildStdin,
+}
+
+impl Node {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a line and waits for the script to answer `want`.
+    pub fn poke_until(&mut self, want: &str) {
+        poke_line(&mut self.stdin);
+        self.out.until(want, T, |l| l == want);
     }
 }
 
@@ -268,29 +295,6 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
-}
-
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Value of the sample whose name and labels are exactly `series`.

@@ -74,20 +74,13 @@ fn two_cgroups(mode: &str) {
     ]);
     // Different counts, so that a series mixed up between pids shows.
     let (count_a, count_b) = (40u64, 24u64);
-    let mut a = cg_a.spawn_node(&script, &[count_a.to_string()]);
-    let mut b = cg_b.spawn_node(&script, &[count_b.to_string()]);
-    let (pa, pb) = (a.id(), b.id());
-    let mut out_a = Stream::new(a.stdout.take().unwrap());
-    let mut out_b = Stream::new(b.stdout.take().unwrap());
-    let (mut in_a, mut in_b) = (a.stdin.take().unwrap(), b.stdin.take().unwrap());
-    out_a.until("ready a", T, |l| l == "ready");
-    out_b.until("ready b", T, |l| l == "ready");
+    let mut a = cg_a.start_node(&script, &[count_a.to_string()]);
+    let mut b = cg_b.start_node(&script, &[count_b.to_string()]);
+    let (pa, pb) = (a.pid(), b.pid());
     agent.wait_tracing(pa);
     agent.wait_tracing(pb);
-    poke_line(&mut in_a);
-    poke_line(&mut in_b);
-    out_a.until("done a", T, |l| l == "done");
-    out_b.until("done b", T, |l| l == "done");
+    a.poke_until("done");
+    b.poke_until("done");
 
     // Malloc mode: the retained bytes, plus at most node's own small
     // ArrayBuffers made after the probes went in (the stdin chunk; startup
@@ -157,8 +150,8 @@ fn two_cgroups(mode: &str) {
     }
 
     // a exits normally: its series go, b's stay.
-    poke_line(&mut in_a);
-    assert_eq!(a.wait().unwrap().code(), Some(0));
+    poke_line(&mut a.stdin);
+    assert_eq!(a.child.wait().unwrap().code(), Some(0));
     let want = format!("offheap: PID {pa} (node) exited (wait status 0)");
     agent.err.until(&want, T, |l| l == want);
     let (_, m) = agent.get("/metrics");
@@ -167,8 +160,8 @@ fn two_cgroups(mode: &str) {
     assert_eq!(agent.get(&format!("/report?pid={pa}")).0, 404);
     assert_eq!(agent.get(&format!("/report?pid={pb}")).0, 200);
 
-    poke_line(&mut in_b);
-    assert_eq!(b.wait().unwrap().code(), Some(0));
+    poke_line(&mut b.stdin);
+    assert_eq!(b.child.wait().unwrap().code(), Some(0));
     let want = format!("offheap: PID {pb} (node) exited (wait status 0)");
     agent.err.until(&want, T, |l| l == want);
     let (_, m) = agent.get("/metrics");

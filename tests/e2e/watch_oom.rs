@@ -173,7 +173,21 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("oom-"))
         .count();
-    assert_eq!(oom_files, 2, "one .json and one .txt");
+    assert_eq!(oom_files, 3, "one .json, one .txt, one .svg");
+    // The chart beside them marks the kill at the report's time, and the limit.
+    let chart = std::fs::read_to_string(oom_dir.join(name.replace(".json", ".svg"))).unwrap();
+    let kill_t = chart
+        .split_once("<g data-series=\"oom_kill\" data-kind=\"marker\" data-t-secs=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(t, _)| t.parse::<f64>().unwrap())
+        .unwrap_or_else(|| panic!("no kill marked: {chart}"));
+    // This crate's serde_json parses floats to within an ulp or so (no
+    // float_roundtrip feature): equal up to that.
+    let report_t = r["duration_secs"].as_f64().unwrap();
+    assert!((kill_t - report_t).abs() < 1e-9, "{kill_t} vs {report_t}");
+    assert!(chart.contains(&format!(
+        "data-series=\"memory_limit\" data-kind=\"line\" data-bytes=\"{LIMIT}\""
+    )));
 
     // Its exit then drops it.
     let want = format!("offheap: PID {pid} (node) exited");

@@ -65,6 +65,7 @@ fn metrics_healthz_and_report_over_http() {
             array_buffers,
             ..Buckets::default()
         },
+        ..SeriesPoint::default()
     };
     // 10 MiB more off-heap in 10 s.
     p.series = vec![point(0.0, 190 << 20), point(10.0, 200 << 20)];

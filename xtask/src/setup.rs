@@ -35,7 +35,58 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "builds Google's pprof, the reference reader of our pprof output",
     ),
     ("golang-github-google-pprof-dev", "Google's pprof source"),
+    (
+        "prometheus",
+        "prometheus and promtool (2.42): the fleet test scrapes a real agent; deploy/'s \
+         rules, scrape config and dashboard queries are checked by them",
+    ),
 ];
+
+/// Debian's maintainer scripts start the services they install (prometheus
+/// would listen on :9090) through invoke-rc.d or deb-systemd-invoke, which
+/// both ask this script first; exit status 101 means "action forbidden"
+/// (init-system-helpers, README.policy-rc.d).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Setup installs tools, not services: while apt-get runs, a policy-rc.d
+/// forbids every start, and is removed again on drop. One that is already
+/// there (Docker images ship one) is left as it is.
+struct NoServiceStarts {
+    created: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<NoServiceStarts> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { created: false });
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages.\nexit 101\n",
+        )?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+        Ok(NoServiceStarts { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+/// On a systemd host the package also enables its unit for the next boot;
+/// the tests start their own prometheus, so setup leaves none enabled.
+fn disable_prometheus_service() -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Ok(());
+    }
+    println!("setup: systemctl disable --now prometheus.service");
+    run_cmd(Command::new("systemctl").args(["disable", "--now", "prometheus.service"]))
+}
 
 /// PyPI tools the tests run, pinned, installed into a venv at $OFFHEAP_PY_TOOLS or
 /// target/py-tools (where the tests look). The lead extends this list.
@@ -170,7 +221,13 @@ pub fn run() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing);
-        run_cmd(&mut install)?;
+        {
+            let _guard = NoServiceStarts::new()?;
+            run_cmd(&mut install)?;
+        }
+        if missing.contains(&"prometheus") {
+            disable_prometheus_service()?;
+        }
         let still = missing_apt_packages();
         if !still.is_empty() {
             bail!(

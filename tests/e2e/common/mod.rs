@@ -1,13 +1,14 @@
 //! Helpers for the end-to-end tests: find the `offheap` binary, serialize BPF
-//! tests, build C fixtures, drive fixture processes over stdin/stdout, and
-//! read JSON reports.
+//! tests, build C fixtures, drive fixture processes over stdin/stdout, read
+//! JSON reports, and GET over HTTP.
 //!
 //! BPF tests never skip: without root, BTF or uprobes they fail (that is the
 //! point of an end-to-end test of a tracer).
 use std::{
     collections::HashMap,
     fs::File,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
@@ -294,4 +295,28 @@ pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
         }
     }
     t
+}
+
+/// (status, body) of an HTTP/1.0 GET; (0, "") when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

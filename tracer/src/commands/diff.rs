@@ -7,7 +7,7 @@ use crate::{
 };
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
-    if args.output.format == Format::Pprof {
+    if matches!(args.output.format, Format::Pprof | Format::Chart) {
         anyhow::bail!(UsageError::new(
             "diff writes --format text, json, folded or svg"
         ));

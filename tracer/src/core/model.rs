@@ -70,6 +70,7 @@ impl Tracer {
                 t_secs,
                 rss_bytes: p.rss_bytes,
                 buckets: p.buckets,
+                ..SeriesPoint::default()
             });
             if t.series.len() > MAX_SERIES_POINTS {
                 t.series.remove(0);

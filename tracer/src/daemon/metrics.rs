@@ -405,6 +405,7 @@ mod tests {
                 v8_heap: 5 * ab, // on-heap growth is not off-heap growth
                 ..Buckets::default()
             },
+            ..SeriesPoint::default()
         };
         p.series = vec![
             pt(0.0, 0),

@@ -16,6 +16,11 @@ use crate::{
     },
 };
 
+mod names;
+
+use names::sanitize;
+pub use names::timestamp;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OomError {
     #[error(transparent)]
@@ -54,52 +59,6 @@ pub fn oom_info(
 fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// `20261128T071203Z`: sorts by time, and safe in a file name.
-pub fn timestamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Keeps a name to `[A-Za-z0-9._-]` so that it is one path component.
-fn sanitize(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match s.trim_matches('.') {
-        "" => "unknown".to_string(),
-        t => t.to_string(),
-    }
 }
 
 /// The largest off-heap stack of `pid` (all processes when None).
@@ -157,21 +116,39 @@ fn top_line(report: &Report, pid: Option<u32>) -> String {
 pub struct Written {
     pub json: PathBuf,
     pub txt: PathBuf,
+    /// The memory-over-time chart; None when it could not be drawn (a
+    /// snapshot without processes): the report is written regardless.
+    pub svg: Option<PathBuf>,
     pub log_line: String,
 }
 
-fn write_pair(dir: &Path, stem: &str, report: &Report) -> Result<(PathBuf, PathBuf), OomError> {
+/// `<stem>.txt`, `<stem>.svg` (the chart) and `<stem>.json`, in that order:
+/// the JSON is what the log line names, so once it exists the others do.
+fn write_files(
+    dir: &Path,
+    stem: &str,
+    report: &Report,
+) -> Result<(PathBuf, PathBuf, Option<PathBuf>), OomError> {
     let json = dir.join(format!("{stem}.json"));
     let txt = dir.join(format!("{stem}.txt"));
     let opts = RenderOptions {
         top: Some(10),
         ..RenderOptions::default()
     };
-    // The text first: the JSON is what the log line names, so once it exists
-    // both do.
     write_atomic(&txt, &report::render(report, Format::Text, &opts)?)?;
+    let svg = match report::render(report, Format::Chart, &opts) {
+        Ok(bytes) => {
+            let svg = dir.join(format!("{stem}.svg"));
+            write_atomic(&svg, &bytes)?;
+            Some(svg)
+        }
+        Err(e) => {
+            log::warn!("no chart beside {}: {e}", json.display());
+            None
+        }
+    };
     write_atomic(&json, &report::render(report, Format::Json, &opts)?)?;
-    Ok((json, txt))
+    Ok((json, txt, svg))
 }
 
 /// Where a process lived, for names and logs.
@@ -209,7 +186,7 @@ impl Owner {
     }
 }
 
-/// Writes `<dir>/oom-<owner>-<pid>-<timestamp>.{json,txt}` for a report whose
+/// Writes `<dir>/oom-<owner>-<pid>-<timestamp>.{json,txt,svg}` for a report whose
 /// `oom` is filled in (see [`oom_info`]).
 pub fn write_postmortem(
     dir: &Path,
@@ -222,7 +199,7 @@ pub fn write_postmortem(
         .as_ref()
         .map_or((0, String::new()), |o| (o.pid, o.comm.clone()));
     let stem = format!("oom-{}-{pid}-{}", owner.file_part(), timestamp(now));
-    let (json, txt) = write_pair(dir, &stem, report)?;
+    let (json, txt, svg) = write_files(dir, &stem, report)?;
     let log_line = format!(
         "offheap: OOM kill of pid {pid} ({comm}){}: report {}; {}",
         owner.phrase(),
@@ -232,6 +209,7 @@ pub fn write_postmortem(
     Ok(Written {
         json,
         txt,
+        svg,
         log_line,
     })
 }
@@ -260,7 +238,7 @@ pub fn postmortem(
     Ok((report, w))
 }
 
-/// Writes `<dir>/preoom-<owner>-<timestamp>.{json,txt}`: the state of a
+/// Writes `<dir>/preoom-<owner>-<timestamp>.{json,txt,svg}`: the state of a
 /// cgroup's processes when its usage crossed the warning threshold.
 pub fn write_preoom(
     dir: &Path,
@@ -271,7 +249,7 @@ pub fn write_preoom(
     now: SystemTime,
 ) -> Result<Written, OomError> {
     let stem = format!("preoom-{}-{}", owner.file_part(), timestamp(now));
-    let (json, txt) = write_pair(dir, &stem, report)?;
+    let (json, txt, svg) = write_files(dir, &stem, report)?;
     let pct = usage as f64 * 100.0 / limit.max(1) as f64;
     let log_line = format!(
         "offheap: memory at {pct:.0}% of the {} limit{} ({} used): snapshot {}; {}",
@@ -284,6 +262,7 @@ pub fn write_preoom(
     Ok(Written {
         json,
         txt,
+        svg,
         log_line,
     })
 }
@@ -333,21 +312,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    #[test]
-    fn timestamps_are_utc_calendar_dates() {
-        assert_eq!(timestamp(at(0)), "19700101T000000Z");
-        assert_eq!(timestamp(at(951_782_400)), "20000229T000000Z"); // leap day
-        assert_eq!(timestamp(at(1_795_849_923)), "20261128T071203Z");
-    }
-
-    #[test]
-    fn sanitize_keeps_one_path_component() {
-        assert_eq!(sanitize("../etc/passwd"), "_etc_passwd");
-        assert_eq!(sanitize("pod a/b"), "pod_a_b");
-        assert_eq!(sanitize(""), "unknown");
-        assert_eq!(sanitize("0f5c-1a_3e.x"), "0f5c-1a_3e.x");
     }
 
     #[test]
@@ -405,6 +369,7 @@ mod tests {
     fn postmortem_files_and_log_line() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = report();
+        r.duration_secs = 3.5;
         let victim = OomVictim {
             tgid: 123,
             comm: "node".into(),
@@ -447,8 +412,25 @@ mod tests {
         assert!(std::fs::read_to_string(&w.txt)
             .unwrap()
             .contains("handleRequest"));
-        // Exactly the two files: no temporaries left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // The chart beside them marks the kill (the report's time) and the
+        // limit (report_chart.rs checks the drawing itself).
+        let svg = w.svg.as_ref().expect("a chart");
+        assert_eq!(svg, &dir.path().join(format!("{stem}.svg")));
+        let chart = std::fs::read_to_string(svg).unwrap();
+        assert!(
+            chart.contains(&format!(
+                "<g data-series=\"oom_kill\" data-kind=\"marker\" data-t-secs=\"{}\">",
+                r.duration_secs
+            )),
+            "{chart}"
+        );
+        assert!(chart.contains("OOM kill at 3.5 s"), "{chart}");
+        assert!(chart.contains(&format!(
+            "<g data-series=\"memory_limit\" data-kind=\"line\" data-bytes=\"{}\">",
+            1u64 << 30
+        )));
+        // Exactly the three files: no temporaries left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]
@@ -475,6 +457,9 @@ mod tests {
                 w.json.display()
             )
         );
+        // No process, no chart; the snapshot itself is written.
+        assert_eq!(w.svg, None);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

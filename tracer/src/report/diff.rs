@@ -248,7 +248,7 @@ pub fn render(
         }
         Format::Folded => Ok(render_folded(d).into_bytes()),
         Format::Svg => render_svg(d),
-        Format::Pprof => Err(RenderError::Encode(
+        Format::Pprof | Format::Chart => Err(RenderError::Encode(
             "diff",
             "a diff renders as text, json, folded or svg".into(),
         )),

@@ -50,6 +50,7 @@ fn growth(report: &Report, p: &ProcessReport, prev: Option<&Report>) -> Growth {
             t_secs: r.duration_secs,
             rss_bytes: q.rss_bytes,
             buckets: q.buckets,
+            ..SeriesPoint::default()
         };
         Some((point, report.duration_secs))
     });

@@ -1,6 +1,7 @@
 //! The Report model and its outputs, one file per format. Outputs only read a
 //! `Report`; they know nothing about probes.
 pub mod build;
+pub mod chart;
 pub mod diff;
 pub mod fmt;
 pub mod folded;
@@ -31,6 +32,8 @@ pub enum Format {
     Pprof,
     /// A flame graph, coloured by bucket.
     Svg,
+    /// Memory over time (SVG): buckets stacked, RSS, V8 heap, traffic, the OOM kill.
+    Chart,
 }
 
 impl Format {
@@ -41,6 +44,7 @@ impl Format {
             Format::Folded => "folded",
             Format::Pprof => "pprof",
             Format::Svg => "svg",
+            Format::Chart => "chart",
         }
     }
 }
@@ -75,6 +79,8 @@ impl ValueKind {
 pub enum RenderError {
     #[error("encoding the report as {0}: {1}")]
     Encode(&'static str, String),
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
 }
 
 /// Options that shape a rendering without changing the data.
@@ -97,5 +103,6 @@ pub fn render(
         Format::Folded => Ok(folded::render(report, opts.value).into_bytes()),
         Format::Pprof => pprof::render(report),
         Format::Svg => svg::render(report, opts.value),
+        Format::Chart => Ok(chart::render(report)?),
     }
 }

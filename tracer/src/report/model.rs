@@ -206,6 +206,15 @@ pub struct SeriesPoint {
     pub t_secs: f64,
     pub rss_bytes: u64,
     pub buckets: Buckets,
+    /// Traffic: connections the process accepted since the previous point
+    /// (for the first point, since tracing of it started). None until
+    /// tracing records traffic; the chart draws requests/s from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_connections: Option<u64>,
+    /// Traffic: bytes the process received on sockets since the previous
+    /// point. None until tracing records traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_bytes: Option<u64>,
 }
 
 /// Resident bytes already present when tracing started, per mapping kind

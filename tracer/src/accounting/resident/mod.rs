@@ -500,6 +500,7 @@ impl Resident {
             t_secs: t,
             rss_bytes: rss,
             buckets,
+            ..SeriesPoint::default()
         });
         self.last = Some(Measure {
             t_secs: t,
