@@ -26,6 +26,8 @@ pub mod maps {
     pub const FAULT_PAGES: &str = "fault_pages";
     pub const FAULT_SKIP: &str = "fault_skip";
     pub const FAULT_CONFIG: &str = "fault_config";
+    /// V8 frame decoding: `V8ProcConfig` per tgid (include/v8.bpf.h).
+    pub const V8_PROCS: &str = "v8_procs";
 }
 
 /// Program names, exactly as the programs are named in the BPF object.
@@ -458,6 +460,58 @@ pub struct MapEvent {
 const _: () = assert!(core::mem::size_of::<FaultEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 96);
 
+// ---- V8: JS frames (include/v8.bpf.h) ----
+
+pub const V8_FRAME_BYTES: u32 = 48;
+pub const V8_JS_FUNCTION_BYTES: u32 = 48;
+pub const V8_LEARNED_MAPS: usize = 8;
+/// Bit 63 of an `ips[]` word: a JS frame, encoded as the C header says.
+pub const V8_FRAME_TAG: u64 = 1 << 63;
+pub const V8_TIER_SHIFT: u32 = 61;
+pub const V8_TIER_MASK: u64 = 3;
+pub const V8_OFFSET_SHIFT: u32 = 44;
+pub const V8_OFFSET_MAX: u64 = 0x1ffff;
+pub const V8_SFI_MASK: u64 = (1 << 44) - 1;
+
+/// C `enum v8_tier`.
+pub mod v8_tier {
+    pub const INTERPRETED: u64 = 0;
+    pub const BASELINE: u64 = 1;
+    pub const OPTIMIZED: u64 = 2;
+}
+
+/// Value of `v8_procs` (key: u32 tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8ProcConfig {
+    pub builtins_start: u64,
+    pub builtins_end: u64,
+    pub remap_start: u64,
+    pub remap_end: u64,
+    pub interp_lo: u32,
+    pub interp_hi: u32,
+    pub handlers_lo: u32,
+    pub _pad: u32,
+    pub fp_context: i16,
+    pub fp_function: i16,
+    pub fp_bytecode_array: i16,
+    pub fp_bytecode_offset: i16,
+    pub off_map: u16,
+    pub off_instance_type: u16,
+    pub off_shared: u16,
+    pub bytecode_offset_bias: u16,
+    pub type_js_function_first: u16,
+    pub type_js_function_last: u16,
+    pub type_shared_function_info: u16,
+    pub type_bytecode_array: u16,
+    /// Learned and written by the BPF decoder; userspace writes 0.
+    pub bytecode_array_map: u64,
+    /// Likewise.
+    pub js_function_maps: [u64; V8_LEARNED_MAPS],
+}
+
+const _: () = assert!(core::mem::size_of::<V8ProcConfig>() == 144);
+
 /// Indexes into the per-CPU `counters` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -535,6 +589,7 @@ mod pod {
         ProcEvent,
         OomEvent,
         FaultConfig,
-        HistKey
+        HistKey,
+        V8ProcConfig
     );
 }

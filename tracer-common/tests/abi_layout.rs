@@ -36,6 +36,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         "fault_page_key" FaultPageKey { tgid, _pad, page }
         "fault_config" FaultConfig { sample_every, _pad }
         "hist_key" HistKey { stack, bucket, _pad }
+        "v8_proc_config" V8ProcConfig { builtins_start, builtins_end, remap_start, remap_end, interp_lo, interp_hi, handlers_lo, _pad, fp_context, fp_function, fp_bytecode_array, fp_bytecode_offset, off_map, off_instance_type, off_shared, bytecode_offset_bias, type_js_function_first, type_js_function_last, type_shared_function_info, type_bytecode_array, bytecode_array_map, js_function_maps }
     };
     // MapEvent mirrors the fixed part of struct map_event; stack[] follows it.
     v.push((
@@ -105,6 +106,22 @@ fn rust_constants() -> Vec<(String, u64)> {
             resident_event_kind::FAULT_STACK.into(),
         ),
     ];
+    v.extend([
+        ("OFFHEAP_V8_FRAME_BYTES".into(), V8_FRAME_BYTES.into()),
+        (
+            "OFFHEAP_V8_JS_FUNCTION_BYTES".into(),
+            V8_JS_FUNCTION_BYTES.into(),
+        ),
+        ("OFFHEAP_V8_FRAME_TAG".into(), V8_FRAME_TAG),
+        ("OFFHEAP_V8_TIER_SHIFT".into(), V8_TIER_SHIFT.into()),
+        ("OFFHEAP_V8_TIER_MASK".into(), V8_TIER_MASK),
+        ("OFFHEAP_V8_OFFSET_SHIFT".into(), V8_OFFSET_SHIFT.into()),
+        ("OFFHEAP_V8_OFFSET_MAX".into(), V8_OFFSET_MAX),
+        ("OFFHEAP_V8_SFI_MASK".into(), V8_SFI_MASK),
+        ("OFFHEAP_V8_TIER_INTERPRETED".into(), v8_tier::INTERPRETED),
+        ("OFFHEAP_V8_TIER_BASELINE".into(), v8_tier::BASELINE),
+        ("OFFHEAP_V8_TIER_OPTIMIZED".into(), v8_tier::OPTIMIZED),
+    ]);
     let c_names = [
         "OFFHEAP_CTR_ALLOCS_FULL",
         "OFFHEAP_CTR_STACK_STATS_FULL",

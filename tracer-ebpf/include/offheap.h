@@ -36,11 +36,11 @@
 
 /* ---- map and program names (mirrored as Rust constants) ------------------- */
 /* Maps: targets, allocs, inflight, stack_stats, counters, events, vm_inflight,
- * hashed_stacks, stack_scratch, size_hist, lifetime_hist, and resident mode's
- * fault_* maps. Programs: alloc_enter / alloc_exit / free_enter (the malloc
- * family, told apart by their attach cookie: enum alloc_kind), <syscall>_enter
- * / <syscall>_exit (vm.bpf.c), resident_* (fault.bpf.c), and the lifecycle
- * programs. */
+ * hashed_stacks, stack_scratch, size_hist, lifetime_hist, resident mode's
+ * fault_* maps, and v8_procs (include/v8.bpf.h). Programs: alloc_enter /
+ * alloc_exit / free_enter (the malloc family, told apart by their attach
+ * cookie: enum alloc_kind), <syscall>_enter / <syscall>_exit (vm.bpf.c),
+ * resident_* (fault.bpf.c), and the lifecycle programs. */
 
 /* ---- targets -------------------------------------------------------------- */
 
@@ -335,6 +335,91 @@ struct map_event {
 	__u64 bp;
 	__u64 stack_base;  /* user address of stack[0]: sp rounded down to its page */
 	__u8 stack[OFFHEAP_STACK_COPY_BYTES];
+};
+
+/* ---- V8: JS frames (include/v8.bpf.h; read by tracer/src/symbols/v8/) ------ */
+/* The per-frame decoder of V8's JS frames that the stack walker calls for a
+ * frame whose pc lies in V8 code. The contract, in full, is the doc comment
+ * of tracer/src/symbols/v8/mod.rs. Map: v8_procs (key: __u32 tgid, value:
+ * struct v8_proc_config), filled by userspace from the node binary's
+ * v8dbg_* symbols when a target that maps V8 is added, deleted with it. */
+
+/* Bytes below a frame pointer copied at once: every JS frame slot the
+ * decoder reads (src/execution/frame-constants.h: context or frame-type
+ * marker at fp-8, JSFunction at fp-16, BytecodeArray at fp-32, bytecode
+ * offset at fp-40 in V8 10-12) lies in [fp - OFFHEAP_V8_FRAME_BYTES, fp). */
+#define OFFHEAP_V8_FRAME_BYTES 48
+/* Bytes of a JSFunction copied at once: its map and `shared` lie in them. */
+#define OFFHEAP_V8_JS_FUNCTION_BYTES 48
+
+/* JSFunction maps the decoder remembers per process (v8_proc_config). */
+#define OFFHEAP_V8_LEARNED_MAPS 8
+
+/* A JS frame in stack_ips.ips[] (instead of its pc):
+ *   bit 63       1: a JS frame (user pcs are below 2^56 on x86-64)
+ *   bits 61..62  tier (enum v8_tier)
+ *   bits 44..60  bytecode offset, interpreted frames only; saturates at
+ *                OFFHEAP_V8_OFFSET_MAX (0 for other tiers)
+ *   bits 0..43   the SharedFunctionInfo's untagged address >> 3 (heap
+ *                objects are 8-aligned; addresses >= 2^47 are not encoded) */
+#define OFFHEAP_V8_FRAME_TAG (1ULL << 63)
+#define OFFHEAP_V8_TIER_SHIFT 61
+#define OFFHEAP_V8_TIER_MASK 3ULL
+#define OFFHEAP_V8_OFFSET_SHIFT 44
+#define OFFHEAP_V8_OFFSET_MAX 0x1ffffULL
+#define OFFHEAP_V8_SFI_MASK ((1ULL << 44) - 1)
+
+enum v8_tier {
+	OFFHEAP_V8_TIER_INTERPRETED = 0,  /* Ignition: BytecodeArray and offset in the frame */
+	OFFHEAP_V8_TIER_BASELINE = 1,     /* Sparkplug: BytecodeArray, no offset slot */
+	OFFHEAP_V8_TIER_OPTIMIZED = 2,    /* Maglev or TurboFan code */
+	/* 3: unused. A builtin with JS linkage (Array.prototype.map) is left
+	 * as its pc: node's symbol table names it (Builtins_ArrayMap), as the
+	 * perf map does (Builtin:ArrayMap). */
+};
+
+/* Value of `v8_procs`: where a process's V8 keeps what the decoder reads. */
+struct v8_proc_config {
+	/* V8's embedded builtins in the process: [start, end) in node's text,
+	 * and the copy V8 >= 12 maps into its code range and runs instead
+	 * (Isolate::Init, short builtin calls: a second mapping of the same
+	 * file pages); remap_start = remap_end = 0 when there is none. */
+	__u64 builtins_start;
+	__u64 builtins_end;
+	__u64 remap_start;
+	__u64 remap_end;
+	/* Where in the builtins (offsets from their start, in either copy) the
+	 * interpreter's code lies: its entry trampolines [interp_lo,
+	 * interp_hi), and the bytecode handlers, the last builtins of the blob,
+	 * from handlers_lo to the end (Builtins::kFirstBytecodeHandler). A
+	 * frame whose pc is there is interpreted, without reading its
+	 * BytecodeArray. All 0: unknown (node's symbol table lacks them). */
+	__u32 interp_lo;
+	__u32 interp_hi;
+	__u32 handlers_lo;
+	__u32 _pad;
+	__s16 fp_context;       /* frame slots, bytes from fp (negative) */
+	__s16 fp_function;
+	__s16 fp_bytecode_array;
+	__s16 fp_bytecode_offset;
+	__u16 off_map;          /* HeapObject::map */
+	__u16 off_instance_type; /* Map::instance_type (u16) */
+	__u16 off_shared;       /* JSFunction::shared */
+	__u16 bytecode_offset_bias; /* BytecodeArray header size - heap object tag */
+	__u16 type_js_function_first;
+	__u16 type_js_function_last;
+	__u16 type_shared_function_info;
+	__u16 type_bytecode_array;
+	/* The map every BytecodeArray has (a read-only root, one per process
+	 * since node's read-only heap is shared by its isolates): written by
+	 * the decoder once it has seen one, so that a frame's BytecodeArray is
+	 * then told by one read of its map instead of two. 0 until then, and
+	 * whenever userspace (re)writes the entry. */
+	__u64 bytecode_array_map;
+	/* Maps of JSFunctions seen (a handful per context: strict, sloppy,
+	 * arrow, method, class constructor...), likewise learned, in the slot
+	 * (map >> 3) % OFFHEAP_V8_LEARNED_MAPS, to skip reading their type. */
+	__u64 js_function_maps[OFFHEAP_V8_LEARNED_MAPS];
 };
 
 #endif /* OFFHEAP_H */

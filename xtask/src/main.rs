@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod floor;
+mod node_versions;
 mod proc;
 mod setup;
 mod stats;

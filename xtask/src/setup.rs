@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
+use crate::node_versions;
 use crate::proc::{describe, is_root, run_cmd, runs, workspace_root};
 
 /// Debian packages, each with the reason it is here.
@@ -240,6 +241,8 @@ pub fn run() -> Result<()> {
     }
 
     actions += ensure_py_tools()?;
+    // After apt: npm comes from there.
+    actions += node_versions::ensure()?;
 
     if !tracefs_mounted() {
         // The tracepoint attach path reads tracefs; a fresh VM or container may
@@ -251,11 +254,17 @@ pub fn run() -> Result<()> {
 
     if actions == 0 {
         println!(
-            "setup: nothing to do ({} apt packages, node, npm, {} PyPI tools in {} present; \
-             tracefs mounted)",
+            "setup: nothing to do ({} apt packages, node, npm, {} PyPI tools in {}, \
+             node {} in {} present; tracefs mounted)",
             APT_PACKAGES.len(),
             PIP_PACKAGES.len(),
-            py_tools_dir().display()
+            py_tools_dir().display(),
+            node_versions::NODE_VERSIONS
+                .iter()
+                .map(|(_, v)| *v)
+                .collect::<Vec<_>>()
+                .join(", "),
+            node_versions::node_versions_dir().display()
         );
     }
     Ok(())

@@ -17,6 +17,7 @@ mod demangle;
 mod maps;
 mod module;
 mod perfmap;
+pub mod v8;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +29,7 @@ use std::{
 
 pub use bench::{bench_symbolize, BenchResult};
 pub use demangle::demangle;
-pub use maps::MapEntry;
+pub use maps::{read_exec_maps, MapEntry};
 pub use module::{Module, SourceFrame};
 pub use perfmap::{JsSymbol, PerfMap, MAX_PERF_MAP_BYTES};
 
@@ -71,6 +72,8 @@ struct Mapped {
 struct Process {
     /// Sorted by start, non-overlapping.
     maps: Vec<Mapped>,
+    /// JS frames decoded from V8's heap, when the process runs V8.
+    js: Option<v8::JsProcess>,
     perf: Option<PerfMap>,
     /// The perf map path as the process sees it (`/tmp/perf-<NSpid>.map`).
     perf_path: String,
@@ -111,6 +114,7 @@ impl Symbolizer {
         let nspid = crate::proc::innermost_pid(pid).unwrap_or(pid);
         let mut proc = Process {
             maps: Vec::new(),
+            js: None,
             perf: None,
             perf_path: format!("/tmp/perf-{nspid}.map"),
             auto_refreshes: 0,
@@ -120,8 +124,42 @@ impl Symbolizer {
             proc.maps.push(Mapped { entry, module });
         }
         proc.perf = open_perf_map(pid, &proc.perf_path);
+        proc.js = self.open_js(pid, &proc.maps);
         self.procs.insert(pid, proc);
         Ok(())
+    }
+
+    /// The JS frame decoding of a process whose modules include V8 (node or
+    /// libnode), or None; says once why a V8 module cannot be walked.
+    fn open_js(&mut self, pid: u32, maps: &[Mapped]) -> Option<v8::JsProcess> {
+        let (path, meta) = maps.iter().find_map(|m| {
+            let v8 = m.module.as_ref()?.v8.clone()?;
+            Some((m.entry.path()?.to_string(), v8))
+        })?;
+        match meta {
+            Ok(meta) => {
+                let entries: Vec<MapEntry> = maps.iter().map(|m| m.entry.clone()).collect();
+                Some(v8::JsProcess::new(pid, meta, &entries, &path))
+            }
+            Err(e) => {
+                self.warn(format!("pid {pid}: {path}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The config of the BPF V8 frame decoder for `pid` (the `v8_procs`
+    /// value), when it runs V8 whose metadata offheap can use.
+    pub fn v8_config(&self, pid: u32) -> Option<tracer_common::V8ProcConfig> {
+        self.procs.get(&pid)?.js.as_ref().map(|j| j.config)
+    }
+
+    /// Resolves the JS frames of a stack of `pid` now, while the process
+    /// lives: call it when the stack is first seen (v8/mod.rs).
+    pub fn observe_stack(&mut self, pid: u32, words: &[u64]) {
+        if let Some(js) = self.procs.get_mut(&pid).and_then(|p| p.js.as_mut()) {
+            js.observe(words);
+        }
     }
 
     /// Re-reads the maps of a captured (or new) process and opens only the
@@ -140,7 +178,7 @@ impl Symbolizer {
             }
         };
         let mut old: Vec<Mapped> = std::mem::take(&mut proc.maps);
-        let mut new = Vec::with_capacity(entries.len());
+        let mut new: Vec<Mapped> = Vec::with_capacity(entries.len());
         for entry in entries {
             let module = match old.iter().position(|m| m.entry == entry) {
                 Some(i) => old.swap_remove(i).module,
@@ -158,6 +196,9 @@ impl Symbolizer {
         new.extend(kept);
         new.sort_by_key(|m| m.entry.start);
         proc.maps = new;
+        if proc.js.is_none() {
+            proc.js = self.open_js(pid, &proc.maps);
+        }
         match proc.perf.as_mut() {
             Some(p) => {
                 p.reload();
@@ -276,7 +317,8 @@ impl Symbolizer {
         }
     }
 
-    /// All frames for one address of a process, innermost first.
+    /// All frames for one address of a process, innermost first. A JS frame
+    /// word of the V8 walk (v8::JsFrameTag) gives its resolved frame.
     pub fn frames(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
         if !self.procs.contains_key(&pid) {
             if let Err(e) = self.capture(pid) {
@@ -285,6 +327,16 @@ impl Symbolizer {
                 ));
                 return vec![Frame::unknown(addr)];
             }
+        }
+        if v8::JsFrameTag::decode(addr).is_some() {
+            if let Some(js) = self.procs.get_mut(&pid).and_then(|p| p.js.as_mut()) {
+                return vec![js.frame(addr)];
+            }
+            return vec![Frame {
+                symbol: Some(JIT_SYMBOL.to_string()),
+                kind: FrameKind::Jit,
+                ..Frame::unknown(addr)
+            }];
         }
         if let Some(f) = self.lookup(pid, addr) {
             return f;
@@ -367,10 +419,19 @@ impl Symbolizer {
             proc.perf = open_perf_map(pid, &proc.perf_path);
         }
         let Some(perf) = proc.perf.as_mut() else {
-            let msg = format!(
-                "pid {pid}: no perf map {} found, JS frames show as {JIT_SYMBOL}; run node with --perf-basic-prof",
-                proc.perf_path
-            );
+            // With V8's frames decoded (v8/), only V8's other code lacks names.
+            let msg = if proc.js.as_ref().is_some_and(|j| j.seen) {
+                format!(
+                    "pid {pid}: no perf map {} found: V8 code that is not a JS function \
+                     (stubs, regexps) shows as {JIT_SYMBOL}; run node with --perf-basic-prof to name it",
+                    proc.perf_path
+                )
+            } else {
+                format!(
+                    "pid {pid}: no perf map {} found, JS frames show as {JIT_SYMBOL}; run node with --perf-basic-prof",
+                    proc.perf_path
+                )
+            };
             self.warn(msg);
             return None;
         };
@@ -413,6 +474,21 @@ impl Symbolize for Symbolizer {
             .collect();
         for p in problems {
             self.warn(p);
+        }
+        let unresolved: Vec<String> = self
+            .procs
+            .iter()
+            .filter_map(|(pid, p)| p.js.as_ref().map(|j| (pid, j.unresolved)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(pid, n)| {
+                format!(
+                    "pid {pid}: {n} JS frames could not be named (gone from V8's heap when \
+                     their stacks were first seen); they show as {JIT_SYMBOL}"
+                )
+            })
+            .collect();
+        for u in unresolved {
+            self.warn(u);
         }
         std::mem::take(&mut self.warnings)
     }

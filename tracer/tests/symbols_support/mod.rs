@@ -72,6 +72,19 @@ impl Proc {
         l.trim_end().to_string()
     }
 
+    /// The lines the process prints until it closes stdout (exits).
+    pub fn stdout_lines(&mut self) -> Vec<String> {
+        (&mut self.stdout).lines().map_while(Result::ok).collect()
+    }
+
+    /// Writes raw bytes to the process's stdin (a fixture's readSync(0)
+    /// takes one byte: no newline).
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(b).unwrap();
+        stdin.flush().unwrap();
+    }
+
     pub fn send(&mut self, s: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{s}").unwrap();

@@ -1,0 +1,271 @@
+//! One JS frame as the stack holds it: the `ips[]` word of offheap.h's V8
+//! section, and the decoder that makes it from a frame's (pc, fp). The
+//! decoder is the userspace twin of `v8_frame()` in tracer-ebpf/include/
+//! v8.bpf.h, step for step, so that the reference walk (tests) and the BPF
+//! walker produce the same words.
+use std::ops::Range;
+
+use tracer_common::{
+    v8_tier, V8ProcConfig, V8_FRAME_BYTES, V8_FRAME_TAG, V8_JS_FUNCTION_BYTES, V8_OFFSET_MAX,
+    V8_OFFSET_SHIFT, V8_SFI_MASK, V8_TIER_MASK, V8_TIER_SHIFT,
+};
+
+use super::{
+    memory::{is_heap_object, is_smi, untag, Memory},
+    metadata::V8Metadata,
+};
+
+/// Which of V8's tiers ran the frame's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Ignition bytecode.
+    Interpreted,
+    /// Sparkplug code, compiled from the bytecode without optimization.
+    Baseline,
+    /// Maglev or TurboFan code.
+    Optimized,
+}
+
+impl Tier {
+    /// The character V8's perf map puts before a function's name
+    /// (`CodeKindToMarker`: `~` bytecode, `^` Sparkplug, `*` TurboFan; `+`
+    /// Maglev, which the frame cannot tell from TurboFan).
+    pub fn marker(self) -> &'static str {
+        match self {
+            Tier::Interpreted => "~",
+            Tier::Baseline => "^",
+            Tier::Optimized => "*",
+        }
+    }
+
+    fn from_bits(b: u64) -> Option<Tier> {
+        match b {
+            v8_tier::INTERPRETED => Some(Tier::Interpreted),
+            v8_tier::BASELINE => Some(Tier::Baseline),
+            v8_tier::OPTIMIZED => Some(Tier::Optimized),
+            _ => None,
+        }
+    }
+
+    fn bits(self) -> u64 {
+        match self {
+            Tier::Interpreted => v8_tier::INTERPRETED,
+            Tier::Baseline => v8_tier::BASELINE,
+            Tier::Optimized => v8_tier::OPTIMIZED,
+        }
+    }
+}
+
+/// A decoded `ips[]` word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct JsFrameTag {
+    /// Untagged address of the SharedFunctionInfo when the frame was taken.
+    pub sfi: u64,
+    pub tier: Tier,
+    /// Interpreted frames: the bytecode offset; `V8_OFFSET_MAX` means "that
+    /// or more" (a function with more than 128 KiB of bytecode).
+    pub bytecode_offset: Option<u32>,
+}
+
+impl JsFrameTag {
+    /// The `ips[]` word, None when `sfi` does not fit (>= 2^47 or unaligned).
+    pub fn encode(&self) -> Option<u64> {
+        if self.sfi & 7 != 0 || self.sfi >> 47 != 0 {
+            return None;
+        }
+        let off = self
+            .bytecode_offset
+            .map_or(0, |o| u64::from(o).min(V8_OFFSET_MAX));
+        Some(
+            V8_FRAME_TAG
+                | self.tier.bits() << V8_TIER_SHIFT
+                | off << V8_OFFSET_SHIFT
+                | (self.sfi >> 3) & V8_SFI_MASK,
+        )
+    }
+
+    /// The frame of an `ips[]` word, None for a plain return address.
+    pub fn decode(word: u64) -> Option<JsFrameTag> {
+        if word & V8_FRAME_TAG == 0 {
+            return None;
+        }
+        let tier = Tier::from_bits((word >> V8_TIER_SHIFT) & V8_TIER_MASK)?;
+        let off = ((word >> V8_OFFSET_SHIFT) & V8_OFFSET_MAX) as u32;
+        Some(JsFrameTag {
+            sfi: (word & V8_SFI_MASK) << 3,
+            tier,
+            bytecode_offset: (tier == Tier::Interpreted).then_some(off),
+        })
+    }
+}
+
+/// The BPF decoder's configuration for one process: `meta` placed at the
+/// builtins' addresses in that process (`V8Metadata::builtins_in`: the
+/// first two are used, the text and V8's remapped copy).
+pub fn proc_config(meta: &V8Metadata, builtins: &[Range<u64>]) -> V8ProcConfig {
+    let b = builtins.first().cloned().unwrap_or(0..0);
+    let r = builtins.get(1).cloned().unwrap_or(0..0);
+    let (interp, handlers) = meta.interpreter.clone().unwrap_or((0..0, 0));
+    V8ProcConfig {
+        builtins_start: b.start,
+        builtins_end: b.end,
+        remap_start: r.start,
+        remap_end: r.end,
+        interp_lo: interp.start,
+        interp_hi: interp.end,
+        handlers_lo: handlers,
+        _pad: 0,
+        fp_context: meta.fp_context as i16,
+        fp_function: meta.fp_function as i16,
+        fp_bytecode_array: meta.fp_bytecode_array as i16,
+        fp_bytecode_offset: meta.fp_bytecode_offset as i16,
+        off_map: meta.off_map,
+        off_instance_type: meta.off_map_instance_type,
+        off_shared: meta.off_js_function_shared,
+        bytecode_offset_bias: meta.off_bytecode_array_data - 1,
+        type_js_function_first: meta.type_js_function_first,
+        type_js_function_last: meta.type_js_function_last,
+        type_shared_function_info: meta.type_shared_function_info,
+        type_bytecode_array: meta.type_bytecode_array,
+        bytecode_array_map: 0,
+        js_function_maps: [0; tracer_common::V8_LEARNED_MAPS],
+    }
+}
+
+/// The instance type of the heap object `tagged` points to.
+fn object_type(cfg: &V8ProcConfig, mem: &dyn Memory, tagged: u64) -> Option<u16> {
+    let obj = untag(tagged)?;
+    object_type_of_map(cfg, mem, mem.read_u64(obj + u64::from(cfg.off_map)).ok()?)
+}
+
+/// The instance type a map (tagged) gives its objects. The BPF decoder
+/// remembers the maps it has checked (`v8_proc_config`'s learned maps); the
+/// answer is the same.
+fn object_type_of_map(cfg: &V8ProcConfig, mem: &dyn Memory, map: u64) -> Option<u16> {
+    mem.read_u16(untag(map)? + u64::from(cfg.off_instance_type))
+        .ok()
+}
+
+fn slot(frame: &[u8], off: i16) -> u64 {
+    let i = (V8_FRAME_BYTES as i32 + i32::from(off)) as usize;
+    u64::from_le_bytes(frame[i..i + 8].try_into().unwrap_or_default())
+}
+
+/// The `ips[]` word of the frame whose frame pointer is `fp` and whose code
+/// holds `pc` (for a frame record read at F, pc is [F+8] and fp is [F]), or
+/// None when it is not a JS frame. `jit`: the walker found pc in anonymous
+/// executable memory; pcs in V8's builtins are tried too, since interpreted
+/// frames run in the interpreter's builtins (InterpreterEntryTrampoline and
+/// the bytecode handlers).
+pub fn decode_frame(
+    cfg: &V8ProcConfig,
+    mem: &dyn Memory,
+    pc: u64,
+    fp: u64,
+    jit: bool,
+) -> Option<u64> {
+    let base = if pc >= cfg.builtins_start && pc < cfg.builtins_end {
+        Some(cfg.builtins_start)
+    } else if pc >= cfg.remap_start && pc < cfg.remap_end {
+        Some(cfg.remap_start)
+    } else {
+        None
+    };
+    if !jit && base.is_none() {
+        return None;
+    }
+    // The interpreter's own code: the frame is interpreted.
+    let interp = base.is_some_and(|b| {
+        let off = pc - b;
+        (off >= u64::from(cfg.interp_lo) && off < u64::from(cfg.interp_hi))
+            || (cfg.handlers_lo != 0 && off >= u64::from(cfg.handlers_lo))
+    });
+    let mut frame = [0u8; V8_FRAME_BYTES as usize];
+    mem.read(fp.checked_sub(u64::from(V8_FRAME_BYTES))?, &mut frame)
+        .ok()?;
+    // Typed frames (entry, exit, stub, construct, ...) hold a Smi marker
+    // where JS frames hold their context (StackFrame::ComputeType).
+    if !is_heap_object(slot(&frame, cfg.fp_context)) {
+        return None;
+    }
+    let offset_slot = slot(&frame, cfg.fp_bytecode_offset);
+    // In the builtins, only the interpreter's frames are taken (their
+    // offset slot is a Smi): a builtin with JS linkage (Array.prototype.map)
+    // keeps its pc, which node's symbol table names.
+    if !jit && !is_smi(offset_slot) {
+        return None;
+    }
+    let jsf = untag(slot(&frame, cfg.fp_function))?;
+    let mut func = [0u8; V8_JS_FUNCTION_BYTES as usize];
+    mem.read(jsf, &mut func).ok()?;
+    let word = |off: u16| {
+        let i = off as usize;
+        u64::from_le_bytes(func[i..i + 8].try_into().unwrap_or_default())
+    };
+    let ty = object_type_of_map(cfg, mem, word(cfg.off_map))?;
+    if ty < cfg.type_js_function_first || ty > cfg.type_js_function_last {
+        return None;
+    }
+    // The SFI's own type is checked when userspace resolves it.
+    let sfi = untag(word(cfg.off_shared))?;
+    // Ignition and Sparkplug frames hold the BytecodeArray; Ignition's then
+    // has the offset as a Smi where Sparkplug's has the feedback vector
+    // (InterpreterFrameConstants, BaselineFrameConstants).
+    let bytecode = interp
+        || object_type(cfg, mem, slot(&frame, cfg.fp_bytecode_array))
+            == Some(cfg.type_bytecode_array);
+    let (tier, offset) = match (bytecode, is_smi(offset_slot)) {
+        (true, true) => {
+            let raw = (offset_slot >> 32) as i32;
+            let off = raw
+                .saturating_sub(i32::from(cfg.bytecode_offset_bias))
+                .max(0);
+            (Tier::Interpreted, Some(off as u32))
+        }
+        (true, false) => (Tier::Baseline, None),
+        (false, _) if jit => (Tier::Optimized, None),
+        (false, _) => return None,
+    };
+    JsFrameTag {
+        sfi,
+        tier,
+        bytecode_offset: offset,
+    }
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_and_saturate() {
+        let t = JsFrameTag {
+            sfi: 0x7f12_3456_7890,
+            tier: Tier::Interpreted,
+            bytecode_offset: Some(42),
+        };
+        let w = t.encode().unwrap();
+        assert_eq!(w >> 63, 1);
+        assert_eq!(JsFrameTag::decode(w), Some(t));
+        let big = JsFrameTag {
+            bytecode_offset: Some(1 << 20),
+            ..t
+        };
+        assert_eq!(
+            JsFrameTag::decode(big.encode().unwrap())
+                .unwrap()
+                .bytecode_offset,
+            Some(V8_OFFSET_MAX as u32)
+        );
+        let opt = JsFrameTag {
+            tier: Tier::Optimized,
+            bytecode_offset: None,
+            ..t
+        };
+        assert_eq!(JsFrameTag::decode(opt.encode().unwrap()), Some(opt));
+        assert_eq!(JsFrameTag::decode(0x7f12_3456_7890), None);
+        assert_eq!(JsFrameTag { sfi: 1 << 47, ..t }.encode(), None);
+        assert_eq!(JsFrameTag { sfi: 0x1001, ..t }.encode(), None);
+    }
+}
