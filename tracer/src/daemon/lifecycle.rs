@@ -227,7 +227,7 @@ impl LifecycleTracer {
     /// not only those of tracked processes.
     pub fn load(watch_exec: bool) -> Result<Self, LifecycleError> {
         let mut ebpf = EbpfLoader::new()
-            .set_global(WATCH_EXEC_GLOBAL, &u8::from(watch_exec), true)
+            .override_global(WATCH_EXEC_GLOBAL, &u8::from(watch_exec), true)
             // `inflight` (task-local storage) has no aya type; unused here.
             .allow_unsupported_maps()
             .load(OBJECT)?;

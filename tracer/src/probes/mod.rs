@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 
 use aya::{
     maps::HashMap as BpfHashMap,
-    programs::{trace_point::TracePointLink, uprobe::UProbeLink, ProgramError, TracePoint, UProbe},
+    programs::{
+        trace_point::TracePointLink,
+        uprobe::{UProbeLink, UProbeScope},
+        ProgramError, TracePoint, UProbe,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use tracer_common::{maps, programs, TargetInfo};
@@ -112,17 +116,17 @@ impl Probes {
         let page = page_size();
         let max_free_allocs = i64::from(cfg.max_allocs / 4);
         let ebpf = EbpfLoader::new()
-            .set_global(programs::KNOB_PAGE_SIZE, &page, true)
-            .set_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
-            .set_global(programs::KNOB_MAX_FREE_ALLOCS, &max_free_allocs, true)
-            .set_global(
+            .override_global(programs::KNOB_PAGE_SIZE, &page, true)
+            .override_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
+            .override_global(programs::KNOB_MAX_FREE_ALLOCS, &max_free_allocs, true)
+            .override_global(
                 crate::daemon::lifecycle::WATCH_EXEC_GLOBAL,
                 &u8::from(cfg.watch_exec),
                 true,
             )
-            .set_max_entries(maps::ALLOCS, cfg.max_allocs)
-            .set_max_entries(maps::STACK_STATS, cfg.max_stack_stats)
-            .set_max_entries(maps::STACK_TRACES, cfg.max_stack_traces)
+            .map_max_entries(maps::ALLOCS, cfg.max_allocs)
+            .map_max_entries(maps::STACK_STATS, cfg.max_stack_stats)
+            .map_max_entries(maps::STACK_TRACES, cfg.max_stack_traces)
             // `inflight` is task-local storage, which aya 0.13 creates but
             // has no type for; userspace never opens it.
             .allow_unsupported_maps()
@@ -243,6 +247,11 @@ impl Probes {
         self.load_programs()?;
         let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
         let mut attached = Vec::new();
+        // Targets are real processes (pid > 0); 0 can only come from a caller
+        // bug, and then the probes fire for offheap itself, which is never in
+        // `targets`, so nothing is counted.
+        let scope = std::num::NonZeroU32::new(pid)
+            .map_or(UProbeScope::CallingProcess, UProbeScope::OneProcess);
         for p in programs::MALLOC_FAMILY.iter() {
             let Some(&offset) = alloc.offsets.get(p.symbol) else {
                 continue;
@@ -256,7 +265,7 @@ impl Probes {
             for name in p.exit.into_iter().chain(std::iter::once(p.enter)) {
                 let prog = self.uprobe(name)?;
                 let link = prog
-                    .attach(None, offset, &alloc.path, Some(pid as i32))
+                    .attach(offset, &alloc.path, scope)
                     .and_then(|id| prog.take_link(id))
                     .map_err(|source| ProbeError::Attach {
                         what: format!(
