@@ -28,7 +28,7 @@ use std::{
 
 pub use bench::{bench_symbolize, BenchResult};
 pub use demangle::demangle;
-pub use maps::{innermost_pid, MapEntry};
+pub use maps::{innermost_pid, read_exec_maps, MapEntry};
 pub use module::{Module, SourceFrame};
 pub use perfmap::{JsSymbol, PerfMap, MAX_PERF_MAP_BYTES};
 
