@@ -3,6 +3,7 @@
 pub mod allocator;
 pub mod object;
 pub mod preflight;
+pub mod unwind;
 
 use std::collections::BTreeMap;
 
