@@ -4,6 +4,7 @@ pub mod cfi;
 pub mod elf;
 pub mod loader;
 pub mod mappings;
+pub mod step;
 pub mod table;
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 pub use cfi::{CfiStats, Row, Rule};
 pub use elf::{ElfFile, ModuleId};
 pub use loader::{ModuleFigures, UnwindCounters, UnwindTables, DEFAULT_CAP_BYTES};
+pub use step::{apply, Frame, Step};
 pub use table::{NoTable, Table};
 
 #[derive(Debug, thiserror::Error)]
