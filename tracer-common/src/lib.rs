@@ -9,13 +9,11 @@ pub mod maps {
     pub const ALLOCS: &str = "allocs";
     pub const INFLIGHT: &str = "inflight";
     pub const STACK_STATS: &str = "stack_stats";
-    pub const STACK_TRACES: &str = "stack_traces";
     pub const COUNTERS: &str = "counters";
     pub const EVENTS: &str = "events";
     pub const VM_INFLIGHT: &str = "vm_inflight";
     pub const FAULT_STATS: &str = "fault_stats";
-    /// Stacks stored by hash: those walked in BPF (malloc mode's uprobes,
-    /// resident mode's faults), and those that collided in `stack_traces`.
+    /// Every stack, walked in BPF (walk.bpf.c) and stored by hash.
     pub const HASHED_STACKS: &str = "hashed_stacks";
     pub const STACK_SCRATCH: &str = "stack_scratch";
     /// Malloc mode: allocations per (stack, size bucket).
@@ -52,65 +50,60 @@ pub mod resident_programs {
 
 /// Program names, exactly as the programs are named in the BPF object.
 pub mod programs {
-    /// One traced function of the malloc family: its symbol, the uprobe at its
-    /// entry, the uretprobe at its return (None: entry only), and whether
-    /// tracing cannot start without it.
+    /// The uprobe program of every malloc-family function but free; the
+    /// attach cookie (`MallocProbe::kind`) tells it which one it is.
+    pub const ALLOC_ENTER: &str = "alloc_enter";
+    /// The uretprobe program of every malloc-family function but free.
+    pub const ALLOC_EXIT: &str = "alloc_exit";
+    /// The uprobe program of free (no return probe).
+    pub const FREE_ENTER: &str = "free_enter";
+
+    /// One traced function of the malloc family: its symbol, its
+    /// `enum alloc_kind` (the attach cookie), and whether tracing cannot
+    /// start without it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct MallocProbe {
         pub symbol: &'static str,
-        pub enter: &'static str,
-        pub exit: Option<&'static str>,
+        pub kind: super::AllocKind,
         pub required: bool,
     }
 
-    const fn pair(
-        symbol: &'static str,
-        enter: &'static str,
-        exit: &'static str,
-        required: bool,
-    ) -> MallocProbe {
+    impl MallocProbe {
+        /// The programs attached to this function: the entry uprobe, and
+        /// the uretprobe (None for free, which returns nothing to count).
+        pub const fn programs(&self) -> (&'static str, Option<&'static str>) {
+            match self.kind {
+                super::AllocKind::Free => (FREE_ENTER, None),
+                _ => (ALLOC_ENTER, Some(ALLOC_EXIT)),
+            }
+        }
+    }
+
+    const fn probe(symbol: &'static str, kind: super::AllocKind, required: bool) -> MallocProbe {
         MallocProbe {
             symbol,
-            enter,
-            exit: Some(exit),
+            kind,
             required,
         }
     }
 
     /// The attach table of malloc mode. glibc, jemalloc, tcmalloc and mimalloc
     /// all define the required ones; the others are attached when present.
-    pub const MALLOC_FAMILY: [MallocProbe; 10] = [
-        pair("malloc", "malloc_enter", "malloc_exit", true),
-        pair("calloc", "calloc_enter", "calloc_exit", true),
-        pair("realloc", "realloc_enter", "realloc_exit", true),
-        MallocProbe {
-            symbol: "free",
-            enter: "free_enter",
-            exit: None,
-            required: true,
-        },
-        pair(
-            "reallocarray",
-            "reallocarray_enter",
-            "reallocarray_exit",
-            false,
-        ),
-        pair(
-            "posix_memalign",
-            "posix_memalign_enter",
-            "posix_memalign_exit",
-            false,
-        ),
-        pair(
-            "aligned_alloc",
-            "aligned_alloc_enter",
-            "aligned_alloc_exit",
-            false,
-        ),
-        pair("memalign", "memalign_enter", "memalign_exit", false),
-        pair("valloc", "valloc_enter", "valloc_exit", false),
-        pair("pvalloc", "pvalloc_enter", "pvalloc_exit", false),
-    ];
+    pub const MALLOC_FAMILY: [MallocProbe; 10] = {
+        use super::AllocKind::*;
+        [
+            probe("malloc", Malloc, true),
+            probe("calloc", Calloc, true),
+            probe("realloc", Realloc, true),
+            probe("free", Free, true),
+            probe("reallocarray", Reallocarray, false),
+            probe("posix_memalign", PosixMemalign, false),
+            probe("aligned_alloc", AlignedAlloc, false),
+            probe("memalign", Memalign, false),
+            probe("valloc", Valloc, false),
+            probe("pvalloc", Pvalloc, false),
+        ]
+    };
 
     /// (program, tracepoint category, tracepoint name) of the mapping tracepoints.
     pub const VM_TRACEPOINTS: [(&str, &str, &str); 10] = [
@@ -133,12 +126,14 @@ pub mod programs {
     /// `const volatile __s64`: how many `allocs` entries may stay marked
     /// free for reuse (malloc.bpf.c); set to a quarter of the map.
     pub const KNOB_MAX_FREE_ALLOCS: &str = "max_free_allocs";
+    /// `const volatile bool` (lifecycle.bpf.c): report every exec and OOM
+    /// victim on the host, not only those of targets (`watch`).
+    pub const KNOB_WATCH_EXEC: &str = "watch_exec";
 }
 
 pub const MAX_TARGETS: u32 = 4096;
 pub const MAX_ALLOCS: u32 = 1 << 20;
 pub const MAX_STACK_STATS: u32 = 65536;
-pub const MAX_STACK_TRACES: u32 = 65536;
 pub const MAX_INFLIGHT: u32 = 16384;
 pub const MAX_STACK_DEPTH: usize = 127;
 pub const EVENTS_BYTES: u32 = 4 << 20;
@@ -180,13 +175,14 @@ pub const fn hist_lower_bound(bucket: u32) -> u64 {
     (sub_count as u64 + sub) << (e - HIST_SUB_BITS)
 }
 
-/// Stack ids with this bit set live in `hashed_stacks`, not `stack_traces`
-/// (stacks walked in BPF, and stacks that collided in a stack_traces bucket).
-pub const STACK_ID_HASHED: i32 = 1 << 30;
+/// Bits of a stack id: the home slot of its hash in `hashed_stacks`.
+pub const STACK_ID_BITS: u32 = 30;
 
 pub const TARGET_MALLOC: u32 = 1 << 0;
 pub const TARGET_VM: u32 = 1 << 1;
 pub const TARGET_FAULTS: u32 = 1 << 2;
+/// The kernel adds a target's forked children as targets with its flags.
+pub const TARGET_FOLLOW: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,8 +195,8 @@ pub struct TargetInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
     pub tgid: u32,
+    /// The stack's id in `hashed_stacks`; < 0: not stored (counted).
     pub stack_id: i32,
-    pub caller: u64,
 }
 
 /// Value of `hashed_stacks`: a user stack, innermost first, and its hash.
@@ -452,9 +448,10 @@ pub enum Counter {
     FaultStatsFull = 7,
     OomKills = 8,
     HistFull = 9,
+    TargetsFull = 10,
 }
 
-pub const COUNTER_MAX: u32 = 10;
+pub const COUNTER_MAX: u32 = 11;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_MAX as usize] = [
@@ -468,6 +465,7 @@ impl Counter {
         Counter::FaultStatsFull,
         Counter::OomKills,
         Counter::HistFull,
+        Counter::TargetsFull,
     ];
 
     /// Name used in reports and metrics.
@@ -483,6 +481,7 @@ impl Counter {
             Counter::FaultStatsFull => "fault_stats_map_full",
             Counter::OomKills => "oom_kills",
             Counter::HistFull => "histogram_map_full",
+            Counter::TargetsFull => "targets_map_full",
         }
     }
 

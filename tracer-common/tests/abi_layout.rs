@@ -20,7 +20,7 @@ macro_rules! layout {
 fn rust_layout() -> Vec<(String, usize)> {
     let mut v = layout! {
         "target_info" TargetInfo { flags, _pad }
-        "stack_key" StackKey { tgid, stack_id, caller }
+        "stack_key" StackKey { tgid, stack_id }
         "stack_ips" StackIps { nr, hash, ips }
         "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs, sizes, lifetimes }
         "inline_hist" InlineHist { bucket, count }
@@ -64,7 +64,6 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_MAX_TARGETS".into(), MAX_TARGETS.into()),
         ("OFFHEAP_MAX_ALLOCS".into(), MAX_ALLOCS.into()),
         ("OFFHEAP_MAX_STACK_STATS".into(), MAX_STACK_STATS.into()),
-        ("OFFHEAP_MAX_STACK_TRACES".into(), MAX_STACK_TRACES.into()),
         ("OFFHEAP_MAX_INFLIGHT".into(), MAX_INFLIGHT.into()),
         ("OFFHEAP_MAX_STACK_DEPTH".into(), MAX_STACK_DEPTH as u64),
         ("OFFHEAP_EVENTS_BYTES".into(), EVENTS_BYTES.into()),
@@ -73,10 +72,11 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_STACK_WINDOW".into(), STACK_WINDOW as u64),
         ("OFFHEAP_INLINE_BUCKETS".into(), INLINE_BUCKETS as u64),
         ("OFFHEAP_STACK_HASH_PROBES".into(), STACK_HASH_PROBES.into()),
-        ("OFFHEAP_STACK_ID_HASHED".into(), STACK_ID_HASHED as u64),
+        ("OFFHEAP_STACK_ID_BITS".into(), STACK_ID_BITS.into()),
         ("OFFHEAP_TARGET_MALLOC".into(), TARGET_MALLOC.into()),
         ("OFFHEAP_TARGET_VM".into(), TARGET_VM.into()),
         ("OFFHEAP_TARGET_FAULTS".into(), TARGET_FAULTS.into()),
+        ("OFFHEAP_TARGET_FOLLOW".into(), TARGET_FOLLOW.into()),
         ("OFFHEAP_CTR_MAX".into(), COUNTER_MAX.into()),
         ("OFFHEAP_MAX_HIST".into(), MAX_HIST.into()),
         ("OFFHEAP_HIST_SUB_BITS".into(), HIST_SUB_BITS.into()),

@@ -19,16 +19,15 @@
 #define OFFHEAP_MAX_TARGETS 4096
 #define OFFHEAP_MAX_ALLOCS (1 << 20)
 #define OFFHEAP_MAX_STACK_STATS 65536
-#define OFFHEAP_MAX_STACK_TRACES 65536
 #define OFFHEAP_MAX_INFLIGHT 16384
 #define OFFHEAP_MAX_STACK_DEPTH 127
 #define OFFHEAP_EVENTS_BYTES (4 << 20)
 #define OFFHEAP_COMM_LEN 16
-/* Entries of hashed_stacks: the stacks walked in BPF (malloc mode's uprobes,
- * resident mode's faults), plus the stacks that collided in stack_traces. */
+/* Entries of hashed_stacks: every stack, walked in BPF by walk.bpf.c (malloc
+ * mode's uprobes and mapping tracepoints, resident mode's faults). */
 #define OFFHEAP_MAX_HASHED_STACKS 65536
 /* Bytes of user stack copied at once by the BPF frame-pointer walk
- * (stacks.bpf.c); frames outside it cost one more copy. */
+ * (walk.bpf.c); frames outside it cost one more copy. */
 #define OFFHEAP_STACK_WINDOW 8192
 /* Slots tried after a stack's home slot in hashed_stacks before giving up. */
 #define OFFHEAP_STACK_HASH_PROBES 32
@@ -36,10 +35,13 @@
 #define OFFHEAP_MAX_HIST 262144
 
 /* ---- map and program names (mirrored as Rust constants) ------------------- */
-/* Maps: targets, allocs, inflight, stack_stats, stack_traces, counters, events,
- * vm_inflight, fault_stats, hashed_stacks, stack_scratch, size_hist,
- * lifetime_hist, unwind_mappings, unwind_tables. Programs are named
- * <symbol>_enter / <symbol>_exit. */
+/* Maps: targets, allocs, inflight, stack_stats, counters, events, vm_inflight,
+ * hashed_stacks, stack_scratch, size_hist, lifetime_hist, and resident mode's
+ * fault_* maps, unwind_mappings and unwind_tables (include/unwind.bpf.h).
+ * Programs: alloc_enter / alloc_exit / free_enter (the malloc
+ * family, told apart by their attach cookie: enum alloc_kind), <syscall>_enter
+ * / <syscall>_exit (vm.bpf.c), resident_* (fault.bpf.c), and the lifecycle
+ * programs. */
 
 /* ---- targets -------------------------------------------------------------- */
 
@@ -53,37 +55,26 @@ struct target_info {
 #define OFFHEAP_TARGET_MALLOC (1u << 0)   /* malloc-family uprobes feed stack_stats */
 #define OFFHEAP_TARGET_VM (1u << 1)       /* mmap/munmap/mremap/brk/madvise events */
 #define OFFHEAP_TARGET_FAULTS (1u << 2)   /* resident mode: user page faults */
+#define OFFHEAP_TARGET_FOLLOW (1u << 3)   /* children forked by the target become targets */
 
 /* ---- malloc mode ---------------------------------------------------------- */
 
-/* A stack as counted: the kernel's stack id of the frame-pointer walk plus the
- * return address read at [sp] on function entry. At a uprobe on a function's
- * first instruction the callee has not pushed %rbp yet, so the walk starts at
- * the caller's caller: `caller` is the frame the walk misses. Userspace builds
- * frames as [caller, walk[1..]] (walk[0] is the probed function itself).
- * caller == 0 means "no fix-up" (e.g. syscall tracepoints). */
-struct stack_key {
-	__u32 tgid;
-	__s32 stack_id;   /* < 0: the stack could not be taken (counted) */
-	__u64 caller;
-};
-
-/* Stacks stored by hash in `hashed_stacks` (key: __s32 id) have ids with this
- * bit set; stack_traces ids are below its max_entries (< 2^30), so the ranges
- * never meet. Two kinds live there:
- * - every stack of malloc mode's uprobes and of resident mode's page faults,
- *   walked in BPF (stacks.bpf.c);
- * - a stack that bpf_get_stackid could not store because its stack_traces
- *   bucket holds another stack (-EEXIST, kernel/bpf/stackmap.c).
- * The low 30 bits are the home slot of the stack's 64-bit hash, or one of the
+/* A stack as counted: the id of its frames in `hashed_stacks` (key: __s32
+ * id), for one process. The id is the home slot of the stack's 64-bit hash
+ * (its low OFFHEAP_STACK_ID_BITS bits), or one of the
  * OFFHEAP_STACK_HASH_PROBES slots after it when that slot holds a different
  * stack (a different `hash` or `nr`): no two stacks share an id. */
-#define OFFHEAP_STACK_ID_HASHED (1 << 30)
+struct stack_key {
+	__u32 tgid;
+	__s32 stack_id;   /* < 0: the stack could not be stored (counted) */
+};
+
+#define OFFHEAP_STACK_ID_BITS 30
 
 /* Value of `hashed_stacks`: a user stack, innermost first, and its hash. */
 struct stack_ips {
 	__u64 nr;        /* valid entries in ips */
-	__u64 hash;      /* over ips[0..nr) (stacks.bpf.c, stack_hash) */
+	__u64 hash;      /* over ips[0..nr) (walk.bpf.c, stack_hash_step) */
 	__u64 ips[OFFHEAP_MAX_STACK_DEPTH];
 };
 
@@ -144,7 +135,8 @@ struct hist_key {
 	__u32 _pad;
 };
 
-/* Which traced function a thread is inside (inflight.kind). */
+/* Which traced function a thread is inside (inflight.kind); also the attach
+ * cookie of the alloc_enter / free_enter uprobe on that function. */
 enum alloc_kind {
 	OFFHEAP_KIND_MALLOC = 1,
 	OFFHEAP_KIND_CALLOC = 2,
@@ -158,8 +150,8 @@ enum alloc_kind {
 	OFFHEAP_KIND_FREE = 10,
 };
 
-/* Value of `inflight` (key: __u64 pid_tgid): the outermost traced call the
- * thread is in. `depth` counts nested traced calls so that glibc's
+/* The outermost traced call a thread is in (part of the thread's `inflight`
+ * task-local storage). `depth` counts nested traced calls so that glibc's
  * reallocarray -> realloc, and mmap/brk done by the allocator itself, are
  * counted once, by the outermost call. */
 struct inflight {
@@ -247,7 +239,7 @@ struct vm_args {
 enum counter {
 	OFFHEAP_CTR_ALLOCS_FULL = 0,      /* allocs map full: an allocation was not tracked */
 	OFFHEAP_CTR_STACK_STATS_FULL = 1, /* stack_stats full: a stack was not counted */
-	OFFHEAP_CTR_STACK_ID_FAILED = 2,  /* bpf_get_stackid failed (e.g. -EEXIST, -ENOMEM) */
+	OFFHEAP_CTR_STACK_ID_FAILED = 2,  /* a stack could not be stored in hashed_stacks */
 	OFFHEAP_CTR_INFLIGHT_FULL = 3,    /* inflight/vm_inflight full */
 	OFFHEAP_CTR_EVENTS_LOST = 4,      /* ring buffer reserve failed */
 	OFFHEAP_CTR_FREE_UNKNOWN = 5,     /* free of an address not in allocs (allocated before tracing) */
@@ -255,15 +247,15 @@ enum counter {
 	OFFHEAP_CTR_FAULT_STATS_FULL = 7, /* resident mode: fault_stats full */
 	OFFHEAP_CTR_OOM_KILLS = 8,        /* oom/mark_victim fired, for any process (informational) */
 	OFFHEAP_CTR_HIST_FULL = 9,        /* size_hist/lifetime_hist full: a sample was not counted */
-	OFFHEAP_CTR_MAX = 10,
+	OFFHEAP_CTR_TARGETS_FULL = 10,    /* targets full: a followed child was not traced */
+	OFFHEAP_CTR_MAX = 11,
 };
 
 
 /* ---- resident mode (fault.bpf.c; read by tracer/src/accounting/resident.rs) -- */
 /* Maps: fault_events (ring buffer), fault_scratch (per-CPU buffer for a raw
- * stack copy). Kept apart from `events` and `stack_traces` so that resident
- * mode has one owner of its maps; fault stacks go to hashed_stacks, which
- * resident mode takes (malloc mode is not active in the same object). */
+ * stack copy). Kept apart from `events` so that resident mode has one owner
+ * of its maps; fault stacks go to hashed_stacks. */
 
 #define OFFHEAP_FAULT_EVENTS_BYTES (8 << 20)
 /* Pages already reported per target (an LRU set): a page is reported on its

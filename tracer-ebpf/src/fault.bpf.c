@@ -5,7 +5,7 @@
  * - resident_fault_enter (exceptions/page_fault_user) and
  *   resident_kernel_fault_enter (page_fault_kernel, on user addresses): one
  *   fault_event per page fault of a target, with a frame-pointer stack walked
- *   by stacks.bpf.c and stored by hash in hashed_stacks. Userspace
+ *   by walk.bpf.c and stored by hash in hashed_stacks. Userspace
  *   keeps the first one per page (first-touch attribution) and checks
  *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
  *   madvise or a brk shrink stop counting without any bookkeeping here.
@@ -77,28 +77,9 @@ struct offheap_sys_exit_ctx {
 	__s64 ret;
 };
 
-/* x86-64 user registers as saved on kernel entry (same layout as the
- * kernel's struct pt_regs; names from the UAPI <asm/ptrace.h>). */
-static __always_inline struct pt_regs *user_regs(void)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-
-	return (struct pt_regs *)bpf_task_pt_regs(task);
-}
-
-static __always_inline void fault_count(__u32 idx)
-{
-	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
-
-	if (c)
-		*c += 1;
-}
-
 static __always_inline int is_fault_target(__u32 tgid)
 {
-	struct target_info *t = bpf_map_lookup_elem(&targets, &tgid);
-
-	return t && (t->flags & OFFHEAP_TARGET_FAULTS);
+	return target_flags(tgid) & OFFHEAP_TARGET_FAULTS;
 }
 
 /* Fills the scratch map_event with the registers and a raw copy of the user
@@ -146,7 +127,7 @@ static __always_inline void send(void *ctx, struct map_event *e)
 	if (size > sizeof(*e))
 		return;
 	if (bpf_ringbuf_output(&fault_events, e, size, 0))
-		fault_count(OFFHEAP_CTR_EVENTS_LOST);
+		count(OFFHEAP_CTR_EVENTS_LOST);
 }
 
 struct mark_ctx {
@@ -235,10 +216,6 @@ static __always_inline int send_fault_stack(struct offheap_page_fault_ctx *ctx, 
 	return 0;
 }
 
-/* How much of the stack a fault's walk copies first: faults come from any
- * thread, with no previous walk to size the copy on. */
-#define FAULT_STACK_COPY 4096
-
 static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kernel)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -290,17 +267,18 @@ static __always_inline int on_fault(struct offheap_page_fault_ctx *ctx, int kern
 	if (!sc)
 		return send_fault_stack(ctx, tgid);
 	ip = kernel ? regs->rip : ctx->ip;
-	/* The walk of stacks.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
+	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
 	 * of ~63, on the hottest path of resident mode. */
-	span = FAULT_STACK_COPY;
-	if (walk_user_stack(sc, ip, regs->rsp, regs->rbp, stack_limit(), &span, &sp_word) < 3)
+	span = STACK_FIRST_COPY;
+	if (walk_user_stack(sc, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(), &span,
+			    &sp_word, WALK_AT_IP) < 3)
 		return send_fault_stack(ctx, tgid);
 	id = intern_stack(&sc->stack);
 	if (id < 0)
 		return send_fault_stack(ctx, tgid);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
 	if (!e) {
-		fault_count(OFFHEAP_CTR_EVENTS_LOST);
+		count(OFFHEAP_CTR_EVENTS_LOST);
 		return 0;
 	}
 	e->hdr.kind = OFFHEAP_EV_FAULT;

@@ -57,15 +57,6 @@ struct task_struct___offheap_lc {
 	int exit_code;
 } __attribute__((preserve_access_index));
 
-static __always_inline void lifecycle_count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-
-	/* per-CPU slot: no other CPU writes it, a plain add is enough */
-	if (v)
-		*v += 1;
-}
-
 static __always_inline bool lifecycle_tracked(__u32 tgid)
 {
 	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
@@ -76,7 +67,7 @@ static __always_inline struct proc_event *lifecycle_reserve(__u32 kind, __u32 tg
 	struct proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
-		lifecycle_count(OFFHEAP_CTR_EVENTS_LOST);
+		count(OFFHEAP_CTR_EVENTS_LOST);
 		return NULL;
 	}
 	e->hdr.kind = kind;
@@ -145,8 +136,23 @@ int BPF_PROG(sched_process_fork, struct task_struct___offheap_lc *parent,
 	struct proc_event *e;
 
 	/* New threads share the parent's tgid; only a new process is reported. */
-	if (child_pid != child_tgid || !lifecycle_tracked(tgid))
+	if (child_pid != child_tgid)
 		return 0;
+	struct target_info *t = bpf_map_lookup_elem(&targets, &tgid);
+	if (!t)
+		return 0;
+	/* A followed target's child is traced from its first instruction: it
+	 * becomes a target here, before it runs (the tracepoint fires in
+	 * copy_process, before wake_up_new_task), with the parent's flags.
+	 * Userspace attaches its uprobes when it sees the record (a child that
+	 * only forks shares the parent's uprobes' files, not their per-PID
+	 * filter), and again after its exec. */
+	if (t->flags & OFFHEAP_TARGET_FOLLOW) {
+		struct target_info child_info = *t;
+
+		if (bpf_map_update_elem(&targets, &child_tgid, &child_info, BPF_NOEXIST) < 0)
+			count(OFFHEAP_CTR_TARGETS_FULL);
+	}
 	e = lifecycle_reserve(OFFHEAP_EV_FORK, tgid);
 	if (!e)
 		return 0;
@@ -167,12 +173,12 @@ int mark_victim(struct trace_event_raw_mark_victim *ctx)
 	struct oom_event *e;
 	__u32 loc;
 
-	lifecycle_count(OFFHEAP_CTR_OOM_KILLS);
+	count(OFFHEAP_CTR_OOM_KILLS);
 	if (!watch_exec && !lifecycle_tracked(tgid))
 		return 0;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		lifecycle_count(OFFHEAP_CTR_EVENTS_LOST);
+		count(OFFHEAP_CTR_EVENTS_LOST);
 		return 0;
 	}
 	e->hdr.kind = OFFHEAP_EV_OOM_VICTIM;

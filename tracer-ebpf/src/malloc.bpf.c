@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Malloc mode: uprobe/uretprobe pairs on the malloc family and a uprobe on
- * free, attached per PID to the allocator the target really uses. Included by
- * offheap.bpf.c (maps and helpers live there).
+/* Malloc mode: one uprobe program (alloc_enter) and one uretprobe program
+ * (alloc_exit) for the whole malloc family, and a uprobe on free, attached per
+ * PID to the allocator the target really uses. Each attach point carries its
+ * function's enum alloc_kind as the attach cookie (bpf_get_attach_cookie,
+ * kernel 5.15), which tells alloc_enter how to read the arguments: one
+ * program to verify instead of nine. Included by offheap.bpf.c (maps and
+ * helpers live there).
  *
  * Per thread, `inflight` holds the outermost traced call: its arguments and the
  * stack taken at entry (where [sp] still holds the return address into the
@@ -28,8 +32,8 @@ static __always_inline __u64 array_size(__u64 nmemb, __u64 size)
 	return product;
 }
 
-static __always_inline int alloc_enter(struct pt_regs *ctx, __u32 kind, __u64 size,
-				       __u64 old_ptr, __u64 out_ptr)
+static __always_inline int alloc_enter_kind(struct pt_regs *ctx, __u32 kind, __u64 size,
+					    __u64 old_ptr, __u64 out_ptr)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
@@ -160,7 +164,7 @@ static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct 
 	__sync_fetch_and_add(&st->live_allocs, 1);
 }
 
-static __always_inline int alloc_exit(struct pt_regs *ctx)
+static __always_inline int alloc_exit_any(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct inflight_slot *slot = thread_slot(0);
@@ -203,77 +207,60 @@ static __always_inline int alloc_exit(struct pt_regs *ctx)
 	return 0;
 }
 
-SEC("uprobe")
-int malloc_enter(struct pt_regs *ctx)
+/* Size of a pvalloc: glibc hands out whole pages, rounding the request up to
+ * the page size (ALIGN_UP(bytes, pagesize) in malloc.c), and so do we. */
+static __always_inline __u64 page_round_up(__u64 size)
 {
-	return alloc_enter(ctx, OFFHEAP_KIND_MALLOC, PT_REGS_PARM1(ctx), 0, 0);
-}
-
-SEC("uprobe")
-int calloc_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_CALLOC,
-			   array_size(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx)), 0, 0);
-}
-
-SEC("uprobe")
-int realloc_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_REALLOC, PT_REGS_PARM2(ctx), PT_REGS_PARM1(ctx), 0);
-}
-
-SEC("uprobe")
-int reallocarray_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_REALLOCARRAY,
-			   array_size(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx)), PT_REGS_PARM1(ctx), 0);
-}
-
-SEC("uprobe")
-int posix_memalign_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_POSIX_MEMALIGN, PT_REGS_PARM3(ctx), 0,
-			   PT_REGS_PARM1(ctx));
-}
-
-SEC("uprobe")
-int aligned_alloc_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_ALIGNED_ALLOC, PT_REGS_PARM2(ctx), 0, 0);
-}
-
-SEC("uprobe")
-int memalign_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_MEMALIGN, PT_REGS_PARM2(ctx), 0, 0);
-}
-
-SEC("uprobe")
-int valloc_enter(struct pt_regs *ctx)
-{
-	return alloc_enter(ctx, OFFHEAP_KIND_VALLOC, PT_REGS_PARM1(ctx), 0, 0);
-}
-
-SEC("uprobe")
-int pvalloc_enter(struct pt_regs *ctx)
-{
-	/* pvalloc hands out whole pages: glibc rounds the request up to the
-	 * page size (ALIGN_UP(bytes, pagesize) in malloc.c), and so do we. */
-	__u64 size = PT_REGS_PARM1(ctx);
 	__u64 page = page_size ? page_size : 4096;
 
-	return alloc_enter(ctx, OFFHEAP_KIND_PVALLOC, (size + page - 1) / page * page, 0, 0);
+	return (size + page - 1) / page * page;
 }
 
-SEC("uretprobe") int malloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int calloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int realloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int reallocarray_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int posix_memalign_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int aligned_alloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int memalign_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int valloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
-SEC("uretprobe") int pvalloc_exit(struct pt_regs *ctx) { return alloc_exit(ctx); }
+SEC("uprobe")
+int alloc_enter(struct pt_regs *ctx)
+{
+	__u32 kind = bpf_get_attach_cookie(ctx);
+	__u64 a1 = PT_REGS_PARM1(ctx), a2 = PT_REGS_PARM2(ctx), a3 = PT_REGS_PARM3(ctx);
+	__u64 size, old_ptr = 0, out_ptr = 0;
+
+	switch (kind) {
+	case OFFHEAP_KIND_MALLOC:   /* malloc(size) */
+	case OFFHEAP_KIND_VALLOC:   /* valloc(size) */
+		size = a1;
+		break;
+	case OFFHEAP_KIND_CALLOC:   /* calloc(nmemb, size) */
+		size = array_size(a1, a2);
+		break;
+	case OFFHEAP_KIND_REALLOC:  /* realloc(ptr, size) */
+		size = a2;
+		old_ptr = a1;
+		break;
+	case OFFHEAP_KIND_REALLOCARRAY:   /* reallocarray(ptr, nmemb, size) */
+		size = array_size(a2, a3);
+		old_ptr = a1;
+		break;
+	case OFFHEAP_KIND_POSIX_MEMALIGN: /* posix_memalign(memptr, align, size) */
+		size = a3;
+		out_ptr = a1;
+		break;
+	case OFFHEAP_KIND_ALIGNED_ALLOC:  /* aligned_alloc(align, size) */
+	case OFFHEAP_KIND_MEMALIGN:       /* memalign(align, size) */
+		size = a2;
+		break;
+	case OFFHEAP_KIND_PVALLOC:  /* pvalloc(size) */
+		size = page_round_up(a1);
+		break;
+	default:
+		return 0;
+	}
+	return alloc_enter_kind(ctx, kind, size, old_ptr, out_ptr);
+}
+
+SEC("uretprobe")
+int alloc_exit(struct pt_regs *ctx)
+{
+	return alloc_exit_any(ctx);
+}
 
 SEC("uprobe")
 int free_enter(struct pt_regs *ctx)
@@ -284,7 +271,7 @@ int free_enter(struct pt_regs *ctx)
 	if (!addr)
 		return 0;
 	struct inflight_slot *slot = thread_slot(0);
-	/* A thread with a slot is a target's (see alloc_enter). */
+	/* A thread with a slot is a target's (see alloc_enter_kind). */
 	if (!slot && !(target_flags(tgid) & OFFHEAP_TARGET_MALLOC))
 		return 0;
 	/* glibc's realloc(p, 0) calls __libc_free, which is free's address:

@@ -100,13 +100,6 @@ struct {
 } stack_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, OFFHEAP_MAX_STACK_TRACES);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, OFFHEAP_MAX_STACK_DEPTH * sizeof(__u64));
-} stack_traces SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, OFFHEAP_MAX_HASHED_STACKS);
 	/* Not preallocated: 1 KiB per entry, filled as stacks appear. */
@@ -119,8 +112,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	/* Tracepoint programs only (stack_id_collided): they run with
-	 * preemption off, so a per-CPU buffer is theirs for the whole run. */
+	/* Tracepoint programs only (take_syscall_stack, the fault walk):
+	 * they run with preemption off, so a per-CPU buffer is theirs for the
+	 * whole run. */
 	__type(value, struct stack_scratch);
 } stack_scratch SEC(".maps");
 
@@ -154,37 +148,15 @@ struct {
 
 /* ---- helpers shared by the program files ------------------------------------ */
 
-static __always_inline void count(enum counter c)
-{
-	__u32 k = c;
-	__u64 *v = bpf_map_lookup_elem(&counters, &k);
-
-	/* Per-CPU slot: no other CPU writes it, a plain increment is enough. */
-	if (v)
-		(*v)++;
-}
-
-/* The target's flags, or 0 when the tgid is not traced. */
-static __always_inline __u32 target_flags(__u32 tgid)
-{
-	struct target_info *t = bpf_map_lookup_elem(&targets, &tgid);
-
-	return t ? t->flags : 0;
-}
-
-#include "stacks.bpf.c"
+#include "maps.bpf.h"
+#include "walk.bpf.c"
 
 /* The stats of a stack, created zeroed on first use. */
 static __always_inline struct stack_stats *stats_of(struct stack_key *key)
 {
-	struct stack_stats *st = bpf_map_lookup_elem(&stack_stats, key);
-
-	if (st)
-		return st;
 	struct stack_stats zero = {};
-	/* NOEXIST: another CPU may have created it in between; then look it up. */
-	bpf_map_update_elem(&stack_stats, key, &zero, BPF_NOEXIST);
-	st = bpf_map_lookup_elem(&stack_stats, key);
+	struct stack_stats *st = lookup_or_init(&stack_stats, key, &zero);
+
 	if (!st)
 		count(OFFHEAP_CTR_STACK_STATS_FULL);
 	return st;
@@ -236,16 +208,11 @@ static __always_inline void hist_add(void *map, struct inline_hist *h, struct st
 
 	k.stack = *stack;
 	k.bucket = bucket;
-	__u64 *n = bpf_map_lookup_elem(map, &k);
+	__u64 zero = 0;
+	__u64 *n = lookup_or_init(map, &k, &zero);
 	if (!n) {
-		__u64 zero = 0;
-		/* NOEXIST: another CPU may have created it in between. */
-		bpf_map_update_elem(map, &k, &zero, BPF_NOEXIST);
-		n = bpf_map_lookup_elem(map, &k);
-		if (!n) {
-			count(OFFHEAP_CTR_HIST_FULL);
-			return;
-		}
+		count(OFFHEAP_CTR_HIST_FULL);
+		return;
 	}
 	__sync_fetch_and_add(n, 1);
 }

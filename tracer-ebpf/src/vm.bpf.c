@@ -22,19 +22,10 @@ static __always_inline __u64 page_up(__u64 len)
 	return (len + page - 1) / page * page;
 }
 
-/* The user stack pointer at the syscall instruction. glibc's mmap, munmap,
- * mremap, brk and madvise are leaf stubs that push nothing (glibc 2.36,
- * objdump), so [sp] is the return address into their caller. */
+/* The user stack pointer at the syscall instruction. */
 static __always_inline __u64 user_sp(void)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	__u64 sp = 0;
-
-	/* The UAPI x86-64 pt_regs layout equals the kernel's. */
-	if (bpf_probe_read_kernel(&sp, sizeof(sp), &regs->rsp) < 0)
-		return 0;
-	return sp;
+	return PT_REGS_SP(user_regs());
 }
 
 static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 len,
@@ -60,7 +51,7 @@ static __always_inline int vm_enter(void *ctx, __u32 syscall, __u64 addr, __u64 
 		.syscall = syscall,
 	};
 	if (syscall == OFFHEAP_EV_MMAP || syscall == OFFHEAP_EV_MREMAP || syscall == OFFHEAP_EV_BRK)
-		take_stack(ctx, &a.stack, tgid, sp);
+		take_syscall_stack(&a.stack, tgid);
 	else
 		a.stack.tgid = tgid;
 	if (syscall == OFFHEAP_EV_BRK) {

@@ -38,7 +38,7 @@
 //! native frames are matched (a JS function may be called anything). No rule
 //! needs the immediate caller of malloc/mmap: a uprobe at function entry
 //! unwound by frame pointers loses it (rbp still points to the caller's frame).
-use crate::report::{Bucket, Frame, FrameKind};
+use crate::report::{build::Symbolize, Bucket, Frame, FrameKind};
 
 const ARRAY_BUFFER_SYMBOLS: &[&str] = &[
     "node::NodeArrayBufferAllocator::",
@@ -135,6 +135,16 @@ pub fn classify(frames: &[Frame]) -> Bucket {
         return Bucket::NodeNative;
     }
     Bucket::Other
+}
+
+/// A classifier of raw stacks (return addresses of a process) from a
+/// symbolizer and these rules, for the accounting models, which classify
+/// each stack once and keep the bucket.
+pub fn stack_classifier(sym: &mut dyn Symbolize) -> impl FnMut(u32, &[u64]) -> Bucket + '_ {
+    move |pid, ips| {
+        let frames: Vec<Frame> = ips.iter().flat_map(|ip| sym.symbolize(pid, *ip)).collect();
+        classify(&frames)
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use crate::report::{Format, Mode, ValueKind};
                   allocated it, split into the V8 heap and everything off it (Buffers, addons, \
                   zlib/openssl/libuv state). Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, \
                   CAP_SYS_PTRACE, CAP_SYS_ADMIN).\n\nExit codes: 0 a report was written; 1 usage \
-                  error; 2 tracing could not start; 3 tracing ran but the report could not be written."
+                  error; 2 tracing could not start; 3 tracing ran but the report could not be written; \
+                  130 interrupted (SIGINT/SIGTERM) while attaching, before tracing started."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -26,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Attach to a running process and report its memory by allocating stack.
     Record(RecordArgs),
-    /// Start a command, held before exec until every probe is attached, and trace it.
+    /// Start a command, held before exec until every probe is attached, and
+    /// trace it and every process it forks.
     Run(RunArgs),
     /// Long-running agent: trace many processes, write OOM post-mortems, serve metrics.
     Watch(WatchArgs),
@@ -85,6 +87,10 @@ pub struct RecordArgs {
     /// The process to trace.
     #[arg(long, short)]
     pub pid: u32,
+    /// Also trace the processes it forks from now on (node's `cluster`,
+    /// `child_process.fork`, PM2), each from its first instruction.
+    #[arg(long)]
+    pub children: bool,
     #[command(flatten)]
     pub trace: TraceOpts,
 }

@@ -5,8 +5,8 @@ use offheap::{cli::Cli, commands};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        // aya 0.13 warns on every load that `inflight` (task-local storage)
-        // has no aya type, although the loader is told to allow it. Its one
+        // aya warns on every load that `inflight` (task-local storage) has
+        // no aya type, although the loader is told to allow it. Its one
         // other warning there (object BTF not loadable) ends in a load error
         // that says as much.
         .filter_module("aya::bpf", log::LevelFilter::Error)
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
-                commands::EXIT_USAGE
+                offheap::error::EXIT_USAGE
             } else {
                 0
             };
@@ -34,14 +34,14 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("offheap: error: starting the async runtime: {e}");
-            return ExitCode::from(commands::EXIT_START);
+            return ExitCode::from(offheap::error::EXIT_START);
         }
     };
     match runtime.block_on(commands::dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("offheap: error: {e:#}");
-            ExitCode::from(commands::exit_code(&e))
+            ExitCode::from(offheap::error::exit_code(&e))
         }
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use offheap::{
-    accounting::RawProcess,
+    report::raw::RawProcess,
     report::{Attribution, Bucket},
 };
 use resident_common::{NodeSymbols, Tracer, NODE};
@@ -153,7 +153,7 @@ fn buffer_leak_lands_in_array_buffers_by_mapping() {
 
 /// node_native bytes of stacks inside V8's garbage collector (its malloc'd
 /// marking and scavenging worklists).
-fn gc_bookkeeping(stacks: &[offheap::accounting::RawStack], syms: &NodeSymbols) -> u64 {
+fn gc_bookkeeping(stacks: &[offheap::report::raw::RawStack], syms: &NodeSymbols) -> u64 {
     const GC: &[&str] = &[
         "heap::base::Worklist",
         "v8::internal::Scavenger",

@@ -150,7 +150,7 @@ fn node_fn(nm: &str, demangled: &str) -> u64 {
 #[test]
 fn report_buckets_from_real_addresses_of_node_and_an_addon() {
     use offheap::{
-        accounting::{RawProcess, RawStack},
+        report::raw::{RawProcess, RawStack},
         report::{
             build::{assemble, Meta},
             Bucket, Mode,
@@ -203,8 +203,7 @@ fn report_buckets_from_real_addresses_of_node_and_an_addon() {
     let meta = Meta {
         mode: Mode::Malloc,
         duration_secs: 1.0,
-        counters: Default::default(),
-        dropped_events: 0,
+        ..Meta::default()
     };
     let report = assemble(meta, vec![raw], &mut sym);
     let pr = &report.processes[0];

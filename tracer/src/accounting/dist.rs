@@ -4,15 +4,13 @@
 //! replayed into an HDR `Recorder` at its lower bound, so the quantiles carry
 //! the kernel's precision (exact for powers of two and below 16, within 1/8
 //! otherwise) rather than the recorder's.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::{maps::HashMap as BpfHashMap, Ebpf};
 use tracer_common::{hist_lower_bound, maps, HistKey, InlineHist, StackKey, StackStats};
 
-use super::{
-    malloc::{ReadError, StackResolver},
-    RawStack,
-};
+use super::malloc::{ReadError, StackResolver};
+use crate::report::raw::RawStack;
 use crate::report::{hist::Recorder, Quantiles};
 
 /// Distributions are computed for this many stacks (the largest by live,
@@ -38,6 +36,14 @@ impl Dist {
         }
     }
 
+    /// This distribution's half of a (sizes, lifetimes) pair.
+    fn of(self, pair: &mut (Buckets, Buckets)) -> &mut Buckets {
+        match self {
+            Dist::Sizes => &mut pair.0,
+            Dist::Lifetimes => &mut pair.1,
+        }
+    }
+
     /// The buckets counted in a stack's own stats entry.
     fn inline(self, s: &StackStats) -> &InlineHist {
         match self {
@@ -47,30 +53,40 @@ impl Dist {
     }
 }
 
-/// Every bucket the kernel counted for one tgid: those inline in its
-/// `stats` (read from `stack_stats`) and those in the distribution's map.
-pub fn read_hist(
+/// Every bucket the kernel counted for the `pids`, per pid: sizes and
+/// lifetimes, those inline in their `stats` (read from `stack_stats`) and
+/// those in the distributions' maps, each map read once for all pids.
+pub fn read_all(
     ebpf: &Ebpf,
-    dist: Dist,
-    tgid: u32,
-    stats: &HashMap<StackKey, StackStats>,
-) -> Result<Buckets, ReadError> {
-    let map = dist.map();
-    let m = ebpf.map(map).ok_or(ReadError::MissingMap(map))?;
-    let hist: BpfHashMap<_, HistKey, u64> =
-        BpfHashMap::try_from(m).map_err(|e| ReadError::Map(map, e))?;
-    let mut out: Buckets = HashMap::new();
-    for (k, s) in stats {
-        let inline: Vec<(u32, u64)> = dist.inline(s).buckets().collect();
-        if k.tgid == tgid && !inline.is_empty() {
-            out.entry(*k).or_default().extend(inline);
+    pids: &HashSet<u32>,
+    stats: &HashMap<u32, Vec<(StackKey, StackStats)>>,
+) -> Result<HashMap<u32, (Buckets, Buckets)>, ReadError> {
+    let mut out: HashMap<u32, (Buckets, Buckets)> = HashMap::new();
+    for dist in [Dist::Sizes, Dist::Lifetimes] {
+        for (pid, list) in stats {
+            for (k, s) in list {
+                let inline: Vec<(u32, u64)> = dist.inline(s).buckets().collect();
+                if !inline.is_empty() {
+                    dist.of(out.entry(*pid).or_default())
+                        .entry(*k)
+                        .or_default()
+                        .extend(inline);
+                }
+            }
         }
-    }
-    for entry in hist.iter() {
-        // An entry deleted while iterating is skipped, not fatal.
-        let Ok((k, n)) = entry else { continue };
-        if k.stack.tgid == tgid && n > 0 {
-            out.entry(k.stack).or_default().push((k.bucket, n));
+        let map = dist.map();
+        let m = ebpf.map(map).ok_or(ReadError::MissingMap(map))?;
+        let hist: BpfHashMap<_, HistKey, u64> =
+            BpfHashMap::try_from(m).map_err(|e| ReadError::Map(map, e))?;
+        for entry in hist.iter() {
+            // An entry deleted while iterating is skipped, not fatal.
+            let Ok((k, n)) = entry else { continue };
+            if pids.contains(&k.stack.tgid) && n > 0 {
+                dist.of(out.entry(k.stack.tgid).or_default())
+                    .entry(k.stack)
+                    .or_default()
+                    .push((k.bucket, n));
+            }
         }
     }
     Ok(out)

@@ -1,93 +1,159 @@
-//! Reads malloc mode's per-stack totals (`stack_stats`, updated atomically by
-//! the uprobes) and turns stack keys into return addresses (`stack_traces`).
-use std::collections::HashMap;
+//! Malloc mode's model of every target: the kernel's per-stack totals
+//! (`stack_stats`, updated atomically by the uprobes), their frames
+//! (`hashed_stacks`) and distributions (`size_hist`, `lifetime_hist`), plus
+//! each process's self-made mappings (the `events` ring's vm records, kept
+//! here as a `VmSpace`). One pass over the maps serves every target; the
+//! deletions keep those maps from growing with processes that came and went,
+//! or with stacks evicted by a cap.
+use std::collections::{HashMap, HashSet};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, MapError, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, MapError},
     Ebpf,
 };
-use tracer_common::{maps, StackIps, StackKey, StackStats, STACK_ID_HASHED};
+use tracer_common::{maps, AllocInfo, AllocKey, StackIps, StackKey, StackStats, VmEvent};
 
-use super::RawStack;
+use super::{dist, vm::VmSpace};
+use crate::report::raw::RawStack;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("reading BPF map {0}: {1}")]
-    Map(&'static str, MapError),
+    Map(&'static str, #[source] MapError),
 }
 
-/// Every (stack, stats) the kernel counted for one tgid.
-pub fn read_stack_stats(
-    ebpf: &Ebpf,
-    tgid: u32,
-) -> Result<HashMap<StackKey, StackStats>, ReadError> {
-    let map = ebpf
-        .map(maps::STACK_STATS)
-        .ok_or(ReadError::MissingMap(maps::STACK_STATS))?;
-    let stats: BpfHashMap<_, StackKey, StackStats> =
-        BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_STATS, e))?;
-    let mut out = HashMap::new();
-    for entry in stats.iter() {
-        // An entry deleted while iterating is skipped, not fatal.
-        let Ok((k, v)) = entry else { continue };
-        if k.tgid == tgid {
-            out.insert(k, v);
-        }
-    }
-    Ok(out)
-}
-
-/// Resolves stack keys into return addresses, innermost first.
+/// Resolves stack ids into return addresses, innermost first.
 pub struct StackResolver<'a> {
-    traces: StackTraceMap<&'a MapData>,
     hashed: BpfHashMap<&'a MapData, i32, StackIps>,
 }
 
 impl<'a> StackResolver<'a> {
     pub fn new(ebpf: &'a Ebpf) -> Result<Self, ReadError> {
         let map = ebpf
-            .map(maps::STACK_TRACES)
-            .ok_or(ReadError::MissingMap(maps::STACK_TRACES))?;
-        let traces =
-            StackTraceMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_TRACES, e))?;
-        let map = ebpf
             .map(maps::HASHED_STACKS)
             .ok_or(ReadError::MissingMap(maps::HASHED_STACKS))?;
         let hashed =
             BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::HASHED_STACKS, e))?;
-        Ok(StackResolver { traces, hashed })
+        Ok(StackResolver { hashed })
     }
 
-    /// The frame-pointer walk of a stack id, from whichever map holds it.
-    fn walk(&self, id: i32) -> Vec<u64> {
-        if id < 0 {
-            Vec::new()
-        } else if id & STACK_ID_HASHED != 0 {
-            self.hashed
-                .get(&id, 0)
-                .map(|s| s.frames().to_vec())
-                .unwrap_or_default()
-        } else {
-            self.traces
-                .get(&(id as u32), 0)
-                .map(|t| t.frames().iter().map(|f| f.ip).collect())
-                .unwrap_or_default()
-        }
-    }
-
-    /// The frames of a key: `[caller] + walk[1..]` when the probe read the
-    /// caller at [sp] (walk[0] is then the probed function or the syscall
-    /// stub itself, whose frame the walk cannot see past), else the walk.
+    /// The frames of a stack (empty when it could not be stored).
     pub fn ips(&self, key: &StackKey) -> Vec<u64> {
-        let walk = self.walk(key.stack_id);
-        if key.caller == 0 {
-            return walk;
+        if key.stack_id < 0 {
+            return Vec::new();
         }
-        std::iter::once(key.caller)
-            .chain(walk.into_iter().skip(1))
-            .collect()
+        self.hashed
+            .get(&key.stack_id, 0)
+            .map(|s| s.frames().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// A raw stack and the BPF keys it was merged from (none for stacks made
+/// only of self-made mappings, which live here, not in the kernel).
+#[derive(Clone, Debug, Default)]
+pub struct KeyedStack {
+    pub stack: RawStack,
+    pub keys: Vec<StackKey>,
+}
+
+/// Every malloc-mode target's self-made mappings.
+#[derive(Default)]
+pub struct MallocModel {
+    spaces: HashMap<u32, VmSpace>,
+}
+
+impl MallocModel {
+    /// Starts modelling `pid` (its `targets` entry and uprobes are the
+    /// caller's).
+    pub fn add(&mut self, pid: u32) {
+        self.spaces.insert(pid, VmSpace::default());
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.spaces.contains_key(&pid)
+    }
+
+    /// Applies one mapping event of the ring buffer to its process.
+    pub fn apply(&mut self, ev: &VmEvent) {
+        if let Some(s) = self.spaces.get_mut(&ev.hdr.tgid) {
+            s.apply(ev);
+        }
+    }
+
+    /// Every target's stacks, merged by frames, from one pass over
+    /// `stack_stats` and the histograms; `pids`: the targets to read.
+    pub fn read(
+        &self,
+        ebpf: &Ebpf,
+        pids: &HashSet<u32>,
+    ) -> Result<HashMap<u32, Vec<KeyedStack>>, ReadError> {
+        let map = ebpf
+            .map(maps::STACK_STATS)
+            .ok_or(ReadError::MissingMap(maps::STACK_STATS))?;
+        let stats: BpfHashMap<_, StackKey, StackStats> =
+            BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_STATS, e))?;
+        let mut by_pid: HashMap<u32, Vec<(StackKey, StackStats)>> = HashMap::new();
+        for entry in stats.iter() {
+            // An entry deleted while iterating is skipped, not fatal.
+            let Ok((k, v)) = entry else { continue };
+            if pids.contains(&k.tgid) {
+                by_pid.entry(k.tgid).or_default().push((k, v));
+            }
+        }
+        let resolver = StackResolver::new(ebpf)?;
+        let mut hists = dist::read_all(ebpf, pids, &by_pid)?;
+        let mut out = HashMap::new();
+        for &pid in pids {
+            let stats = by_pid.remove(&pid).unwrap_or_default();
+            let mut keys: HashMap<Vec<u64>, Vec<StackKey>> = HashMap::new();
+            for (k, _) in &stats {
+                keys.entry(resolver.ips(k)).or_default().push(*k);
+            }
+            let mut merged: HashMap<Vec<u64>, RawStack> = HashMap::new();
+            merge_into(&mut merged, &resolver, stats);
+            if let Some(space) = self.spaces.get(&pid) {
+                merge_into(&mut merged, &resolver, space.stack_stats());
+            }
+            if let Some((sizes, lifetimes)) = hists.remove(&pid) {
+                dist::fill(&mut merged, &resolver, sizes, lifetimes);
+            }
+            let list = merged
+                .into_iter()
+                .map(|(ips, stack)| KeyedStack {
+                    keys: keys.remove(&ips).unwrap_or_default(),
+                    stack,
+                })
+                .collect();
+            out.insert(pid, list);
+        }
+        Ok(out)
+    }
+
+    /// Stops modelling `pid` and deletes everything the kernel kept about it.
+    /// Deletion failures are ignored: the entry is gone or will be
+    /// overwritten.
+    pub fn remove(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.spaces.remove(&pid);
+        let _ = delete_stats_where(ebpf, |k| k.tgid == pid);
+        let _ = delete_allocs_where(ebpf, |k, _| k.tgid == pid);
+        let _ = dist::forget(ebpf, |k| k.tgid == pid);
+    }
+
+    /// Deletes evicted stacks' keys and the outstanding allocations that
+    /// point at them: a later free(3) of such a block then finds no
+    /// `allocs` entry and changes nothing, instead of subtracting from a
+    /// re-created, smaller entry.
+    pub fn evict(&self, ebpf: &mut Ebpf, keys: &HashSet<StackKey>) -> Result<(), ReadError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        delete_stats_where(ebpf, |k| keys.contains(k))?;
+        delete_allocs_where(ebpf, |_, v| keys.contains(&v.stack))?;
+        dist::forget(ebpf, |k| keys.contains(k))?;
+        Ok(())
     }
 }
 
@@ -109,4 +175,40 @@ pub fn merge_into(
         e.total_bytes += s.total_bytes;
         e.total_allocs += s.total_allocs;
     }
+}
+
+/// Deletes the `stack_stats` entries whose key matches.
+fn delete_stats_where(ebpf: &mut Ebpf, pred: impl Fn(&StackKey) -> bool) -> Result<(), ReadError> {
+    let map = ebpf
+        .map_mut(maps::STACK_STATS)
+        .ok_or(ReadError::MissingMap(maps::STACK_STATS))?;
+    let mut stats: BpfHashMap<_, StackKey, StackStats> =
+        BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::STACK_STATS, e))?;
+    let doomed: Vec<StackKey> = stats.keys().flatten().filter(|k| pred(k)).collect();
+    for k in doomed {
+        let _ = stats.remove(&k);
+    }
+    Ok(())
+}
+
+/// Deletes the `allocs` entries (outstanding blocks) that match.
+fn delete_allocs_where(
+    ebpf: &mut Ebpf,
+    pred: impl Fn(&AllocKey, &AllocInfo) -> bool,
+) -> Result<(), ReadError> {
+    let map = ebpf
+        .map_mut(maps::ALLOCS)
+        .ok_or(ReadError::MissingMap(maps::ALLOCS))?;
+    let mut allocs: BpfHashMap<_, AllocKey, AllocInfo> =
+        BpfHashMap::try_from(map).map_err(|e| ReadError::Map(maps::ALLOCS, e))?;
+    let doomed: Vec<AllocKey> = allocs
+        .iter()
+        .flatten()
+        .filter(|(k, v)| pred(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    for k in doomed {
+        let _ = allocs.remove(&k);
+    }
+    Ok(())
 }

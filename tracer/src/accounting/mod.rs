@@ -1,51 +1,10 @@
 //! Turns what the kernel side counted into a per-process model of raw stacks
-//! (addresses, not names). Symbolization and classification happen later, in
-//! `report::build`, so that this module knows nothing about how reports look.
+//! (`report::raw`: addresses, not names). Symbolization and classification
+//! happen later, in `report::build`, so that this module knows nothing about
+//! how reports look.
 pub mod counters;
 pub mod dist;
 pub mod malloc;
 pub mod resident;
 pub mod unwind;
 pub mod vm;
-
-use crate::report::{Attribution, Bucket, PreexistingLine, Quantiles, SeriesPoint};
-
-/// One stack as counted: return addresses, innermost (the allocation call) first.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RawStack {
-    /// Return addresses, innermost first; see `leaf_is_ip` for `ips[0]`.
-    pub ips: Vec<u64>,
-    /// `ips[0]` is the interrupted instruction itself (a page fault), not a
-    /// return address. Return addresses point after their call, so they are
-    /// symbolized at `addr - 1` to name the call's line (and the right
-    /// function when the call is the last instruction of one).
-    pub leaf_is_ip: bool,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub total_bytes: u64,
-    pub total_allocs: u64,
-    pub attribution: Option<Attribution>,
-    pub growth_bytes_per_sec: Option<f64>,
-    pub sizes: Option<Quantiles>,
-    pub lifetimes_ns: Option<Quantiles>,
-    /// Set when the accounting already knows the bucket (an aggregate of
-    /// evicted stacks has no frames to classify).
-    pub bucket: Option<Bucket>,
-    /// How many smaller stacks this one aggregates (0: a real stack).
-    pub folded_stacks: u64,
-}
-
-/// Everything known about one traced process, before symbolization.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RawProcess {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub rss_bytes: u64,
-    pub exited: bool,
-    pub stacks: Vec<RawStack>,
-    pub series: Vec<SeriesPoint>,
-    pub preexisting: Vec<PreexistingLine>,
-    pub reconciliation: Option<String>,
-    pub cgroup: Option<String>,
-}

@@ -26,12 +26,8 @@ pub const MAX_FRAMES: usize = tracer_common::MAX_STACK_DEPTH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnwindError {
-    #[error("cannot read /proc/{pid}/maps: {source}")]
-    Maps {
-        pid: u32,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Maps(#[from] crate::proc::MapsError),
 }
 
 /// A copy of user memory: `bytes` were at `base` in the process.
@@ -192,12 +188,10 @@ impl Unwinder {
 
     /// Re-reads the executable file mappings from /proc/PID/maps.
     pub fn refresh(&mut self) -> Result<(), UnwindError> {
-        let path = format!("/proc/{}/maps", self.pid);
-        let text = std::fs::read_to_string(&path).map_err(|source| UnwindError::Maps {
-            pid: self.pid,
-            source,
-        })?;
-        self.regions = text.lines().filter_map(parse_exec_region).collect();
+        self.regions = crate::proc::maps::read(self.pid)?
+            .iter()
+            .filter_map(exec_region)
+            .collect();
         self.regions.sort_by_key(|r| r.start);
         self.rules.clear();
         self.refreshed = Some(std::time::Instant::now());
@@ -326,24 +320,14 @@ impl Unwinder {
     }
 }
 
-/// Parses an executable file mapping line of /proc/PID/maps.
-fn parse_exec_region(line: &str) -> Option<Region> {
-    let mut it = line.split_ascii_whitespace();
-    let range = it.next()?;
-    let perms = it.next()?;
-    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-    let _dev = it.next()?;
-    let _inode = it.next()?;
-    let path = it.collect::<Vec<_>>().join(" ");
-    if !perms.contains('x') || !path.starts_with('/') {
-        return None;
-    }
-    let (s, e) = range.split_once('-')?;
+/// The region of an executable file mapping.
+fn exec_region(m: &crate::proc::Mapping) -> Option<Region> {
+    let path = m.path().filter(|_| m.executable())?;
     Some(Region {
-        start: u64::from_str_radix(s, 16).ok()?,
-        end: u64::from_str_radix(e, 16).ok()?,
-        offset,
-        path: PathBuf::from(path.trim_end_matches(" (deleted)")),
+        start: m.start,
+        end: m.end,
+        offset: m.offset,
+        path: PathBuf::from(path),
     })
 }
 
@@ -353,16 +337,17 @@ mod tests {
 
     #[test]
     fn parses_exec_regions_only() {
-        let r = parse_exec_region(
+        let line = |l: &str| crate::proc::maps::parse_line(l).unwrap();
+        let r = exec_region(&line(
             "7f0000001000-7f0000002000 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6",
-        )
+        ))
         .unwrap();
         assert_eq!(
             (r.start, r.end, r.offset),
             (0x7f0000001000, 0x7f0000002000, 0x1000)
         );
-        assert!(parse_exec_region("7f00-7f10 rw-p 00000000 00:00 0 [heap]").is_none());
-        assert!(parse_exec_region("7f00-7f10 r--p 00000000 08:01 1 /usr/bin/node").is_none());
+        assert!(exec_region(&line("7f00-7f10 rw-p 00000000 00:00 0 [heap]")).is_none());
+        assert!(exec_region(&line("7f00-7f10 r--p 00000000 08:01 1 /usr/bin/node")).is_none());
     }
 
     /// Unwinds this very test's stack, copied from the live process, through

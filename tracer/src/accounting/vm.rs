@@ -189,7 +189,6 @@ mod tests {
         StackKey {
             tgid: 1,
             stack_id: id,
-            caller: 0,
         }
     }
 

@@ -1,23 +1,21 @@
 //! `offheap diff BEFORE.json AFTER.json`: rank the stacks that grew.
-use super::{
-    report::{emit, read_report, render_options},
-    UsageError, WriteFailure,
-};
+use super::report::{emit, read_report, render_options};
 use crate::{
     cli::DiffArgs,
+    error::{UsageError, WriteFailure},
     report::{diff, Format},
 };
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
     if args.output.format == Format::Pprof {
-        anyhow::bail!(UsageError(
-            "diff writes --format text, json, folded or svg".into()
+        anyhow::bail!(UsageError::new(
+            "diff writes --format text, json, folded or svg"
         ));
     }
     let before = read_report(&args.before)?;
     let after = read_report(&args.after)?;
     let d = diff::diff(&before, &after);
     let bytes = diff::render(&d, args.output.format, &render_options(&args.output))
-        .map_err(|e| WriteFailure(e.to_string()))?;
+        .map_err(WriteFailure::new)?;
     emit(&bytes, args.output.output.as_deref())
 }

@@ -1,14 +1,13 @@
 //! `offheap record --pid PID`: attach to a running process.
 use anyhow::Result;
 
-use crate::{
-    cli::RecordArgs,
-    session::{self, Target},
-};
+use crate::{cli::RecordArgs, core::Tracer};
 
 pub async fn run(args: RecordArgs) -> Result<()> {
-    let opts = super::session_options(&args.trace)?;
-    let mut sym = session::new_symbolizer();
-    let outcome = session::trace(Target::Pid(args.pid), &opts, sym.as_mut()).await?;
-    session::write_report(&outcome.report, &opts)
+    let opts = super::trace_options(&args.trace, args.children)?;
+    super::trace::preflight(&args.trace)?;
+    let mut tracer = Tracer::start(opts).map_err(super::start_error)?;
+    tracer.add_pid(args.pid, None).map_err(super::start_error)?;
+    super::trace::trace(tracer, args.pid, &args.trace).await?;
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::{UsageError, WriteFailure};
+use crate::error::{UsageError, WriteFailure};
 use crate::{
     cli::{OutputOpts, ReportArgs},
     report::{self, json, progress::Progress, write::write_atomic, Format, RenderOptions, Report},
@@ -28,7 +28,7 @@ pub fn render_options(o: &OutputOpts) -> RenderOptions {
 /// Reads a JSON report; a missing, unreadable or foreign file is a usage error.
 pub fn read_report(path: &Path) -> anyhow::Result<Report> {
     let bytes = std::fs::read(path)
-        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| UsageError::new(format!("cannot read {}: {e}", path.display())))?;
     let progress = (bytes.len() > PROGRESS_BYTES).then(|| {
         Progress::new(format!(
             "reading {} ({} MB)",
@@ -37,7 +37,7 @@ pub fn read_report(path: &Path) -> anyhow::Result<Report> {
         ))
     });
     let r = json::parse(&bytes).map_err(|e| {
-        UsageError(format!(
+        UsageError::new(format!(
             "{} is not an offheap JSON report: {e}",
             path.display()
         ))
@@ -45,7 +45,7 @@ pub fn read_report(path: &Path) -> anyhow::Result<Report> {
     // Later schema versions only add fields (see model.rs), so any
     // offheap.report.* parses; anything else is someone else's JSON.
     if !r.schema.starts_with("offheap.report.") {
-        anyhow::bail!(UsageError(format!(
+        anyhow::bail!(UsageError::new(format!(
             "{} has schema {:?}, not offheap.report.v1",
             path.display(),
             r.schema
@@ -68,7 +68,7 @@ pub fn emit(bytes: &[u8], output: Option<&Path>) -> anyhow::Result<()> {
                     bytes.len() >> 20
                 ))
             });
-            write_atomic(path, bytes).map_err(|e| WriteFailure(e.to_string()))?;
+            write_atomic(path, bytes).map_err(WriteFailure::new)?;
             if let Some(p) = progress {
                 p.done();
             }
@@ -80,7 +80,7 @@ pub fn emit(bytes: &[u8], output: Option<&Path>) -> anyhow::Result<()> {
                 // A closed pipe (`| head`) is the reader's choice, not a failure.
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
                 r => r
-                    .map_err(|e| WriteFailure(format!("writing to stdout: {e}")))
+                    .map_err(|e| WriteFailure::new(format!("writing to stdout: {e}")))
                     .context("writing the report"),
             }
         }
@@ -98,8 +98,7 @@ pub fn render(r: &Report, o: &OutputOpts) -> anyhow::Result<Vec<u8>> {
         .sum();
     let progress = (frames > PROGRESS_FRAMES)
         .then(|| Progress::new(format!("rendering {frames} frames as {:?}", o.format)));
-    let bytes =
-        report::render(r, o.format, &render_options(o)).map_err(|e| WriteFailure(e.to_string()))?;
+    let bytes = report::render(r, o.format, &render_options(o)).map_err(WriteFailure::new)?;
     if let Some(p) = progress {
         p.done();
     }
@@ -110,8 +109,8 @@ pub fn render(r: &Report, o: &OutputOpts) -> anyhow::Result<Vec<u8>> {
 /// only garble the screen. Call before tracing, with the parsed options.
 pub fn check_output(o: &OutputOpts) -> anyhow::Result<()> {
     if o.format == Format::Pprof && o.output.is_none() && io::stdout().is_terminal() {
-        anyhow::bail!(UsageError(
-            "pprof output is binary: give --output FILE or redirect stdout".into()
+        anyhow::bail!(UsageError::new(
+            "pprof output is binary: give --output FILE or redirect stdout"
         ));
     }
     Ok(())

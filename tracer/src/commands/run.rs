@@ -1,21 +1,19 @@
-//! `offheap run -- CMD ARGS`: start CMD held before exec, trace it.
+//! `offheap run -- CMD ARGS`: start CMD held before exec, trace it and the
+//! processes it forks.
 use anyhow::Result;
 
-use crate::{
-    cli::RunArgs,
-    session::{self, Target},
-};
+use crate::{cli::RunArgs, core::Tracer};
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let opts = super::session_options(&args.trace)?;
-    let mut sym = session::new_symbolizer();
-    let outcome = session::trace(Target::Command(args.command), &opts, sym.as_mut()).await?;
-    session::write_report(&outcome.report, &opts)?;
+    let opts = super::trace_options(&args.trace, true)?;
+    super::trace::preflight(&args.trace)?;
+    let mut tracer = Tracer::start(opts).map_err(super::start_error)?;
+    let pid = tracer.spawn(&args.command).map_err(super::start_error)?;
+    let status = super::trace::trace(tracer, pid, &args.trace).await?;
     // The report was written: exit 0 whatever the child did, but say it.
-    match (&outcome.child_status, outcome.report.processes.first()) {
-        (Some(status), _) => eprintln!("offheap: the command {status}"),
-        (None, Some(p)) => eprintln!("offheap: the command (PID {}) is still running", p.pid),
-        (None, None) => {}
+    match status {
+        Some(status) => eprintln!("offheap: the command {status}"),
+        None => eprintln!("offheap: the command (PID {pid}) is still running"),
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub fn before_runtime(_args: &WatchArgs) {
 pub async fn run(args: WatchArgs) -> Result<()> {
     let warn_at = args.warn_at;
     if !(warn_at.is_finite() && warn_at > 0.0 && warn_at <= 100.0) {
-        return Err(super::UsageError(format!(
+        return Err(crate::error::UsageError::new(format!(
             "--warn-at must be a percentage in (0, 100], not {warn_at}"
         ))
         .into());

@@ -55,6 +55,7 @@ pub struct MetricsState {
     oom_kills: IntCounter,
     dropped_events: IntCounter,
     agent_rss: IntGauge,
+    agent_bpf_maps: IntGauge,
     agent_cpu: Counter,
     agent_cpu_last: Mutex<f64>,
     known: Mutex<HashMap<u32, Labels>>,
@@ -97,6 +98,10 @@ impl MetricsState {
         )?;
         let agent_rss =
             IntGauge::new("offheap_agent_rss_bytes", "Resident set size of the agent.")?;
+        let agent_bpf_maps = IntGauge::new(
+            "offheap_agent_bpf_map_bytes",
+            "Kernel memory pinned by the agent's BPF maps (charged to its memory cgroup).",
+        )?;
         let agent_cpu = Counter::new(
             "offheap_agent_cpu_seconds_total",
             "User and system CPU time of the agent.",
@@ -107,6 +112,7 @@ impl MetricsState {
         registry.register(Box::new(oom_kills.clone()))?;
         registry.register(Box::new(dropped_events.clone()))?;
         registry.register(Box::new(agent_rss.clone()))?;
+        registry.register(Box::new(agent_bpf_maps.clone()))?;
         registry.register(Box::new(agent_cpu.clone()))?;
         Ok(Arc::new(MetricsState {
             registry,
@@ -116,6 +122,7 @@ impl MetricsState {
             oom_kills,
             dropped_events,
             agent_rss,
+            agent_bpf_maps,
             agent_cpu,
             agent_cpu_last: Mutex::new(0.0),
             known: Mutex::new(HashMap::new()),
@@ -204,10 +211,10 @@ impl MetricsState {
     }
 
     fn refresh_agent(&self) {
-        if let Some(rss) = self_rss_bytes() {
-            self.agent_rss.set(clamp_i64(rss));
-        }
-        let cpu = self_cpu_seconds();
+        let cost = crate::core::cost::measure();
+        self.agent_rss.set(clamp_i64(cost.rss_bytes));
+        self.agent_bpf_maps.set(clamp_i64(cost.bpf_map_bytes));
+        let cpu = cost.cpu_seconds;
         let mut last = self
             .agent_cpu_last
             .lock()
@@ -252,25 +259,6 @@ fn growth_bytes_per_sec(p: &ProcessReport) -> f64 {
         .filter_map(|s| s.growth_bytes_per_sec)
         // fold from +0.0: f64's Sum starts at -0.0, which exports as "-0"
         .fold(0.0, |a, g| a + g)
-}
-
-fn self_rss_bytes() -> Option<u64> {
-    // statm(5): size resident shared ... in pages.
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
-}
-
-fn self_cpu_seconds() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// The running HTTP server; `shutdown` stops it and joins its thread.

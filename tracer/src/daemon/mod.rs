@@ -1,10 +1,9 @@
-//! Building blocks of `watch`, the long-running agent: which processes and
-//! cgroups to trace, their lifecycle events, the metrics server, and the OOM
-//! post-mortem writer. `commands/watch.rs` wires them together.
+//! Building blocks of `watch`, the long-running agent (`agent`: the tracing
+//! core with targets that come and go): which processes and cgroups to
+//! trace, the metrics server, and the OOM post-mortem writer.
 pub mod agent;
 pub mod cgroup;
 pub mod kube;
-pub mod lifecycle;
 pub mod metrics;
 pub mod oom;
 pub mod targets;

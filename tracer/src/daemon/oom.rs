@@ -8,9 +8,10 @@ use std::{
 };
 
 use crate::{
-    daemon::{cgroup::MemoryCgroup, lifecycle::OomVictim},
+    core::OomVictim,
+    daemon::cgroup::MemoryCgroup,
     report::{
-        self, text::human_bytes, write::write_atomic, Format, OomInfo, RenderOptions, Report,
+        self, fmt::human_bytes, write::write_atomic, Format, OomInfo, RenderOptions, Report,
         StackReport,
     },
 };

@@ -6,7 +6,7 @@
 //! order: the executable, then LD_PRELOAD objects, then libraries in load
 //! order (ld.so(8)). So a definition outside libc wins over libc's.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -21,8 +21,11 @@ pub enum AllocatorError {
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Maps(crate::proc::MapsError),
     #[error("no module mapped by PID {0} defines malloc (statically linked without symbols?)")]
     NotFound(u32),
     #[error("{0} does not define the required function {1}")]
@@ -42,19 +45,15 @@ pub struct Allocator {
 
 /// The allocator of a running process, from /proc/PID/maps.
 pub fn for_pid(pid: u32) -> Result<Allocator, AllocatorError> {
-    let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
-    let maps = fs::read_to_string(&maps_path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
+    let maps = crate::proc::maps::read(pid).map_err(|e| {
+        if e.is_gone() {
             AllocatorError::NoProcess(pid)
         } else {
-            AllocatorError::Io {
-                path: maps_path.clone(),
-                source,
-            }
+            AllocatorError::Maps(e)
         }
     })?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let modules = mapped_modules(&maps);
+    let modules = crate::proc::maps::modules(&maps);
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
@@ -76,23 +75,9 @@ pub fn for_exec(exe: &Path, ld_preload: Option<&str>) -> Result<Allocator, Alloc
             .filter(|s| !s.is_empty())
             .map(str::to_string),
     );
-    let maps = fs::read_to_string("/proc/self/maps").map_err(|source| AllocatorError::Io {
-        path: "/proc/self/maps".into(),
-        source,
-    })?;
-    candidates.extend(mapped_modules(&maps));
+    let maps = crate::proc::maps::read(std::process::id()).map_err(AllocatorError::Maps)?;
+    candidates.extend(crate::proc::maps::modules(&maps));
     choose(&root, Some(&exe_s), &candidates).ok_or(AllocatorError::NotFound(std::process::id()))
-}
-
-/// File-backed modules in /proc/PID/maps order, each once.
-fn mapped_modules(maps: &str) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with('/'))
-        .filter(|p| seen.insert(p.to_string()))
-        .map(str::to_string)
-        .collect()
 }
 
 fn is_libc(module: &str) -> bool {
@@ -218,15 +203,5 @@ mod tests {
             for_pid(u32::MAX - 1),
             Err(AllocatorError::NoProcess(_))
         ));
-    }
-
-    #[test]
-    fn maps_modules_are_deduplicated_in_order() {
-        let maps = "55-56 r--p 0 08:01 1 /usr/bin/node\n56-57 r-xp 0 08:01 1 /usr/bin/node\n\
-                    57-58 rw-p 0 00:00 0 [heap]\n58-59 r-xp 0 08:01 2 /lib/libc.so.6\n";
-        assert_eq!(
-            mapped_modules(maps),
-            vec!["/usr/bin/node", "/lib/libc.so.6"]
-        );
     }
 }

@@ -1,5 +1,7 @@
-//! Loading the BPF object and attaching its programs. Nothing here knows how a
-//! report looks: it hands the loaded maps to `accounting`.
+//! Loading the BPF object and attaching its programs: the one loader of the
+//! crate. Only the maps and programs of the active mode are created at full
+//! size and loaded; nothing here knows how a report looks, it hands the
+//! loaded maps to `accounting`.
 pub mod allocator;
 pub mod object;
 pub mod preflight;
@@ -10,15 +12,18 @@ use std::collections::BTreeMap;
 use aya::{
     maps::HashMap as BpfHashMap,
     programs::{
+        tp_btf::BtfTracePointLink,
         trace_point::TracePointLink,
-        uprobe::{UProbeLink, UProbeScope},
-        ProgramError, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
+        BtfTracePoint, ProgramError, TracePoint, UProbe,
     },
-    Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use tracer_common::{maps, programs, TargetInfo};
 
 pub use allocator::Allocator;
+
+use crate::report::Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -31,23 +36,57 @@ pub enum ProbeError {
     #[error("loading BPF program {name}: {source}")]
     Program {
         name: &'static str,
+        #[source]
         source: ProgramError,
     },
     #[error("attaching {what}: {source}")]
-    Attach { what: String, source: ProgramError },
-    #[error("updating BPF map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
+    Attach {
+        what: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("updating BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading the kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(#[from] aya::BtfError),
 }
 
-/// The id bits below `STACK_ID_HASHED`: a home slot has at most this many.
-const STACK_HASH_BITS: u32 = tracer_common::STACK_ID_HASHED.trailing_zeros();
+/// The id bits of `hashed_stacks`: a home slot has at most this many.
+const STACK_HASH_BITS: u32 = tracer_common::STACK_ID_BITS;
+
+/// Lifecycle programs: (program, tracepoint category, tracepoint name).
+pub const LIFECYCLE_TRACEPOINTS: [(&str, &str, &str); 3] = [
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("mark_victim", "oom", "mark_victim"),
+];
+/// The fork program is a BTF-typed raw tracepoint: it needs the child task,
+/// which the classic sched_process_fork record does not carry.
+const FORK_PROGRAM: &str = "sched_process_fork";
+
+/// Entries of `hashed_stacks` in resident mode. Its stacks are first-touch
+/// fault stacks only (mapping stacks are unwound in userspace), sampled 1 in
+/// 8 pages; a fault whose stack finds the map full sends its raw stack to
+/// userspace instead, so a smaller map loses nothing. At ~1 KiB an entry
+/// this bounds the map at 8 MiB (issue 11's 32 MiB budget for resident mode).
+const RESIDENT_HASHED_STACKS: u32 = 8192;
+/// Bytes of the `events` ring buffer in resident mode: it carries only
+/// exec/exit/fork/OOM records there (mappings go to `fault_events`).
+const RESIDENT_EVENTS_BYTES: u32 = 256 << 10;
+/// Bytes of resident mode's `fault_events` ring buffer: a first fault per
+/// sampled page and a raw stack per mapping, drained every 20 ms.
+const RESIDENT_FAULT_EVENTS_BYTES: u32 = 4 << 20;
 
 /// Sizes and knobs fixed before load.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
+    pub mode: Mode,
     pub max_allocs: u32,
     pub max_stack_stats: u32,
-    pub max_stack_traces: u32,
     /// Bits of a stack's hash that pick its home slot in `hashed_stacks`
     /// (30; fewer make distinct stacks share home slots).
     pub stack_hash_bits: u32,
@@ -57,52 +96,69 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
-    /// The defaults, with test knobs from the environment. Two make stacks
-    /// collide, to exercise the paths that handle it:
-    /// $OFFHEAP_MAX_STACK_TRACES resizes `stack_traces` (a tiny map sends
-    /// tracepoint stacks to `hashed_stacks`), $OFFHEAP_STACK_HASH_BITS
-    /// shrinks the home-slot bits of `hashed_stacks` (0: every stack starts
-    /// at the same slot and probes for a free one). $OFFHEAP_MAX_ALLOCS
-    /// resizes `allocs`, to fill it with freed entries.
-    pub fn from_env() -> LoadConfig {
-        let mut c = LoadConfig::default();
+    /// The defaults of `mode`, with test knobs from the environment:
+    /// $OFFHEAP_STACK_HASH_BITS shrinks the home-slot bits of
+    /// `hashed_stacks` (0: every stack starts at the same slot and probes for
+    /// a free one), $OFFHEAP_MAX_ALLOCS resizes `allocs`, to fill it with
+    /// freed entries.
+    pub fn from_env(mode: Mode) -> LoadConfig {
+        let mut c = LoadConfig {
+            mode,
+            max_allocs: tracer_common::MAX_ALLOCS,
+            max_stack_stats: tracer_common::MAX_STACK_STATS,
+            stack_hash_bits: STACK_HASH_BITS,
+            watch_exec: false,
+        };
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         if let Some(n) = env("OFFHEAP_MAX_ALLOCS").filter(|n| *n > 0) {
             c.max_allocs = n;
-        }
-        if let Some(n) = env("OFFHEAP_MAX_STACK_TRACES").filter(|n| *n > 0) {
-            c.max_stack_traces = n;
         }
         if let Some(bits) = env("OFFHEAP_STACK_HASH_BITS") {
             c.stack_hash_bits = bits.min(STACK_HASH_BITS);
         }
         c
     }
-}
 
-impl Default for LoadConfig {
-    fn default() -> Self {
-        LoadConfig {
-            max_allocs: tracer_common::MAX_ALLOCS,
-            max_stack_stats: tracer_common::MAX_STACK_STATS,
-            max_stack_traces: tracer_common::MAX_STACK_TRACES,
-            stack_hash_bits: STACK_HASH_BITS,
-            watch_exec: false,
+    /// max_entries of every map whose size depends on the mode: the other
+    /// mode's maps shrink to one entry (a ring buffer to one page), so that
+    /// a mode pins only the kernel memory it uses.
+    fn map_sizes(&self) -> Vec<(&'static str, u32)> {
+        let page = page_size() as u32;
+        match self.mode {
+            Mode::Malloc => vec![
+                (maps::ALLOCS, self.max_allocs),
+                (maps::STACK_STATS, self.max_stack_stats),
+                (maps::FAULT_EVENTS, page),
+                (maps::FAULT_PAGES, 1),
+                (maps::FAULT_SKIP, 1),
+            ],
+            Mode::Resident => vec![
+                (maps::ALLOCS, 1),
+                (maps::STACK_STATS, 1),
+                (maps::SIZE_HIST, 1),
+                (maps::LIFETIME_HIST, 1),
+                (maps::VM_INFLIGHT, 1),
+                (maps::HASHED_STACKS, RESIDENT_HASHED_STACKS),
+                (maps::EVENTS, RESIDENT_EVENTS_BYTES),
+                (maps::FAULT_EVENTS, RESIDENT_FAULT_EVENTS_BYTES),
+            ],
         }
     }
 }
 
-/// The loaded object. Links live as long as this value: dropping it detaches
-/// every probe.
+/// The loaded object. Links live as long as this value: dropping it (or
+/// `detach`) detaches every probe.
 pub struct Probes {
     ebpf: Ebpf,
-    loaded: bool,
+    mode: Mode,
     /// Each with the pid it filters on, so one process's can be detached.
     uprobe_links: Vec<(u32, UProbeLink)>,
     tracepoint_links: Vec<TracePointLink>,
+    btf_links: Vec<BtfTracePointLink>,
+    malloc_loaded: bool,
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {
@@ -113,30 +169,32 @@ fn page_size() -> u64 {
 }
 
 impl Probes {
+    /// Creates the maps (sized for `cfg.mode`) and parses the programs;
+    /// nothing is verified or attached yet.
     pub fn load(cfg: &LoadConfig) -> Result<Probes, ProbeError> {
         let page = page_size();
         let max_free_allocs = i64::from(cfg.max_allocs / 4);
-        let ebpf = EbpfLoader::new()
+        let watch_exec = u8::from(cfg.watch_exec);
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(programs::KNOB_PAGE_SIZE, &page, true)
             .override_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
             .override_global(programs::KNOB_MAX_FREE_ALLOCS, &max_free_allocs, true)
-            .override_global(
-                crate::daemon::lifecycle::WATCH_EXEC_GLOBAL,
-                &u8::from(cfg.watch_exec),
-                true,
-            )
-            .map_max_entries(maps::ALLOCS, cfg.max_allocs)
-            .map_max_entries(maps::STACK_STATS, cfg.max_stack_stats)
-            .map_max_entries(maps::STACK_TRACES, cfg.max_stack_traces)
-            // `inflight` is task-local storage, which aya 0.13 creates but
-            // has no type for; userspace never opens it.
-            .allow_unsupported_maps()
-            .load(object::OBJECT)?;
+            .override_global(programs::KNOB_WATCH_EXEC, &watch_exec, true)
+            // `inflight` is task-local storage, which aya creates but has
+            // no type for; userspace never opens it.
+            .allow_unsupported_maps();
+        for (name, n) in cfg.map_sizes() {
+            loader.map_max_entries(name, n);
+        }
+        let ebpf = loader.load(object::OBJECT)?;
         Ok(Probes {
             ebpf,
-            loaded: false,
+            mode: cfg.mode,
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
+            btf_links: Vec::new(),
+            malloc_loaded: false,
         })
     }
 
@@ -148,24 +206,30 @@ impl Probes {
         &mut self.ebpf
     }
 
-    /// Loads every program into the kernel (verifier) once.
-    fn load_programs(&mut self) -> Result<(), ProbeError> {
-        if self.loaded {
-            return Ok(());
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Loads (verifies) and attaches the system-wide programs of the mode:
+    /// the lifecycle programs, and the mapping tracepoints (malloc mode) or
+    /// the fault and mapping tracepoints (resident mode). Every one filters
+    /// on `targets` first.
+    pub fn attach_mode(&mut self) -> Result<(), ProbeError> {
+        preflight::ensure_tracefs().map_err(|e| ProbeError::Attach {
+            what: "tracefs".into(),
+            source: ProgramError::IOError(e),
+        })?;
+        for tp in LIFECYCLE_TRACEPOINTS {
+            self.attach_tracepoint(tp)?;
         }
-        for p in programs::MALLOC_FAMILY.iter() {
-            for name in std::iter::once(p.enter).chain(p.exit) {
-                self.uprobe(name)?
-                    .load()
-                    .map_err(|source| ProbeError::Program { name, source })?;
-            }
+        self.attach_fork()?;
+        let mode_tracepoints: &[(&'static str, &'static str, &'static str)] = match self.mode {
+            Mode::Malloc => &programs::VM_TRACEPOINTS,
+            Mode::Resident => &tracer_common::resident_programs::ALL,
+        };
+        for &tp in mode_tracepoints {
+            self.attach_tracepoint(tp)?;
         }
-        for (name, _, _) in programs::VM_TRACEPOINTS.iter() {
-            self.tracepoint(name)?
-                .load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-        }
-        self.loaded = true;
         Ok(())
     }
 
@@ -176,56 +240,19 @@ impl Probes {
             .ok_or(ProbeError::MissingProgram(name))
     }
 
-    fn tracepoint(&mut self, name: &'static str) -> Result<&mut TracePoint, ProbeError> {
-        self.ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(ProbeError::MissingProgram(name))
-    }
-
-    /// Puts a tgid in `targets`: every probe ignores other processes.
-    pub fn add_target(&mut self, tgid: u32, flags: u32) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::TARGETS)
-            .ok_or(ProbeError::MissingMap(maps::TARGETS))?;
-        let mut targets: BpfHashMap<_, u32, TargetInfo> =
-            BpfHashMap::try_from(map).map_err(|e| ProbeError::Map(maps::TARGETS, e))?;
-        targets
-            .insert(tgid, TargetInfo { flags, _pad: 0 }, 0)
-            .map_err(|e| ProbeError::Map(maps::TARGETS, e))
-    }
-
-    /// Takes a tgid out of `targets`: its probes stop counting at once, so
-    /// the figures read afterwards are one consistent moment.
-    pub fn remove_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::TARGETS)
-            .ok_or(ProbeError::MissingMap(maps::TARGETS))?;
-        let mut targets: BpfHashMap<_, u32, TargetInfo> =
-            BpfHashMap::try_from(map).map_err(|e| ProbeError::Map(maps::TARGETS, e))?;
-        match targets.remove(&tgid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(ProbeError::Map(maps::TARGETS, e)),
-        }
-    }
-
-    /// Attaches the mapping tracepoints (system-wide; filtered by `targets`).
-    pub fn attach_vm(&mut self) -> Result<(), ProbeError> {
-        self.load_programs()?;
-        for &tracepoint in programs::VM_TRACEPOINTS.iter() {
-            self.attach_tracepoint(tracepoint)?;
-        }
-        Ok(())
-    }
-
-    /// Attaches one loaded tracepoint program; its link lives as long as self.
+    /// Loads and attaches one tracepoint program; its link lives as long as
+    /// self.
     fn attach_tracepoint(
         &mut self,
         (name, category, event): (&'static str, &str, &str),
     ) -> Result<(), ProbeError> {
-        let prog = self.tracepoint(name)?;
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingProgram(name))?;
+        prog.load()
+            .map_err(|source| ProbeError::Program { name, source })?;
         let link = prog
             .attach(category, event)
             .and_then(|id| prog.take_link(id))
@@ -237,36 +264,126 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the malloc-family probes to one process's allocator. Functions
-    /// sharing one address (glibc's aligned_alloc is memalign) get one probe:
-    /// two would fire twice per call. Returns the symbols attached.
+    fn attach_fork(&mut self) -> Result<(), ProbeError> {
+        let btf = Btf::from_sys_fs()?;
+        let name = FORK_PROGRAM;
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingProgram(name))?;
+        prog.load("sched_process_fork", &btf)
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let link = prog
+            .attach()
+            .and_then(|id| prog.take_link(id))
+            .map_err(|source| ProbeError::Attach {
+                what: format!("{name} to sched_process_fork"),
+                source,
+            })?;
+        self.btf_links.push(link);
+        Ok(())
+    }
+
+    fn targets(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, TargetInfo>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::TARGETS)
+            .ok_or(ProbeError::MissingMap(maps::TARGETS))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::TARGETS,
+            source,
+        })
+    }
+
+    /// Puts a tgid in `targets`: every probe ignores other processes.
+    pub fn add_target(&mut self, tgid: u32, flags: u32) -> Result<(), ProbeError> {
+        self.targets()?
+            .insert(tgid, TargetInfo { flags, _pad: 0 }, 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::TARGETS,
+                source,
+            })
+    }
+
+    /// Takes a tgid out of `targets`: its probes stop counting at once, so
+    /// the figures read afterwards are one consistent moment.
+    pub fn remove_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        match self.targets()?.remove(&tgid) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(ProbeError::Map {
+                name: maps::TARGETS,
+                source,
+            }),
+        }
+    }
+
+    /// Every tgid in `targets` now, with its flags: the lifecycle program
+    /// adds the children of targets traced with `TARGET_FOLLOW`.
+    pub fn target_pids(&mut self) -> Result<Vec<(u32, u32)>, ProbeError> {
+        Ok(self
+            .targets()?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.flags))
+            .collect())
+    }
+
+    /// Loads the malloc-family programs (once: three programs, the attach
+    /// cookie tells their functions apart).
+    fn load_malloc(&mut self) -> Result<(), ProbeError> {
+        if self.malloc_loaded {
+            return Ok(());
+        }
+        for name in [
+            programs::ALLOC_ENTER,
+            programs::ALLOC_EXIT,
+            programs::FREE_ENTER,
+        ] {
+            self.uprobe(name)?
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        self.malloc_loaded = true;
+        Ok(())
+    }
+
+    /// Attaches the malloc-family probes to one process's allocator, from
+    /// the attach table (`programs::MALLOC_FAMILY`). Functions sharing one
+    /// address (glibc's aligned_alloc is memalign) get one probe: two would
+    /// fire twice per call. Returns the symbols attached.
     pub fn attach_malloc(
         &mut self,
         pid: u32,
         alloc: &Allocator,
     ) -> Result<Vec<&'static str>, ProbeError> {
-        self.load_programs()?;
+        self.load_malloc()?;
+        let scope = std::num::NonZeroU32::new(pid)
+            .map(UProbeScope::OneProcess)
+            .ok_or(ProbeError::MissingProgram("a uprobe for PID 0"))?;
         let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
         let mut attached = Vec::new();
-        // Targets are real processes (pid > 0); 0 can only come from a caller
-        // bug, and then the probes fire for offheap itself, which is never in
-        // `targets`, so nothing is counted.
-        let scope = std::num::NonZeroU32::new(pid)
-            .map_or(UProbeScope::CallingProcess, UProbeScope::OneProcess);
         for p in programs::MALLOC_FAMILY.iter() {
             let Some(&offset) = alloc.offsets.get(p.symbol) else {
                 continue;
             };
-            if by_offset.contains_key(&offset) {
+            if by_offset.insert(offset, p.symbol).is_some() {
                 continue;
             }
-            by_offset.insert(offset, p.symbol);
+            let (enter, exit) = p.programs();
             // The uretprobe first: an entry seen before its return probe
-            // exists would leave an `inflight` entry that no return clears.
-            for name in p.exit.into_iter().chain(std::iter::once(p.enter)) {
+            // exists would leave a call in flight that no return ends.
+            for name in exit.into_iter().chain(std::iter::once(enter)) {
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: Some(p.kind as u64),
+                };
                 let prog = self.uprobe(name)?;
                 let link = prog
-                    .attach(offset, &alloc.path, scope)
+                    .attach(point, &alloc.path, scope)
                     .and_then(|id| prog.take_link(id))
                     .map_err(|source| ProbeError::Attach {
                         what: format!(
@@ -290,18 +407,46 @@ impl Probes {
             .into_iter()
             .partition(|(p, _)| *p == pid);
         self.uprobe_links = kept;
-        drop(gone);
+        detach_all(gone.into_iter().map(|(_, l)| l).collect());
     }
 
-    /// Detaches every probe. Each uprobe unregistration waits for an SRCU
-    /// grace period under a kernel-wide lock (~0.08 s each here, measured),
-    /// so callers detach after the report is written.
+    /// Detaches every probe. Each uprobe unregistration waits for an RCU
+    /// grace period (uprobe_unregister_sync, ~0.08 s each here, measured),
+    /// so they are closed on threads of their own, whose waits overlap.
     pub fn detach(&mut self) {
-        let uprobes = std::mem::take(&mut self.uprobe_links);
-        let tracepoints = std::mem::take(&mut self.tracepoint_links);
-        drop(uprobes);
-        drop(tracepoints);
+        let uprobes: Vec<UProbeLink> = std::mem::take(&mut self.uprobe_links)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        detach_all(uprobes);
+        self.tracepoint_links.clear();
+        self.btf_links.clear();
     }
+}
+
+/// Whether a map operation failed only because the key was not there (a
+/// delete of what is already gone): ENOENT from bpf(2).
+pub fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// Drops links in parallel, a thread each (there are at most a few dozen):
+/// a uprobe's close waits out a grace period, and grace periods waited on
+/// together end together.
+fn detach_all(links: Vec<UProbeLink>) {
+    if links.len() <= 1 {
+        drop(links);
+        return;
+    }
+    std::thread::scope(|s| {
+        for l in links {
+            s.spawn(move || drop(l));
+        }
+    });
 }
 
 impl Drop for Probes {

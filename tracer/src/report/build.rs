@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    accounting::RawProcess,
     classify,
-    report::{Buckets, Frame, Mode, ProcessReport, Report, StackReport},
+    report::{
+        raw::RawProcess, AgentCost, Buckets, Frame, Mode, ProcessReport, Report, StackReport,
+    },
 };
 
 /// Resolves one return address of a process into frames (more than one when
@@ -27,11 +28,15 @@ impl Symbolize for NoSymbols {
     }
 }
 
+/// What a report says besides its processes; the tracing core makes it once
+/// per report (`core::Tracer::meta`).
+#[derive(Clone, Debug, Default)]
 pub struct Meta {
     pub mode: Mode,
     pub duration_secs: f64,
     pub counters: BTreeMap<String, u64>,
     pub dropped_events: u64,
+    pub agent: Option<AgentCost>,
 }
 
 pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize) -> Report {
@@ -39,6 +44,7 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
     report.duration_secs = meta.duration_secs;
     report.counters = meta.counters;
     report.dropped_events = meta.dropped_events;
+    report.agent = meta.agent;
     for p in processes {
         report.processes.push(assemble_process(p, sym));
     }

@@ -17,9 +17,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    folded,
-    text::{clean, human_bytes},
-    Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
+    fmt::{clean, human_bytes, signed_bytes},
+    folded, Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
 };
 
 pub const SCHEMA: &str = "offheap.diff.v1";
@@ -158,16 +157,6 @@ pub fn diff(before: &Report, after: &Report) -> DiffReport {
         stacks,
         buckets,
     }
-}
-
-/// `+1.5 MiB`, `-512 B`, `0 B`.
-pub fn signed_bytes(d: i64) -> String {
-    let sign = match d.signum() {
-        1 => "+",
-        -1 => "-",
-        _ => "",
-    };
-    format!("{sign}{}", human_bytes(d.unsigned_abs()))
 }
 
 fn render_text(d: &DiffReport, opts: &RenderOptions) -> String {

@@ -15,8 +15,8 @@ use std::{
 };
 
 use super::{
-    diff::{frame_key, signed_bytes},
-    text::{clean, human_bytes},
+    diff::frame_key,
+    fmt::{clean, human_bytes, signed_bytes, sparkline},
     Bucket, ProcessReport, Report, SeriesPoint, StackReport,
 };
 
@@ -29,25 +29,6 @@ const NAME_WIDTH: usize = 100;
 
 fn rate(d: i64) -> String {
     format!("{}/s", signed_bytes(d))
-}
-
-/// Eight-level sparkline of a series, scaled between its own min and max.
-pub fn sparkline(values: &[u64]) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let (Some(&lo), Some(&hi)) = (values.iter().min(), values.iter().max()) else {
-        return String::new();
-    };
-    values
-        .iter()
-        .map(|&v| {
-            let i = if hi == lo {
-                0
-            } else {
-                ((v - lo) as u128 * 7 / (hi - lo) as u128) as usize
-            };
-            BARS[i]
-        })
-        .collect()
 }
 
 /// Per-second growth of `now` over `then` across `secs` seconds.

@@ -2,6 +2,7 @@
 //! `Report`; they know nothing about probes.
 pub mod build;
 pub mod diff;
+pub mod fmt;
 pub mod folded;
 pub mod hist;
 pub mod json;
@@ -9,6 +10,7 @@ pub mod live;
 pub mod model;
 pub mod pprof;
 pub mod progress;
+pub mod raw;
 pub mod svg;
 pub mod text;
 pub mod write;

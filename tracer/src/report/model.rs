@@ -254,6 +254,18 @@ pub struct OomInfo {
     pub time_unix_secs: f64,
 }
 
+/// What the tracer itself cost when the report was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentCost {
+    /// The tracer's resident set.
+    pub rss_bytes: u64,
+    /// Kernel memory pinned by its BPF maps (fdinfo `memlock`), charged to
+    /// its memory cgroup.
+    pub bpf_map_bytes: u64,
+    /// User plus system CPU time since it started.
+    pub cpu_seconds: f64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub schema: String,
@@ -273,9 +285,29 @@ pub struct Report {
     /// Kept here, once per module, rather than on every frame.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub build_ids: BTreeMap<String, String>,
+    /// The tracer's own cost (absent in reports written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentCost>,
 }
 
 impl Report {
+    /// The same report (meta, warnings, build ids, OOM record) with other
+    /// processes.
+    pub fn with_processes(&self, processes: Vec<ProcessReport>) -> Report {
+        Report {
+            schema: self.schema.clone(),
+            mode: self.mode,
+            duration_secs: self.duration_secs,
+            dropped_events: self.dropped_events,
+            counters: self.counters.clone(),
+            processes,
+            oom: self.oom.clone(),
+            warnings: self.warnings.clone(),
+            build_ids: self.build_ids.clone(),
+            agent: self.agent,
+        }
+    }
+
     pub fn new(mode: Mode) -> Report {
         Report {
             schema: SCHEMA.to_string(),
@@ -287,6 +319,7 @@ impl Report {
             oom: None,
             warnings: Vec::new(),
             build_ids: BTreeMap::new(),
+            agent: None,
         }
     }
 }

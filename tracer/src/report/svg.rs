@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use inferno::flamegraph::{self, color::Color, color::PaletteMap, Options};
 
-use super::{folded, text::human_bytes, Bucket, RenderError, Report, ValueKind};
+use super::{fmt::human_bytes, folded, Bucket, RenderError, Report, ValueKind};
 
 const SHARED: Color = Color {
     r: 200,

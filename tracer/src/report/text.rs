@@ -8,48 +8,9 @@
 use std::fmt::Write;
 
 use super::{
-    diff::signed_bytes, live::sparkline, Bucket, Frame, FrameKind, ProcessReport, Quantiles,
-    RenderOptions, Report, StackReport,
+    fmt::{clean, human_bytes, human_ns, signed_bytes, sparkline},
+    Bucket, Frame, FrameKind, ProcessReport, Quantiles, RenderOptions, Report, StackReport,
 };
-
-/// Formats bytes with binary units, e.g. `1.5 MiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
-/// Formats nanoseconds, e.g. `1.2ms`, `3.0s`.
-pub fn human_ns(ns: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1_000_000_000, "s"),
-        (1_000_000, "ms"),
-        (1_000, "µs"),
-        (1, "ns"),
-    ];
-    for (scale, unit) in UNITS {
-        if ns >= scale && scale > 1 {
-            return format!("{:.1}{unit}", ns as f64 / scale as f64);
-        }
-    }
-    format!("{ns}ns")
-}
-
-/// Replaces control characters (ESC, newlines...) with `?`.
-pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
 
 pub fn summary_line(p: &ProcessReport) -> String {
     let b = &p.buckets;

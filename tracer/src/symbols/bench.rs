@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::{SymbolError, Symbolizer};
 use crate::{
-    accounting::{RawProcess, RawStack},
+    report::raw::{RawProcess, RawStack},
     report::{
         build::{assemble, Meta},
         Mode,
@@ -45,7 +45,7 @@ pub fn bench_symbolize(pid: u32, stacks: usize, depth: usize) -> Result<BenchRes
     for m in proc
         .maps
         .iter()
-        .filter(|m| m.entry.path.as_deref() == Some(exe.as_str()))
+        .filter(|m| m.entry.path() == Some(exe.as_str()))
     {
         let Some(module) = &m.module else { continue };
         addrs.extend(module.function_addresses().filter_map(|v| {
@@ -88,9 +88,7 @@ pub fn bench_symbolize(pid: u32, stacks: usize, depth: usize) -> Result<BenchRes
     };
     let meta = Meta {
         mode: Mode::Malloc,
-        duration_secs: 0.0,
-        counters: Default::default(),
-        dropped_events: 0,
+        ..Meta::default()
     };
     let t1 = Instant::now();
     let report = assemble(meta, vec![process], &mut sym);

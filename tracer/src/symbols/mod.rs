@@ -28,7 +28,7 @@ use std::{
 
 pub use bench::{bench_symbolize, BenchResult};
 pub use demangle::demangle;
-pub use maps::{innermost_pid, read_exec_maps, MapEntry};
+pub use maps::{read_exec_maps, MapEntry};
 pub use module::{Module, SourceFrame};
 pub use perfmap::{JsSymbol, PerfMap, MAX_PERF_MAP_BYTES};
 
@@ -108,7 +108,7 @@ impl Symbolizer {
             return self.refresh(pid);
         }
         let entries = maps::read_exec_maps(pid)?;
-        let nspid = innermost_pid(pid).unwrap_or(pid);
+        let nspid = crate::proc::innermost_pid(pid).unwrap_or(pid);
         let mut proc = Process {
             maps: Vec::new(),
             perf: None,
@@ -219,7 +219,7 @@ impl Symbolizer {
         if !entry.is_file() {
             return None;
         }
-        let path = entry.path.clone()?;
+        let path = entry.path()?.to_string();
         let via_map_files =
             PathBuf::from(format!("/proc/{pid}/map_files/{}", entry.map_files_name()));
         let via_root = PathBuf::from(format!("/proc/{pid}/root{path}"));
@@ -324,7 +324,7 @@ impl Symbolizer {
             })]);
         }
         let base = Frame {
-            module: entry.path.clone(),
+            module: entry.name.clone(),
             ..Frame::unknown(addr)
         };
         let Some(module) = module else {

@@ -1,7 +1,7 @@
-//! A minimal loader for resident-mode tests: loads the embedded object,
-//! attaches only fault.bpf.c's programs and registers one target. The real
-//! loader lives in `probes/`; this one exists so that the kernel programs and
-//! the accounting model are tested against the real kernel on their own.
+//! Resident-mode tests of the kernel programs and the accounting model on
+//! their own, against the real kernel: the one loader (`probes::Probes`)
+//! with resident mode's programs attached and one target registered, and
+//! the model driven by hand (no tracing core, no symbolizer).
 #![allow(dead_code)]
 use std::{
     collections::HashMap,
@@ -9,22 +9,16 @@ use std::{
     process::Command,
 };
 
-use aya::{
-    maps::{HashMap as BpfHashMap, PerCpuArray},
-    programs::TracePoint,
-    Ebpf, EbpfLoader,
-};
+use aya::maps::PerCpuArray;
 use offheap::{
-    accounting::{
-        resident::{DrainStats, Resident, ResidentMaps},
-        RawProcess,
-    },
-    report::Bucket,
+    accounting::resident::{DrainStats, Resident, ResidentMaps},
+    probes::{LoadConfig, Probes},
+    report::{raw::RawProcess, Bucket, Mode},
 };
-use tracer_common::{maps, resident_programs, TargetInfo, TARGET_FAULTS};
+use tracer_common::{maps, TARGET_FAULTS};
 
 pub struct Tracer {
-    _ebpf: Ebpf,
+    probes: Probes,
     pub maps: ResidentMaps,
     pub procs: HashMap<u32, Resident>,
     pub stats: DrainStats,
@@ -39,43 +33,18 @@ impl Tracer {
 
     /// Attaches with the kernel taking 1 in `sample_every` first-touch stacks.
     pub fn attach_sampled(pid: u32, sample_every: u32) -> Tracer {
-        if !Path::new("/sys/kernel/tracing/events").exists() {
-            let _ = Command::new("mount")
-                .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-                .status();
-        }
-        let mut ebpf = EbpfLoader::new()
-            .allow_unsupported_maps()
-            .load(offheap::probes::object::OBJECT)
-            .expect("load BPF object");
-        for (prog, cat, name) in resident_programs::ALL {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .unwrap_or_else(|| panic!("program {prog}"))
-                .try_into()
-                .unwrap();
-            p.load().unwrap_or_else(|e| panic!("load {prog}: {e:?}"));
-            p.attach(cat, name)
-                .unwrap_or_else(|e| panic!("attach {prog}: {e}"));
-        }
-        let mut maps = ResidentMaps::take(&mut ebpf).unwrap();
+        let mut probes =
+            Probes::load(&LoadConfig::from_env(Mode::Resident)).expect("load BPF object");
+        probes
+            .attach_mode()
+            .expect("attach resident mode's programs");
+        let mut maps = ResidentMaps::take(probes.ebpf_mut()).unwrap();
         maps.set_sample_every(sample_every).unwrap();
-        let mut targets: BpfHashMap<_, u32, TargetInfo> =
-            BpfHashMap::try_from(ebpf.map_mut(maps::TARGETS).unwrap()).unwrap();
-        targets
-            .insert(
-                pid,
-                TargetInfo {
-                    flags: TARGET_FAULTS,
-                    _pad: 0,
-                },
-                0,
-            )
-            .unwrap();
+        probes.add_target(pid, TARGET_FAULTS).unwrap();
         let mut procs = HashMap::new();
         procs.insert(pid, Resident::start_sampled(pid, sample_every).unwrap());
         Tracer {
-            _ebpf: ebpf,
+            probes,
             maps,
             procs,
             stats: DrainStats::default(),
@@ -86,7 +55,7 @@ impl Tracer {
     /// Records the kernel side could not send (ring buffer full).
     pub fn lost_events(&self) -> u64 {
         let c: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self._ebpf.map(maps::COUNTERS).unwrap()).unwrap();
+            PerCpuArray::try_from(self.probes.ebpf().map(maps::COUNTERS).unwrap()).unwrap();
         c.get(&(tracer_common::Counter::EventsLost as u32), 0)
             .unwrap()
             .iter()

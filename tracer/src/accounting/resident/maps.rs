@@ -29,6 +29,8 @@ pub enum ResidentError {
     #[error(transparent)]
     Proc(#[from] ProcError),
     #[error(transparent)]
+    Maps(#[from] crate::proc::MapsError),
+    #[error(transparent)]
     Unwind(#[from] UnwindError),
 }
 

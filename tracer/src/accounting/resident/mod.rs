@@ -34,7 +34,7 @@ use std::{
 
 pub use maps::{DrainStats, ResidentError, ResidentMaps};
 pub use procfs::{Pagemap, ProcError, PAGE};
-pub use set::{classifier, ResidentSet};
+pub use set::ResidentSet;
 use tracer_common::{FaultEvent, MapEvent};
 
 use super::unwind::{Regs, StackWindow, Unwinder};
@@ -147,9 +147,10 @@ impl Resident {
         let mut pagemap = Pagemap::open(pid)?;
         let mut kinds: Vec<String> = Vec::new();
         let mut baseline = Vec::new();
-        for m in procfs::read_maps(pid)? {
+        for m in crate::proc::maps::read(pid)? {
             // No access means nothing resident (V8 and glibc reservations).
-            if m.perms.starts_with("---") || m.path == "[vsyscall]" || m.path == "[vvar]" {
+            let special = matches!(m.name.as_deref(), Some("[vsyscall]" | "[vvar]"));
+            if m.is_reservation() || special {
                 continue;
             }
             let kind = m.kind();

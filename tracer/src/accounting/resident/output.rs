@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 
 use super::{procfs, Classifier, Measure, Resident, PAGE};
-use crate::accounting::{dist, RawProcess, RawStack};
+use crate::accounting::dist;
+use crate::report::raw::{RawProcess, RawStack};
 use crate::report::{Attribution, PreexistingLine};
 
 impl Resident {

@@ -1,6 +1,6 @@
 //! What the kernel says is resident, read from /proc/PID: page presence from
-//! `pagemap`, the mapping list from `maps`, RSS from `smaps_rollup`, per-file
-//! residency from `smaps`.
+//! `pagemap`, RSS from `smaps_rollup`, per-file residency from `smaps` (the
+//! mapping list comes from `crate::proc::maps`).
 //!
 //! pagemap (Documentation/admin-guide/mm/pagemap.rst): one u64 per virtual
 //! page; bit 63 present, bit 61 file page or shared anonymous, bits 0-54 the
@@ -115,54 +115,6 @@ impl Pagemap {
     }
 }
 
-/// One line of /proc/PID/maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapsLine {
-    pub start: u64,
-    pub end: u64,
-    pub perms: String,
-    pub path: String,
-}
-
-impl MapsLine {
-    /// The kind a preexisting line is reported under: "heap", "stack",
-    /// "anon", or "data:PATH" for the private (copy-on-write) pages of a
-    /// file mapping (its .data, .bss and relro).
-    pub fn kind(&self) -> String {
-        match self.path.as_str() {
-            "" => "anon".to_string(),
-            "[heap]" => "heap".to_string(),
-            "[stack]" => "stack".to_string(),
-            p if p.starts_with("[anon") => "anon".to_string(),
-            p if p.starts_with('[') => p.trim_matches(|c| c == '[' || c == ']').to_string(),
-            p => format!("data:{p}"),
-        }
-    }
-}
-
-pub fn read_maps(pid: u32) -> Result<Vec<MapsLine>, ProcError> {
-    Ok(parse_maps(&read(format!("/proc/{pid}/maps"))?))
-}
-
-pub fn parse_maps(text: &str) -> Vec<MapsLine> {
-    text.lines()
-        .filter_map(|line| {
-            let mut it = line.split_ascii_whitespace();
-            let (s, e) = it.next()?.split_once('-')?;
-            let perms = it.next()?.to_string();
-            let _off = it.next()?;
-            let _dev = it.next()?;
-            let _ino = it.next()?;
-            Some(MapsLine {
-                start: u64::from_str_radix(s, 16).ok()?,
-                end: u64::from_str_radix(e, 16).ok()?,
-                perms,
-                path: it.collect::<Vec<_>>().join(" "),
-            })
-        })
-        .collect()
-}
-
 /// RSS of the process and its file-backed part (page cache and shared
 /// memory: Rss minus Anonymous), in bytes, from smaps_rollup.
 pub fn rss_bytes(pid: u32) -> Result<(u64, u64), ProcError> {
@@ -197,13 +149,9 @@ pub fn file_rss_by_path(pid: u32) -> Result<Vec<(String, u64)>, ProcError> {
         }
     };
     for line in text.lines() {
-        let first = line.split_ascii_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            path = line
-                .split_ascii_whitespace()
-                .skip(5)
-                .collect::<Vec<_>>()
-                .join(" ");
+        // smaps repeats each maps line as the header of its fields.
+        if let Some(m) = crate::proc::maps::parse_line(line) {
+            path = m.name.unwrap_or_default();
         } else if let Some(v) = line.strip_prefix("Rss:") {
             rss = v
                 .split_ascii_whitespace()
@@ -225,18 +173,6 @@ pub fn file_rss_by_path(pid: u32) -> Result<Vec<(String, u64)>, ProcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn maps_kinds() {
-        let m = parse_maps(
-            "55d0-55e0 rw-p 00000000 00:00 0                          [heap]\n\
-             7f00-7f10 rw-p 00000000 00:00 0 \n\
-             7f10-7f20 rw-p 00002000 08:01 42 /usr/bin/node\n",
-        );
-        let kinds: Vec<_> = m.iter().map(MapsLine::kind).collect();
-        assert_eq!(kinds, ["heap", "anon", "data:/usr/bin/node"]);
-        assert_eq!((m[0].start, m[0].end), (0x55d0, 0x55e0));
-    }
 
     /// Touches 5 pages of a fresh 8-page mapping, reads 1 more (zero page),
     /// then gives 2 back: pagemap must say exactly 3.

@@ -7,10 +7,7 @@ use std::collections::HashMap;
 use aya::Ebpf;
 
 use super::{Classifier, DrainStats, Resident, ResidentError, ResidentMaps};
-use crate::{
-    accounting::RawProcess,
-    report::{build::Symbolize, Bucket, Frame},
-};
+use crate::report::raw::RawProcess;
 
 pub struct ResidentSet {
     maps: ResidentMaps,
@@ -109,14 +106,5 @@ impl ResidentSet {
             .filter_map(|pid| self.procs.remove(&pid))
             .map(|mut p| p.finish(classify))
             .collect()
-    }
-}
-
-/// A classifier for `sample`/`finish` from a symbolizer and the `classify`
-/// rules, caching nothing itself (each model classifies a stack once).
-pub fn classifier(sym: &mut dyn Symbolize) -> impl FnMut(u32, &[u64]) -> Bucket + '_ {
-    move |pid, ips| {
-        let frames: Vec<Frame> = ips.iter().flat_map(|ip| sym.symbolize(pid, *ip)).collect();
-        crate::classify::classify(&frames)
     }
 }

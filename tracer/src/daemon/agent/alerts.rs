@@ -9,22 +9,20 @@ use std::{
 
 use super::Agent;
 use crate::{
-    daemon::{
-        lifecycle::OomVictim,
-        oom::{self, Owner},
-    },
-    report::{self, build::Meta, ProcessReport, Report},
+    core::OomVictim,
+    daemon::oom::{self, Owner},
+    report::{ProcessReport, Report},
 };
 
 impl Agent {
     /// Writes a pre-OOM snapshot of a cgroup's targets once per upward
     /// crossing of --warn-at.
-    pub(super) fn check_cgroups(&mut self, meta: &Meta, reports: &HashMap<u32, ProcessReport>) {
+    pub(super) fn check_cgroups(&mut self, all: &Report, reports: &HashMap<u32, ProcessReport>) {
         let mut seen: HashSet<String> = HashSet::new();
         let cgroups: Vec<_> = self
-            .targets
+            .tracked
             .values()
-            .filter_map(|t| t.tracked.cgroup.clone())
+            .filter_map(|t| t.cgroup.clone())
             .filter(|c| seen.insert(c.path.clone()))
             .collect();
         for cg in cgroups {
@@ -37,17 +35,13 @@ impl Agent {
             let (Some(dir), Some(limit)) = (&self.opts.oom_dir, limit) else {
                 continue;
             };
-            let mut report = Report::new(meta.mode);
-            report.duration_secs = meta.duration_secs;
-            report.counters = meta.counters.clone();
-            report.dropped_events = meta.dropped_events;
-            for (pid, t) in &self.targets {
-                if t.tracked.cgroup.as_ref().map(|c| &c.path) == Some(&cg.path) {
-                    if let Some(p) = reports.get(pid) {
-                        report.processes.push(p.clone());
-                    }
-                }
-            }
+            let processes = self
+                .tracked
+                .iter()
+                .filter(|(_, t)| t.cgroup.as_ref().map(|c| &c.path) == Some(&cg.path))
+                .filter_map(|(pid, _)| reports.get(pid).cloned())
+                .collect();
+            let report = all.with_processes(processes);
             let owner = Owner::of(Some(&cg));
             match oom::write_preoom(dir, &report, &owner, usage, limit, SystemTime::now()) {
                 Ok(w) => say(&w.log_line),
@@ -60,16 +54,12 @@ impl Agent {
     /// what was captured while it lived (its maps may already be gone).
     pub(super) fn oom(&mut self, v: &OomVictim) {
         self.metrics.inc_oom_kills();
-        if !self.targets.contains_key(&v.tgid) {
+        let Some(cgroup) = self.tracked.get(&v.tgid).map(|t| t.cgroup.clone()) else {
             return;
-        }
-        // Resident mode: the last sample stands (the victim is dying).
-        let mut stacks = self.collect(false);
-        let meta = self.meta();
-        let t = &self.targets[&v.tgid];
-        let raw = self.raw(v.tgid, t, stacks.remove(&v.tgid).unwrap_or_default());
-        let cgroup = t.tracked.cgroup.clone();
-        let report = report::build::assemble(meta, vec![raw], &mut self.frames.with(&mut self.sym));
+        };
+        let Some(report) = self.tracer.report_now(v.tgid) else {
+            return;
+        };
         let Some(dir) = self.opts.oom_dir.clone() else {
             let top = oom::top_off_heap(&report, Some(v.tgid))
                 .map(oom::describe_stack)

@@ -255,11 +255,7 @@ impl UnwindTables {
         let by_map = PathBuf::from(format!("/proc/{pid}/map_files/{}", m.map_files_name()));
         let elf = ElfFile::open(&by_map)
             .or_else(|_| {
-                let p = m
-                    .path
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim_start_matches('/');
+                let p = m.path().unwrap_or_default().trim_start_matches('/');
                 ElfFile::open(&PathBuf::from(format!("/proc/{pid}/root")).join(p))
             })
             .map_err(|_| self.counters.modules_failed += 1)

@@ -1,18 +1,35 @@
 // SPDX-License-Identifier: GPL-2.0
-/* User stacks: taking them, and storing them under an id. Included by
- * offheap.bpf.c (the maps live there).
+/* The one user-stack walker, for every mode: malloc mode's uprobes and
+ * mapping tracepoints, resident mode's page faults. Stacks are stored by hash
+ * in `hashed_stacks` under an id. Included by offheap.bpf.c (the maps live
+ * there).
  *
- * Malloc mode's uprobes and resident mode's page faults walk the
- * frame-pointer chain themselves, over one bulk copy of the stack, instead of
- * calling bpf_get_stackid. Measured on
- * this project's machines (kernel 6.18, bpf_stats): the kernel's walk
- * (perf_callchain_user, two __get_user per frame) costs about 63 ns a frame,
- * 1.5 us for node's typical 23-frame malloc stack, and was most of malloc
- * mode's overhead. One bpf_probe_read_user of OFFHEAP_STACK_WINDOW bytes above
- * %rsp and a walk inside the copy cost about 4 ns a frame.
+ * The walk follows the frame-pointer chain over one bulk copy of the stack
+ * instead of calling bpf_get_stackid. Measured on this project's machines
+ * (kernel 6.18, bpf_stats): the kernel's walk (perf_callchain_user, two
+ * __get_user per frame) costs about 63 ns a frame, 1.5 us for node's typical
+ * 23-frame malloc stack; one bpf_probe_read_user of up to
+ * OFFHEAP_STACK_WINDOW bytes above %rsp and a walk inside the copy cost about
+ * 4 ns a frame.
  *
- * The frames are those the kernel's walk gives: ips[0] is the probed
- * instruction, then the return address of each frame on the %rbp chain. */
+ * Frames: ips[0] is where the walk starts (enum walk_start), then the return
+ * address of each frame on the %rbp chain. */
+
+/* x86-64 user registers as saved on kernel entry (the kernel's struct
+ * pt_regs has the UAPI <asm/ptrace.h> layout). */
+static __always_inline struct pt_regs *user_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+/* The main thread's stack ends a little above mm->start_stack (argv and the
+ * environment); every thread's frames lie below it. */
+static __always_inline __u64 stack_limit(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return BPF_CORE_READ(task, mm, start_stack);
+}
 
 static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
 {
@@ -23,7 +40,7 @@ static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
 }
 
 #define STACK_HASH_SEED 0xcbf29ce484222325ULL
-#define STACK_SLOT_MASK (OFFHEAP_STACK_ID_HASHED - 1)
+#define STACK_SLOT_MASK ((1 << OFFHEAP_STACK_ID_BITS) - 1)
 
 /* Stores s (nr, hash and ips filled) in hashed_stacks and returns its id, or
  * a negative error (the map is full, or every slot tried holds another
@@ -33,14 +50,15 @@ static __always_inline long intern_stack(struct stack_ips *s)
 	__u64 home = s->hash & (((__u64)1 << stack_hash_bits) - 1);
 
 	for (__u32 k = 0; k < OFFHEAP_STACK_HASH_PROBES; k++) {
-		__s32 id = OFFHEAP_STACK_ID_HASHED | (__s32)((home + k) & STACK_SLOT_MASK);
+		__s32 id = (__s32)((home + k) & STACK_SLOT_MASK);
 		struct stack_ips *cur = bpf_map_lookup_elem(&hashed_stacks, &id);
 
 		if (!cur) {
 			long err = bpf_map_update_elem(&hashed_stacks, &id, s, BPF_NOEXIST);
 			if (!err)
 				return id;
-			if (err != -17 /* EEXIST: another CPU stored a stack here first */)
+			/* EEXIST: another CPU stored a stack here first. */
+			if (err != -EEXIST)
 				return err;
 			cur = bpf_map_lookup_elem(&hashed_stacks, &id);
 			if (!cur)
@@ -50,71 +68,32 @@ static __always_inline long intern_stack(struct stack_ips *s)
 		if (cur->hash == s->hash && cur->nr == s->nr)
 			return id;
 	}
-	return -28; /* ENOSPC */
-}
-
-/* The user stack of a stack that collided in stack_traces: the kernel's walk
- * again, stored by hash. */
-static __always_inline long stack_id_collided(void *ctx)
-{
-	__u32 zero = 0;
-	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
-
-	if (!sc)
-		return -1;
-	struct stack_ips *s = &sc->stack;
-	long n = bpf_get_stack(ctx, s->ips, sizeof(s->ips), BPF_F_USER_STACK);
-	if (n <= 0)
-		return n < 0 ? n : -1;
-	s->nr = n / sizeof(__u64);
-	__u64 h = STACK_HASH_SEED;
-	for (int i = 0; i < OFFHEAP_MAX_STACK_DEPTH; i++) {
-		if (i >= s->nr)
-			break;
-		h = stack_hash_step(h, s->ips[i]);
-	}
-	s->hash = h;
-	return intern_stack(s);
-}
-
-/* Fills key with the user stack of the current task, through the kernel's
- * walk (for tracepoints, whose context holds no user registers). `sp` is the
- * user stack pointer at a function's first instruction (or at the `syscall`
- * instruction of a leaf libc wrapper): [sp] holds the return address into the
- * direct caller, the one frame the frame-pointer walk misses because the
- * callee has not pushed %rbp yet. */
-static __always_inline void take_stack(void *ctx, struct stack_key *key, __u32 tgid, __u64 sp)
-{
-	long id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
-
-	if (id == -17 /* EEXIST: the bucket holds another stack */)
-		id = stack_id_collided(ctx);
-	key->tgid = tgid;
-	key->stack_id = id;
-	key->caller = 0;
-	if (id < 0)
-		count(OFFHEAP_CTR_STACK_ID_FAILED);
-	if (sp && bpf_probe_read_user(&key->caller, sizeof(key->caller), (void *)sp) < 0) {
-		key->caller = 0;
-		count(OFFHEAP_CTR_READ_FAILED);
-	}
+	return -ENOSPC;
 }
 
 /* Copies up to `want` bytes (at most OFFHEAP_STACK_WINDOW) of user memory at
- * addr into words; returns how many bytes it copied. A copy that runs past
+ * addr into sc->words; returns how many bytes it copied. A copy that runs past
  * the end of the stack's mapping fails as a whole, so `limit` (an address
  * known to be readable up to, or 0) bounds it first, and a failed copy is
- * retried up to the end of addr's page. */
-static __always_inline __u64 read_window(__u64 *words, __u64 addr, __u64 limit, __u64 want)
+ * retried up to the end of addr's page.
+ *
+ * A global (not inlined) function, so that the verifier checks it once, apart
+ * from its callers: inlined into walk_frame, the precise bounds it needs for
+ * the copy's length made the verifier explore the bpf_loop callback once per
+ * frame depth (162k instructions processed for malloc_enter, ~225 ms of
+ * BPF_PROG_LOAD; 6.5k as a global function). */
+__noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, __u64 want)
 {
 	__u64 len = want;
 
+	if (!sc)
+		return 0;
 	if (limit > addr && limit - addr < len)
 		len = limit - addr;
 	if (len > OFFHEAP_STACK_WINDOW)
 		len = OFFHEAP_STACK_WINDOW;
 	barrier_var(len);
-	if (len <= OFFHEAP_STACK_WINDOW && bpf_probe_read_user(words, len, (void *)addr) == 0)
+	if (len <= OFFHEAP_STACK_WINDOW && bpf_probe_read_user(sc->words, len, (void *)addr) == 0)
 		return len;
 	len = 4096 - (addr & 4095);
 	if (len > want)
@@ -122,7 +101,7 @@ static __always_inline __u64 read_window(__u64 *words, __u64 addr, __u64 limit, 
 	barrier_var(len);
 	if (len > OFFHEAP_STACK_WINDOW)
 		return 0;
-	if (bpf_probe_read_user(words, len, (void *)addr) < 0)
+	if (bpf_probe_read_user(sc->words, len, (void *)addr) < 0)
 		return 0;
 	return len;
 }
@@ -152,7 +131,7 @@ static long walk_frame(__u64 i, struct walk_state *w)
 	__u64 off = fp - w->base;
 	if (fp < w->base || w->win < 16 || off > w->win - 16) {
 		w->base = fp;
-		w->win = read_window(sc->words, fp, w->limit, OFFHEAP_STACK_WINDOW);
+		w->win = read_window(sc, fp, w->limit, OFFHEAP_STACK_WINDOW);
 		off = 0;
 	}
 	if (w->win < 16 || off > OFFHEAP_STACK_WINDOW - 16)
@@ -176,25 +155,45 @@ static long walk_frame(__u64 i, struct walk_state *w)
 	return 0;
 }
 
+/* Where a walk starts. */
+enum walk_start {
+	/* ips[0] is the interrupted instruction itself (a page fault). */
+	WALK_AT_IP = 0,
+	/* At a function's first instruction (a uprobe), or at the `syscall` of
+	 * a libc stub that pushes nothing (glibc's mmap, munmap, mremap, brk,
+	 * madvise: glibc 2.36, objdump): [sp] is the return address into the
+	 * caller, and %rbp is still the caller's, so the frame-pointer chain
+	 * starts at the caller's caller. ips[0] is [sp], the caller; the probed
+	 * function or stub itself is not a frame of the stack. */
+	WALK_AT_CALL = 1,
+};
+
 /* Walks the user stack whose registers are (ip, sp, fp) into sc->stack (nr,
  * hash, ips; see the top of this file) and returns its depth. `limit`: see
  * read_window. `*span`: in, how many bytes above sp to copy first (the walk
  * copies more where a frame lies past them); out, how far above sp the last
  * frame record ends. `sp_word` receives [sp] (0 when unreadable). */
 static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip, __u64 sp,
-					     __u64 fp, __u64 limit, __u64 *span, __u64 *sp_word)
+					     __u64 fp, __u64 limit, __u64 *span, __u64 *sp_word,
+					     enum walk_start start)
 {
 	struct walk_state w = {
 		.base = sp,
 		.fp = fp,
 		.limit = limit,
-		.hash = stack_hash_step(STACK_HASH_SEED, ip),
 		.sc = sc,
 	};
 
-	w.win = read_window(sc->words, sp, limit, *span);
+	w.win = read_window(sc, sp, limit, *span);
 	/* A window shorter than a word: not even sp's page was readable. */
 	*sp_word = w.win >= 8 ? sc->words[0] : 0;
+	if (start == WALK_AT_CALL && w.win < 8)
+		count(OFFHEAP_CTR_READ_FAILED);
+	/* A zero return address is no caller (a function entered by a jump
+	 * from the outermost frame): the stack is then the walk from ip. */
+	if (start == WALK_AT_CALL && *sp_word)
+		ip = *sp_word;
+	w.hash = stack_hash_step(STACK_HASH_SEED, ip);
 	sc->stack.ips[0] = ip;
 	/* Loaded back from the map, the depth is a number the verifier does not
 	 * know: a known constant would make it check walk_frame once per depth
@@ -208,13 +207,35 @@ static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip,
 	return w.nr;
 }
 
-/* The main thread's stack ends a little above mm->start_stack (argv and the
- * environment); every thread's frames lie below it. */
-static __always_inline __u64 stack_limit(void)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
+/* How much of the stack a walk copies first when there is no previous walk
+ * to size it on (tracepoints: any thread). */
+#define STACK_FIRST_COPY 4096
 
-	return BPF_CORE_READ(task, mm, start_stack);
+/* Fills key with the user stack of the current task at a syscall made by a
+ * leaf libc stub (WALK_AT_CALL). For tracepoint programs only: they run with
+ * preemption off (perf_syscall_enter/exit and the page-fault tracepoints
+ * disable it around the BPF run), so the per-CPU scratch is theirs for the
+ * whole walk. */
+static __always_inline void take_syscall_stack(struct stack_key *key, __u32 tgid)
+{
+	__u32 zero = 0;
+	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
+	struct pt_regs *regs = user_regs();
+	__u64 span = STACK_FIRST_COPY, sp_word;
+
+	key->tgid = tgid;
+	key->stack_id = -1;
+	if (!sc) {
+		count(OFFHEAP_CTR_STACK_ID_FAILED);
+		return;
+	}
+	walk_user_stack(sc, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(),
+			&span, &sp_word,
+			WALK_AT_CALL);
+	long id = intern_stack(&sc->stack);
+	if (id < 0)
+		count(OFFHEAP_CTR_STACK_ID_FAILED);
+	key->stack_id = id;
 }
 
 /* How much of the stack a uprobe's walk copies first: what the thread's
@@ -226,25 +247,22 @@ static __always_inline __u64 stack_limit(void)
 #define STACK_SPAN_SLACK 512
 
 /* Fills key with the user stack at a uprobe on a function's first
- * instruction, walked here (see the top of this file) in the thread's slot:
- * its scratch, its cached stack_limit(), its previous walk's span and its
- * recent stack ids. */
+ * instruction (WALK_AT_CALL), walked in the thread's slot: its scratch, its
+ * cached stack_limit(), its previous walk's span and its recent stack ids. */
 static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_key *key,
 					      __u32 tgid, struct inflight_slot *slot)
 {
 	struct stack_scratch *sc = &slot->scratch;
+	__u64 sp_word;
 
 	key->tgid = tgid;
-	key->caller = 0;
 	if (!slot->stack_limit)
 		slot->stack_limit = stack_limit();
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 want = slot->stack_span ? slot->stack_span + STACK_SPAN_SLACK : OFFHEAP_STACK_WINDOW;
 	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), slot->stack_limit, &want,
-			&key->caller);
+			&sp_word, WALK_AT_CALL);
 	slot->stack_span = want;
-	if (!key->caller)
-		count(OFFHEAP_CTR_READ_FAILED);
 	struct stack_id_cache_entry *c =
 		&slot->stack_ids[(sc->stack.hash >> 32) & (STACK_ID_CACHE - 1)];
 	if (c->hash == sc->stack.hash && c->nr == sc->stack.nr && c->nr) {

@@ -4,6 +4,8 @@
 //! allocated): they matter least for finding where memory went.
 use std::collections::{HashMap, HashSet};
 
+use crate::report::raw::RawStack;
+
 /// One stack as the caps see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sized {
@@ -12,6 +14,15 @@ pub struct Sized {
     /// False for stacks whose data lives outside the BPF maps (mappings
     /// rebuilt from events each time): evicting them would free nothing.
     pub evictable: bool,
+}
+
+/// How the caps see a raw stack.
+pub fn sized(s: &RawStack, evictable: bool) -> Sized {
+    Sized {
+        live_bytes: s.live_bytes,
+        total_bytes: s.total_bytes,
+        evictable,
+    }
 }
 
 /// `(pid, index into that pid's list)` of every stack to evict, so that each

@@ -1,0 +1,407 @@
+//! The one tracing core, for every front end: preflight, load, attach, the
+//! event and drain loop, the per-process models, the tick (time series) and
+//! building the Report, for N targets.
+//!
+//! `record` and `run` are the core with one target (and the children it
+//! forks, when followed); `watch` is the same core with targets that come
+//! and go, plus the metrics server and the OOM writer. A front end starts a
+//! `Tracer`, adds targets, then calls `next` in a loop and reacts to what
+//! happened (`Happening`); it never touches a probe or a map.
+pub mod caps;
+pub mod cost;
+pub mod events;
+mod model;
+pub mod spawn;
+pub mod symcache;
+mod targets;
+pub mod wait;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::mpsc::UnboundedReceiver, time::Interval};
+use tracer_common::maps;
+
+use crate::{
+    accounting::{
+        malloc::{MallocModel, ReadError},
+        resident::{ResidentError, ResidentSet},
+    },
+    error::Interrupted,
+    probes::{allocator::AllocatorError, preflight, LoadConfig, ProbeError, Probes},
+    proc::ProcInfo,
+    report::{raw::RawStack, Mode, SeriesPoint},
+    symbols::Symbolizer,
+};
+
+pub use events::OomVictim;
+use events::{Drainer, LifecycleEvent, RingEvent};
+use spawn::{HeldChild, SpawnError};
+use symcache::FrameCache;
+use wait::{Deadline, Signals};
+
+/// Default 1-in-N sampling of first-touch stacks (`OFFHEAP_FAULT_SAMPLE`
+/// overrides; 1 takes every page). Mapping attribution is always exact.
+pub const DEFAULT_FAULT_SAMPLE: u32 = 8;
+/// Counter added to each report's `counters`: stacks dropped by the caps,
+/// cumulative (malloc mode: deleted from the BPF maps; resident mode: folded
+/// into one aggregate per bucket and attribution, which keeps their bytes).
+pub const STACKS_EVICTED: &str = "stacks_evicted";
+/// Points kept in a process's time series (an hour at the default interval).
+const MAX_SERIES_POINTS: usize = 3600;
+
+/// How a front end wants the core to trace.
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    pub mode: Mode,
+    /// Stop after this long (from `begin`); None: until a signal.
+    pub duration: Option<Duration>,
+    /// How often process facts are refreshed and a series point taken.
+    pub interval: Duration,
+    /// Hear of every exec and OOM kill on the host, not only targets'
+    /// (`watch` selects new targets among them).
+    pub watch_exec: bool,
+    /// Trace the processes a target forks, from their first instruction.
+    pub follow_children: bool,
+    /// Stack caps (per process, over all processes): the smallest stacks
+    /// beyond them are evicted (`watch`).
+    pub caps: Option<(usize, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Allocator(#[from] AllocatorError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Resident(#[from] ResidentError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    #[error("installing the SIGINT/SIGTERM handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("starting the ring buffer thread: {0}")]
+    Drainer(#[source] std::io::Error),
+    #[error("no process with PID {0}")]
+    NoProcess(u32),
+    #[error("PID {pid} is a thread of process {tgid}: trace --pid {tgid}")]
+    Thread { pid: u32, tgid: u32 },
+    #[error("PID {0} is a zombie (it exited and waits for its parent to reap it): no memory left to trace")]
+    Zombie(u32),
+    #[error("PID {0} is a kernel thread: it has no user memory to trace")]
+    KernelThread(u32),
+    #[error("the process exited while attaching (PID {0})")]
+    ExitedWhileAttaching(u32),
+    #[error(
+        "PID {pid} has mapped no allocator (no module defines malloc) {secs} s after attaching: \
+         statically linked without symbols?"
+    )]
+    NoAllocator { pid: u32, secs: u64 },
+}
+
+/// Why tracing stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Duration,
+    Signal,
+    /// Every target exited.
+    TargetExited,
+}
+
+/// What `next` saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Happening {
+    /// An interval passed: every target has a new series point and
+    /// `report` reflects it.
+    Tick,
+    /// `pid` exec'd a new program: a target (its model is of the old image:
+    /// `restart` or `remove` it), or any process with `watch_exec`.
+    Exec {
+        pid: u32,
+        target: bool,
+    },
+    /// Target `pid` exited; its data stays for the report until `remove`.
+    Exited {
+        pid: u32,
+        wait_status: Option<i32>,
+    },
+    /// Target `parent` forked `child`, now traced too (`follow_children`).
+    Forked {
+        parent: u32,
+        child: u32,
+    },
+    /// The OOM killer chose a process (a target, or any with `watch_exec`).
+    Oom(OomVictim),
+    Stop(StopReason),
+}
+
+/// Where the figures come from.
+enum Model {
+    /// Uprobes and BPF maps, plus the self-made mappings from the ring.
+    Malloc(MallocModel),
+    /// Page faults, applied by the drain thread to the resident models.
+    Resident(Arc<Mutex<ResidentSet>>),
+}
+
+/// One traced process.
+struct Target {
+    /// Latest /proc facts, kept for after it dies.
+    info: ProcInfo,
+    series: Vec<SeriesPoint>,
+    /// CLOCK_MONOTONIC when tracing it started: older EXEC records are stale.
+    since_ns: u64,
+    cgroup: Option<String>,
+    exited: bool,
+    wait_status: Option<i32>,
+    /// Its stacks as of the last tick.
+    stacks: Vec<RawStack>,
+}
+
+pub struct Tracer {
+    opts: TraceOptions,
+    /// Declared before `probes`: its thread owns maps taken out of the
+    /// object and must stop first.
+    drainer: Option<Drainer>,
+    rx: UnboundedReceiver<RingEvent>,
+    model: Model,
+    probes: Probes,
+    sym: Symbolizer,
+    frames: FrameCache,
+    targets: BTreeMap<u32, Target>,
+    signals: Signals,
+    deadline: Deadline,
+    ticker: Interval,
+    started: Instant,
+    evicted: u64,
+    /// `run`'s command, reaped at the end for its exit status.
+    held: Option<HeldChild>,
+    /// Lifecycle records that arrived while a front end was not waiting.
+    pending: Vec<Happening>,
+}
+
+/// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns() that stamps records.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Tracer {
+    /// Installs the signal handlers (first: a Ctrl-C from now on is seen),
+    /// runs the preflight checks, loads the object sized for the mode and
+    /// attaches its system-wide programs. Targets come next.
+    pub fn start(opts: TraceOptions) -> Result<Tracer, CoreError> {
+        let mut signals = Signals::install().map_err(CoreError::Signals)?;
+        preflight::check()?;
+        let cfg = LoadConfig {
+            watch_exec: opts.watch_exec,
+            ..LoadConfig::from_env(opts.mode)
+        };
+        let mut probes = Probes::load(&cfg)?;
+        interrupted(&mut signals)?;
+        probes.attach_mode()?;
+        interrupted(&mut signals)?;
+        let model = match opts.mode {
+            Mode::Malloc => Model::Malloc(MallocModel::default()),
+            Mode::Resident => {
+                let mut set = ResidentSet::new(probes.ebpf_mut())?;
+                let every = std::env::var("OFFHEAP_FAULT_SAMPLE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DEFAULT_FAULT_SAMPLE);
+                set.set_sample_every(every)?;
+                Model::Resident(Arc::new(Mutex::new(set)))
+            }
+        };
+        let ring = probes
+            .ebpf_mut()
+            .take_map(maps::EVENTS)
+            .ok_or(ProbeError::MissingMap(maps::EVENTS))?;
+        let ring = aya::maps::RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
+            name: maps::EVENTS,
+            source,
+        })?;
+        let resident = match &model {
+            Model::Resident(set) => Some(Arc::clone(set)),
+            Model::Malloc(_) => None,
+        };
+        let (drainer, rx) = Drainer::start(ring, resident).map_err(CoreError::Drainer)?;
+        Ok(Tracer {
+            deadline: Deadline::after(None),
+            ticker: wait::ticker(opts.interval),
+            opts,
+            drainer: Some(drainer),
+            rx,
+            model,
+            probes,
+            sym: Symbolizer::new(),
+            frames: FrameCache::default(),
+            targets: BTreeMap::new(),
+            signals,
+            started: Instant::now(),
+            evicted: 0,
+            held: None,
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.opts.mode
+    }
+
+    /// Starts the clock once the first targets are attached: --duration,
+    /// the ticker and the report's duration count from here.
+    pub fn begin(&mut self) {
+        self.started = Instant::now();
+        self.deadline = Deadline::after(self.opts.duration);
+        self.ticker = wait::ticker(self.opts.interval);
+    }
+
+    /// The pids traced now (live or exited, until removed).
+    pub fn pids(&self) -> Vec<u32> {
+        self.targets.keys().copied().collect()
+    }
+
+    /// Whether every target exited (and there is at least one).
+    pub fn all_exited(&self) -> bool {
+        !self.targets.is_empty() && self.targets.values().all(|t| t.exited)
+    }
+
+    /// The cgroup a target was added with.
+    pub fn cgroup_of(&self, pid: u32) -> Option<&str> {
+        self.targets.get(&pid)?.cgroup.as_deref()
+    }
+
+    /// The comm of a target, as last seen while it lived.
+    pub fn comm_of(&self, pid: u32) -> Option<&str> {
+        self.targets.get(&pid).map(|t| t.info.comm.as_str())
+    }
+
+    /// Waits for what happens next: a signal, the deadline, a target's exec,
+    /// exit or fork, an OOM kill, or the next interval.
+    pub async fn next(&mut self) -> Happening {
+        if !self.pending.is_empty() {
+            return self.pending.remove(0);
+        }
+        loop {
+            tokio::select! {
+                _ = self.deadline.reached() => return Happening::Stop(StopReason::Duration),
+                _ = self.signals.recv() => return Happening::Stop(StopReason::Signal),
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => {
+                        if let Some(h) = self.on_event(ev) {
+                            return h;
+                        }
+                    }
+                    // The drain thread stopped: nothing more will come.
+                    None => return Happening::Stop(StopReason::Signal),
+                },
+                _ = self.ticker.tick() => {
+                    self.tick();
+                    return Happening::Tick;
+                }
+            }
+        }
+    }
+
+    /// Applies one ring record; returns what a front end must hear of.
+    fn on_event(&mut self, ev: RingEvent) -> Option<Happening> {
+        let life = match ev {
+            RingEvent::Vm(v) => {
+                if let Model::Malloc(m) = &mut self.model {
+                    m.apply(&v);
+                }
+                return None;
+            }
+            RingEvent::Life(l) => l,
+        };
+        match life {
+            LifecycleEvent::Exec { tgid, ts_ns, .. } => match self.targets.get(&tgid) {
+                // Found (or spawned) after this exec: already right.
+                Some(t) if ts_ns < t.since_ns => None,
+                Some(_) => Some(Happening::Exec {
+                    pid: tgid,
+                    target: true,
+                }),
+                None if self.opts.watch_exec => Some(Happening::Exec {
+                    pid: tgid,
+                    target: false,
+                }),
+                None => None,
+            },
+            LifecycleEvent::Exit {
+                tgid, wait_status, ..
+            } => {
+                let t = self.targets.get_mut(&tgid)?;
+                if t.exited {
+                    return None;
+                }
+                self.mark_exited(tgid, Some(wait_status));
+                Some(Happening::Exited {
+                    pid: tgid,
+                    wait_status: Some(wait_status),
+                })
+            }
+            LifecycleEvent::Fork { tgid, child, .. } => {
+                if !self.opts.follow_children || !self.targets.contains_key(&tgid) {
+                    return None;
+                }
+                match self.adopt(child) {
+                    Ok(()) => Some(Happening::Forked {
+                        parent: tgid,
+                        child,
+                    }),
+                    Err(e) => {
+                        log::info!("not following child {child} of {tgid}: {e}");
+                        None
+                    }
+                }
+            }
+            LifecycleEvent::Oom(v) => Some(Happening::Oom(v)),
+        }
+    }
+
+    /// Stops counting an exited target (its figures freeze) and keeps its
+    /// data for the report.
+    fn mark_exited(&mut self, pid: u32, wait_status: Option<i32>) {
+        let _ = self.probes.remove_target(pid);
+        if let Model::Malloc(_) = self.model {
+            self.probes.detach_malloc(pid);
+        }
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.exited = true;
+            t.wait_status = wait_status.or(t.wait_status);
+        }
+    }
+
+    /// How long tracing has run (since `begin`).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Aborts an attach step when a signal came: the caller detaches what is
+/// attached (dropping the tracer) and exits without a report.
+fn interrupted(signals: &mut Signals) -> Result<(), CoreError> {
+    if signals.pending() {
+        Err(Interrupted.into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The stacks of every target, by pid (see `Tracer::tick`).
+type StacksByPid = HashMap<u32, Vec<RawStack>>;

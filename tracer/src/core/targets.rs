@@ -1,0 +1,254 @@
+//! Targets coming and going: a running process (`add_pid`), a command
+//! started held before its exec (`spawn`), a followed child (`adopt`), a
+//! new program in a target (`restart`), and `remove`.
+use std::time::{Duration, Instant};
+
+use tracer_common::{TARGET_FAULTS, TARGET_FOLLOW, TARGET_MALLOC, TARGET_VM};
+
+use super::{events::lock, interrupted, monotonic_ns, spawn, CoreError, Model, Target, Tracer};
+use crate::{
+    probes::allocator::{self, Allocator, AllocatorError},
+    proc::{self, Liveness},
+    report::{progress::Progress, Mode},
+};
+
+/// How long `add_pid` waits for a process still in the dynamic loader to
+/// map its allocator (ld.so maps libc within milliseconds of exec).
+const LOADER_WAIT: Duration = Duration::from_secs(2);
+const LOADER_POLL: Duration = Duration::from_millis(10);
+/// Executables from this size on take a noticeable time to parse (node:
+/// ~100 MB, ~1.5 s): their first capture is shown as a step on stderr so
+/// the pause never looks like a hang.
+const SLOW_EXE_BYTES: u64 = 16_000_000;
+
+impl Tracer {
+    /// The `targets` flags of a new target in this mode.
+    fn flags(&self) -> u32 {
+        let follow = if self.opts.follow_children {
+            TARGET_FOLLOW
+        } else {
+            0
+        };
+        follow
+            | match self.opts.mode {
+                Mode::Malloc => TARGET_MALLOC | TARGET_VM,
+                Mode::Resident => TARGET_FAULTS,
+            }
+    }
+
+    /// Starts tracing a running process; `cgroup` labels it in reports.
+    pub fn add_pid(&mut self, pid: u32, cgroup: Option<String>) -> Result<(), CoreError> {
+        match proc::liveness(pid) {
+            Liveness::Process => {}
+            Liveness::Thread { tgid } => return Err(CoreError::Thread { pid, tgid }),
+            Liveness::Zombie => return Err(CoreError::Zombie(pid)),
+            Liveness::KernelThread => return Err(CoreError::KernelThread(pid)),
+            Liveness::Gone => return Err(CoreError::NoProcess(pid)),
+        }
+        let alloc = match self.opts.mode {
+            Mode::Malloc => Some(self.allocator_of(pid)?),
+            Mode::Resident => None,
+        };
+        self.attach(pid, alloc.as_ref())?;
+        self.adopted(pid, monotonic_ns(), cgroup)
+    }
+
+    /// The allocator of `pid`, waiting for a process that is still in the
+    /// dynamic loader (started a moment ago) to map it.
+    fn allocator_of(&mut self, pid: u32) -> Result<Allocator, CoreError> {
+        let since = Instant::now();
+        loop {
+            match allocator::for_pid(pid) {
+                Ok(a) => {
+                    a.check_required()?;
+                    return Ok(a);
+                }
+                Err(AllocatorError::NotFound(_)) if since.elapsed() < LOADER_WAIT => {
+                    interrupted(&mut self.signals)?;
+                    std::thread::sleep(LOADER_POLL);
+                }
+                Err(AllocatorError::NotFound(_)) => {
+                    return Err(CoreError::NoAllocator {
+                        pid,
+                        secs: LOADER_WAIT.as_secs(),
+                    })
+                }
+                Err(AllocatorError::NoProcess(_)) => {
+                    return Err(CoreError::ExitedWhileAttaching(pid))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Puts `pid` in `targets` and, in malloc mode, attaches its uprobes;
+    /// undoes both on failure.
+    fn attach(&mut self, pid: u32, alloc: Option<&Allocator>) -> Result<(), CoreError> {
+        self.probes.add_target(pid, self.flags())?;
+        let attached = match alloc {
+            Some(a) => self.probes.attach_malloc(pid, a).map(|syms| {
+                log::info!("attached to {} in {}: {syms:?}", a.module, a.path.display())
+            }),
+            None => Ok(()),
+        };
+        let attached = attached
+            .map_err(CoreError::from)
+            .and_then(|()| interrupted(&mut self.signals));
+        if let Err(e) = attached {
+            self.probes.detach_malloc(pid);
+            let _ = self.probes.remove_target(pid);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The userspace half of a target whose probes are in place: its model
+    /// (resident mode: the baseline of what is resident now), its symbols
+    /// (captured while it lives) and its /proc facts.
+    fn adopted(
+        &mut self,
+        pid: u32,
+        since_ns: u64,
+        cgroup: Option<String>,
+    ) -> Result<(), CoreError> {
+        let modelled = match &mut self.model {
+            Model::Malloc(m) => {
+                m.add(pid);
+                Ok(())
+            }
+            Model::Resident(set) => lock(set).add(pid).map_err(CoreError::from),
+        };
+        if let Err(e) = modelled {
+            self.forget(pid);
+            let gone = proc::snapshot(pid).is_none();
+            return Err(if gone {
+                CoreError::ExitedWhileAttaching(pid)
+            } else {
+                e
+            });
+        }
+        let Some(info) = proc::snapshot(pid) else {
+            self.forget(pid);
+            return Err(CoreError::ExitedWhileAttaching(pid));
+        };
+        self.capture_symbols(pid);
+        self.targets.insert(
+            pid,
+            Target {
+                info,
+                series: Vec::new(),
+                since_ns,
+                cgroup,
+                exited: false,
+                wait_status: None,
+                stacks: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Captures a process's modules now, while it lives (names survive its
+    /// exit); a failure leaves frames with their addresses, and is said.
+    fn capture_symbols(&mut self, pid: u32) {
+        let big = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .is_ok_and(|m| m.len() >= SLOW_EXE_BYTES)
+            && !self.sym.is_captured(pid);
+        let step = big.then(|| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            Progress::new(format!("reading the symbols of {}", exe.display()))
+        });
+        match self.sym.capture(pid) {
+            Ok(()) => {
+                if let Some(s) = step {
+                    s.done();
+                }
+            }
+            Err(e) => {
+                if let Some(s) = step {
+                    s.failed();
+                }
+                eprintln!("offheap: warning: {e}");
+            }
+        }
+    }
+
+    /// Starts `argv` held before its exec, attaches its probes, then lets it
+    /// exec: nothing it does is missed. Returns its pid.
+    pub fn spawn(&mut self, argv: &[String]) -> Result<u32, CoreError> {
+        let exe = spawn::resolve(&argv[0])?;
+        let alloc = match self.opts.mode {
+            Mode::Malloc => {
+                let preload = std::env::var("LD_PRELOAD").ok();
+                let a = allocator::for_exec(&exe, preload.as_deref())?;
+                a.check_required()?;
+                Some(a)
+            }
+            Mode::Resident => None,
+        };
+        let mut child = spawn::spawn_held(argv)?;
+        let pid = child.pid;
+        if let Err(e) = self.attach(pid, alloc.as_ref()) {
+            child.abort();
+            return Err(e);
+        }
+        if let Err(e) = child.release(&spawn::comm_of(&exe)) {
+            let _ = spawn::reap(pid);
+            let _ = self.probes.remove_target(pid);
+            self.probes.detach_malloc(pid);
+            return Err(e.into());
+        }
+        // After the exec: the model's baseline and modules are the new
+        // image's, and the exec record of that very exec is stale.
+        self.held = Some(child);
+        self.adopted(pid, monotonic_ns(), None)?;
+        Ok(pid)
+    }
+
+    /// A child a followed target forked: the kernel made it a target
+    /// already (TARGET_FOLLOW), before it ran; this attaches the rest.
+    pub(super) fn adopt(&mut self, child: u32) -> Result<(), CoreError> {
+        let alloc = match self.opts.mode {
+            Mode::Malloc => match self.allocator_of(child) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = self.probes.remove_target(child);
+                    return Err(e);
+                }
+            },
+            Mode::Resident => None,
+        };
+        self.attach(child, alloc.as_ref())?;
+        self.adopted(child, monotonic_ns(), None)
+    }
+
+    /// Target `pid` exec'd a new program: its allocator, modules and model
+    /// are new. Its figures so far are dropped (they are of the old image).
+    pub fn restart(&mut self, pid: u32) -> Result<(), CoreError> {
+        let cgroup = self.targets.get(&pid).and_then(|t| t.cgroup.clone());
+        self.remove(pid);
+        self.add_pid(pid, cgroup)
+    }
+
+    /// Stops tracing `pid` and drops everything kept about it: probes, map
+    /// entries, model, symbols.
+    pub fn remove(&mut self, pid: u32) {
+        self.forget(pid);
+        self.targets.remove(&pid);
+        self.sym.forget(pid);
+        self.frames.forget(pid);
+        self.sym.prune();
+    }
+
+    fn forget(&mut self, pid: u32) {
+        let _ = self.probes.remove_target(pid);
+        match &mut self.model {
+            Model::Malloc(m) => {
+                self.probes.detach_malloc(pid);
+                m.remove(self.probes.ebpf_mut(), pid);
+            }
+            Model::Resident(set) => {
+                lock(set).remove(pid);
+            }
+        }
+    }
+}

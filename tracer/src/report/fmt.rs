@@ -1,0 +1,70 @@
+//! Formatting shared by the text outputs (text report, live view, diff):
+//! byte sizes, durations, sparklines, and cleaning of names for a terminal.
+
+/// Formats bytes with binary units, e.g. `1.5 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// Formats nanoseconds, e.g. `1.2ms`, `3.0s`.
+pub fn human_ns(ns: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "µs"),
+        (1, "ns"),
+    ];
+    for (scale, unit) in UNITS {
+        if ns >= scale && scale > 1 {
+            return format!("{:.1}{unit}", ns as f64 / scale as f64);
+        }
+    }
+    format!("{ns}ns")
+}
+
+/// Replaces control characters (ESC, newlines...) with `?`.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Eight-level sparkline of a series, scaled between its own min and max.
+pub fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let (Some(&lo), Some(&hi)) = (values.iter().min(), values.iter().max()) else {
+        return String::new();
+    };
+    values
+        .iter()
+        .map(|&v| {
+            let i = if hi == lo {
+                0
+            } else {
+                ((v - lo) as u128 * 7 / (hi - lo) as u128) as usize
+            };
+            BARS[i]
+        })
+        .collect()
+}
+
+/// `+1.5 MiB`, `-512 B`, `0 B`.
+pub fn signed_bytes(d: i64) -> String {
+    let sign = match d.signum() {
+        1 => "+",
+        -1 => "-",
+        _ => "",
+    };
+    format!("{sign}{}", human_bytes(d.unsigned_abs()))
+}
