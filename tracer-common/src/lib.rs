@@ -28,6 +28,11 @@ pub mod maps {
     pub const FAULT_CONFIG: &str = "fault_config";
     /// V8 frame decoding: `V8ProcConfig` per tgid (include/v8.bpf.h).
     pub const V8_PROCS: &str = "v8_procs";
+    /// Unwind tables (tracer/src/probes/unwind): LPM trie of
+    /// (tgid, address prefix) -> `UnwindMapping`.
+    pub const UNWIND_MAPPINGS: &str = "unwind_mappings";
+    /// Unwind tables: array of maps, one `UnwindEntry` array per module.
+    pub const UNWIND_TABLES: &str = "unwind_tables";
 }
 
 /// Program names, exactly as the programs are named in the BPF object.
@@ -569,6 +574,88 @@ impl Counter {
     }
 }
 
+// ---- unwind tables (see the section of offheap.h) ----------------------------
+
+pub const MAX_UNWIND_MAPPINGS: u32 = 65536;
+pub const MAX_UNWIND_MODULES: u32 = 1024;
+pub const UNWIND_PAGE_SHIFT: u32 = 12;
+pub const UNWIND_SEARCH_STEPS: u32 = 13;
+pub const UNWIND_UC_RBP: i16 = 120;
+pub const UNWIND_UC_RSP: i16 = 160;
+pub const UNWIND_UC_RIP: i16 = 168;
+
+/// Key of `unwind_mappings`: `tgid_be` and `addr_be` are big-endian, as an
+/// LPM trie compares bytes in order; `prefixlen` counts bits of both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindMappingKey {
+    pub prefixlen: u32,
+    pub tgid_be: u32,
+    pub addr_be: u64,
+}
+
+/// `enum unwind_mapping_kind`.
+pub mod unwind_map_kind {
+    pub const FP: u32 = 0;
+    pub const TABLE: u32 = 1;
+    pub const JIT: u32 = 2;
+    pub const NONE: u32 = 3;
+}
+
+/// Value of `unwind_mappings`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub module: u32,
+    pub npages: u32,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// `enum unwind_row_kind`.
+pub mod unwind_row_kind {
+    pub const FP: u8 = 0;
+    pub const RSP: u8 = 1;
+    pub const RBP: u8 = 2;
+    pub const PLT: u8 = 3;
+    pub const DEREF_RSP: u8 = 4;
+    pub const DRAP: u8 = 5;
+    pub const SIGNAL: u8 = 6;
+    pub const END: u8 = 7;
+    pub const STOP: u8 = 8;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRow {
+    pub pc: u32,
+    pub kind: u8,
+    pub rbp: u8,
+    pub cfa: i16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindPage {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// One entry of a module's table (C `union unwind_entry`): a page-index
+/// entry or a row, by position.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union UnwindEntry {
+    pub row: UnwindRow,
+    pub page: UnwindPage,
+}
+
+const _: () = assert!(core::mem::size_of::<UnwindEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 40);
+
 /// `aya::Pod` for the types userspace reads from or writes to maps.
 #[cfg(feature = "user")]
 mod pod {
@@ -590,6 +677,9 @@ mod pod {
         OomEvent,
         FaultConfig,
         HistKey,
-        V8ProcConfig
+        V8ProcConfig,
+        UnwindMappingKey,
+        UnwindMapping,
+        UnwindEntry
     );
 }

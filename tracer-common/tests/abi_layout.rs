@@ -37,7 +37,15 @@ fn rust_layout() -> Vec<(String, usize)> {
         "fault_config" FaultConfig { sample_every, _pad }
         "hist_key" HistKey { stack, bucket, _pad }
         "v8_proc_config" V8ProcConfig { builtins_start, builtins_end, remap_start, remap_end, interp_lo, interp_hi, handlers_lo, _pad, fp_context, fp_function, fp_bytecode_array, fp_bytecode_offset, off_map, off_instance_type, off_shared, bytecode_offset_bias, type_js_function_first, type_js_function_last, type_shared_function_info, type_bytecode_array, bytecode_array_map, js_function_maps }
+        "unwind_mapping_key" UnwindMappingKey { prefixlen, tgid_be, addr_be }
+        "unwind_mapping" UnwindMapping { start, end, bias, module, npages, kind, _pad }
+        "unwind_row" UnwindRow { pc, kind, rbp, cfa }
+        "unwind_page" UnwindPage { first, count }
     };
+    v.push((
+        "sizeof(union unwind_entry)".into(),
+        size_of::<UnwindEntry>(),
+    ));
     // MapEvent mirrors the fixed part of struct map_event; stack[] follows it.
     v.push((
         "offsetof(struct map_event, stack)".into(),
@@ -122,6 +130,48 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_V8_TIER_BASELINE".into(), v8_tier::BASELINE),
         ("OFFHEAP_V8_TIER_OPTIMIZED".into(), v8_tier::OPTIMIZED),
     ]);
+    v.extend([
+        (
+            "OFFHEAP_MAX_UNWIND_MAPPINGS".into(),
+            MAX_UNWIND_MAPPINGS.into(),
+        ),
+        (
+            "OFFHEAP_MAX_UNWIND_MODULES".into(),
+            MAX_UNWIND_MODULES.into(),
+        ),
+        ("OFFHEAP_UNWIND_PAGE_SHIFT".into(), UNWIND_PAGE_SHIFT.into()),
+        (
+            "OFFHEAP_UNWIND_SEARCH_STEPS".into(),
+            UNWIND_SEARCH_STEPS.into(),
+        ),
+        ("OFFHEAP_UNWIND_UC_RBP".into(), UNWIND_UC_RBP as u64),
+        ("OFFHEAP_UNWIND_UC_RSP".into(), UNWIND_UC_RSP as u64),
+        ("OFFHEAP_UNWIND_UC_RIP".into(), UNWIND_UC_RIP as u64),
+        ("OFFHEAP_UNWIND_MAP_FP".into(), unwind_map_kind::FP.into()),
+        (
+            "OFFHEAP_UNWIND_MAP_TABLE".into(),
+            unwind_map_kind::TABLE.into(),
+        ),
+        ("OFFHEAP_UNWIND_MAP_JIT".into(), unwind_map_kind::JIT.into()),
+        (
+            "OFFHEAP_UNWIND_MAP_NONE".into(),
+            unwind_map_kind::NONE.into(),
+        ),
+    ]);
+    let row_kinds = [
+        ("FP", unwind_row_kind::FP),
+        ("RSP", unwind_row_kind::RSP),
+        ("RBP", unwind_row_kind::RBP),
+        ("PLT", unwind_row_kind::PLT),
+        ("DEREF_RSP", unwind_row_kind::DEREF_RSP),
+        ("DRAP", unwind_row_kind::DRAP),
+        ("SIGNAL", unwind_row_kind::SIGNAL),
+        ("END", unwind_row_kind::END),
+        ("STOP", unwind_row_kind::STOP),
+    ];
+    for (name, k) in row_kinds {
+        v.push((format!("OFFHEAP_UNWIND_ROW_{name}"), k.into()));
+    }
     let c_names = [
         "OFFHEAP_CTR_ALLOCS_FULL",
         "OFFHEAP_CTR_STACK_STATS_FULL",

@@ -37,10 +37,11 @@
 /* ---- map and program names (mirrored as Rust constants) ------------------- */
 /* Maps: targets, allocs, inflight, stack_stats, counters, events, vm_inflight,
  * hashed_stacks, stack_scratch, size_hist, lifetime_hist, resident mode's
- * fault_* maps, and v8_procs (include/v8.bpf.h). Programs: alloc_enter /
- * alloc_exit / free_enter (the malloc family, told apart by their attach
- * cookie: enum alloc_kind), <syscall>_enter / <syscall>_exit (vm.bpf.c),
- * resident_* (fault.bpf.c), and the lifecycle programs. */
+ * fault_* maps, v8_procs (include/v8.bpf.h), unwind_mappings and
+ * unwind_tables (include/unwind.bpf.h). Programs: alloc_enter / alloc_exit /
+ * free_enter (the malloc family, told apart by their attach cookie: enum
+ * alloc_kind), vm_sys_enter / vm_sys_exit (vm.bpf.c), resident_*
+ * (fault.bpf.c), and the lifecycle programs. */
 
 /* ---- targets -------------------------------------------------------------- */
 
@@ -420,6 +421,97 @@ struct v8_proc_config {
 	 * arrow, method, class constructor...), likewise learned, in the slot
 	 * (map >> 3) % OFFHEAP_V8_LEARNED_MAPS, to skip reading their type. */
 	__u64 js_function_maps[OFFHEAP_V8_LEARNED_MAPS];
+};
+
+/* ---- unwind tables ---------------------------------------------------------- */
+/* Built and loaded by tracer/src/probes/unwind (its top comment is the
+ * contract), looked up by include/unwind.bpf.h. Two maps:
+ * - unwind_mappings, an LPM trie: which module a pc of a process lies in, and
+ *   its load bias; also "JIT" (anonymous executable memory) and "in no
+ *   executable mapping" (the per-process catch-all entry). Entries are
+ *   allocated as inserted (an LPM trie is never preallocated).
+ * - unwind_tables, an array of maps: slot `module` holds that module's table,
+ *   an array sized to it (BPF_F_INNER_MAP): entries [0, npages) are the page
+ *   index (union unwind_entry.page), then the rows (union unwind_entry.row),
+ *   sorted by pc. One table per build-id, shared by every process. */
+
+/* Prefixes in unwind_mappings (all processes); a mapping takes one per
+ * power-of-two block it splits into, ~2 * log2(pages) at most. */
+#define OFFHEAP_MAX_UNWIND_MAPPINGS 65536
+/* Tables loaded at once (slots of unwind_tables). */
+#define OFFHEAP_MAX_UNWIND_MODULES 1024
+/* A table's page index has one entry per 4 KiB of the module's code. */
+#define OFFHEAP_UNWIND_PAGE_SHIFT 12
+/* Binary-search steps over one page's rows: a page holds at most 4096 rows
+ * (one per byte) plus the row that covers its start: ceil(log2(4098)). */
+#define OFFHEAP_UNWIND_SEARCH_STEPS 13
+
+/* Key of unwind_mappings. LPM tries match data bytes in order, so tgid and
+ * addr are big-endian; prefixlen counts bits of (tgid, addr): 32 + the
+ * address bits a prefix fixes. */
+struct unwind_mapping_key {
+	__u32 prefixlen;
+	__u32 tgid_be;
+	__u64 addr_be;
+};
+
+enum unwind_mapping_kind {
+	OFFHEAP_UNWIND_MAP_FP = 0,     /* a module without a table: frame pointers */
+	OFFHEAP_UNWIND_MAP_TABLE = 1,  /* a module with a table: unwind_tables[module] */
+	OFFHEAP_UNWIND_MAP_JIT = 2,    /* anonymous executable memory (V8's code) */
+	OFFHEAP_UNWIND_MAP_NONE = 3,   /* the process's catch-all: no executable mapping */
+};
+
+/* Value of unwind_mappings. */
+struct unwind_mapping {
+	__u64 start;     /* the mapping [start, end) (whole, not just this prefix) */
+	__u64 end;
+	__u64 bias;      /* pc - bias = offset of pc in the module's table */
+	__u32 module;    /* slot in unwind_tables (kind TABLE) */
+	__u32 npages;    /* entries of the table's page index */
+	__u32 kind;      /* enum unwind_mapping_kind */
+	__u32 _pad;
+};
+
+/* How a row finds the caller (x86-64). The return address is at CFA - 8
+ * except for SIGNAL; `rbp` is where the caller's %rbp is: 0 unchanged,
+ * n: at CFA - 8n. */
+enum unwind_row_kind {
+	OFFHEAP_UNWIND_ROW_FP = 0,        /* CFA = rbp + 16, rbp at CFA - 16: the frame-pointer step */
+	OFFHEAP_UNWIND_ROW_RSP = 1,       /* CFA = rsp + cfa */
+	OFFHEAP_UNWIND_ROW_RBP = 2,       /* CFA = rbp + cfa */
+	OFFHEAP_UNWIND_ROW_PLT = 3,       /* CFA = rsp + cfa + ((pc & 15) >= rbp ? 8 : 0); rbp unchanged */
+	OFFHEAP_UNWIND_ROW_DEREF_RSP = 4, /* CFA = [rsp + cfa] + 8 (hand-written asm keeping rsp in memory) */
+	OFFHEAP_UNWIND_ROW_DRAP = 5,      /* CFA = [rbp + cfa], caller's rbp = [rbp] (gcc stack realignment) */
+	OFFHEAP_UNWIND_ROW_SIGNAL = 6,    /* rsp points at a ucontext: registers saved in it (__restore_rt) */
+	OFFHEAP_UNWIND_ROW_END = 7,       /* return address undefined: the outermost frame (_start, thread start) */
+	OFFHEAP_UNWIND_ROW_STOP = 8,      /* CFI the tables cannot express: the stack ends here (counted) */
+};
+
+/* glibc's __restore_rt CFI: the interrupted registers in the ucontext at rsp
+ * (uc_mcontext.gregs at offset 40, kernel struct sigcontext order). */
+#define OFFHEAP_UNWIND_UC_RBP 120
+#define OFFHEAP_UNWIND_UC_RSP 160
+#define OFFHEAP_UNWIND_UC_RIP 168
+
+struct unwind_row {
+	__u32 pc;        /* offset in the table (pc - bias) where the row starts */
+	__u8 kind;       /* enum unwind_row_kind */
+	__u8 rbp;
+	__s16 cfa;
+};
+
+/* Page p of a table: the rows to search for a pc in [p << 12, (p+1) << 12)
+ * are entries [first, first + count) (absolute indexes in the table): the
+ * row covering the page's start, then the rows starting in it. */
+struct unwind_page {
+	__u32 first;
+	__u32 count;
+};
+
+union unwind_entry {
+	struct unwind_row row;
+	struct unwind_page page;
 };
 
 #endif /* OFFHEAP_H */

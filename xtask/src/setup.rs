@@ -24,6 +24,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("libc6-dev", "headers for the C test fixtures"),
     ("gcc", "`cc` for the C test fixtures and addons"),
     ("binutils", "readelf (build-id checks in the symbol tests)"),
+    (
+        "libc6-dbg",
+        "glibc's local symbols (__libc_start_call_main) named in the unwind tests",
+    ),
     ("bpftrace", "the bench's bpftrace floor and cross-checks"),
     (
         "util-linux",

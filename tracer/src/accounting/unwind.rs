@@ -38,7 +38,7 @@ pub struct StackWindow<'a> {
 }
 
 impl StackWindow<'_> {
-    fn read_u64(&self, addr: u64) -> Option<u64> {
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
         let off = addr.checked_sub(self.base)? as usize;
         let b = self.bytes.get(off..off.checked_add(8)?)?;
         Some(u64::from_le_bytes(b.try_into().ok()?))
@@ -261,61 +261,60 @@ impl Unwinder {
         }
     }
 
+    /// One step from `regs` to the caller's registers, by the CFI at
+    /// `regs.ip` (at `regs.ip - 1` unless `first`: a return address points
+    /// after its call), or by frame pointers where there is none. None: the
+    /// stack cannot be read there.
+    pub fn step(&mut self, regs: Regs, stack: StackWindow<'_>, first: bool) -> Option<Regs> {
+        let lookup = if first {
+            regs.ip
+        } else {
+            regs.ip.wrapping_sub(1)
+        };
+        let (ra, sp, bp) = match self.rules(lookup) {
+            Some(r) => {
+                let base = match r.cfa.0 {
+                    X86_64::RSP => regs.sp,
+                    X86_64::RBP => regs.bp,
+                    _ => return None,
+                };
+                let cfa = base.wrapping_add_signed(r.cfa.1);
+                let ra = match r.ra {
+                    RegisterRule::Offset(o) => stack.read_u64(cfa.wrapping_add_signed(o))?,
+                    _ => return None,
+                };
+                let bp = match r.bp {
+                    RegisterRule::Offset(o) => stack.read_u64(cfa.wrapping_add_signed(o))?,
+                    _ => regs.bp,
+                };
+                (ra, cfa, bp)
+            }
+            None => {
+                // No CFI (JIT code, or an unreadable module): frame pointers.
+                let saved_bp = stack.read_u64(regs.bp)?;
+                let ra = stack.read_u64(regs.bp.wrapping_add(8))?;
+                (ra, regs.bp.wrapping_add(16), saved_bp)
+            }
+        };
+        Some(Regs { ip: ra, sp, bp })
+    }
+
     /// Return addresses, innermost (`regs.ip`) first.
     pub fn unwind(&mut self, regs: Regs, stack: StackWindow<'_>) -> Vec<u64> {
         let mut frames = vec![regs.ip];
-        let Regs {
-            mut ip,
-            mut sp,
-            mut bp,
-        } = regs;
+        let mut regs = regs;
         let mut first = true;
         while frames.len() < MAX_FRAMES {
-            // A return address points after the call; look up the call itself.
-            let lookup = if first { ip } else { ip.wrapping_sub(1) };
-            first = false;
-            let (ra, new_sp, new_bp) = match self.rules(lookup) {
-                Some(r) => {
-                    let base = match r.cfa.0 {
-                        X86_64::RSP => sp,
-                        X86_64::RBP => bp,
-                        _ => break,
-                    };
-                    let cfa = base.wrapping_add_signed(r.cfa.1);
-                    let Some(ra) = (match r.ra {
-                        RegisterRule::Offset(o) => stack.read_u64(cfa.wrapping_add_signed(o)),
-                        _ => None,
-                    }) else {
-                        break;
-                    };
-                    let new_bp = match r.bp {
-                        RegisterRule::Offset(o) => match stack.read_u64(cfa.wrapping_add_signed(o))
-                        {
-                            Some(v) => v,
-                            None => break,
-                        },
-                        _ => bp,
-                    };
-                    (ra, cfa, new_bp)
-                }
-                None => {
-                    // No CFI (JIT code, or an unreadable module): frame pointers.
-                    let (Some(saved_bp), Some(ra)) =
-                        (stack.read_u64(bp), stack.read_u64(bp.wrapping_add(8)))
-                    else {
-                        break;
-                    };
-                    (ra, bp.wrapping_add(16), saved_bp)
-                }
+            let Some(next) = self.step(regs, stack, first) else {
+                break;
             };
+            first = false;
             // The stack grows down: a caller's frame is always above.
-            if ra == 0 || new_sp <= sp {
+            if next.ip == 0 || next.sp <= regs.sp {
                 break;
             }
-            frames.push(ra);
-            ip = ra;
-            sp = new_sp;
-            bp = new_bp;
+            frames.push(next.ip);
+            regs = next;
         }
         frames
     }

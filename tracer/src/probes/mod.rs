@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod multi;
 pub mod object;
 pub mod preflight;
+pub mod unwind;
 
 use std::collections::BTreeMap;
 
