@@ -33,6 +33,9 @@ pub mod maps {
     pub const UNWIND_MAPPINGS: &str = "unwind_mappings";
     /// Unwind tables: array of maps, one `UnwindEntry` array per module.
     pub const UNWIND_TABLES: &str = "unwind_tables";
+    /// Bumped when what a target's addresses mean changed: the walkers'
+    /// unwind caches go stale.
+    pub const UNWIND_EPOCH: &str = "unwind_epoch";
 }
 
 /// Program names, exactly as the programs are named in the BPF object.
@@ -208,6 +211,8 @@ pub const fn hist_lower_bound(bucket: u32) -> u64 {
 
 /// Bits of a stack id: the home slot of its hash in `hashed_stacks`.
 pub const STACK_ID_BITS: u32 = 30;
+/// `StackIps::flags`: the walk stopped before the outermost frame.
+pub const STACK_TRUNCATED: u32 = 1 << 0;
 
 pub const TARGET_MALLOC: u32 = 1 << 0;
 pub const TARGET_VM: u32 = 1 << 1;
@@ -234,7 +239,9 @@ pub struct StackKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackIps {
-    pub nr: u64,
+    pub nr: u32,
+    /// `STACK_TRUNCATED`.
+    pub flags: u32,
     pub hash: u64,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
@@ -334,6 +341,8 @@ pub mod event_kind {
     pub const EXIT: u32 = 7;
     pub const OOM_VICTIM: u32 = 8;
     pub const FORK: u32 = 9;
+    /// A target mapped a file executable (an addon's dlopen): `VmEvent`.
+    pub const EXEC_MAP: u32 = 10;
 }
 
 #[repr(C)]

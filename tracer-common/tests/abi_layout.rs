@@ -21,7 +21,7 @@ fn rust_layout() -> Vec<(String, usize)> {
     let mut v = layout! {
         "target_info" TargetInfo { flags, _pad }
         "stack_key" StackKey { tgid, stack_id }
-        "stack_ips" StackIps { nr, hash, ips }
+        "stack_ips" StackIps { nr, flags, hash, ips }
         "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs, sizes, lifetimes }
         "inline_hist" InlineHist { bucket, count }
         "alloc_key" AllocKey { tgid, _pad, addr }
@@ -74,6 +74,7 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_INLINE_BUCKETS".into(), INLINE_BUCKETS as u64),
         ("OFFHEAP_STACK_HASH_PROBES".into(), STACK_HASH_PROBES.into()),
         ("OFFHEAP_STACK_ID_BITS".into(), STACK_ID_BITS.into()),
+        ("OFFHEAP_STACK_TRUNCATED".into(), STACK_TRUNCATED.into()),
         ("OFFHEAP_TARGET_MALLOC".into(), TARGET_MALLOC.into()),
         ("OFFHEAP_TARGET_VM".into(), TARGET_VM.into()),
         ("OFFHEAP_TARGET_FAULTS".into(), TARGET_FAULTS.into()),
@@ -87,6 +88,7 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_EV_MREMAP".into(), event_kind::MREMAP.into()),
         ("OFFHEAP_EV_BRK".into(), event_kind::BRK.into()),
         ("OFFHEAP_EV_MADVISE".into(), event_kind::MADVISE.into()),
+        ("OFFHEAP_EV_EXEC_MAP".into(), event_kind::EXEC_MAP.into()),
         ("OFFHEAP_EV_EXEC".into(), event_kind::EXEC.into()),
         ("OFFHEAP_EV_EXIT".into(), event_kind::EXIT.into()),
         (

@@ -43,6 +43,23 @@ struct task_struct {
 	struct mm_struct *mm;
 };
 
+struct vm_area_struct {
+	unsigned long vm_flags;   /* in an anonymous union since 6.3: CO-RE finds it */
+};
+
 #pragma clang attribute pop
+
+/* <linux/mman.h> / <asm-generic/mman-common.h> values (x86-64), for the
+ * programs that read mmap/madvise arguments. */
+#define OFFHEAP_MAP_TYPE 0x0f
+#define OFFHEAP_MAP_PRIVATE 0x02
+#define OFFHEAP_MAP_ANONYMOUS 0x20
+#define OFFHEAP_MAP_NORESERVE 0x4000
+#define OFFHEAP_PROT_EXEC 0x4
+#define OFFHEAP_MADV_DONTNEED 4
+#define OFFHEAP_MADV_FREE 8
+#define OFFHEAP_MADV_REMOVE 9
+/* include/linux/mm.h */
+#define OFFHEAP_VM_EXEC 0x4
 
 #endif

@@ -73,10 +73,18 @@ struct stack_key {
 
 /* Value of `hashed_stacks`: a user stack, innermost first, and its hash. */
 struct stack_ips {
-	__u64 nr;        /* valid entries in ips */
-	__u64 hash;      /* over ips[0..nr) (walk.bpf.c, stack_hash_step) */
+	__u32 nr;        /* valid entries in ips */
+	__u32 flags;     /* OFFHEAP_STACK_* */
+	__u64 hash;      /* over ips[0..nr) and flags (walk.bpf.c, stack_hash_step) */
 	__u64 ips[OFFHEAP_MAX_STACK_DEPTH];
 };
+
+/* stack_ips.flags: the walk stopped before the outermost frame (an address
+ * in no executable mapping, memory it could not read, a frame pointer below
+ * the stack pointer, CFI it cannot follow, or the depth limit). A stack
+ * without it ended where the thread started (_start, the thread's start
+ * routine: CFI says the return address is undefined, or it is 0). */
+#define OFFHEAP_STACK_TRUNCATED (1u << 0)
 
 /* The first OFFHEAP_INLINE_BUCKETS distinct histogram buckets a stack's
  * samples fall in (see struct hist_key), counted in the stack's own
@@ -176,6 +184,7 @@ enum event_kind {
 	OFFHEAP_EV_EXIT = 7,
 	OFFHEAP_EV_OOM_VICTIM = 8,
 	OFFHEAP_EV_FORK = 9,
+	OFFHEAP_EV_EXEC_MAP = 10, /* a target mapped a file executable (dlopen): struct vm_event */
 };
 
 struct event_header {

@@ -21,8 +21,6 @@
 
 #define OFFHEAP_PF_PROT 0x1   /* arch/x86/include/asm/trap_pf.h X86_PF_PROT */
 #define OFFHEAP_PF_INSTR 0x10 /* X86_PF_INSTR: instruction fetch */
-#define OFFHEAP_MAP_ANONYMOUS 0x20
-#define OFFHEAP_MAP_NORESERVE 0x4000
 #define OFFHEAP_MAX_MARK_GRANULES 4096 /* 8 GiB per mapping; beyond, walks */
 #define OFFHEAP_MAX_ERRNO 4095 /* include/linux/err.h: IS_ERR_VALUE */
 /* Faults are many: copy less, enough to unwind out of glibc into node. */
@@ -121,6 +119,24 @@ static __always_inline void send(void *ctx, struct map_event *e)
 		return;
 	if (bpf_ringbuf_output(&fault_events, e, size, 0))
 		count(OFFHEAP_CTR_EVENTS_LOST);
+}
+
+/* An EXEC_MAP record on the `events` ring (see vm.bpf.c). */
+static __always_inline void send_exec_map(__u32 tgid, __u64 addr, __u64 len)
+{
+	struct vm_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+
+	if (!ev) {
+		count(OFFHEAP_CTR_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->hdr.kind = OFFHEAP_EV_EXEC_MAP;
+	ev->hdr.tgid = tgid;
+	ev->hdr.ts_ns = bpf_ktime_get_ns();
+	ev->addr = addr;
+	ev->len = len;
+	bpf_ringbuf_submit(ev, 0);
 }
 
 struct mark_ctx {
@@ -266,8 +282,12 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
 	 * of ~63, on the hottest path of resident mode. */
 	span = STACK_FIRST_COPY;
-	if (walk_user_stack(sc, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(), &span,
-			    &sp_word, WALK_AT_IP) < 3)
+	/* A walk that stopped within two frames and could not finish there met
+	 * code the tables do not cover (a module loaded since, or over their
+	 * cap): the raw stack goes to the userspace CFI unwinder instead. */
+	if (walk_user_stack(sc, tgid, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(), &span,
+			    &sp_word, WALK_AT_IP) < 3 &&
+	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
 		return send_fault_stack(ctx, tgid, address, error_code);
 	id = intern_stack(&sc->stack);
 	if (id < 0)
@@ -325,8 +345,13 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	 * x86-64 syscall path only writes the return value back (rax). */
 	regs = user_regs();
 	flags = regs->r10;
-	if (!(flags & OFFHEAP_MAP_ANONYMOUS))
+	if (!(flags & OFFHEAP_MAP_ANONYMOUS)) {
+		/* A file mapped executable: code (ld.so, dlopen of an addon),
+		 * whose unwind tables userspace loads when it hears of it. */
+		if (regs->rdx & OFFHEAP_PROT_EXEC)
+			send_exec_map(tgid, ctx->ret, regs->rsi);
 		return 0;
+	}
 	e = capture(tgid, OFFHEAP_EV_MMAP, OFFHEAP_STACK_COPY_PAGES);
 	if (!e)
 		return 0;

@@ -30,12 +30,66 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+#include "unwind.bpf.h"
+#include "v8.bpf.h"
+
+/* How recent pcs unwind (walk.bpf.c, frame_class): the answer of
+ * unwind_find for a return address, kept so that the frames a walk meets
+ * again and again (most of them: a thread allocates from the same few
+ * sites) cost a compare instead of a trie and table search. Valid for
+ * `tgid` while `epoch` is the current unwind_epoch. */
+#define UNWIND_CACHE 256
+
+struct unwind_cache_entry {
+	__u64 pc;
+	__u32 tgid;
+	__u16 epoch;
+	__u8 cls;         /* enum unwind_class */
+	__u8 _pad;
+	struct unwind_row row;   /* the rule, for UNWIND_TABLE */
+};
+
+/* State of one walk. It lives in the scratch (stack_scratch.walk), not on
+ * the BPF stack: walk_one is a global function, and the verifier forgets
+ * what the memory a global function was given holds (pointers become plain
+ * numbers), while it keeps the type of a map value pointer it is passed. */
+struct walk_state {
+	struct unwind_regs regs;   /* of the frame recorded last (ips[nr - 1]) */
+	__u64 base;    /* user address of sc->words[0] */
+	__u64 win;     /* bytes of the copy that are valid */
+	__u64 limit;   /* see read_window */
+	__u64 top;     /* highest stack address a frame record was read at */
+	__u64 hash;
+	__u32 nr;
+	__u32 flags;   /* OFFHEAP_STACK_* */
+	__u32 tgid;
+	__u32 epoch;
+	/* The frame recorded last is where the thread stopped (the first frame
+	 * of a page fault, or one a signal interrupted): its pc is looked up as
+	 * is, and never cached. */
+	__u32 leaf;
+	__u32 _pad;
+	struct unwind_cursor cursor;
+};
+
 /* Scratch for a stack walk: too big for the 512-byte BPF stack. Not ABI:
  * userspace never reads it. */
 struct stack_scratch {
 	struct stack_ips stack;
 	__u64 words[OFFHEAP_STACK_WINDOW / 8];   /* the copy the walk reads */
+	struct walk_state walk;
+	struct unwind_cache_entry cache[UNWIND_CACHE];
 };
+
+/* Bumped (by userspace, or lifecycle.bpf.c on a target's exec) whenever what
+ * an address of a target means may have changed: every unwind cache entry
+ * of an older epoch is stale. An array of one: its lookup is inlined. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} unwind_epoch SEC(".maps");
 
 /* A thread's recent stacks and their ids in hashed_stacks (take_uprobe_stack):
  * a thread allocates from the same few sites over and over, and an id found

@@ -30,13 +30,6 @@ struct pt_regs___offheap {
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
-/* <linux/mman.h> / <asm-generic/mman-common.h> values (x86-64). */
-#define OFFHEAP_MAP_TYPE 0x0f
-#define OFFHEAP_MAP_PRIVATE 0x02
-#define OFFHEAP_MAP_ANONYMOUS 0x20
-#define OFFHEAP_MADV_DONTNEED 4
-#define OFFHEAP_MADV_FREE 8
-#define OFFHEAP_MADV_REMOVE 9
 /* Syscalls return -errno in [-4095, -1] (include/linux/err.h MAX_ERRNO). */
 #define OFFHEAP_IS_ERR(x) ((unsigned long)(x) >= (unsigned long)-4095)
 
@@ -98,8 +91,9 @@ static __always_inline int vm_exit(__u32 syscall, long ret)
 		return 0;
 	struct vm_args a = *p;
 	bpf_map_delete_elem(&vm_inflight, &pid_tgid);
-	if (a.syscall != syscall)
+	if (a.syscall != syscall && !(syscall == OFFHEAP_EV_MMAP && a.syscall == OFFHEAP_EV_EXEC_MAP))
 		return 0;
+	syscall = a.syscall;
 
 	struct vm_event ev = {};
 	ev.hdr.kind = syscall;
@@ -109,6 +103,7 @@ static __always_inline int vm_exit(__u32 syscall, long ret)
 	ev.stack = a.stack;
 	switch (syscall) {
 	case OFFHEAP_EV_MMAP:
+	case OFFHEAP_EV_EXEC_MAP:
 		if (OFFHEAP_IS_ERR(ret))
 			return 0;
 		ev.addr = ret;
@@ -158,6 +153,12 @@ int BPF_PROG(vm_sys_enter, struct pt_regs *kregs, long id)
 		len = regs->si;
 		prot = regs->dx;
 		flags = regs->r10;
+		/* A file mapped executable: code (ld.so, dlopen of an addon),
+		 * whose unwind tables userspace loads when it hears of it. */
+		if (!(flags & OFFHEAP_MAP_ANONYMOUS) && (prot & OFFHEAP_PROT_EXEC)) {
+			kind = OFFHEAP_EV_EXEC_MAP;
+			break;
+		}
 		/* Only anonymous private mappings are allocations: file and
 		 * shared mappings are not the process's own memory, and a
 		 * PROT_NONE mapping is a reservation of address space (V8

@@ -4,16 +4,25 @@
  * in `hashed_stacks` under an id. Included by offheap.bpf.c (the maps live
  * there).
  *
- * The walk follows the frame-pointer chain over one bulk copy of the stack
- * instead of calling bpf_get_stackid. Measured on this project's machines
- * (kernel 6.18, bpf_stats): the kernel's walk (perf_callchain_user, two
- * __get_user per frame) costs about 63 ns a frame, 1.5 us for node's typical
- * 23-frame malloc stack; one bpf_probe_read_user of up to
- * OFFHEAP_STACK_WINDOW bytes above %rsp and a walk inside the copy cost about
- * 4 ns a frame.
+ * Per frame, the walker asks how the frame's code unwinds (frame_class: an
+ * unwind cache hit, else unwind_find over the tables built from the modules'
+ * .eh_frame, include/unwind.bpf.h), then steps to the caller:
+ * - frame pointers (code that keeps them, and V8's JIT code): the frame
+ *   record [rbp] = caller's rbp, [rbp+8] = return address, read from one bulk
+ *   copy of the stack. Measured on this project's machines (kernel 6.18,
+ *   bpf_stats): the kernel's walk (perf_callchain_user) costs about 63 ns a
+ *   frame, a walk inside one copy about 4 ns;
+ * - a table row (code built without frame pointers: glibc, libstdc++, zlib,
+ *   most addons): CFA from rsp or rbp, return address and rbp at CFA - 8n
+ *   (unwind_step);
+ * - a pc in no executable mapping of the process ends the stack, and the
+ *   stack says it was truncated (OFFHEAP_STACK_TRUNCATED): no garbage frame
+ *   is ever recorded.
+ * A frame in V8's code (JIT, or the interpreter's builtins) is recorded as
+ * the JS function it runs (v8_frame, include/v8.bpf.h), not as its pc.
  *
  * Frames: ips[0] is where the walk starts (enum walk_start), then the return
- * address of each frame on the %rbp chain. */
+ * address of each caller. */
 
 /* x86-64 user registers as saved on kernel entry (the kernel's struct
  * pt_regs has the UAPI <asm/ptrace.h> layout). */
@@ -40,11 +49,13 @@ static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
 }
 
 #define STACK_HASH_SEED 0xcbf29ce484222325ULL
+_Static_assert((OFFHEAP_MAX_STACK_DEPTH & (OFFHEAP_MAX_STACK_DEPTH + 1)) == 0,
+	       "ips[] indexes are masked with the depth: it must be 2^n - 1");
 #define STACK_SLOT_MASK ((1 << OFFHEAP_STACK_ID_BITS) - 1)
 
-/* Stores s (nr, hash and ips filled) in hashed_stacks and returns its id, or
- * a negative error (the map is full, or every slot tried holds another
- * stack). */
+/* Stores s (nr, flags, hash and ips filled) in hashed_stacks and returns its
+ * id, or a negative error (the map is full, or every slot tried holds
+ * another stack). */
 static __always_inline long intern_stack(struct stack_ips *s)
 {
 	__u64 home = s->hash & (((__u64)1 << stack_hash_bits) - 1);
@@ -64,7 +75,8 @@ static __always_inline long intern_stack(struct stack_ips *s)
 			if (!cur)
 				continue;
 		}
-		/* A 64-bit hash and the depth both equal: the same stack. */
+		/* A 64-bit hash (over frames and flags) and the depth both
+		 * equal: the same stack. */
 		if (cur->hash == s->hash && cur->nr == s->nr)
 			return id;
 	}
@@ -106,28 +118,75 @@ __noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, 
 	return len;
 }
 
-/* State of one walk, passed to walk_frame by bpf_loop. */
-struct walk_state {
-	__u64 base;    /* user address of words[0] */
-	__u64 win;     /* bytes of the copy that are valid */
-	__u64 fp;      /* the next frame record to read */
-	__u64 limit;   /* see read_window */
-	__u64 hash;
-	__u32 nr;
-	struct stack_scratch *sc;
-};
 
-/* One frame of the walk; returns 1 to stop. A bpf_loop callback, so the
- * verifier checks it once rather than once per possible depth. */
-static long walk_frame(__u64 i, struct walk_state *w)
+/* bpf_find_vma's callback: the flags of the mapping found. */
+static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, __u64 *flags)
 {
-	struct stack_scratch *sc = w->sc;
-	__u64 fp = w->fp;
+	*flags = vma->vm_flags;
+	return 0;
+}
 
-	/* A frame record is two words: the caller's %rbp, then the return
-	 * address. A misaligned one is not a frame. */
-	if (!sc || !fp || (fp & 7))
+/* For a pc the tables put in no executable mapping: whether it is in one
+ * after all, mapped since userspace last loaded the process's tables (an
+ * addon's dlopen: its code runs before userspace hears of the mapping). The
+ * kernel's own answer (bpf_find_vma, Linux 5.17), asked only then: the stack
+ * ends at a pc only when it is in no mapping, or in one that is not code. A
+ * mmap lock the walk cannot take (EBUSY) answers "code", never losing a
+ * frame. */
+static __always_inline int mapped_since(__u64 pc)
+{
+	__u64 flags = 0;
+	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
+
+	if (err == -EBUSY)
 		return 1;
+	return err == 0 && (flags & OFFHEAP_VM_EXEC);
+}
+
+/* How the frame recorded last unwinds (enum unwind_class; for TABLE, its row
+ * is in w->cursor.row). Return addresses come from the unwind cache when
+ * they can (see UNWIND_CACHE). A pc mapped since the tables were loaded is
+ * taken with frame pointers, and not cached: the tables come. */
+static __always_inline int frame_class(struct walk_state *w, struct stack_scratch *sc)
+{
+	__u64 pc = w->regs.pc;
+
+	if (w->leaf) {
+		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
+		return cls == UNWIND_NONE && mapped_since(pc) ? UNWIND_FP : cls;
+	}
+	struct unwind_cache_entry *e =
+		&sc->cache[(stack_hash_step(0, pc) >> 32) & (UNWIND_CACHE - 1)];
+	if (e->pc == pc && e->tgid == w->tgid && e->epoch == (__u16)w->epoch) {
+		w->cursor.row = e->row;
+		return e->cls;
+	}
+	int cls = unwind_find(w->tgid, pc, 0, &w->cursor);
+	if (cls == UNWIND_NONE && mapped_since(pc))
+		return UNWIND_FP;
+	e->pc = pc;
+	e->tgid = w->tgid;
+	e->epoch = w->epoch;
+	e->cls = cls;
+	e->row = w->cursor.row;
+	return cls;
+}
+
+/* The frame-pointer step of the frame recorded last, from the copy (copied
+ * again at the frame record when it lies outside). Returns 0, 1 when the
+ * chain ends where a thread starts (%rbp 0), or -1 (truncated). */
+static __always_inline int fp_step(struct walk_state *w, struct stack_scratch *sc)
+{
+	__u64 fp = w->regs.bp;
+
+	if (!fp)
+		return 1;
+	/* A frame record is two words, and a caller's frame lies above its
+	 * callee's (the x86-64 stack grows down): a %rbp that is misaligned or
+	 * below the stack pointer is data, not a frame (code without frame
+	 * pointers using it, glibc's __libc_start_call_main). */
+	if ((fp & 7) || fp < w->regs.sp)
+		return -1;
 	__u64 off = fp - w->base;
 	if (fp < w->base || w->win < 16 || off > w->win - 16) {
 		w->base = fp;
@@ -135,23 +194,87 @@ static long walk_frame(__u64 i, struct walk_state *w)
 		off = 0;
 	}
 	if (w->win < 16 || off > OFFHEAP_STACK_WINDOW - 16)
+		return -1;
+	w->regs.bp = sc->words[off / 8];
+	w->regs.pc = sc->words[off / 8 + 1];
+	w->regs.sp = fp + 16;
+	if (fp + 16 > w->top)
+		w->top = fp + 16;
+	return 0;
+}
+
+/* One frame of the walk; returns 1 to stop. It finishes the frame recorded
+ * last (its class; a V8 frame becomes its JS word; the hash), then steps to
+ * the caller and records it.
+ *
+ * A global function, checked once by the verifier with unknown arguments:
+ * inside the bpf_loop callback, the class of a frame (cache, tables, V8)
+ * times the kinds of step made the verifier explore the callback for every
+ * combination of the states of successive frames, past its limit of a
+ * million instructions. `sc` and `v8` come as arguments: a global function
+ * sees the walk state as plain memory, whose pointers it cannot follow. */
+__noinline int walk_one(struct stack_scratch *sc, struct v8_proc_config *v8)
+{
+	if (!sc)
 		return 1;
-	__u64 next = sc->words[off / 8];
-	__u64 ret = sc->words[off / 8 + 1];
+	struct walk_state *w = &sc->walk;
 	__u32 nr = w->nr;
 
-	if (nr >= OFFHEAP_MAX_STACK_DEPTH)
+	if (nr == 0 || nr > OFFHEAP_MAX_STACK_DEPTH)
 		return 1;
-	sc->stack.ips[nr] = ret;
+	int cls = frame_class(w, sc);
+	if (cls == UNWIND_NONE) {
+		/* Not code of the process: the walk went wrong before it. */
+		w->nr = nr - 1;
+		w->flags |= OFFHEAP_STACK_TRUNCATED;
+		return 1;
+	}
+	/* A JS frame replaces its pc (without a branch on the result: see
+	 * v8.bpf.h's v8_where). */
+	__u64 word = v8 ? v8_frame(v8, w->regs.pc, w->regs.bp, (const void *)sc->words,
+				   v8_where(w->regs.bp, w->base, w->win, cls == UNWIND_JIT))
+			: 0;
+	__u64 m = 0 - (__u64)(word != 0);
+	__u64 ip = (word & m) | (w->regs.pc & ~m);
+	/* Masked at the very store, for the verifier (depth 127 = 0x7f; a
+	 * store one past ips[] would still land inside the scratch). */
+	sc->stack.ips[(nr - 1) & OFFHEAP_MAX_STACK_DEPTH] = ip;
+	w->hash = stack_hash_step(w->hash, ip);
+	if (nr >= OFFHEAP_MAX_STACK_DEPTH) {
+		w->flags |= OFFHEAP_STACK_TRUNCATED;
+		return 1;
+	}
+	int step = cls == UNWIND_TABLE ? unwind_step(cls, &w->cursor, &w->regs) : fp_step(w, sc);
+	if (step == 1 || (step >= 0 && !w->regs.pc))
+		return 1;
+	if (step < 0) {
+		w->flags |= OFFHEAP_STACK_TRUNCATED;
+		return 1;
+	}
+	/* 2: a signal frame; the caller is the interrupted context, a leaf. */
+	w->leaf = step == 2;
+	sc->stack.ips[nr & OFFHEAP_MAX_STACK_DEPTH] = w->regs.pc;
 	w->nr = nr + 1;
-	w->hash = stack_hash_step(w->hash, ret);
-	/* The x86-64 stack grows down: a caller's frame lies above its callee's.
-	 * A saved %rbp that does not is code built without frame pointers using
-	 * %rbp for data (glibc's __libc_start_call_main, start_thread): the
-	 * chain ends there. */
-	if (next <= fp)
+	return 0;
+}
+
+/* The bpf_loop callback's context: what walk_one needs, on the BPF stack
+ * (its pointers keep their types there, as nothing else is given it). */
+struct walk_ctx {
+	struct stack_scratch *sc;
+	struct v8_proc_config *v8;
+};
+
+/* The bpf_loop callback: one frame per call. */
+static long walk_frame(__u64 i, struct walk_ctx *c)
+{
+	/* bpf_loop wants 0 or 1 from its callback, and proven so: the
+	 * comparison stays 64-bit only as an explicit branch. */
+	long stop = walk_one(c->sc, c->v8);
+
+	barrier_var(stop);
+	if (stop)
 		return 1;
-	w->fp = next;
 	return 0;
 }
 
@@ -162,49 +285,58 @@ enum walk_start {
 	/* At a function's first instruction (a uprobe), or at the `syscall` of
 	 * a libc stub that pushes nothing (glibc's mmap, munmap, mremap, brk,
 	 * madvise: glibc 2.36, objdump): [sp] is the return address into the
-	 * caller, and %rbp is still the caller's, so the frame-pointer chain
-	 * starts at the caller's caller. ips[0] is [sp], the caller; the probed
-	 * function or stub itself is not a frame of the stack. */
+	 * caller, and %rbp is still the caller's. ips[0] is [sp], the caller;
+	 * the probed function or stub itself is not a frame of the stack. */
 	WALK_AT_CALL = 1,
 };
 
-/* Walks the user stack whose registers are (ip, sp, fp) into sc->stack (nr,
- * hash, ips; see the top of this file) and returns its depth. `limit`: see
- * read_window. `*span`: in, how many bytes above sp to copy first (the walk
- * copies more where a frame lies past them); out, how far above sp the last
- * frame record ends. `sp_word` receives [sp] (0 when unreadable). */
-static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u64 ip, __u64 sp,
-					     __u64 fp, __u64 limit, __u64 *span, __u64 *sp_word,
-					     enum walk_start start)
+/* Walks the user stack of process `tgid` whose registers are (ip, sp, fp)
+ * into sc->stack (nr, flags, hash, ips; see the top of this file) and
+ * returns its depth. `limit`: see read_window. `*span`: in, how many bytes
+ * above sp to copy first (the walk copies more where a frame lies past
+ * them); out, how far above sp the last frame record ends. `sp_word`
+ * receives [sp] (0 when unreadable). */
+static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, __u32 tgid, __u64 ip,
+					     __u64 sp, __u64 fp, __u64 limit, __u64 *span,
+					     __u64 *sp_word, enum walk_start start)
 {
-	struct walk_state w = {
-		.base = sp,
-		.fp = fp,
-		.limit = limit,
+	__u32 zero = 0;
+	__u32 *epoch = bpf_map_lookup_elem(&unwind_epoch, &zero);
+	struct walk_state *w = &sc->walk;
+	struct walk_ctx ctx = {
 		.sc = sc,
+		.v8 = bpf_map_lookup_elem(&v8_procs, &tgid),
 	};
 
-	w.win = read_window(sc, sp, limit, *span);
+	__builtin_memset(w, 0, sizeof(*w));
+	w->regs.pc = ip;
+	w->regs.sp = sp;
+	w->regs.bp = fp;
+	w->base = sp;
+	w->limit = limit;
+	w->hash = STACK_HASH_SEED;
+	w->tgid = tgid;
+	w->epoch = epoch ? *epoch : 0;
+	w->leaf = start == WALK_AT_IP;
+	w->win = read_window(sc, sp, limit, *span);
 	/* A window shorter than a word: not even sp's page was readable. */
-	*sp_word = w.win >= 8 ? sc->words[0] : 0;
-	if (start == WALK_AT_CALL && w.win < 8)
+	*sp_word = w->win >= 8 ? sc->words[0] : 0;
+	if (start == WALK_AT_CALL && w->win < 8)
 		count(OFFHEAP_CTR_READ_FAILED);
 	/* A zero return address is no caller (a function entered by a jump
 	 * from the outermost frame): the stack is then the walk from ip. */
-	if (start == WALK_AT_CALL && *sp_word)
-		ip = *sp_word;
-	w.hash = stack_hash_step(STACK_HASH_SEED, ip);
-	sc->stack.ips[0] = ip;
-	/* Loaded back from the map, the depth is a number the verifier does not
-	 * know: a known constant would make it check walk_frame once per depth
-	 * (each call's state differs) and exceed its instruction limit. */
-	sc->stack.nr = 1;
-	w.nr = *(volatile __u64 *)&sc->stack.nr;
-	bpf_loop(OFFHEAP_MAX_STACK_DEPTH - 1, walk_frame, &w, 0);
-	sc->stack.nr = w.nr;
-	sc->stack.hash = w.hash;
-	*span = w.fp > sp ? w.fp + 16 - sp : 0;
-	return w.nr;
+	if (start == WALK_AT_CALL && *sp_word) {
+		w->regs.pc = *sp_word;
+		w->regs.sp = sp + 8;
+	}
+	sc->stack.ips[0] = w->regs.pc;
+	w->nr = 1;
+	bpf_loop(OFFHEAP_MAX_STACK_DEPTH, walk_frame, &ctx, 0);
+	sc->stack.nr = w->nr;
+	sc->stack.flags = w->flags;
+	sc->stack.hash = stack_hash_step(w->hash, w->flags);
+	*span = w->top > sp ? w->top - sp : 0;
+	return w->nr;
 }
 
 /* How much of the stack a walk copies first when there is no previous walk
@@ -229,9 +361,8 @@ static __always_inline void take_syscall_stack(struct stack_key *key, __u32 tgid
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
 		return;
 	}
-	walk_user_stack(sc, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(),
-			&span, &sp_word,
-			WALK_AT_CALL);
+	walk_user_stack(sc, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
+			stack_limit(), &span, &sp_word, WALK_AT_CALL);
 	long id = intern_stack(&sc->stack);
 	if (id < 0)
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
@@ -260,7 +391,7 @@ static __always_inline void take_uprobe_stack(struct pt_regs *ctx, struct stack_
 		slot->stack_limit = stack_limit();
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 want = slot->stack_span ? slot->stack_span + STACK_SPAN_SLACK : OFFHEAP_STACK_WINDOW;
-	walk_user_stack(sc, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), slot->stack_limit, &want,
+	walk_user_stack(sc, tgid, PT_REGS_IP(ctx), sp, PT_REGS_FP(ctx), slot->stack_limit, &want,
 			&sp_word, WALK_AT_CALL);
 	slot->stack_span = want;
 	struct stack_id_cache_entry *c =

@@ -11,7 +11,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError},
     Ebpf,
 };
-use tracer_common::{maps, AllocInfo, AllocKey, StackIps, StackKey, StackStats, VmEvent};
+use tracer_common::{
+    maps, AllocInfo, AllocKey, StackIps, StackKey, StackStats, VmEvent, STACK_TRUNCATED,
+};
 
 use super::{dist, vm::VmSpace};
 use crate::report::raw::RawStack;
@@ -41,13 +43,19 @@ impl<'a> StackResolver<'a> {
 
     /// The frames of a stack (empty when it could not be stored).
     pub fn ips(&self, key: &StackKey) -> Vec<u64> {
+        self.stack(key).0
+    }
+
+    /// The frames of a stack, and whether its walk was truncated (a stack
+    /// that could not be stored is: no frame at all).
+    pub fn stack(&self, key: &StackKey) -> (Vec<u64>, bool) {
         if key.stack_id < 0 {
-            return Vec::new();
+            return (Vec::new(), true);
         }
-        self.hashed
-            .get(&key.stack_id, 0)
-            .map(|s| s.frames().to_vec())
-            .unwrap_or_default()
+        match self.hashed.get(&key.stack_id, 0) {
+            Ok(s) => (s.frames().to_vec(), s.flags & STACK_TRUNCATED != 0),
+            Err(_) => (Vec::new(), true),
+        }
     }
 }
 
@@ -165,11 +173,12 @@ pub fn merge_into(
     stats: impl IntoIterator<Item = (StackKey, StackStats)>,
 ) {
     for (key, s) in stats {
-        let ips = resolver.ips(&key);
+        let (ips, truncated) = resolver.stack(&key);
         let e = out.entry(ips.clone()).or_insert_with(|| RawStack {
             ips,
             ..RawStack::default()
         });
+        e.truncated |= truncated;
         e.live_bytes += s.live_bytes;
         e.live_allocs += s.live_allocs;
         e.total_bytes += s.total_bytes;

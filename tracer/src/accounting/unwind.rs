@@ -301,22 +301,32 @@ impl Unwinder {
 
     /// Return addresses, innermost (`regs.ip`) first.
     pub fn unwind(&mut self, regs: Regs, stack: StackWindow<'_>) -> Vec<u64> {
+        self.unwind_full(regs, stack).0
+    }
+
+    /// Return addresses, innermost first, and whether the unwind stopped
+    /// before the outermost frame (a return address of 0 ends a stack where
+    /// its thread started; anything else that stops it truncates).
+    pub fn unwind_full(&mut self, regs: Regs, stack: StackWindow<'_>) -> (Vec<u64>, bool) {
         let mut frames = vec![regs.ip];
         let mut regs = regs;
         let mut first = true;
         while frames.len() < MAX_FRAMES {
             let Some(next) = self.step(regs, stack, first) else {
-                break;
+                return (frames, true);
             };
             first = false;
+            if next.ip == 0 {
+                return (frames, false);
+            }
             // The stack grows down: a caller's frame is always above.
-            if next.ip == 0 || next.sp <= regs.sp {
-                break;
+            if next.sp <= regs.sp {
+                return (frames, true);
             }
             frames.push(next.ip);
             regs = next;
         }
-        frames
+        (frames, true)
     }
 }
 

@@ -35,13 +35,17 @@ pub async fn trace(mut tracer: Tracer, first: u32, o: &TraceOpts) -> Result<Opti
     tracer.begin();
     let mut screen = Screen::new(crate::report::live::wanted(o.live, o.no_live));
     let stop = loop {
+        // A command that ran to its end while being attached has exited
+        // already: there is nothing to wait for.
+        if tracer.all_exited() {
+            break StopReason::TargetExited;
+        }
         match tracer.next().await {
             Happening::Tick => {
                 if let Some(s) = screen.as_mut() {
                     s.draw(tracer.report());
                 }
             }
-            Happening::Exited { .. } if tracer.all_exited() => break StopReason::TargetExited,
             Happening::Exec { pid, target: true } => {
                 if let Err(e) = tracer.restart(pid) {
                     eprintln!("offheap: warning: PID {pid} exec'd a new program that cannot be traced: {e}");

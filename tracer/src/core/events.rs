@@ -69,6 +69,11 @@ pub enum LifecycleEvent {
 pub enum RingEvent {
     Life(LifecycleEvent),
     Vm(VmEvent),
+    /// A target mapped a file executable (an addon's dlopen): its unwind
+    /// tables and modules are to be brought up to date.
+    ExecMap {
+        tgid: u32,
+    },
 }
 
 fn comm_str(c: &[u8]) -> String {
@@ -94,6 +99,9 @@ pub fn decode(bytes: &[u8]) -> Option<RingEvent> {
         | event_kind::MREMAP
         | event_kind::BRK
         | event_kind::MADVISE => RingEvent::Vm(read(bytes)?),
+        event_kind::EXEC_MAP => RingEvent::ExecMap {
+            tgid: read::<VmEvent>(bytes)?.hdr.tgid,
+        },
         event_kind::EXEC | event_kind::EXIT | event_kind::FORK => {
             let e: ProcEvent = read(bytes)?;
             let (tgid, comm, ts_ns) = (e.hdr.tgid, comm_str(&e.comm), e.hdr.ts_ns);

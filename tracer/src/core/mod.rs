@@ -164,6 +164,9 @@ struct Target {
     wait_status: Option<i32>,
     /// Its stacks as of the last tick.
     stacks: Vec<RawStack>,
+    /// A digest of its code mappings when its unwind tables were last
+    /// loaded (`code_digest`): a change means code mapped since.
+    code: u64,
 }
 
 pub struct Tracer {
@@ -326,6 +329,12 @@ impl Tracer {
                 }
                 return None;
             }
+            RingEvent::ExecMap { tgid } => {
+                if self.targets.get(&tgid).is_some_and(|t| !t.exited) {
+                    self.code_mapped(tgid);
+                }
+                return None;
+            }
             RingEvent::Life(l) => l,
         };
         match life {
@@ -376,8 +385,9 @@ impl Tracer {
 
     /// Stops counting an exited target (its figures freeze) and keeps its
     /// data for the report.
-    fn mark_exited(&mut self, pid: u32, wait_status: Option<i32>) {
+    pub(super) fn mark_exited(&mut self, pid: u32, wait_status: Option<i32>) {
         let _ = self.probes.remove_target(pid);
+        self.probes.drop_tables(pid);
         if let Model::Malloc(_) = self.model {
             self.probes.detach_malloc(pid);
         }
@@ -391,6 +401,21 @@ impl Tracer {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// A digest of what a process maps executable or anonymous (what its unwind
+/// tables cover), to notice code mapped since: an addon's dlopen, V8's code
+/// space growing. 0 when the process is gone.
+fn code_digest(pid: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Ok(maps) = crate::proc::maps::read(pid) else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in maps.iter().filter(|m| m.executable() || m.is_anon()) {
+        (m.start, m.end, m.perms, m.inode).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Aborts an attach step when a signal came: the caller detaches what is

@@ -44,11 +44,18 @@ impl Tracer {
             let Some(now) = proc::snapshot(pid) else {
                 continue;
             };
-            if let Err(e) = self.sym.refresh(pid) {
+            let code = super::code_digest(pid);
+            let Some(t) = self.targets.get_mut(&pid) else {
+                continue;
+            };
+            t.info = now;
+            if t.code != code {
+                // Code mapped since (V8's code space, an addon): tables,
+                // modules and V8 layout.
+                t.code = code;
+                self.code_mapped(pid);
+            } else if let Err(e) = self.sym.refresh(pid) {
                 log::debug!("refreshing the symbols of PID {pid}: {e}");
-            }
-            if let Some(t) = self.targets.get_mut(&pid) {
-                t.info = now;
             }
         }
         let mut stacks = self.collect(true);

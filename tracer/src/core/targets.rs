@@ -53,6 +53,33 @@ impl Tracer {
         self.adopted(pid, monotonic_ns(), cgroup)
     }
 
+    /// The unwind tables of `pid`'s modules. A failure leaves its stacks to
+    /// frame pointers (and says so).
+    fn load_tables(&mut self, pid: u32) {
+        if let Err(e) = self.probes.load_tables(pid) {
+            eprintln!("offheap: warning: unwind tables of PID {pid}: {e}; its stacks follow frame pointers only");
+        }
+    }
+
+    /// `pid` mapped code (an addon's dlopen, V8 code pages): its tables,
+    /// its modules and its V8 layout are brought up to date.
+    pub(super) fn code_mapped(&mut self, pid: u32) {
+        self.load_tables(pid);
+        if let Err(e) = self.sym.refresh(pid) {
+            log::debug!("refreshing the symbols of PID {pid}: {e}");
+        }
+        self.set_v8_config(pid);
+    }
+
+    /// The V8 layout of `pid`, for the walker's JS frames (none without V8).
+    fn set_v8_config(&mut self, pid: u32) {
+        if let Some(cfg) = self.sym.v8_config(pid) {
+            if let Err(e) = self.probes.set_v8_config(pid, &cfg) {
+                log::warn!("V8 layout of PID {pid}: {e}");
+            }
+        }
+    }
+
     /// The allocator of `pid`, waiting for a process that is still in the
     /// dynamic loader (started a moment ago) to map it.
     fn allocator_of(&mut self, pid: u32) -> Result<Allocator, CoreError> {
@@ -111,6 +138,20 @@ impl Tracer {
         since_ns: u64,
         cgroup: Option<String>,
     ) -> Result<(), CoreError> {
+        self.adopt_or(pid, since_ns, cgroup, None)
+    }
+
+    /// `adopted`, with what to report of a process that is already gone:
+    /// None fails (it exited while attaching: nothing was traced), Some
+    /// keeps it as an exited target with those facts (a command `run`
+    /// started, traced from its exec, that ran to its end already).
+    fn adopt_or(
+        &mut self,
+        pid: u32,
+        since_ns: u64,
+        cgroup: Option<String>,
+        if_gone: Option<proc::ProcInfo>,
+    ) -> Result<(), CoreError> {
         let modelled = match &mut self.model {
             Model::Malloc(m) => {
                 m.add(pid);
@@ -118,20 +159,40 @@ impl Tracer {
             }
             Model::Resident(set) => lock(set).add(pid).map_err(CoreError::from),
         };
-        if let Err(e) = modelled {
-            self.forget(pid);
-            let gone = proc::snapshot(pid).is_none();
-            return Err(if gone {
-                CoreError::ExitedWhileAttaching(pid)
-            } else {
-                e
-            });
+        // The model first (resident mode: its baseline), then the unwind
+        // tables (~50 ms for node's), then the symbols.
+        self.load_tables(pid);
+        let info = proc::snapshot(pid);
+        match (modelled, info, if_gone) {
+            (Ok(()), Some(info), _) => {
+                self.capture_symbols(pid);
+                self.set_v8_config(pid);
+                self.insert_target(pid, info, since_ns, cgroup);
+                Ok(())
+            }
+            (Ok(()), None, Some(info)) => {
+                self.insert_target(pid, info, since_ns, cgroup);
+                self.mark_exited(pid, None);
+                Ok(())
+            }
+            (Err(e), Some(_), _) => {
+                self.forget(pid);
+                Err(e)
+            }
+            (_, None, _) => {
+                self.forget(pid);
+                Err(CoreError::ExitedWhileAttaching(pid))
+            }
         }
-        let Some(info) = proc::snapshot(pid) else {
-            self.forget(pid);
-            return Err(CoreError::ExitedWhileAttaching(pid));
-        };
-        self.capture_symbols(pid);
+    }
+
+    fn insert_target(
+        &mut self,
+        pid: u32,
+        info: proc::ProcInfo,
+        since_ns: u64,
+        cgroup: Option<String>,
+    ) {
         self.targets.insert(
             pid,
             Target {
@@ -142,9 +203,9 @@ impl Tracer {
                 exited: false,
                 wait_status: None,
                 stacks: Vec::new(),
+                code: super::code_digest(pid),
             },
         );
-        Ok(())
     }
 
     /// Captures a process's modules now, while it lives (names survive its
@@ -197,10 +258,16 @@ impl Tracer {
             self.probes.detach_malloc(pid);
             return Err(e.into());
         }
-        // After the exec: the model's baseline and modules are the new
-        // image's, and the exec record of that very exec is stale.
+        // After the exec: the tables, the model's baseline and the modules
+        // are the new image's (before it, the child was a copy of this
+        // process), and the exec record of that very exec is stale.
         self.held = Some(child);
-        self.adopted(pid, monotonic_ns(), None)?;
+        let if_gone = proc::ProcInfo {
+            comm: spawn::comm_of(&exe),
+            exe: exe.display().to_string(),
+            rss_bytes: 0,
+        };
+        self.adopt_or(pid, monotonic_ns(), None, Some(if_gone))?;
         Ok(pid)
     }
 
@@ -241,6 +308,7 @@ impl Tracer {
 
     fn forget(&mut self, pid: u32) {
         let _ = self.probes.remove_target(pid);
+        self.probes.drop_tables(pid);
         match &mut self.model {
             Model::Malloc(m) => {
                 self.probes.detach_malloc(pid);

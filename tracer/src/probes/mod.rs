@@ -21,11 +21,12 @@ use aya::{
 use tracer_common::{
     maps,
     programs::{self, Attach, Hook},
-    TargetInfo,
+    TargetInfo, V8ProcConfig,
 };
 
 pub use allocator::Allocator;
 use multi::{MultiLink, MultiPrograms};
+use unwind::UnwindTables;
 
 use crate::report::Mode;
 
@@ -59,6 +60,8 @@ pub enum ProbeError {
     Btf(#[from] aya::BtfError),
     #[error(transparent)]
     Multi(multi::MultiError),
+    #[error(transparent)]
+    Unwind(#[from] unwind::UnwindError),
 }
 
 /// The id bits of `hashed_stacks`: a home slot has at most this many.
@@ -154,6 +157,8 @@ pub struct Probes {
     mode: Mode,
     /// Malloc mode's programs, loaded for uprobe_multi links.
     multi: Option<MultiPrograms>,
+    /// The unwind tables of every target's modules (the walker's).
+    unwind: UnwindTables,
     /// Each with the pid it filters on, so one process's can be detached.
     uprobe_links: Vec<(u32, MultiLink)>,
     tracepoint_links: Vec<TracePointLink>,
@@ -190,7 +195,7 @@ impl Probes {
         for (name, n) in cfg.map_sizes() {
             loader.map_max_entries(name, n);
         }
-        let ebpf = loader.load(object::OBJECT)?;
+        let mut ebpf = loader.load(object::OBJECT)?;
         // Loaded now, while every map is still in `ebpf` (the core takes
         // the ring buffers out later).
         let multi = match cfg.mode {
@@ -208,9 +213,11 @@ impl Probes {
             ),
             Mode::Resident => None,
         };
+        let unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
         Ok(Probes {
             ebpf,
             multi,
+            unwind,
             mode: cfg.mode,
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
@@ -400,6 +407,64 @@ impl Probes {
             self.uprobe_links.push((pid, link));
         }
         Ok(attached)
+    }
+
+    /// Loads (or brings up to date: a module mapped since) the unwind
+    /// tables of `pid`'s modules and its mapping entries, then makes every
+    /// walker forget what it cached about addresses. Call it before the
+    /// process's probes fire, and again when it maps code.
+    pub fn load_tables(&mut self, pid: u32) -> Result<(), ProbeError> {
+        self.unwind.add_process(pid)?;
+        self.bump_unwind_epoch()
+    }
+
+    /// Drops `pid`'s mapping entries and V8 layout (it exited, or exec'd:
+    /// then `load_tables` again).
+    pub fn drop_tables(&mut self, pid: u32) {
+        self.unwind.remove_process(pid);
+        if let Some(m) = self.ebpf.map_mut(maps::V8_PROCS) {
+            if let Ok(mut h) = BpfHashMap::<_, u32, V8ProcConfig>::try_from(m) {
+                let _ = h.remove(&pid);
+            }
+        }
+        let _ = self.bump_unwind_epoch();
+    }
+
+    /// The V8 layout the walker decodes `pid`'s JS frames with.
+    pub fn set_v8_config(&mut self, pid: u32, cfg: &V8ProcConfig) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::V8_PROCS)
+            .ok_or(ProbeError::MissingMap(maps::V8_PROCS))?;
+        let mut h: BpfHashMap<_, u32, V8ProcConfig> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: maps::V8_PROCS,
+                source,
+            })?;
+        h.insert(pid, cfg, 0).map_err(|source| ProbeError::Map {
+            name: maps::V8_PROCS,
+            source,
+        })?;
+        // Cached answers about V8's code predate the layout.
+        self.bump_unwind_epoch()
+    }
+
+    /// What the tables did (for the report's counters).
+    pub fn unwind_counters(&self) -> unwind::UnwindCounters {
+        self.unwind.counters
+    }
+
+    fn bump_unwind_epoch(&mut self) -> Result<(), ProbeError> {
+        let name = maps::UNWIND_EPOCH;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        let mut a: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        let cur = a.get(&0, 0).unwrap_or(0);
+        a.set(0, cur.wrapping_add(1), 0)
+            .map_err(|source| ProbeError::Map { name, source })
     }
 
     /// Detaches the malloc-family probes of one process (it exited, or

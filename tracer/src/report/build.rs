@@ -49,8 +49,21 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
         report.processes.push(assemble_process(p, sym));
     }
     report.warnings.extend(sym.take_warnings());
+    let truncated = report
+        .processes
+        .iter()
+        .flat_map(|p| &p.stacks)
+        .filter(|s| s.truncated)
+        .count();
+    report
+        .counters
+        .insert(STACKS_TRUNCATED.to_string(), truncated as u64);
     report
 }
+
+/// Counter in every report: stacks whose walk stopped before the outermost
+/// frame (`StackReport::truncated`).
+pub const STACKS_TRUNCATED: &str = "stacks_truncated";
 
 fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
     // Symbolize each unique address once: big reports repeat the same frames
@@ -71,7 +84,13 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                     cache
                         .entry((ip, is_return))
                         .or_insert_with(|| {
-                            let lookup = if is_return { ip.saturating_sub(1) } else { ip };
+                            // A JS word (the V8 walk's) is no address.
+                            let js = ip & tracer_common::V8_FRAME_TAG != 0;
+                            let lookup = if is_return && !js {
+                                ip.saturating_sub(1)
+                            } else {
+                                ip
+                            };
                             let mut frames = sym.symbolize(p.pid, lookup);
                             // Report the address as captured, not the lookup address.
                             for f in &mut frames {
@@ -101,6 +120,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                 total_bytes: s.total_bytes,
                 total_allocs: s.total_allocs,
                 frames,
+                truncated: s.truncated,
                 attribution: s.attribution,
                 growth_bytes_per_sec: s.growth_bytes_per_sec,
                 sizes: s.sizes,

@@ -188,6 +188,12 @@ pub struct StackReport {
     pub total_allocs: u64,
     /// Innermost (the allocation call) first, outward.
     pub frames: Vec<Frame>,
+    /// The walk stopped before the outermost frame (an address in no
+    /// mapping, memory it could not read, code it could not unwind, or the
+    /// depth limit): the stack's outer callers are missing. False: it was
+    /// unwound to where the thread started.
+    #[serde(default)]
+    pub truncated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<Attribution>,
     /// Growth of live_bytes over the last window, bytes per second.

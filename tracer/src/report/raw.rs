@@ -26,6 +26,9 @@ pub struct RawStack {
     pub bucket: Option<Bucket>,
     /// How many smaller stacks this one aggregates (0: a real stack).
     pub folded_stacks: u64,
+    /// The walk stopped before the outermost frame (see
+    /// `StackReport::truncated`).
+    pub truncated: bool,
 }
 
 /// Everything known about one traced process, before symbolization.

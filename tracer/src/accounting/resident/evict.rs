@@ -54,6 +54,7 @@ impl Resident {
                         history: VecDeque::new(),
                         map_sizes: BTreeMap::new(),
                         folded: 0,
+                        truncated: false,
                     });
                 }
                 let agg = &mut self.stacks[a as usize];

@@ -11,6 +11,7 @@ use aya::{
 };
 use tracer_common::{
     maps, resident_event_kind, EventHeader, FaultConfig, FaultEvent, MapEvent, StackIps,
+    STACK_TRUNCATED,
 };
 
 use super::{procfs::ProcError, Resident};
@@ -53,7 +54,7 @@ pub struct ResidentMaps {
     sample_every: u32,
     /// A stack's id never changes hands (nothing deletes from
     /// hashed_stacks), so frames can be cached for the session.
-    frames: HashMap<i32, Option<Vec<u64>>>,
+    frames: HashMap<i32, Option<(Vec<u64>, bool)>>,
 }
 
 impl ResidentMaps {
@@ -120,15 +121,21 @@ impl ResidentMaps {
         self.ring.as_raw_fd()
     }
 
-    fn walk(&mut self, id: i32) -> Option<&[u64]> {
+    /// The frames of a stack id and whether its walk was truncated.
+    fn walk(&mut self, id: i32) -> Option<(Vec<u64>, bool)> {
         if id < 0 {
             return None;
         }
         let stacks = &self.stacks;
         self.frames
             .entry(id)
-            .or_insert_with(|| stacks.get(&id, 0).ok().map(|s| s.frames().to_vec()))
-            .as_deref()
+            .or_insert_with(|| {
+                stacks
+                    .get(&id, 0)
+                    .ok()
+                    .map(|s| (s.frames().to_vec(), s.flags & STACK_TRUNCATED != 0))
+            })
+            .clone()
     }
 
     /// Feeds every pending record to the model of its process.
@@ -154,9 +161,9 @@ impl ResidentMaps {
                         st.malformed += 1;
                         continue;
                     };
-                    let walk = self.walk(ev.stack_id).map(<[u64]>::to_vec);
+                    let walk = self.walk(ev.stack_id);
                     let p = procs.get_mut(&hdr.tgid).expect("checked");
-                    p.on_fault(&ev, walk.as_deref());
+                    p.on_fault(&ev, walk.as_ref().map(|(f, t)| (f.as_slice(), *t)));
                     st.faults += 1;
                 }
                 resident_event_kind::MAP_STACK | resident_event_kind::FAULT_STACK => {

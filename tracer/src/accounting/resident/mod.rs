@@ -70,6 +70,8 @@ struct Stack {
     map_sizes: BTreeMap<u32, u64>,
     /// The stacks folded into this one by `evict_to` (0: a real stack).
     folded: u64,
+    /// Its walk stopped before the outermost frame.
+    truncated: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,9 +203,10 @@ impl Resident {
         self.pid
     }
 
-    fn intern(&mut self, ips: Vec<u64>, attribution: Attribution) -> u32 {
+    fn intern(&mut self, ips: Vec<u64>, attribution: Attribution, truncated: bool) -> u32 {
         let key = (ips, attribution == Attribution::Mapping);
         if let Some(i) = self.index.get(&key) {
+            self.stacks[*i as usize].truncated |= truncated;
             return *i;
         }
         let i = self.stacks.len() as u32;
@@ -217,6 +220,7 @@ impl Resident {
             history: VecDeque::new(),
             map_sizes: BTreeMap::new(),
             folded: 0,
+            truncated,
         });
         self.index.insert(key, i);
         i
@@ -244,21 +248,21 @@ impl Resident {
 
     /// A user page fault. `walk` is the kernel's frame-pointer walk (frame 0
     /// is the faulting ip), or None when the stack could not be taken.
-    pub fn on_fault(&mut self, ev: &FaultEvent, walk: Option<&[u64]>) {
+    pub fn on_fault(&mut self, ev: &FaultEvent, walk: Option<(&[u64], bool)>) {
         let page = ev.address & !(PAGE - 1);
         if !self.wants_first_touch(page) {
             return;
         }
-        let mut ips: Vec<u64> = match walk {
-            Some(w) if !w.is_empty() => w.to_vec(),
-            _ => vec![ev.ip],
+        let (mut ips, truncated): (Vec<u64>, bool) = match walk {
+            Some((w, t)) if !w.is_empty() => (w.to_vec(), t),
+            _ => (vec![ev.ip], true),
         };
         // A frameless leaf (glibc memset/memcpy) keeps its return address at
         // [sp]; the frame-pointer walk skipped that caller.
         if ev.sp_word != 0 && self.unwinder.return_address_at_sp(ev.ip) {
             ips.insert(1.min(ips.len()), ev.sp_word);
         }
-        self.first_touch(page, ips);
+        self.first_touch(page, ips, truncated);
     }
 
     /// A page fault whose frame-pointer walk died at once (in code without
@@ -268,17 +272,17 @@ impl Resident {
         if !self.wants_first_touch(page) {
             return;
         }
-        let ips = self.unwind(ev, stack);
-        self.first_touch(page, ips);
+        let (ips, truncated) = self.unwind(ev, stack);
+        self.first_touch(page, ips, truncated);
     }
 
     fn wants_first_touch(&self, page: u64) -> bool {
         self.mapping_at(page).is_none() && !self.touched.contains_key(&page)
     }
 
-    fn first_touch(&mut self, page: u64, ips: Vec<u64>) {
+    fn first_touch(&mut self, page: u64, ips: Vec<u64>, truncated: bool) {
         log::trace!("pid {} first touch {page:#x} by {ips:x?}", self.pid);
-        let s = self.intern(ips, Attribution::FirstTouch);
+        let s = self.intern(ips, Attribution::FirstTouch, truncated);
         self.stacks[s as usize].events += self.weight;
         self.touched.insert(page, s);
         self.clear_baseline(page, page + PAGE);
@@ -301,8 +305,8 @@ impl Resident {
             self.remove_mappings(start, end);
             return;
         }
-        let frames = self.unwind(ev, stack);
-        let s = self.intern(frames, Attribution::Mapping);
+        let (frames, truncated) = self.unwind(ev, stack);
+        let s = self.intern(frames, Attribution::Mapping, truncated);
         self.stacks[s as usize].events += 1;
         *self.stacks[s as usize]
             .map_sizes
@@ -324,7 +328,7 @@ impl Resident {
         self.clear_baseline(start, end);
     }
 
-    fn unwind(&mut self, ev: &MapEvent, stack: &[u8]) -> Vec<u64> {
+    fn unwind(&mut self, ev: &MapEvent, stack: &[u8]) -> (Vec<u64>, bool) {
         let regs = Regs {
             ip: ev.ip,
             sp: ev.sp,
@@ -344,16 +348,16 @@ impl Resident {
         if self.unwinder.module_of(ev.ip).is_none() {
             let _ = self.unwinder.refresh();
         }
-        let mut frames = self.unwinder.unwind(regs, window);
-        if frames.len() <= 2 {
+        let mut frames = self.unwinder.unwind_full(regs, window);
+        if frames.0.len() <= 2 {
             // A module mapped since the last refresh (dlopen of an addon).
             if let Ok(true) = self
                 .unwinder
                 .refresh_at_most_every(std::time::Duration::from_millis(500))
             {
-                frames = self.unwinder.unwind(regs, window);
+                frames = self.unwinder.unwind_full(regs, window);
             }
-            if frames.len() <= 2 {
+            if frames.0.len() <= 2 {
                 self.shallow_unwinds += 1;
             }
         }

@@ -18,7 +18,7 @@ use super::{
     table::{NoTable, Table},
     UnwindError,
 };
-use crate::symbols::{read_exec_maps, MapEntry};
+use crate::symbols::MapEntry;
 
 /// Flags of every table array: sized per module under one outer map, and
 /// written through mmap in one copy (a syscall per row would cost ~0.2 s
@@ -164,37 +164,46 @@ impl UnwindTables {
     /// entries up to date (a module dlopen'ed since). Returns the number of
     /// prefixes the process has.
     pub fn add_process(&mut self, pid: u32) -> Result<usize, UnwindError> {
-        let maps = read_exec_maps(pid).map_err(|source| UnwindError::Maps {
+        let maps = crate::proc::maps::read(pid).map_err(|e| UnwindError::Maps {
             pid,
-            source: Box::new(source),
+            source: Box::new(crate::symbols::SymbolError::NoProcess {
+                pid,
+                source: e.source,
+            }),
         })?;
         let mut entries: Vec<(Key<KeyData>, UnwindMapping)> =
             vec![(mappings::key(pid, 0, 0), mappings::catch_all())];
         let mut modules = Vec::new();
-        for m in &maps {
-            let value = if m.is_file() {
-                match self.module_for(pid, m) {
-                    Some((id, value)) => {
-                        modules.push(id);
-                        value
-                    }
-                    None => file_without_table(m),
-                }
-            } else if m.is_anon() {
-                UnwindMapping {
-                    start: m.start,
-                    end: m.end,
-                    kind: unwind_map_kind::JIT,
-                    ..UnwindMapping::default()
-                }
-            } else {
-                // [vdso], [vsyscall]: the kernel's, with frame pointers or
-                // leaves; no table yet.
-                file_without_table(m)
-            };
-            for (addr, bits) in mappings::blocks(m.start, m.end) {
+        let push = |entries: &mut Vec<_>, start: u64, end: u64, value: UnwindMapping| {
+            for (addr, bits) in mappings::blocks(start, end) {
                 entries.push((mappings::key(pid, addr, bits), value));
             }
+        };
+        for m in maps.iter().filter(|m| m.executable() && !m.is_anon()) {
+            let value = match m.path().and_then(|_| self.module_for(pid, m)) {
+                Some((id, value)) => {
+                    modules.push(id);
+                    value
+                }
+                // [vdso], [vsyscall], a file with no table: frame pointers
+                // (the kernel's vdso keeps them, or is a leaf).
+                None => file_without_table(m),
+            };
+            push(&mut entries, m.start, m.end, value);
+        }
+        // Anonymous memory, whatever its protection now, is V8's (JIT code
+        // lives in reservations V8 makes executable page by page with
+        // mprotect, after this was read): frame pointers, decoded as JS.
+        // Adjacent mappings are one range, so that V8's cage (thousands of
+        // mappings of one reservation) costs a few prefixes.
+        for (start, end) in anon_runs(&maps) {
+            let value = UnwindMapping {
+                start,
+                end,
+                kind: unwind_map_kind::JIT,
+                ..UnwindMapping::default()
+            };
+            push(&mut entries, start, end, value);
         }
         // Users first, so that replacing a process's entries never lets a
         // module it keeps reach zero users.
@@ -397,6 +406,18 @@ impl UnwindTables {
 fn key_bytes(k: &Key<KeyData>) -> [u8; 16] {
     // SAFETY: Key<[u8; 12]> is repr(C, packed), 16 bytes of plain integers.
     unsafe { std::mem::transmute(*k) }
+}
+
+/// The anonymous mappings of a process as runs of adjacent ones.
+fn anon_runs(maps: &[crate::proc::Mapping]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for m in maps.iter().filter(|m| m.is_anon()) {
+        match runs.last_mut() {
+            Some(last) if last.1 == m.start => last.1 = m.end,
+            _ => runs.push((m.start, m.end)),
+        }
+    }
+    runs
 }
 
 fn file_without_table(m: &MapEntry) -> UnwindMapping {
