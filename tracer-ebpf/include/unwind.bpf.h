@@ -175,13 +175,28 @@ __attribute__((noinline)) int unwind_find(__u32 tgid, __u64 pc, int leaf, struct
 	return UNWIND_TABLE;
 }
 
-/* Reads the user word at addr. Always bpf_probe_read_user, never a copy of
- * the stack: reading from a stack copy when it holds the word (one branch)
- * made a 32-frame walk of unwind_find + unwind_step cost the verifier 24k to
- * 42k instructions instead of 4.7k (vstat, kernel 6.18). A walker that has a
- * copy can still take frame-pointer frames from it itself. */
-static __always_inline int unwind_read(__u64 addr, __u64 *out)
+/* A copy of user memory the walker already holds: `len` bytes at user
+ * address `base` in `words` (OFFHEAP_STACK_WINDOW bytes at most). */
+struct unwind_window {
+	const __u64 *words;
+	__u64 base;
+	__u64 len;
+};
+
+/* Reads the user word at addr: from the copy when it holds it (the usual
+ * case: a frame's CFA lies just above the frame record the walker copied),
+ * else with bpf_probe_read_user (~40 ns here). `win` may be NULL.
+ *
+ * Reading from a copy cost the verifier 24k-42k instructions inside a
+ * bpf_loop callback (vstat, kernel 6.18); called from a global function,
+ * which the verifier checks once, it costs a few hundred. */
+static __always_inline int unwind_read(const struct unwind_window *win, __u64 addr, __u64 *out)
 {
+	if (win && win->words && addr >= win->base && win->len <= OFFHEAP_STACK_WINDOW &&
+	    addr - win->base <= win->len - 8 && win->len >= 8) {
+		*out = win->words[((addr - win->base) / 8) & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+		return 0;
+	}
 	return bpf_probe_read_user(out, sizeof(*out), (void *)addr) < 0 ? -1 : 0;
 }
 
@@ -194,7 +209,7 @@ static __always_inline int unwind_read(__u64 addr, __u64 *out)
  * plus `add` for the kinds that keep it in memory; the return address at
  * ra_at; the caller's %rbp at bp_at (0: unchanged). */
 static __always_inline int unwind_step(int class, const struct unwind_cursor *c,
-				       struct unwind_regs *r)
+				       struct unwind_regs *r, const struct unwind_window *win)
 {
 	__u8 kind = class == UNWIND_TABLE ? c->row.kind : OFFHEAP_UNWIND_ROW_FP;
 	__u64 base = r->sp, add = 0, cfa, ra, bp = r->bp;
@@ -241,7 +256,7 @@ static __always_inline int unwind_step(int class, const struct unwind_cursor *c,
 	}
 	cfa = base + off;
 	if (deref) {
-		if (unwind_read(cfa, &cfa))
+		if (unwind_read(win, cfa, &cfa))
 			return -1;
 		cfa += add;
 	}
@@ -249,9 +264,9 @@ static __always_inline int unwind_step(int class, const struct unwind_cursor *c,
 	__u64 bp_at = ret == 2 ? r->sp + OFFHEAP_UNWIND_UC_RBP
 		    : kind == OFFHEAP_UNWIND_ROW_DRAP ? r->bp
 		    : rbp ? cfa - 8 * (__u64)rbp : 0;
-	if (unwind_read(ra_at, &ra))
+	if (unwind_read(win, ra_at, &ra))
 		return -1;
-	if (bp_at && unwind_read(bp_at, &bp))
+	if (bp_at && unwind_read(win, bp_at, &bp))
 		return -1;
 	r->pc = ra;
 	r->sp = cfa;

@@ -234,6 +234,7 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	struct fault_page_key key;
 	struct fault_config *cfg;
 	struct stack_scratch *sc;
+	struct unwind_cache *cache;
 	__u64 ip, sp_word, span;
 	__u32 zero = 0;
 	__u8 one = 1;
@@ -274,7 +275,8 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	 * stack is lost. */
 	regs = user_regs();
 	sc = bpf_map_lookup_elem(&stack_scratch, &zero);
-	if (!sc)
+	cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
+	if (!sc || !cache)
 		return send_fault_stack(ctx, tgid, address, error_code);
 	/* The user registers: for a kernel-mode fault, where the syscall that
 	 * wrote the page was made. */
@@ -285,8 +287,8 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	/* A walk that stopped within two frames and could not finish there met
 	 * code the tables do not cover (a module loaded since, or over their
 	 * cap): the raw stack goes to the userspace CFI unwinder instead. */
-	if (walk_user_stack(sc, tgid, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(), &span,
-			    &sp_word, WALK_AT_IP) < 3 &&
+	if (walk_user_stack(sc, cache, tgid, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(),
+			    &span, &sp_word, WALK_AT_IP) < 3 &&
 	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
 		return send_fault_stack(ctx, tgid, address, error_code);
 	id = intern_stack(&sc->stack);

@@ -38,7 +38,7 @@ struct {
  * again and again (most of them: a thread allocates from the same few
  * sites) cost a compare instead of a trie and table search. Valid for
  * `tgid` while `epoch` is the current unwind_epoch. */
-#define UNWIND_CACHE 256
+#define UNWIND_CACHE 1024
 
 struct unwind_cache_entry {
 	__u64 pc;
@@ -68,6 +68,7 @@ struct walk_state {
 	 * of a page fault, or one a signal interrupted): its pc is looked up as
 	 * is, and never cached. */
 	__u32 leaf;
+	__u32 reread;  /* the walk copied again at a frame outside its first copy */
 	__u32 _pad;
 	struct unwind_cursor cursor;
 };
@@ -78,7 +79,13 @@ struct stack_scratch {
 	struct stack_ips stack;
 	__u64 words[OFFHEAP_STACK_WINDOW / 8];   /* the copy the walk reads */
 	struct walk_state walk;
-	struct unwind_cache_entry cache[UNWIND_CACHE];
+};
+
+/* A walker's unwind cache (24 KiB): the thread's own for uprobes (in its
+ * inflight slot), the CPU's for tracepoints (unwind_cache_cpu). Apart from
+ * the scratch: a per-CPU map value is at most 32 KiB. */
+struct unwind_cache {
+	struct unwind_cache_entry e[UNWIND_CACHE];
 };
 
 /* Bumped (by userspace, or lifecycle.bpf.c on a target's exec) whenever what
@@ -119,6 +126,7 @@ struct inflight_slot {
 	/* Bytes the thread's previous stack walk spanned (take_uprobe_stack). */
 	__u64 stack_span;
 	struct stack_scratch scratch;
+	struct unwind_cache cache;
 };
 
 /* Task-local storage: the slot hangs off the thread's task_struct, so finding
@@ -171,6 +179,14 @@ struct {
 	 * whole run. */
 	__type(value, struct stack_scratch);
 } stack_scratch SEC(".maps");
+
+/* The unwind cache of tracepoint walks, per CPU like their scratch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unwind_cache);
+} unwind_cache_cpu SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -76,7 +76,7 @@ static long walk_one(__u64 i, struct walk_ctx *x)
 		return 1;
 	}
 	__u64 sp = x->r.sp;
-	int err = unwind_step(class == UNWIND_JIT ? UNWIND_FP : class, &x->c, &x->r);
+	int err = unwind_step(class == UNWIND_JIT ? UNWIND_FP : class, &x->c, &x->r, NULL);
 	if (err == 1) {
 		x->end = WALK_COMPLETE;
 		return 1;
