@@ -105,10 +105,7 @@ fn a_symlink_is_kept_and_its_file_replaced_atomically() {
         .unwrap()
         .file_type()
         .is_symlink());
-    assert_eq!(
-        std::fs::read_link(&link).unwrap(),
-        Path::new("real.json")
-    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real.json"));
     // A new inode: renamed over, not rewritten in place.
     assert_ne!(std::fs::metadata(&real).unwrap().ino(), before);
     assert_eq!(read_report(&real)["processes"][0]["exited"], false);

@@ -211,3 +211,123 @@ fn tempfile_dir_outside_tmp(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The JIT-like C program, built in a directory uid 65534 can read.
+fn jit_prog(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile_dir_outside_tmp(name);
+    let exe = dir.join("jit");
+    cc(&dir, "jit", JIT_PROG, &exe, &["-O0"]);
+    (dir, exe)
+}
+
+#[test]
+fn a_program_that_is_not_node_gets_no_perf_map_warning() {
+    let (dir, exe) = jit_prog("perfmap-notnode");
+    let mut p = Proc::spawn(&mut Command::new(&exe));
+    let code = hex(&field(&p.line(), "code"));
+    let pid = p.pid();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map")); // stale, from a reused pid
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    let f = &sym.symbolize(pid, code + 0x10)[0];
+    assert_eq!(
+        (f.kind, f.symbol.as_deref()),
+        (FrameKind::Jit, Some(JIT_SYMBOL))
+    );
+    assert_eq!(sym.take_warnings(), Vec::<String>::new());
+    p.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A root-only file (mode 0600) written as a perf map that names every
+/// address `secret`: if offheap read it, every JIT frame would carry it.
+fn root_only_secret(dir: &Path, secret: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let sdir = dir.join("root-only");
+    std::fs::create_dir(&sdir).unwrap();
+    std::fs::set_permissions(&sdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let f = sdir.join("secret");
+    std::fs::write(&f, format!("0 ffffffffffff {secret}\n")).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
+#[test]
+fn a_perf_map_symlinked_to_a_root_only_file_is_refused() {
+    let (dir, exe) = jit_prog("perfmap-symlink");
+    let secret = format!("HOST-SECRET-{}", std::process::id());
+    let target = root_only_secret(&dir, &secret);
+    // The traced process runs as nobody, as a container's would.
+    let mut p = Proc::spawn(
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(&exe),
+    );
+    let code = hex(&field(&p.line(), "code"));
+    let pid = p.pid();
+    let map = format!("/tmp/perf-{pid}.map");
+    let _ = std::fs::remove_file(&map);
+    std::os::unix::fs::symlink(&target, &map).unwrap();
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    let f = &sym.symbolize(pid, code + 0x10)[0];
+    assert_eq!(
+        (f.kind, f.symbol.as_deref()),
+        (FrameKind::Jit, Some(JIT_SYMBOL))
+    );
+    assert_eq!(
+        sym.take_warnings(),
+        vec![format!(
+            "perf map {map} of pid {pid} refused: owned by uid 0, not by the process (uid 65534)"
+        )]
+    );
+    p.kill();
+    std::fs::remove_file(&map).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_perf_map_that_is_a_fifo_is_refused_without_blocking() {
+    let (dir, exe) = jit_prog("perfmap-fifo");
+    let mut p = Proc::spawn(&mut Command::new(&exe));
+    let code = hex(&field(&p.line(), "code"));
+    let pid = p.pid();
+    let map = format!("/tmp/perf-{pid}.map");
+    let _ = std::fs::remove_file(&map);
+    let c = std::ffi::CString::new(map.clone()).unwrap();
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    let f = &sym.symbolize(pid, code + 0x10)[0];
+    assert_eq!(f.symbol.as_deref(), Some(JIT_SYMBOL));
+    assert_eq!(
+        sym.take_warnings(),
+        vec![format!(
+            "perf map {map} of pid {pid} refused: {map} inside /proc/{pid}/root is not a regular file"
+        )]
+    );
+    p.kill();
+    std::fs::remove_file(&map).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// V8 names a JS function `JS:*f <script>:<line>:<column>`, and the script's
+/// path may contain spaces: the frame's file is the whole path.
+#[test]
+fn a_script_in_a_directory_with_spaces_keeps_its_whole_path() {
+    let dir = tempfile_dir_outside_tmp("perfmap dir with space");
+    let script = dir.join("app.js");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let mut p = Proc::spawn(
+        Command::new("node")
+            .args(["--perf-basic-prof", "--allow-natives-syntax"])
+            .arg(&script)
+            .current_dir(&dir),
+    );
+    let pid: u32 = field(&p.line(), "ready").parse().unwrap();
+    check_js_frame(pid, pid, &script);
+    p.kill();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

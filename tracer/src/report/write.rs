@@ -187,7 +187,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let result = (|| {
         // The file being replaced keeps its permission bits.
         if let Ok(old) = fs::metadata(&target) {
-            f.set_permissions(fs::Permissions::from_mode(old.permissions().mode() & 0o7777))?;
+            f.set_permissions(fs::Permissions::from_mode(
+                old.permissions().mode() & 0o7777,
+            ))?;
         }
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -253,7 +255,10 @@ mod tests {
         fs::write(&p, "old").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         write_atomic(&p, b"new").unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
     }
 
     #[test]
@@ -274,10 +279,16 @@ mod tests {
         symlink("../real.json", sub.join("a")).unwrap();
         symlink("a", sub.join("b")).unwrap();
         let link = sub.join("b");
-        assert_eq!(destination(&link).unwrap(), Destination::Replace(sub.join("../real.json")));
+        assert_eq!(
+            destination(&link).unwrap(),
+            Destination::Replace(sub.join("../real.json"))
+        );
         check_writable(&link).unwrap();
         write_atomic(&link, b"new").unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(fs::read(&real).unwrap(), b"new");
         // A dangling link creates its target.
         let dangling = dir.path().join("d");
@@ -299,7 +310,10 @@ mod tests {
         );
         check_writable(Path::new("/dev/null")).unwrap();
         write_atomic(Path::new("/dev/null"), b"x").unwrap();
-        assert!(fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        assert!(fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
         // /dev/stdout -> /proc/self/fd/1: the link into /proc is opened.
         assert_eq!(
             destination(Path::new("/dev/stdout")).unwrap(),
@@ -330,7 +344,10 @@ mod tests {
             let e = check_writable(p).unwrap_err();
             assert_eq!(
                 e.to_string(),
-                format!("cannot write {}: it is a directory; give a file name", p.display())
+                format!(
+                    "cannot write {}: it is a directory; give a file name",
+                    p.display()
+                )
             );
             assert!(write_atomic(p, b"x").is_err());
         }
@@ -341,11 +358,16 @@ mod tests {
         let e = check_writable(Path::new("/proc/version")).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.starts_with("cannot write /proc/version: cannot create a temporary file in /proc: "),
+            msg.starts_with(
+                "cannot write /proc/version: cannot create a temporary file in /proc: "
+            ),
             "{msg}"
         );
         let e = write_atomic(Path::new("/proc/version"), b"x").unwrap_err();
-        assert!(e.to_string().starts_with("cannot write /proc/version: "), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot write /proc/version: "),
+            "{e}"
+        );
         assert!(!e.to_string().contains(".tmp."), "{e}");
     }
 }
