@@ -33,11 +33,21 @@ pub fn human_ns(ns: u64) -> String {
     format!("{ns}ns")
 }
 
-/// Replaces control characters (ESC, newlines...) with `?`.
+/// Escapes control characters (ESC, newlines, C1 codes...) as `\xNN`: a
+/// name comes from files the traced process writes (its perf map), and must
+/// neither drive the terminal nor break a line-based output. Every control
+/// character (Unicode category Cc) is below U+00A0, so two hex digits do.
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Eight-level sparkline of a series, scaled between its own min and max.

@@ -38,7 +38,7 @@ pub fn bucket_frame(b: Option<Bucket>) -> String {
 
 fn title(report: &Report, value: ValueKind) -> String {
     let who = match report.processes.as_slice() {
-        [p] => format!("{} (pid {})", p.comm, p.pid),
+        [p] => folded::process_name(p),
         ps => format!("{} processes", ps.len()),
     };
     let (mut v8, mut off, mut shown) = (0, 0, 0);
@@ -148,5 +148,69 @@ mod tests {
         assert!(svg.contains("rgb(231,84,128)"), "{svg}");
         let empty = Report::new(Mode::Malloc);
         assert!(render(&empty, ValueKind::Live).is_err());
+    }
+
+    /// Every element and attribute of `svg` up to the end, or the first XML error.
+    fn parse_xml(svg: &[u8]) -> Result<usize, String> {
+        let mut r = quick_xml::Reader::from_reader(svg);
+        let mut buf = Vec::new();
+        let mut n = 0;
+        loop {
+            match r.read_event_into(&mut buf) {
+                Ok(quick_xml::events::Event::Eof) => return Ok(n),
+                Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
+                    for a in e.attributes() {
+                        a.map_err(|e| e.to_string())?
+                            .unescape_value()
+                            .map_err(|e| e.to_string())?;
+                    }
+                    n += 1;
+                }
+                Ok(quick_xml::events::Event::Text(t)) => {
+                    let text = t.decode().map_err(|e| e.to_string())?;
+                    // XML 1.0 Char: no C0 control but tab, newline, return.
+                    if let Some(c) = text
+                        .chars()
+                        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                    {
+                        return Err(format!("control character {c:?} in text"));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            buf.clear();
+        }
+    }
+
+    #[test]
+    fn names_with_control_characters_and_markup_stay_valid_xml() {
+        let mut r = Report::new(Mode::Malloc);
+        let f = |s: &str| Frame {
+            addr: "0x1".into(),
+            symbol: Some(s.into()),
+            ..Frame::default()
+        };
+        r.processes.push(ProcessReport {
+            pid: 9,
+            comm: "no\x01de<&>".into(),
+            stacks: vec![StackReport {
+                bucket: Some(Bucket::ArrayBuffers),
+                live_bytes: 4096,
+                frames: vec![
+                    f("JS:~a\x1b[31mred\x07 <script>&amp; \"q\" 'a'"),
+                    f("x\ny\rz\u{0}\u{7f}\u{9b}"),
+                ],
+                ..StackReport::default()
+            }],
+            ..ProcessReport::default()
+        });
+        let svg = render(&r, ValueKind::Live).unwrap();
+        let elements = parse_xml(&svg).unwrap_or_else(|e| panic!("{e}"));
+        assert!(elements > 10, "{elements}");
+        let text = String::from_utf8(svg).unwrap();
+        // Shown escaped, as in text output.
+        assert!(text.contains("JS:~a\\x1b[31mred\\x07"), "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\x01'));
     }
 }

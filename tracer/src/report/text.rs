@@ -214,6 +214,7 @@ mod tests {
 
     #[test]
     fn control_characters_are_neutralised() {
-        assert_eq!(clean("a\x1b[2Jb\n"), "a?[2Jb?");
+        assert_eq!(clean("a\x1b[2Jb\n"), "a\\x1b[2Jb\\x0a");
+        assert_eq!(clean("csi\u{9b}del\u{7f}é"), "csi\\x9bdel\\x7fé");
     }
 }
