@@ -91,6 +91,8 @@ struct Process {
     uids: Vec<u32>,
     /// It maps node (or libnode): a missing perf map is worth a warning.
     runs_node: bool,
+    /// What stays true of it (its perf map was refused, or is missing).
+    warnings: Vec<String>,
     auto_refreshes: u32,
 }
 
@@ -135,6 +137,7 @@ impl Symbolizer {
             root: Root::of_process(pid).ok().map(Arc::new),
             uids: proc_info::parse_uids(&status),
             runs_node: entries.iter().any(MapEntry::is_node),
+            warnings: Vec::new(),
             auto_refreshes: 0,
         };
         for entry in entries {
@@ -269,6 +272,15 @@ impl Symbolizer {
         if self.warned.insert(msg.clone()) {
             self.warnings.push(msg);
         }
+    }
+
+    /// A warning about one process: given once in `take_warnings`, and for
+    /// every report of it in `process_warnings`.
+    fn warn_about(&mut self, proc: &mut Process, msg: String) {
+        if !proc.warnings.contains(&msg) {
+            proc.warnings.push(msg.clone());
+        }
+        self.warn(msg);
     }
 
     /// Opens a file-backed mapping's module through `/proc/PID/map_files`
@@ -466,7 +478,7 @@ impl Symbolizer {
                         proc.perf_path
                     )
                 };
-                self.warn(msg);
+                self.warn_about(proc, msg);
             }
             return None;
         };
@@ -496,7 +508,7 @@ impl Symbolizer {
     /// offheap (root) must not read a file through it that the process
     /// could not read itself. A refusal is said once in the warnings.
     fn open_perf_map(&mut self, pid: u32, proc: &mut Process) {
-        let Some(root) = proc.root.as_deref() else {
+        let Some(root) = proc.root.clone() else {
             return;
         };
         let refused =
@@ -504,20 +516,27 @@ impl Symbolizer {
         let file = match root.open(Path::new(&proc.perf_path)) {
             Ok(f) => f,
             Err(e) if e.is_not_found() => return,
-            Err(e) => return self.warn(refused(e.to_string())),
+            Err(e) => {
+                let msg = refused(e.to_string());
+                return self.warn_about(proc, msg);
+            }
         };
         let owner = match file.metadata() {
             Ok(m) => m.uid(),
-            Err(e) => return self.warn(refused(e.to_string())),
+            Err(e) => {
+                let msg = refused(e.to_string());
+                return self.warn_about(proc, msg);
+            }
         };
         if !proc.uids.contains(&owner) {
             let uid = proc
                 .uids
                 .get(1)
                 .map_or_else(|| "unknown".to_string(), u32::to_string);
-            return self.warn(refused(format!(
+            let msg = refused(format!(
                 "owned by uid {owner}, not by the process (uid {uid})"
-            )));
+            ));
+            return self.warn_about(proc, msg);
         }
         proc.perf = Some(PerfMap::open(file, proc.perf_path.clone()));
     }
@@ -526,6 +545,15 @@ impl Symbolizer {
 impl Symbolize for Symbolizer {
     fn symbolize(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
         self.frames(pid, addr)
+    }
+
+    fn process_warnings(&mut self, pid: u32) -> Vec<String> {
+        let Some(p) = self.procs.get(&pid) else {
+            return Vec::new();
+        };
+        let mut out = p.warnings.clone();
+        out.extend(p.perf.iter().flat_map(PerfMap::problems));
+        out
     }
 
     fn take_warnings(&mut self) -> Vec<String> {
