@@ -1,0 +1,223 @@
+//! A traced process writes its own perf map, and offheap reads it as root.
+//! A hostile one must not make offheap reveal a file it could not read
+//! itself (a symlink to a root-only file, from a container or not), nor
+//! blow up offheap's memory (a 10 MB name, half a million entries).
+//!
+//! The node processes here run with --interpreted-frames-native-stack and
+//! no --perf-basic-prof: their JS frames are in anonymous code memory, where
+//! every frame is looked up in the perf map, and node does not write one.
+#[path = "watch_common.rs"]
+mod watch_common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use offheap_e2e::*;
+use serde_json::Value;
+use watch_common::{Agent, NODE, T};
+
+/// Plants its perf map as a symlink to argv[2] (when given), sets its title
+/// (its comm, which `watch --comm` selects) to argv[3], then on each stdin
+/// chunk: keeps 32 Buffers of 256 KiB made in JS, says "done".
+const SCRIPT: &str = r#"
+const fs = require("fs");
+const [plant, title] = process.argv.slice(2);
+if (plant) fs.symlinkSync(plant, `/tmp/perf-${process.pid}.map`);
+if (title) process.title = title;
+const keep = [];
+function leakyRequestHandler(n) {
+  for (let i = 0; i < n; i++) keep.push(Buffer.allocUnsafeSlow(262144));
+}
+process.stdout.write(`ready ${process.pid}\n`);
+process.stdin.on("data", () => {
+  leakyRequestHandler(32);
+  process.stdout.write("done\n");
+});
+"#;
+
+const FLAGS: [&str; 1] = ["--interpreted-frames-native-stack"];
+
+/// A directory under /var/tmp (a namespace's private /tmp does not hide
+/// it) that uid 65534 can read.
+fn shared_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(d.path().join("app.js"), SCRIPT).unwrap();
+    d
+}
+
+/// A root-only file (in a 0700 directory, mode 0600) written as a perf map
+/// naming every address `secret`: read, it would name every JIT frame.
+fn root_only_secret(dir: &Path, secret: &str) -> PathBuf {
+    let sdir = dir.join("root-only");
+    std::fs::create_dir(&sdir).unwrap();
+    std::fs::set_permissions(&sdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let f = sdir.join("secret");
+    std::fs::write(&f, format!("0 ffffffffffff {secret}\n")).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
+fn secret_for_this_test() -> String {
+    format!("HOST-SECRET-{}-{}", std::process::id(), rand_tag())
+}
+
+fn rand_tag() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
+}
+
+/// node as uid 65534 (`setpriv`), in a new PID and mount namespace with a
+/// private /tmp when `container`; its host pid and stdout lines.
+fn spawn_nobody_node(dir: &Path, args: &[&str], container: bool) -> (Child, u32, Lines) {
+    let node = format!(
+        "exec setpriv --reuid 65534 --regid 65534 --clear-groups {NODE} {} {}/app.js {}",
+        FLAGS.join(" "),
+        dir.display(),
+        args.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut cmd = if container {
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount-proc", "--mount", "--kill-child"])
+            .args(["sh", "-c"])
+            .arg(format!("mount -t tmpfs -o mode=1777 tmpfs /tmp && {node}"));
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(node);
+        c
+    };
+    let mut child = cmd
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(child.stdout.take().unwrap());
+    // `exec` all the way: node has the shell's pid, or is pid 1 of its namespace.
+    lines.until(
+        &format!("ready {}", if container { 1 } else { child.id() }),
+        T,
+    );
+    let host_pid = if container {
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+        children.split_whitespace().next().unwrap().parse().unwrap()
+    } else {
+        child.id()
+    };
+    (child, host_pid, lines)
+}
+
+/// The Buffer bytes under node's ArrayBuffer allocator called from JIT code
+/// named by no perf map: the 32 x 256 KiB, counted exactly (malloc mode).
+fn buffer_bytes(report: &Value) -> u64 {
+    report["processes"][0]["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            let frames = s["frames"].as_array().unwrap();
+            let named = |want: &str| {
+                frames
+                    .iter()
+                    .any(|f| f["symbol"].as_str().is_some_and(|n| n.contains(want)))
+            };
+            // Made from JS code (node makes a few small ones of its own).
+            named("NodeArrayBufferAllocator") && frames.iter().any(|f| f["kind"] == "jit")
+        })
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .sum()
+}
+
+fn warnings(report: &Value) -> Vec<String> {
+    report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn refused_warning(map: &str, pid: u32) -> String {
+    format!("perf map {map} of pid {pid} refused: owned by uid 0, not by the process (uid 65534)")
+}
+
+fn record_planted(container: bool) {
+    let _lock = require_bpf();
+    let dir = shared_dir();
+    let secret = secret_for_this_test();
+    let target = root_only_secret(dir.path(), &secret);
+    let (mut node, pid, lines) =
+        spawn_nobody_node(dir.path(), &[target.to_str().unwrap()], container);
+    let nspid = if container { 1 } else { pid };
+    let map = format!("/tmp/perf-{nspid}.map");
+    let mut stdin = node.stdin.take().unwrap();
+    let (report, stderr, _) = record_steps(pid, &lines, &mut stdin, dir.path(), &[]);
+    drop(stdin);
+    let _ = node.kill();
+    let _ = node.wait();
+    if !container {
+        std::fs::remove_file(&map).unwrap();
+    }
+    let text = serde_json::to_string(&report).unwrap();
+    assert!(!text.contains(&secret), "the secret is in the report");
+    assert!(!stderr.join("\n").contains(&secret), "{stderr:?}");
+    let w = warnings(&report);
+    let want = refused_warning(&map, pid);
+    assert_eq!(w.iter().filter(|l| **l == want).count(), 1, "{w:#?}");
+    // Nothing else lost: the Buffers are all there.
+    assert_eq!(buffer_bytes(&report), 32 * 262144);
+}
+
+#[test]
+fn a_perf_map_symlinked_to_a_host_secret_from_a_container_is_refused() {
+    record_planted(true);
+}
+
+#[test]
+fn a_perf_map_symlinked_to_a_root_only_file_is_refused() {
+    record_planted(false);
+}
+
+#[test]
+fn watch_report_never_shows_a_planted_secret() {
+    let _lock = require_bpf();
+    let dir = shared_dir();
+    let secret = secret_for_this_test();
+    let target = root_only_secret(dir.path(), &secret);
+    let title = format!("ohpm{}", std::process::id() % 100_000);
+    let (mut node, pid, lines) =
+        spawn_nobody_node(dir.path(), &[target.to_str().unwrap(), &title], true);
+    let mut agent = Agent::start(&["--comm", &title, "--interval", "0.5"]);
+    agent.wait_tracing(pid);
+    let mut stdin = node.stdin.take().unwrap();
+    poke(&mut stdin);
+    lines.until("done", T);
+    // Two sampling intervals: the Buffers are in the next report.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, body) = agent.get(&format!("/report?pid={pid}"));
+    assert_eq!(code, 200, "{body}");
+    let (_, metrics) = agent.get("/metrics");
+    let stderr = agent.err.drain().join("\n");
+    assert!(!body.contains(&secret), "the secret is in /report");
+    assert!(!metrics.contains(&secret));
+    assert!(!stderr.contains(&secret));
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let w = warnings(&report);
+    let want = refused_warning("/tmp/perf-1.map", pid);
+    assert!(w.contains(&want), "{w:#?}");
+    assert_eq!(agent.stop(), Some(0));
+    drop(stdin);
+    let _ = node.kill();
+    let _ = node.wait();
+}
