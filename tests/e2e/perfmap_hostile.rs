@@ -40,6 +40,25 @@ process.stdin.on("data", () => {
 
 const FLAGS: [&str; 1] = ["--interpreted-frames-native-stack"];
 
+/// Removes a perf map planted in the host's /tmp, also when a test fails.
+struct Planted(PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Kills and reaps a child, also when a test fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A directory under /var/tmp (a namespace's private /tmp does not hide
 /// it) that uid 65534 can read.
 fn shared_dir() -> tempfile::TempDir {
@@ -161,14 +180,11 @@ fn record_planted(container: bool) {
         spawn_nobody_node(dir.path(), &[target.to_str().unwrap()], container);
     let nspid = if container { 1 } else { pid };
     let map = format!("/tmp/perf-{nspid}.map");
+    // In a container the map is on its private /tmp, gone with it.
+    let _planted = (!container).then(|| Planted(map.clone().into()));
     let mut stdin = node.stdin.take().unwrap();
+    let _node = Killed(node);
     let (report, stderr, _) = record_steps(pid, &lines, &mut stdin, dir.path(), &[]);
-    drop(stdin);
-    let _ = node.kill();
-    let _ = node.wait();
-    if !container {
-        std::fs::remove_file(&map).unwrap();
-    }
     let text = serde_json::to_string(&report).unwrap();
     assert!(!text.contains(&secret), "the secret is in the report");
     assert!(!stderr.join("\n").contains(&secret), "{stderr:?}");
@@ -198,9 +214,10 @@ fn watch_report_never_shows_a_planted_secret() {
     let title = format!("ohpm{}", std::process::id() % 100_000);
     let (mut node, pid, lines) =
         spawn_nobody_node(dir.path(), &[target.to_str().unwrap(), &title], true);
+    let mut stdin = node.stdin.take().unwrap();
+    let _node = Killed(node);
     let mut agent = Agent::start(&["--comm", &title, "--interval", "0.5"]);
     agent.wait_tracing(pid);
-    let mut stdin = node.stdin.take().unwrap();
     poke(&mut stdin);
     lines.until("done", T);
     // Two sampling intervals: the Buffers are in the next report.
@@ -217,7 +234,166 @@ fn watch_report_never_shows_a_planted_secret() {
     let want = refused_warning("/tmp/perf-1.map", pid);
     assert!(w.contains(&want), "{w:#?}");
     assert_eq!(agent.stop(), Some(0));
-    drop(stdin);
-    let _ = node.kill();
-    let _ = node.wait();
+}
+
+/// One 10 MB line naming every address, then 500 000 entries above any user
+/// address (so that lookups still reach the first): what a process can
+/// write to its own perf map.
+fn write_huge_perf_map(path: &str) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(b"0 ffffffffffff JS:~").unwrap();
+    f.write_all(&vec![b'x'; 10_000_000]).unwrap();
+    f.write_all(b" /huge.js:1:1\n").unwrap();
+    for i in 0..500_000u64 {
+        writeln!(
+            f,
+            "{:x} 10 JS:~f{i} /many.js:{i}:1",
+            0xffff_8000_0000_0000 + i * 16
+        )
+        .unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// The name every JIT frame gets from that map: its first 1024 bytes and
+/// the marker.
+fn cut_name() -> String {
+    format!("JS:~{}…[truncated]", "x".repeat(1020))
+}
+
+fn spawn_root_node(dir: &Path, args: &[&str]) -> (Child, Lines) {
+    let mut node = Command::new(NODE)
+        .args(FLAGS)
+        .arg(dir.join("app.js"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(node.stdout.take().unwrap());
+    lines.until(&format!("ready {}", node.id()), T);
+    (node, lines)
+}
+
+/// Peak RSS of `record` on a node process with the huge perf map.
+/// Bound: the map costs at most 1 KiB for the long name plus 500 001
+/// entries x (32 B + ~25 B of name) = 28 MiB; record's own peak on the same
+/// node without a perf map is 104 MiB (measured, debug build: node's 100 MB
+/// binary mapped, its symbols parsed); with the map 131 MiB. 200 MiB leaves
+/// room for both and fails long before a 10 MB name copied into frames could
+/// fit: before the bound, each JIT frame carried all 10 MB (16.7 GB peak,
+/// an 8.1 GB report, measured with the previous build).
+const RECORD_MAX_RSS_KIB: u64 = 200 << 10;
+
+#[test]
+fn a_10_mb_perf_map_line_keeps_record_bounded() {
+    let _lock = require_bpf();
+    let dir = shared_dir();
+    let (mut node, lines) = spawn_root_node(dir.path(), &[]);
+    let pid = node.id();
+    let map = format!("/tmp/perf-{pid}.map");
+    let _planted = Planted(map.clone().into());
+    write_huge_perf_map(&map);
+    let mut stdin = node.stdin.take().unwrap();
+    let _node = Killed(node);
+    let (report, stderr, maxrss) = record_steps(pid, &lines, &mut stdin, dir.path(), &[]);
+    eprintln!("record peak RSS: {maxrss} KiB");
+    assert!(
+        maxrss < RECORD_MAX_RSS_KIB,
+        "record peaked at {maxrss} KiB; {stderr:?}"
+    );
+    let want = cut_name();
+    assert_eq!(want.len(), 1024 + "…[truncated]".len());
+    let frames: Vec<&Value> = report["processes"][0]["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["frames"].as_array().unwrap())
+        .filter(|f| f["kind"] == "js")
+        .collect();
+    assert!(!frames.is_empty());
+    for f in &frames {
+        assert_eq!(f["symbol"], want.as_str());
+        assert_eq!((f["file"].is_null(), f["line"].is_null()), (true, true));
+    }
+    let w = warnings(&report);
+    assert!(
+        w.contains(&format!(
+            "perf map {map}: 1 names longer than 1024 bytes cut short"
+        )),
+        "{w:#?}"
+    );
+    // Nothing lost: the Buffers, under the JS frames the map names.
+    let js_buffers: u64 = report["processes"][0]["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            let fr = s["frames"].as_array().unwrap();
+            fr.iter().any(|f| f["kind"] == "js")
+                && fr.iter().any(|f| {
+                    f["symbol"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("NodeArrayBufferAllocator"))
+                })
+        })
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(js_buffers, 32 * 262144);
+}
+
+/// VmHWM (peak RSS) of a live process, in KiB (proc(5)).
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The agent's peak RSS through three /report calls (measured: 139 MiB).
+/// Same reasoning as for record; the agent also keeps each target's latest
+/// JSON report, whose JIT frames carry 1 KiB names instead of 10 MB ones.
+/// The DaemonSet's limit is 512 MiB; this bound is well under it.
+const WATCH_MAX_RSS_KIB: u64 = 200 << 10;
+
+#[test]
+fn a_10_mb_perf_map_line_keeps_the_watch_agent_bounded() {
+    let _lock = require_bpf();
+    let dir = shared_dir();
+    let title = format!("ohbig{}", std::process::id() % 100_000);
+    let (mut node, lines) = spawn_root_node(dir.path(), &["", &title]);
+    let pid = node.id();
+    let map = format!("/tmp/perf-{pid}.map");
+    let _planted = Planted(map.clone().into());
+    write_huge_perf_map(&map);
+    let mut stdin = node.stdin.take().unwrap();
+    let _node = Killed(node);
+    let mut agent = Agent::start(&["--comm", &title, "--interval", "0.5"]);
+    agent.wait_tracing(pid);
+    poke(&mut stdin);
+    lines.until("done", T);
+    let want = cut_name();
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let (code, body) = agent.get(&format!("/report?pid={pid}"));
+        assert_eq!(code, 200, "{body}");
+        assert!(!body.contains(&"x".repeat(1100)));
+        let r: Value = serde_json::from_str(&body).unwrap();
+        for f in r["processes"][0]["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["frames"].as_array().unwrap())
+            .filter(|f| f["kind"] == "js")
+        {
+            assert_eq!(f["symbol"], want.as_str());
+        }
+    }
+    let hwm = vm_hwm_kib(agent.child.id());
+    eprintln!("watch agent peak RSS: {hwm} KiB");
+    assert!(hwm < WATCH_MAX_RSS_KIB, "the agent peaked at {hwm} KiB");
+    assert_eq!(agent.stop(), Some(0));
 }
