@@ -150,34 +150,49 @@ mod tests {
         assert!(render(&empty, ValueKind::Live).is_err());
     }
 
-    /// Every element and attribute of `svg` up to the end, or the first XML error.
+    /// XML 1.0 `Char`: no C0 control character but tab, newline and return.
+    fn xml_char(c: char) -> bool {
+        !c.is_control() || matches!(c, '\t' | '\n' | '\r') || u32::from(c) >= 0x7f
+    }
+
+    /// The number of elements of a well-formed `svg`, or its first problem:
+    /// a parse error, or a character XML 1.0 forbids, raw or as a `&#N;`
+    /// reference (quick-xml checks neither).
     fn parse_xml(svg: &[u8]) -> Result<usize, String> {
+        use quick_xml::events::Event;
+        let text = std::str::from_utf8(svg).map_err(|e| e.to_string())?;
+        if let Some(c) = text.chars().find(|&c| !xml_char(c)) {
+            return Err(format!("character {c:?}"));
+        }
+        for (i, _) in text.match_indices("&#") {
+            let body = &text[i + 2..text[i..].find(';').map_or(i + 2, |e| i + e)];
+            let n = match body.strip_prefix('x') {
+                Some(h) => u32::from_str_radix(h, 16),
+                None => body.parse(),
+            };
+            let c = n
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or(format!("bad reference &#{body};"))?;
+            if !xml_char(c) {
+                return Err(format!("reference &#{body};"));
+            }
+        }
         let mut r = quick_xml::Reader::from_reader(svg);
         let mut buf = Vec::new();
         let mut n = 0;
         loop {
-            match r.read_event_into(&mut buf) {
-                Ok(quick_xml::events::Event::Eof) => return Ok(n),
-                Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
+            match r.read_event_into(&mut buf).map_err(|e| e.to_string())? {
+                Event::Eof => return Ok(n),
+                Event::Start(e) | Event::Empty(e) => {
                     for a in e.attributes() {
                         a.map_err(|e| e.to_string())?
-                            .unescape_value()
+                            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                             .map_err(|e| e.to_string())?;
                     }
                     n += 1;
                 }
-                Ok(quick_xml::events::Event::Text(t)) => {
-                    let text = t.decode().map_err(|e| e.to_string())?;
-                    // XML 1.0 Char: no C0 control but tab, newline, return.
-                    if let Some(c) = text
-                        .chars()
-                        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-                    {
-                        return Err(format!("control character {c:?} in text"));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                _ => {}
             }
             buf.clear();
         }
