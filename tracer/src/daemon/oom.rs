@@ -265,7 +265,10 @@ pub fn postmortem_line(
     };
     match postmortem(dir, report, victim, cgroup, now) {
         Ok((_, w)) => w.log_line,
-        Err(e) => format!("{head}: no report written ({e}); {top}"),
+        Err(e) => format!(
+            "{head}: no report written ({}); {top}",
+            crate::error::one_line(&e)
+        ),
     }
 }
 

@@ -29,7 +29,7 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// A selector that could never match anything.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectorError {
-    #[error("--cgroup {path}: {source}")]
+    #[error("--cgroup {path}")]
     Cgroup {
         path: PathBuf,
         #[source]
@@ -326,7 +326,7 @@ mod tests {
             }
             .check()
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::error::one_line(&e))
         };
         assert_eq!(
             check("/nonexistent"),

@@ -28,13 +28,13 @@ use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InRootError {
-    #[error("cannot open the root directory {root}: {source}")]
+    #[error("cannot open the root directory {root}")]
     Root {
         root: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot open {path} inside {root}: {source}")]
+    #[error("cannot open {path} inside {root}")]
     Open {
         root: PathBuf,
         path: PathBuf,

@@ -517,14 +517,14 @@ impl Symbolizer {
             Ok(f) => f,
             Err(e) if e.is_not_found() => return,
             Err(e) => {
-                let msg = refused(e.to_string());
+                let msg = refused(crate::error::one_line(&e));
                 return self.warn_about(proc, msg);
             }
         };
         let owner = match file.metadata() {
             Ok(m) => m.uid(),
             Err(e) => {
-                let msg = refused(e.to_string());
+                let msg = refused(crate::error::one_line(&e));
                 return self.warn_about(proc, msg);
             }
         };

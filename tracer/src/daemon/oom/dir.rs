@@ -8,7 +8,7 @@ use std::{
 /// cannot be written at OOM time is lost).
 #[derive(Debug, thiserror::Error)]
 pub enum OomDirError {
-    #[error("--oom-dir {path}: cannot create it: {source}")]
+    #[error("--oom-dir {path}: cannot create it")]
     Create {
         path: PathBuf,
         #[source]
@@ -16,7 +16,7 @@ pub enum OomDirError {
     },
     #[error("--oom-dir {path} is not a directory")]
     NotDirectory { path: PathBuf },
-    #[error("--oom-dir {path} is not writable: {source}")]
+    #[error("--oom-dir {path} is not writable")]
     NotWritable {
         path: PathBuf,
         #[source]
@@ -53,6 +53,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), OomDirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::one_line;
 
     #[test]
     fn a_missing_dir_is_created_with_its_parents() {
@@ -71,11 +72,11 @@ mod tests {
         let f = t.path().join("file");
         fs::write(&f, "").unwrap();
         assert_eq!(
-            prepare_dir(&f).unwrap_err().to_string(),
+            one_line(&prepare_dir(&f).unwrap_err()),
             format!("--oom-dir {} is not a directory", f.display())
         );
         let under = f.join("sub");
-        let e = prepare_dir(&under).unwrap_err().to_string();
+        let e = one_line(&prepare_dir(&under).unwrap_err());
         assert!(
             e.starts_with(&format!(
                 "--oom-dir {}: cannot create it: ",
@@ -84,7 +85,7 @@ mod tests {
             "{e}"
         );
         // /proc: a directory where even root creates no file.
-        let e = prepare_dir(Path::new("/proc")).unwrap_err().to_string();
+        let e = one_line(&prepare_dir(Path::new("/proc")).unwrap_err());
         assert!(e.starts_with("--oom-dir /proc is not writable: "), "{e}");
     }
 }
