@@ -45,7 +45,11 @@ impl Agent {
             let owner = Owner::of(Some(&cg));
             match oom::write_preoom(dir, &report, &owner, usage, limit, SystemTime::now()) {
                 Ok(w) => say(&w.log_line),
-                Err(e) => eprintln!("offheap: writing the pre-OOM snapshot of {}: {e}", cg.path),
+                Err(e) => eprintln!(
+                    "offheap: writing the pre-OOM snapshot of {}: {}",
+                    cg.path,
+                    crate::error::one_line(&e)
+                ),
             }
         }
     }
@@ -62,7 +66,13 @@ impl Agent {
         };
         // Always the one line naming the culprit, with or without a file.
         let dir = self.opts.oom_dir.as_deref();
-        say(&oom::postmortem_line(dir, report, v, cgroup.as_ref(), SystemTime::now()));
+        say(&oom::postmortem_line(
+            dir,
+            report,
+            v,
+            cgroup.as_ref(),
+            SystemTime::now(),
+        ));
     }
 }
 
