@@ -17,7 +17,7 @@
 //!   `check_writable`).
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io::{self, BufWriter, Write},
     os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -156,6 +156,16 @@ fn temp_path(target: &Path) -> Option<PathBuf> {
 
 /// Writes `bytes` to `path` by the rules at the top of this file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    write_with(path, |w| w.write_all(bytes))
+}
+
+/// `write_atomic` of what `make` writes, as it writes it: a large output
+/// (a diff of large reports) goes to the file without first being held in
+/// memory whole.
+pub fn write_with(
+    path: &Path,
+    make: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), WriteError> {
     let io_err = |source| WriteError::Io {
         path: path.to_path_buf(),
         source,
@@ -163,13 +173,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let target = match destination(path)? {
         Destination::InPlace(p) => {
             // O_TRUNC as a shell's `>` does; devices and FIFOs ignore it.
-            let mut f = OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .truncate(true)
                 .custom_flags(libc::O_NOCTTY)
                 .open(&p)
                 .map_err(io_err)?;
-            return f.write_all(bytes).and_then(|()| f.flush()).map_err(io_err);
+            let mut w = BufWriter::new(f);
+            return make(&mut w).and_then(|()| w.flush()).map_err(io_err);
         }
         Destination::Replace(p) => p,
     };
@@ -179,7 +190,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
             "not a file name",
         ))
     })?;
-    let mut f = File::create(&tmp).map_err(|source| WriteError::TempFile {
+    let f = File::create(&tmp).map_err(|source| WriteError::TempFile {
         path: path.to_path_buf(),
         dir: parent_dir(&target),
         source,
@@ -191,7 +202,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
                 old.permissions().mode() & 0o7777,
             ))?;
         }
-        f.write_all(bytes)?;
+        let mut w = BufWriter::new(f);
+        make(&mut w)?;
+        let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
         f.sync_all()?;
         fs::rename(&tmp, &target)
     })();
