@@ -5,19 +5,11 @@ use std::{
     ffi::CString,
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::Output,
     time::{Duration, Instant},
 };
 
 use offheap_e2e::*;
-
-fn sleeper() -> Child {
-    Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
 
 /// `offheap record --pid <a sleeper> --duration SECS --format json --output OUT`.
 fn record_to(out: &Path, secs: &str) -> Output {

@@ -92,28 +92,42 @@ fn rand_tag() -> u64 {
         .into()
 }
 
-/// node as uid 65534 (`setpriv`), in a new PID and mount namespace with a
-/// private /tmp when `container`; its host pid and stdout lines.
-fn spawn_nobody_node(dir: &Path, args: &[&str], container: bool) -> (Child, u32, Lines) {
+/// Who runs the node process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum As {
+    /// Root, as the test.
+    Root,
+    /// uid 65534 (`setpriv`).
+    Nobody,
+    /// uid 65534 in a new PID and mount namespace with a private /tmp.
+    NobodyInContainer,
+}
+
+/// Starts node on the script with `args`; its host pid and stdout lines,
+/// once it is ready.
+fn spawn_node(dir: &Path, args: &[&str], who: As) -> (Child, u32, Lines) {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
     let node = format!(
-        "exec setpriv --reuid 65534 --regid 65534 --clear-groups {NODE} {} {}/app.js {}",
+        "{NODE} {} {}/app.js {}",
         FLAGS.join(" "),
         dir.display(),
-        args.iter()
-            .map(|a| format!("'{a}'"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        quoted.join(" ")
     );
-    let mut cmd = if container {
-        let mut c = Command::new("unshare");
-        c.args(["--pid", "--fork", "--mount-proc", "--mount", "--kill-child"])
-            .args(["sh", "-c"])
-            .arg(format!("mount -t tmpfs -o mode=1777 tmpfs /tmp && {node}"));
-        c
+    let nobody = format!("exec setpriv --reuid 65534 --regid 65534 --clear-groups {node}");
+    let mut cmd = Command::new(if who == As::NobodyInContainer {
+        "unshare"
     } else {
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(node);
-        c
+        "sh"
+    });
+    match who {
+        As::Root => cmd.arg("-c").arg(format!("exec {node}")),
+        As::Nobody => cmd.arg("-c").arg(nobody),
+        As::NobodyInContainer => cmd
+            .args(["--pid", "--fork", "--mount-proc", "--mount", "--kill-child"])
+            .args(["sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o mode=1777 tmpfs /tmp && {nobody}"
+            )),
     };
     let mut child = cmd
         .current_dir(dir)
@@ -122,6 +136,7 @@ fn spawn_nobody_node(dir: &Path, args: &[&str], container: bool) -> (Child, u32,
         .spawn()
         .unwrap();
     let lines = Lines::new(child.stdout.take().unwrap());
+    let container = who == As::NobodyInContainer;
     // `exec` all the way: node has the shell's pid, or is pid 1 of its namespace.
     lines.until(
         &format!("ready {}", if container { 1 } else { child.id() }),
@@ -176,8 +191,15 @@ fn record_planted(container: bool) {
     let dir = shared_dir();
     let secret = secret_for_this_test();
     let target = root_only_secret(dir.path(), &secret);
-    let (mut node, pid, lines) =
-        spawn_nobody_node(dir.path(), &[target.to_str().unwrap()], container);
+    let (mut node, pid, lines) = spawn_node(
+        dir.path(),
+        &[target.to_str().unwrap()],
+        if container {
+            As::NobodyInContainer
+        } else {
+            As::Nobody
+        },
+    );
     let nspid = if container { 1 } else { pid };
     let map = format!("/tmp/perf-{nspid}.map");
     // In a container the map is on its private /tmp, gone with it.
@@ -212,8 +234,11 @@ fn watch_report_never_shows_a_planted_secret() {
     let secret = secret_for_this_test();
     let target = root_only_secret(dir.path(), &secret);
     let title = format!("ohpm{}", std::process::id() % 100_000);
-    let (mut node, pid, lines) =
-        spawn_nobody_node(dir.path(), &[target.to_str().unwrap(), &title], true);
+    let (mut node, pid, lines) = spawn_node(
+        dir.path(),
+        &[target.to_str().unwrap(), &title],
+        As::NobodyInContainer,
+    );
     let mut stdin = node.stdin.take().unwrap();
     let _node = Killed(node);
     let mut agent = Agent::start(&["--comm", &title, "--interval", "0.5"]);
@@ -262,21 +287,6 @@ fn cut_name() -> String {
     format!("JS:~{}…[truncated]", "x".repeat(1020))
 }
 
-fn spawn_root_node(dir: &Path, args: &[&str]) -> (Child, Lines) {
-    let mut node = Command::new(NODE)
-        .args(FLAGS)
-        .arg(dir.join("app.js"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(node.stdout.take().unwrap());
-    lines.until(&format!("ready {}", node.id()), T);
-    (node, lines)
-}
-
 /// Peak RSS of `record` on a node process with the huge perf map.
 /// Bound: the map costs at most 1 KiB for the long name plus 500 001
 /// entries x (32 B + ~25 B of name) = 28 MiB; record's own peak on the same
@@ -291,8 +301,7 @@ const RECORD_MAX_RSS_KIB: u64 = 200 << 10;
 fn a_10_mb_perf_map_line_keeps_record_bounded() {
     let _lock = require_bpf();
     let dir = shared_dir();
-    let (mut node, lines) = spawn_root_node(dir.path(), &[]);
-    let pid = node.id();
+    let (mut node, pid, lines) = spawn_node(dir.path(), &[], As::Root);
     let map = format!("/tmp/perf-{pid}.map");
     let _planted = Planted(map.clone().into());
     write_huge_perf_map(&map);
@@ -364,8 +373,7 @@ fn a_10_mb_perf_map_line_keeps_the_watch_agent_bounded() {
     let _lock = require_bpf();
     let dir = shared_dir();
     let title = format!("ohbig{}", std::process::id() % 100_000);
-    let (mut node, lines) = spawn_root_node(dir.path(), &["", &title]);
-    let pid = node.id();
+    let (mut node, pid, lines) = spawn_node(dir.path(), &["", &title], As::Root);
     let map = format!("/tmp/perf-{pid}.map");
     let _planted = Planted(map.clone().into());
     write_huge_perf_map(&map);

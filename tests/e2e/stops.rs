@@ -8,13 +8,24 @@ use offheap_e2e::*;
 
 const T: Duration = Duration::from_secs(120);
 
-/// A process that sleeps until killed.
-fn sleeper() -> Child {
-    Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
+/// `record --pid TARGET --mode malloc --format json --output OUT` running,
+/// attached, with its stderr read on a thread.
+fn record_attached(target: &Child, out: &str) -> (Child, Stderr) {
+    let mut tracer = Command::new(offheap_bin())
+        .args([
+            "record",
+            "--pid",
+            &target.id().to_string(),
+            "--mode",
+            "malloc",
+        ])
+        .args(["--format", "json", "--output", out])
+        .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    err.wait_attached(T);
+    (tracer, err)
 }
 
 #[test]
@@ -57,20 +68,7 @@ fn sigterm_stops_and_writes_the_report() {
     let mut target = sleeper();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
-    let mut tracer = Command::new(offheap_bin())
-        .args([
-            "record",
-            "--pid",
-            &target.id().to_string(),
-            "--mode",
-            "malloc",
-        ])
-        .args(["--format", "json", "--output", out.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    err.wait_attached(T);
+    let (mut tracer, err) = record_attached(&target, out.to_str().unwrap());
     signal(&tracer, libc::SIGTERM);
     assert_eq!(tracer.wait().unwrap().code(), Some(0), "{:?}", err.rest());
     target.kill().unwrap();
@@ -88,20 +86,7 @@ fn report_that_cannot_be_written_exits_3() {
     let sub = dir.path().join("gone");
     std::fs::create_dir(&sub).unwrap();
     let out = sub.join("r.json");
-    let mut tracer = Command::new(offheap_bin())
-        .args([
-            "record",
-            "--pid",
-            &target.id().to_string(),
-            "--mode",
-            "malloc",
-        ])
-        .args(["--format", "json", "--output", out.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    err.wait_attached(T);
+    let (mut tracer, err) = record_attached(&target, out.to_str().unwrap());
     // Writable when checked up front, gone when the report is written.
     std::fs::remove_dir(&sub).unwrap();
     signal(&tracer, libc::SIGINT);
@@ -211,20 +196,7 @@ fn sigkill_leaves_nothing_attached() {
     let _lock = require_bpf();
     let mut target = sleeper();
     let events_before = uprobe_events();
-    let mut tracer = Command::new(offheap_bin())
-        .args([
-            "record",
-            "--pid",
-            &target.id().to_string(),
-            "--mode",
-            "malloc",
-        ])
-        .args(["--format", "json", "--output", "/dev/null"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    err.wait_attached(T);
+    let (mut tracer, _err) = record_attached(&target, "/dev/null");
     let ours = progs_held_by(tracer.id());
     assert!(!ours.is_empty(), "offheap holds no BPF program?");
     eprintln!("offheap holds {} BPF programs", ours.len());

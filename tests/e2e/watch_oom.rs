@@ -34,6 +34,24 @@ process.stdin.once("data", () => {
 });
 "#;
 
+/// Waits until the agent's report of `pid` has sampled the high state
+/// (half the limit in array_buffers): resident mode reports the last sample
+/// before the kill.
+fn wait_sampled_high(agent: &Agent, pid: u32) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (code, body) = agent.get(&format!("/report?pid={pid}"));
+        let ab = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
+        if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -101,20 +119,7 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
     assert!(pre_report["oom"].is_null());
     assert!(oom_dir.join(pre_name.replace(".json", ".txt")).is_file());
 
-    // The agent has sampled the high state (resident mode reports the
-    // last sample before the kill).
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let (code, body) = agent.get(&format!("/report?pid={pid}"));
-        let ab = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
-        if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_sampled_high(&agent, pid);
 
     // Leak until the kernel kills node.
     poke_line(&mut stdin);
@@ -236,20 +241,7 @@ fn oom_kill_with_an_unwritable_oom_dir_still_logs_the_culprit() {
     agent.wait_tracing(pid);
     poke_line(&mut stdin);
     node_out.until("high", T, |l| l == "high");
-    // The agent has sampled the high state (resident mode reports the last
-    // sample before the kill).
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let (code, body) = agent.get(&format!("/report?pid={pid}"));
-        let ab = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
-        if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_sampled_high(&agent, pid);
     poke_line(&mut stdin);
     let status = node.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");

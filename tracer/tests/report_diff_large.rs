@@ -28,7 +28,7 @@ fn stacks() -> usize {
 
 fn frame(i: usize, base: u64) -> Frame {
     let addr = format!("{:#x}", base + (i as u64) * 0x40);
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         Frame {
             addr,
             symbol: Some(format!(
@@ -105,24 +105,31 @@ fn write_report(path: &Path, n: usize, after: bool) {
 /// Runs `offheap ARGS` and returns its exit code and peak RSS in KiB
 /// (wait4(2)'s ru_maxrss).
 fn run_measured(args: &[&str]) -> (i32, u64, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_offheap"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_offheap"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Stderr first: a full pipe would block the child before it exits.
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, maxrss) = wait_maxrss(&mut child);
+    (status.code().unwrap_or(-1), maxrss, err)
+}
+
+/// Reaps `child` with wait4(2): its status and peak RSS in KiB.
+fn wait_maxrss(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
     let pid = child.id() as i32;
     let mut status = 0;
     // SAFETY: rusage is plain data wait4 fills; pid is our child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers to a status and a rusage.
     assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut ru) }, pid);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.unwrap(), &mut err).unwrap();
-    let code = std::process::ExitStatus::from_raw(status)
-        .code()
-        .unwrap_or(-1);
-    (code, ru.ru_maxrss as u64, err)
+    (
+        std::process::ExitStatus::from_raw(status),
+        ru.ru_maxrss as u64,
+    )
 }
 
 /// Where the reports go: OFFHEAP_DIFF_KEEP (kept, to measure another
@@ -143,7 +150,7 @@ fn report_dir() -> (PathBuf, Option<tempfile::TempDir>) {
 /// the binary, the 20 000 x 2 distinct frames and the I/O buffers. Holding
 /// either report parsed would take more than a gigabyte at 100 000 stacks.
 fn max_rss_kib(distinct_stacks: usize) -> u64 {
-    (48 << 10) + (distinct_stacks as u64 * 512 >> 10)
+    (48 << 10) + ((distinct_stacks as u64 * 512) >> 10)
 }
 
 /// `{"stacks": [...]}` counted without holding them.

@@ -56,9 +56,8 @@ fn check_js_frame(host_pid: u32, ns_pid: u32, script: &Path) {
     assert!(sym.take_warnings().is_empty());
 }
 
-#[test]
-fn js_function_name_from_perf_map() {
-    let dir = workdir("perfmap");
+/// node with a perf map on SCRIPT written in `dir`, its JS frame checked.
+fn js_frame_of_script_in(dir: &Path) {
     let script = dir.join("app.js");
     std::fs::write(&script, SCRIPT).unwrap();
     let mut p = Proc::spawn(
@@ -66,13 +65,18 @@ fn js_function_name_from_perf_map() {
             .args(["--perf-basic-prof", "--allow-natives-syntax"])
             .arg(&script)
             // --perf-basic-prof also writes isolate-*-v8.log into the cwd.
-            .current_dir(&dir),
+            .current_dir(dir),
     );
     let pid: u32 = field(&p.line(), "ready").parse().unwrap();
     assert_eq!(pid, p.pid());
     check_js_frame(pid, pid, &script);
     p.kill();
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+}
+
+#[test]
+fn js_function_name_from_perf_map() {
+    js_frame_of_script_in(&workdir("perfmap"));
 }
 
 #[test]
@@ -252,22 +256,21 @@ fn root_only_secret(dir: &Path, secret: &str) -> std::path::PathBuf {
     f
 }
 
-#[test]
-fn a_perf_map_symlinked_to_a_root_only_file_is_refused() {
-    let (dir, exe) = jit_prog("perfmap-symlink");
-    let secret = format!("HOST-SECRET-{}", std::process::id());
-    let target = root_only_secret(&dir, &secret);
-    // The traced process runs as nobody, as a container's would.
-    let mut p = Proc::spawn(
-        Command::new("setpriv")
-            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-            .arg(&exe),
-    );
+/// Runs the JIT program (through `wrap`, e.g. setpriv), lets `plant` make
+/// its perf map at the given path, and returns the one warning symbolizing
+/// a JIT address gives: the address must stay unnamed.
+fn refused_perf_map(name: &str, wrap: &[&str], plant: impl FnOnce(&str)) -> (u32, String, String) {
+    let (dir, exe) = jit_prog(name);
+    let mut cmd = Command::new(wrap.first().copied().unwrap_or(exe.to_str().unwrap()));
+    if !wrap.is_empty() {
+        cmd.args(&wrap[1..]).arg(&exe);
+    }
+    let mut p = Proc::spawn(&mut cmd);
     let code = hex(&field(&p.line(), "code"));
     let pid = p.pid();
     let map = format!("/tmp/perf-{pid}.map");
     let _ = std::fs::remove_file(&map);
-    std::os::unix::fs::symlink(&target, &map).unwrap();
+    plant(&map);
     let mut sym = Symbolizer::new();
     sym.capture(pid).unwrap();
     let f = &sym.symbolize(pid, code + 0x10)[0];
@@ -275,41 +278,51 @@ fn a_perf_map_symlinked_to_a_root_only_file_is_refused() {
         (f.kind, f.symbol.as_deref()),
         (FrameKind::Jit, Some(JIT_SYMBOL))
     );
-    assert_eq!(
-        sym.take_warnings(),
-        vec![format!(
-            "perf map {map} of pid {pid} refused: owned by uid 0, not by the process (uid 65534)"
-        )]
-    );
+    let w = sym.take_warnings();
     p.kill();
     std::fs::remove_file(&map).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(w.len(), 1, "{w:?}");
+    (pid, map, w[0].clone())
+}
+
+#[test]
+fn a_perf_map_symlinked_to_a_root_only_file_is_refused() {
+    let secret_dir = tempfile_dir_outside_tmp("perfmap-secret");
+    let secret = format!("HOST-SECRET-{}", std::process::id());
+    let target = root_only_secret(&secret_dir, &secret);
+    // The traced process runs as nobody, as a container's would.
+    let setpriv = [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+    ];
+    let (pid, map, w) = refused_perf_map("perfmap-symlink", &setpriv, |map| {
+        std::os::unix::fs::symlink(&target, map).unwrap()
+    });
+    assert_eq!(
+        w,
+        format!(
+            "perf map {map} of pid {pid} refused: owned by uid 0, not by the process (uid 65534)"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&secret_dir);
 }
 
 #[test]
 fn a_perf_map_that_is_a_fifo_is_refused_without_blocking() {
-    let (dir, exe) = jit_prog("perfmap-fifo");
-    let mut p = Proc::spawn(&mut Command::new(&exe));
-    let code = hex(&field(&p.line(), "code"));
-    let pid = p.pid();
-    let map = format!("/tmp/perf-{pid}.map");
-    let _ = std::fs::remove_file(&map);
-    let c = std::ffi::CString::new(map.clone()).unwrap();
-    // SAFETY: mkfifo(3) with a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
-    let mut sym = Symbolizer::new();
-    sym.capture(pid).unwrap();
-    let f = &sym.symbolize(pid, code + 0x10)[0];
-    assert_eq!(f.symbol.as_deref(), Some(JIT_SYMBOL));
+    let (pid, map, w) = refused_perf_map("perfmap-fifo", &[], |map| {
+        let c = std::ffi::CString::new(map).unwrap();
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    });
     assert_eq!(
-        sym.take_warnings(),
-        vec![format!(
-            "perf map {map} of pid {pid} refused: {map} inside /proc/{pid}/root is not a regular file"
-        )]
+        w,
+        format!("perf map {map} of pid {pid} refused: {map} inside /proc/{pid}/root is not a regular file")
     );
-    p.kill();
-    std::fs::remove_file(&map).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// V8 names a JS function `JS:*f <script>:<line>:<column>`, and the script's
@@ -317,17 +330,6 @@ fn a_perf_map_that_is_a_fifo_is_refused_without_blocking() {
 #[test]
 fn a_script_in_a_directory_with_spaces_keeps_its_whole_path() {
     let dir = tempfile_dir_outside_tmp("perfmap dir with space");
-    let script = dir.join("app.js");
-    std::fs::write(&script, SCRIPT).unwrap();
-    let mut p = Proc::spawn(
-        Command::new("node")
-            .args(["--perf-basic-prof", "--allow-natives-syntax"])
-            .arg(&script)
-            .current_dir(&dir),
-    );
-    let pid: u32 = field(&p.line(), "ready").parse().unwrap();
-    check_js_frame(pid, pid, &script);
-    p.kill();
-    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    js_frame_of_script_in(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -249,6 +249,15 @@ pub fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
+/// A process that sleeps until killed: a target that allocates nothing.
+pub fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs offheap to completion with the given arguments.
 pub fn offheap(args: &[&str]) -> Output {
     Command::new(offheap_bin())

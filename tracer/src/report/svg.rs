@@ -121,14 +121,17 @@ mod tests {
     use super::*;
     use crate::report::{Frame, Mode, ProcessReport, StackReport};
 
-    #[test]
-    fn names_frames_buckets_and_title() {
-        let mut r = Report::new(Mode::Malloc);
-        let f = |s: &str| Frame {
+    fn f(s: &str) -> Frame {
+        Frame {
             addr: "0x1".into(),
             symbol: Some(s.into()),
             ..Frame::default()
-        };
+        }
+    }
+
+    #[test]
+    fn names_frames_buckets_and_title() {
+        let mut r = Report::new(Mode::Malloc);
         r.processes.push(ProcessReport {
             pid: 9,
             comm: "node".into(),
@@ -201,11 +204,6 @@ mod tests {
     #[test]
     fn names_with_control_characters_and_markup_stay_valid_xml() {
         let mut r = Report::new(Mode::Malloc);
-        let f = |s: &str| Frame {
-            addr: "0x1".into(),
-            symbol: Some(s.into()),
-            ..Frame::default()
-        };
         r.processes.push(ProcessReport {
             pid: 9,
             comm: "no\x01de<&>".into(),
