@@ -33,16 +33,21 @@ pub fn human_ns(ns: u64) -> String {
     format!("{ns}ns")
 }
 
-/// Escapes control characters (ESC, newlines, C1 codes...) as `\xNN`: a
-/// name comes from files the traced process writes (its perf map), and must
-/// neither drive the terminal nor break a line-based output. Every control
-/// character (Unicode category Cc) is below U+00A0, so two hex digits do.
+/// Escapes control characters (ESC, newlines, C1 codes...) as `\xNN`, and
+/// the noncharacters U+FFFE and U+FFFF as `\u{fffe}`: a name comes from
+/// what the traced process writes (its perf map, its heap), and must neither
+/// drive the terminal nor break a line-based output, nor an SVG: what XML
+/// 1.0 forbids is exactly C0 controls but tab/LF/CR, and U+FFFE/U+FFFF.
+/// Every control character (Unicode category Cc) is below U+00A0, so two hex
+/// digits do.
 pub fn clean(s: &str) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() {
             let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else if matches!(c, '\u{FFFE}' | '\u{FFFF}') {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         } else {
             out.push(c);
         }

@@ -153,9 +153,11 @@ mod tests {
         assert!(render(&empty, ValueKind::Live).is_err());
     }
 
-    /// XML 1.0 `Char`: no C0 control character but tab, newline and return.
+    /// XML 1.0 `Char`: no C0 control character but tab, newline and
+    /// return, and not U+FFFE or U+FFFF.
     fn xml_char(c: char) -> bool {
-        !c.is_control() || matches!(c, '\t' | '\n' | '\r') || u32::from(c) >= 0x7f
+        (!c.is_control() || matches!(c, '\t' | '\n' | '\r') || u32::from(c) >= 0x7f)
+            && !matches!(c, '\u{FFFE}' | '\u{FFFF}')
     }
 
     /// The number of elements of a well-formed `svg`, or its first problem:
@@ -212,7 +214,7 @@ mod tests {
                 live_bytes: 4096,
                 frames: vec![
                     f("JS:~a\x1b[31mred\x07 <script>&amp; \"q\" 'a'"),
-                    f("x\ny\rz\u{0}\u{7f}\u{9b}"),
+                    f("x\ny\rz\u{0}\u{7f}\u{9b}\u{fffe}\u{ffff}"),
                 ],
                 ..StackReport::default()
             }],

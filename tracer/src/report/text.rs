@@ -216,5 +216,6 @@ mod tests {
     fn control_characters_are_neutralised() {
         assert_eq!(clean("a\x1b[2Jb\n"), "a\\x1b[2Jb\\x0a");
         assert_eq!(clean("csi\u{9b}del\u{7f}é"), "csi\\x9bdel\\x7fé");
+        assert_eq!(clean("a\u{fffe}b\u{ffff}"), "a\\u{fffe}b\\u{ffff}");
     }
 }
