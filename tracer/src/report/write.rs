@@ -57,11 +57,13 @@ enum Destination {
     InPlace(PathBuf),
 }
 
-/// A /proc magic link (`/proc/self/fd/1`, what `/dev/stdout` points to):
-/// readlink(2) gives a description (`pipe:[123]`) rather than a path to
-/// follow, so the link itself must be opened.
+/// A symlink in /proc is a magic link (`/proc/self/fd/1`, what `/dev/stdout`
+/// points to): readlink(2) gives a description (`pipe:[123]`) rather than a
+/// path to follow, so the link itself must be opened. Its directory is
+/// resolved first: `/dev/fd/1` is `/proc/self/fd/1` through `/dev/fd`.
 fn is_proc_link(p: &Path) -> bool {
-    p.starts_with("/proc")
+    let dir = parent_dir(p);
+    fs::canonicalize(&dir).is_ok_and(|d| d.starts_with("/proc"))
 }
 
 /// Resolves `path` by the rules at the top of this file. Errors carry
@@ -80,7 +82,7 @@ fn destination(user_path: &Path) -> Result<Destination, WriteError> {
         };
         let t = meta.file_type();
         if t.is_symlink() {
-            if is_proc_link(&absolute(&p)) {
+            if is_proc_link(&p) {
                 return in_place_kind(user_path, p);
             }
             let target = fs::read_link(&p).map_err(io_err)?;
@@ -125,16 +127,6 @@ fn in_place_kind(user_path: &Path, p: PathBuf) -> Result<Destination, WriteError
     } else {
         // Character devices, FIFOs, and regular files reached through /proc.
         Ok(Destination::InPlace(p))
-    }
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -328,10 +320,15 @@ mod tests {
             .unwrap()
             .file_type()
             .is_char_device());
-        // /dev/stdout -> /proc/self/fd/1: the link into /proc is opened.
+        // /dev/stdout -> /proc/self/fd/1: the link into /proc is opened;
+        // /dev/fd/1 is that same link, reached through the /dev/fd symlink.
         assert_eq!(
             destination(Path::new("/dev/stdout")).unwrap(),
             Destination::InPlace("/proc/self/fd/1".into())
+        );
+        assert_eq!(
+            destination(Path::new("/dev/fd/1")).unwrap(),
+            Destination::InPlace("/dev/fd/1".into())
         );
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("f");
