@@ -110,24 +110,9 @@ fn build_addon(dir: &Path) -> PathBuf {
     out
 }
 
-/// Attaches `record --pid` in malloc mode to a process waiting at "ready",
-/// pokes it, waits for "done", stops the tracer and returns the report.
+/// The report of `record --pid` in malloc mode around one step of the process.
 fn trace_steps(pid: u32, lines: &Lines, stdin: &mut std::process::ChildStdin, dir: &Path) -> Value {
-    let out = dir.join("report.json");
-    let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
-        .args(["--interval", "0.2", "--format", "json", "--output"])
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    err.wait_attached(T);
-    poke(stdin);
-    lines.until("done", T);
-    signal(&tracer, libc::SIGINT);
-    assert_eq!(tracer.wait().unwrap().code(), Some(0), "{:?}", err.rest());
-    read_report(&out)
+    record_steps(pid, lines, stdin, dir, &[]).0
 }
 
 fn spawn_node(args: &[&str], script: &Path, extra: &[&str], dir: &Path) -> (Child, Lines) {

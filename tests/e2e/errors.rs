@@ -140,3 +140,61 @@ fn a_thread_id_is_refused_with_its_process_id() {
         "{line}"
     );
 }
+
+#[test]
+fn a_file_without_execute_permission_is_not_executable_not_missing() {
+    let _lock = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let path = script.to_str().unwrap();
+    let o = offheap(&["run", "--mode", "malloc", "--", path]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        format!("offheap: error: {path} is not executable (no execute permission)")
+    );
+    // Found through PATH, as execvp(3) finds it (EACCES, not ENOENT).
+    let o = Command::new(offheap_bin())
+        .args(["run", "--mode", "malloc", "--", "app.sh"])
+        .env("PATH", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        format!("offheap: error: {path} is not executable (no execute permission)")
+    );
+}
+
+#[test]
+fn a_bad_flag_is_one_line_with_the_help_to_read() {
+    let o = offheap(&["record", "--bogus"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        "offheap: error: unexpected argument '--bogus' found; try 'offheap record --help'"
+    );
+    let o = offheap(&["record"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        "offheap: error: the following required arguments were not provided: --pid <PID>; \
+         try 'offheap record --help'"
+    );
+    // Help itself is still the whole help, on stdout, exit 0.
+    let o = offheap(&["record", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).lines().count() > 5);
+}
+
+#[test]
+fn a_huge_duration_is_shown_in_exponent_form() {
+    let o = offheap(&["record", "--pid", "1", "--duration", "1e300"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        "offheap: error: --duration must be a positive number of seconds below 1e9, not 1e300"
+    );
+}

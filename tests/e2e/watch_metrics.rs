@@ -187,12 +187,13 @@ fn bad_flags_fail_with_one_line() {
         (
             &["watch", "--comm", "x", "--interval", "0"],
             1,
-            "offheap: error: --interval must be a positive number of seconds, not 0",
+            "offheap: error: --interval must be a positive number of seconds below 1e9, not 0",
         ),
         (
-            &["watch", "--comm", "x", "--oom-dir", "/nonexistent/offheap"],
+            // A missing --oom-dir is created (mkdir -p); not in /proc.
+            &["watch", "--comm", "x", "--oom-dir", "/proc/offheap/oom"],
             2,
-            "offheap: error: --oom-dir /nonexistent/offheap is not a directory",
+            "offheap: error: --oom-dir /proc/offheap/oom: cannot create it: No such file or directory (os error 2)",
         ),
     ];
     for (args, code, line) in cases {

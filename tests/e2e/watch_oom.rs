@@ -34,6 +34,24 @@ process.stdin.once("data", () => {
 });
 "#;
 
+/// Waits until the agent's report of `pid` has sampled the high state
+/// (half the limit in array_buffers): resident mode reports the last sample
+/// before the kill.
+fn wait_sampled_high(agent: &Agent, pid: u32) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (code, body) = agent.get(&format!("/report?pid={pid}"));
+        let ab = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
+        if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -101,20 +119,7 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
     assert!(pre_report["oom"].is_null());
     assert!(oom_dir.join(pre_name.replace(".json", ".txt")).is_file());
 
-    // The agent has sampled the high state (resident mode reports the
-    // last sample before the kill).
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let (code, body) = agent.get(&format!("/report?pid={pid}"));
-        let ab = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
-        if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_sampled_high(&agent, pid);
 
     // Leak until the kernel kills node.
     poke_line(&mut stdin);
@@ -200,5 +205,64 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
         sample(&metrics, "offheap_oom_kills_total").map(|v| v >= 1.0),
         Some(true)
     );
+    assert_eq!(agent.stop(), Some(0));
+}
+
+/// The post-mortem cannot be written (the --oom-dir was removed after the
+/// agent started): the one OOM line still names the victim and the top
+/// stack, and says why there is no file.
+#[test]
+fn oom_kill_with_an_unwritable_oom_dir_still_logs_the_culprit() {
+    let _lock = require_bpf();
+    let tmp = tempfile::tempdir().unwrap();
+    let oom_dir = tmp.path().join("oom");
+    let script = tmp.path().join("leak.js");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let cg = Cgroup::create("-unwritable", Some(LIMIT));
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        cg.dir.to_str().unwrap(),
+        "--oom-dir",
+        oom_dir.to_str().unwrap(),
+        "--interval",
+        "0.5",
+        "--warn-at",
+        "100",
+    ]);
+    // Created at start (it was missing), then gone before the kill.
+    assert!(oom_dir.is_dir());
+    std::fs::remove_dir(&oom_dir).unwrap();
+    let high = LIMIT * 3 / 4;
+    let mut node = cg.spawn_node(&script, &[high.to_string()]);
+    let pid = node.id();
+    let mut node_out = Stream::new(node.stdout.take().unwrap());
+    let mut stdin = node.stdin.take().unwrap();
+    node_out.until("ready", T, |l| l == "ready");
+    agent.wait_tracing(pid);
+    poke_line(&mut stdin);
+    node_out.until("high", T, |l| l == "high");
+    wait_sampled_high(&agent, pid);
+    poke_line(&mut stdin);
+    let status = node.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    let line = agent.out.until("the OOM line", T, |l| {
+        l.starts_with("offheap: OOM kill of pid")
+    });
+    eprintln!("{line}");
+    let head = format!(
+        "offheap: OOM kill of pid {pid} (node) in cgroup {}: no report written (cannot write {}/oom-{}-{pid}-",
+        cg.name,
+        oom_dir.display(),
+        cg.name
+    );
+    assert!(line.starts_with(&head), "{line}");
+    let why = format!(
+        ".txt: cannot create a temporary file in {}: No such file or directory (os error 2)); top off-heap: ",
+        oom_dir.display()
+    );
+    assert!(line.contains(&why), "{line}");
+    assert!(line.contains(" array_buffers at "), "{line}");
+    assert_eq!(line.lines().count(), 1);
+    assert!(!oom_dir.exists());
     assert_eq!(agent.stop(), Some(0));
 }

@@ -16,7 +16,9 @@ use crate::report::{Format, Mode, ValueKind};
                   zlib/openssl/libuv state). Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, \
                   CAP_SYS_PTRACE, CAP_SYS_ADMIN).\n\nExit codes: 0 a report was written; 1 usage \
                   error; 2 tracing could not start; 3 tracing ran but the report could not be written; \
-                  130 interrupted (SIGINT/SIGTERM) while attaching, before tracing started."
+                  130 interrupted (SIGINT/SIGTERM) while attaching, before tracing started. \
+                  They are about the report, not the traced command: `run` exits 0 when CMD \
+                  failed, and says how CMD ended on stderr."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,6 +31,10 @@ pub enum Command {
     Record(RecordArgs),
     /// Start a command, held before exec until every probe is attached, and
     /// trace it and every process it forks.
+    ///
+    /// Exits 0 once the report is written, whatever the command's exit
+    /// status; how the command ended is printed on stderr
+    /// (`offheap: the command exited with status N`).
     Run(RunArgs),
     /// Long-running agent: trace many processes, write OOM post-mortems, serve metrics.
     Watch(WatchArgs),
@@ -156,4 +162,79 @@ pub struct DiffArgs {
     pub after: PathBuf,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+/// clap's error for bad arguments on one line, as every other error is
+/// (README): clap renders the error, then the arguments it lists and its
+/// tips on indented lines, a usage line and a help hint. This keeps the
+/// error, what it lists and its tips, and ends with the help command of the
+/// subcommand in the usage line.
+pub fn one_line_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut out = format!(
+        "offheap: error: {}",
+        first.strip_prefix("error: ").unwrap_or(first)
+    );
+    let mut help = "offheap --help".to_string();
+    let mut in_first_block = true;
+    for l in lines {
+        let t = l.trim();
+        if t.is_empty() {
+            in_first_block = false;
+        } else if let Some(usage) = t.strip_prefix("Usage: ") {
+            let words: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect();
+            help = format!("{} --help", words.join(" "));
+        } else if t.starts_with("For more information") {
+        } else if in_first_block {
+            out.push(' ');
+            out.push_str(t);
+        } else {
+            out.push_str("; ");
+            out.push_str(t);
+        }
+    }
+    out.push_str(&format!("; try '{help}'"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(std::iter::once("offheap").chain(args.iter().copied()))
+            .unwrap_err();
+        one_line_error(&e)
+    }
+
+    #[test]
+    fn clap_errors_are_one_line_with_a_help_hint() {
+        assert_eq!(
+            err(&["record", "--bogus"]),
+            "offheap: error: unexpected argument '--bogus' found; try 'offheap record --help'"
+        );
+        assert_eq!(
+            err(&["record"]),
+            "offheap: error: the following required arguments were not provided: --pid <PID>; \
+             try 'offheap record --help'"
+        );
+        assert_eq!(
+            err(&["record", "--pid", "1", "--mode", "foo"]),
+            "offheap: error: invalid value 'foo' for '--mode <MODE>' \
+             [possible values: malloc, resident]; try 'offheap --help'"
+        );
+        assert_eq!(
+            err(&["recrd"]),
+            "offheap: error: unrecognized subcommand 'recrd'; \
+             tip: some similar subcommands exist: 'report', 'record'; try 'offheap --help'"
+        );
+        for args in [&["run"][..], &["record", "--pid", "x"], &["diff", "a"]] {
+            assert_eq!(err(args).lines().count(), 1, "{args:?}");
+        }
+    }
 }

@@ -50,6 +50,21 @@ impl WriteFailure {
     }
 }
 
+/// An error and its causes on one line, `error: cause: cause`, as main
+/// prints a failure (anyhow's `{:#}`): for messages made of an error that
+/// is not returned (a warning, a log line). Error types give their cause
+/// through `source()` only, never also in their message, so nothing repeats.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// The exit code of a failed command: the outermost marker in the chain, or
 /// 2 when there is none (every failure before tracing is a start failure).
 pub fn exit_code(e: &anyhow::Error) -> u8 {

@@ -14,13 +14,25 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                offheap::error::EXIT_USAGE
-            } else {
-                0
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
+            use clap::error::ErrorKind;
+            let help = matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if !e.use_stderr() || help {
+                let _ = e.print();
+                let code = if e.use_stderr() {
+                    offheap::error::EXIT_USAGE
+                } else {
+                    0
+                };
+                return ExitCode::from(code);
+            }
+            // Bad arguments: one line, as every error (README).
+            eprintln!("{}", offheap::cli::one_line_error(&e));
+            return ExitCode::from(offheap::error::EXIT_USAGE);
         }
     };
     if let offheap::cli::Command::Watch(args) = &cli.command {

@@ -339,7 +339,7 @@ fn several_processes_stack_and_hostile_names_stay_well_formed() {
     check_memory_layers(&panels[1], &second.series);
     assert_eq!(
         panels[1]["texts"][0],
-        "<w&\"k'>?? (pid 1111) · malloc mode · 4 samples over 22.5 s"
+        "<w&\"k'>\\x01\\u{fffe} (pid 1111) · malloc mode · 4 samples over 22.5 s"
     );
     // Stacked vertically: the second panel's axis sits below the first's.
     assert!(num(&panels[1], "data-px-y-max") > num(&panels[0], "data-px-y-zero"));

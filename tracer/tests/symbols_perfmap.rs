@@ -56,9 +56,8 @@ fn check_js_frame(host_pid: u32, ns_pid: u32, script: &Path) {
     assert!(sym.take_warnings().is_empty());
 }
 
-#[test]
-fn js_function_name_from_perf_map() {
-    let dir = workdir("perfmap");
+/// node with a perf map on SCRIPT written in `dir`, its JS frame checked.
+fn js_frame_of_script_in(dir: &Path) {
     let script = dir.join("app.js");
     std::fs::write(&script, SCRIPT).unwrap();
     let mut p = Proc::spawn(
@@ -66,13 +65,18 @@ fn js_function_name_from_perf_map() {
             .args(["--perf-basic-prof", "--allow-natives-syntax"])
             .arg(&script)
             // --perf-basic-prof also writes isolate-*-v8.log into the cwd.
-            .current_dir(&dir),
+            .current_dir(dir),
     );
     let pid: u32 = field(&p.line(), "ready").parse().unwrap();
     assert_eq!(pid, p.pid());
     check_js_frame(pid, pid, &script);
     p.kill();
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+}
+
+#[test]
+fn js_function_name_from_perf_map() {
+    js_frame_of_script_in(&workdir("perfmap"));
 }
 
 #[test]
@@ -210,4 +214,122 @@ fn tempfile_dir_outside_tmp(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The JIT-like C program, built in a directory uid 65534 can read.
+fn jit_prog(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile_dir_outside_tmp(name);
+    let exe = dir.join("jit");
+    cc(&dir, "jit", JIT_PROG, &exe, &["-O0"]);
+    (dir, exe)
+}
+
+#[test]
+fn a_program_that_is_not_node_gets_no_perf_map_warning() {
+    let (dir, exe) = jit_prog("perfmap-notnode");
+    let mut p = Proc::spawn(&mut Command::new(&exe));
+    let code = hex(&field(&p.line(), "code"));
+    let pid = p.pid();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map")); // stale, from a reused pid
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    let f = &sym.symbolize(pid, code + 0x10)[0];
+    assert_eq!(
+        (f.kind, f.symbol.as_deref()),
+        (FrameKind::Jit, Some(JIT_SYMBOL))
+    );
+    assert_eq!(sym.take_warnings(), Vec::<String>::new());
+    p.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A root-only file (mode 0600) written as a perf map that names every
+/// address `secret`: if offheap read it, every JIT frame would carry it.
+fn root_only_secret(dir: &Path, secret: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let sdir = dir.join("root-only");
+    std::fs::create_dir(&sdir).unwrap();
+    std::fs::set_permissions(&sdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let f = sdir.join("secret");
+    std::fs::write(&f, format!("0 ffffffffffff {secret}\n")).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
+/// Runs the JIT program (through `wrap`, e.g. setpriv), lets `plant` make
+/// its perf map at the given path, and returns the one warning symbolizing
+/// a JIT address gives: the address must stay unnamed.
+fn refused_perf_map(name: &str, wrap: &[&str], plant: impl FnOnce(&str)) -> (u32, String, String) {
+    let (dir, exe) = jit_prog(name);
+    let mut cmd = Command::new(wrap.first().copied().unwrap_or(exe.to_str().unwrap()));
+    if !wrap.is_empty() {
+        cmd.args(&wrap[1..]).arg(&exe);
+    }
+    let mut p = Proc::spawn(&mut cmd);
+    let code = hex(&field(&p.line(), "code"));
+    let pid = p.pid();
+    let map = format!("/tmp/perf-{pid}.map");
+    let _ = std::fs::remove_file(&map);
+    plant(&map);
+    let mut sym = Symbolizer::new();
+    sym.capture(pid).unwrap();
+    let f = &sym.symbolize(pid, code + 0x10)[0];
+    assert_eq!(
+        (f.kind, f.symbol.as_deref()),
+        (FrameKind::Jit, Some(JIT_SYMBOL))
+    );
+    let w = sym.take_warnings();
+    p.kill();
+    std::fs::remove_file(&map).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(w.len(), 1, "{w:?}");
+    (pid, map, w[0].clone())
+}
+
+#[test]
+fn a_perf_map_symlinked_to_a_root_only_file_is_refused() {
+    let secret_dir = tempfile_dir_outside_tmp("perfmap-secret");
+    let secret = format!("HOST-SECRET-{}", std::process::id());
+    let target = root_only_secret(&secret_dir, &secret);
+    // The traced process runs as nobody, as a container's would.
+    let setpriv = [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+    ];
+    let (pid, map, w) = refused_perf_map("perfmap-symlink", &setpriv, |map| {
+        std::os::unix::fs::symlink(&target, map).unwrap()
+    });
+    assert_eq!(
+        w,
+        format!(
+            "perf map {map} of pid {pid} refused: owned by uid 0, not by the process (uid 65534)"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&secret_dir);
+}
+
+#[test]
+fn a_perf_map_that_is_a_fifo_is_refused_without_blocking() {
+    let (pid, map, w) = refused_perf_map("perfmap-fifo", &[], |map| {
+        let c = std::ffi::CString::new(map).unwrap();
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    });
+    assert_eq!(
+        w,
+        format!("perf map {map} of pid {pid} refused: {map} inside /proc/{pid}/root is not a regular file")
+    );
+}
+
+/// V8 names a JS function `JS:*f <script>:<line>:<column>`, and the script's
+/// path may contain spaces: the frame's file is the whole path.
+#[test]
+fn a_script_in_a_directory_with_spaces_keeps_its_whole_path() {
+    let dir = tempfile_dir_outside_tmp("perfmap dir with space");
+    js_frame_of_script_in(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
 }

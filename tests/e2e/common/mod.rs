@@ -10,8 +10,9 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     os::fd::AsRawFd,
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
@@ -248,6 +249,15 @@ pub fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
+/// A process that sleeps until killed: a target that allocates nothing.
+pub fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs offheap to completion with the given arguments.
 pub fn offheap(args: &[&str]) -> Output {
     Command::new(offheap_bin())
@@ -319,4 +329,48 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Waits for a child and returns its exit status and peak resident set
+/// size in KiB (wait4(2) fills `ru_maxrss` in kilobytes, getrusage(2)).
+pub fn wait_maxrss(child: &mut Child) -> (ExitStatus, u64) {
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills; the pid is our child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as i32;
+    // SAFETY: valid pointers to a status int and a rusage.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    (ExitStatus::from_raw(status), ru.ru_maxrss as u64)
+}
+
+/// Attaches `record --pid PID --mode malloc` (plus `extra` arguments) to a
+/// process waiting at "ready", pokes it, waits for "done", stops the tracer
+/// with SIGINT and returns the JSON report, the tracer's stderr and its peak
+/// RSS in KiB.
+pub fn record_steps(
+    pid: u32,
+    lines: &Lines,
+    stdin: &mut ChildStdin,
+    dir: &Path,
+    extra: &[&str],
+) -> (Value, Vec<String>, u64) {
+    let out = dir.join("report.json");
+    let mut tracer = Command::new(offheap_bin())
+        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+        .args(["--interval", "0.2", "--format", "json", "--output"])
+        .arg(&out)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    err.wait_attached(Duration::from_secs(120));
+    poke(stdin);
+    lines.until("done", Duration::from_secs(120));
+    signal(&tracer, libc::SIGINT);
+    let (status, maxrss) = wait_maxrss(&mut tracer);
+    let rest = err.rest();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    (read_report(&out), rest, maxrss)
 }

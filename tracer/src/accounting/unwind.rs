@@ -21,6 +21,8 @@ use addr2line::gimli::{
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment};
 
+use crate::proc::root::Root;
+
 /// Most frames an unwind returns (the kernel's limit for stack traces).
 pub const MAX_FRAMES: usize = tracer_common::MAX_STACK_DEPTH;
 
@@ -74,11 +76,10 @@ struct ElfCfi {
 }
 
 impl ElfCfi {
-    fn open(path: &Path) -> Option<ElfCfi> {
-        let file = File::open(path).ok()?;
+    fn open(file: &File) -> Option<ElfCfi> {
         // SAFETY: the file is only read; a module replaced on disk while mapped
         // could change under us, which at worst yields a wrong frame.
-        let map = unsafe { Mmap::map(&file) }.ok()?;
+        let map = unsafe { Mmap::map(file) }.ok()?;
         let obj = object::File::parse(&*map).ok()?;
         let range = |name: &str| -> Option<(usize, usize, u64)> {
             let s = obj.section_by_name(name)?;
@@ -164,6 +165,8 @@ struct Rules {
 /// module it met; call `refresh` when a new module may have been mapped.
 pub struct Unwinder {
     pid: u32,
+    /// The process's root, where its modules are opened by path.
+    root: Option<Root>,
     regions: Vec<Region>,
     cfi: HashMap<PathBuf, Option<Arc<ElfCfi>>>,
     /// Rules per looked-up address: the same call sites recur in every stack.
@@ -176,6 +179,7 @@ impl Unwinder {
     pub fn new(pid: u32) -> Result<Unwinder, UnwindError> {
         let mut u = Unwinder {
             pid,
+            root: Root::of_process(pid).ok(),
             regions: Vec::new(),
             cfi: HashMap::new(),
             rules: HashMap::new(),
@@ -230,21 +234,18 @@ impl Unwinder {
     fn lookup_rules(&mut self, addr: u64) -> Option<Rules> {
         let r = self.region(addr)?.clone();
         let pid = self.pid;
+        let root = self.root.as_ref();
         let cfi = self
             .cfi
             .entry(r.path.clone())
             .or_insert_with(|| {
-                // Through the process's root so that containers' files are found.
-                let p = PathBuf::from(format!("/proc/{pid}/root")).join(
-                    r.path
-                        .strip_prefix("/")
-                        .unwrap_or(&r.path)
-                        .to_string_lossy()
-                        .as_ref(),
-                );
-                ElfCfi::open(&p)
-                    .or_else(|| ElfCfi::open(&r.path))
-                    .map(Arc::new)
+                // The inode it maps (/proc/PID/map_files, proc(5): right even
+                // when the file was replaced), else by path inside the
+                // process's root (a container's files), never the host's.
+                let file = File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", r.start, r.end))
+                    .ok()
+                    .or_else(|| root.and_then(|root| root.open(&r.path).ok()))?;
+                ElfCfi::open(&file).map(Arc::new)
             })
             .clone()?;
         let svma = cfi.svma_of_offset(addr - r.start + r.offset)?;

@@ -26,13 +26,20 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A positive, finite number of seconds.
+/// A positive, finite number of seconds, below 1e9 (31 years). A value
+/// out of range is shown in exponent form when large: f64's Display writes
+/// every digit (1e300 is 301 of them).
 fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
+        let shown = if v.abs() >= 1e9 {
+            format!("{v:e}")
+        } else {
+            v.to_string()
+        };
         Err(UsageError::new(format!(
-            "{flag} must be a positive number of seconds, not {v}"
+            "{flag} must be a positive number of seconds below 1e9, not {shown}"
         )))
     }
 }

@@ -1,8 +1,10 @@
 //! `offheap report FILE.json`: render a saved report again, in any format.
 //! Also the output helpers every front end shares (`read_report`, `emit`).
 use std::{
-    io::{self, IsTerminal, Write},
-    path::Path,
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, IsTerminal, Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
 };
 
 use anyhow::Context;
@@ -10,11 +12,90 @@ use anyhow::Context;
 use crate::error::{UsageError, WriteFailure};
 use crate::{
     cli::{OutputOpts, ReportArgs},
-    report::{self, json, progress::Progress, write::write_atomic, Format, RenderOptions, Report},
+    report::{self, json, progress::Progress, write, Format, RenderOptions, Report, SCHEMA},
 };
 
 /// Reports bigger than this announce their reading and writing on stderr.
 const PROGRESS_BYTES: usize = 16 << 20;
+
+/// The largest report read: a report of 200 000 stacks is about 500 MB,
+/// and `report` holds it parsed (several times the file) in memory.
+pub const MAX_REPORT_BYTES: u64 = 2 << 30;
+
+/// Why a saved report cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportFileError {
+    #[error("cannot read {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: PathBuf },
+    #[error("{path} is {size} bytes, more than the {MAX_REPORT_BYTES} a report may be")]
+    TooBig { path: PathBuf, size: u64 },
+    #[error("{path} is not an offheap JSON report")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} has schema {schema:?}, not {SCHEMA}")]
+    Foreign { path: PathBuf, schema: String },
+}
+
+/// Opens a saved report for reading: a regular file only (a FIFO or a
+/// device such as /dev/zero would block or never end; O_NONBLOCK makes the
+/// open of a FIFO return at once, fifo(7)), at most MAX_REPORT_BYTES, and
+/// read no further than that even if it grows. Returns it and its size.
+pub fn open_report(path: &Path) -> Result<(impl Read, u64), ReportFileError> {
+    let f: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| ReportFileError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let m = f.metadata().map_err(|source| ReportFileError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !m.is_file() {
+        return Err(ReportFileError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    if m.len() > MAX_REPORT_BYTES {
+        return Err(ReportFileError::TooBig {
+            path: path.to_path_buf(),
+            size: m.len(),
+        });
+    }
+    Ok((f.take(MAX_REPORT_BYTES), m.len()))
+}
+
+/// Refuses JSON that is not an offheap report; warns (on stderr) about a
+/// later schema version: later versions only add fields (model.rs), so it
+/// parses, but what they added is not shown.
+pub fn check_schema(path: &Path, schema: &str) -> Result<(), ReportFileError> {
+    if schema == SCHEMA {
+        return Ok(());
+    }
+    if !schema.starts_with("offheap.report.") {
+        return Err(ReportFileError::Foreign {
+            path: path.to_path_buf(),
+            schema: schema.to_string(),
+        });
+    }
+    eprintln!(
+        "offheap: warning: {} has schema {schema}, which this offheap does not know \
+         (it reads {SCHEMA}): fields added since are not shown",
+        path.display()
+    );
+    Ok(())
+}
 /// Reports with more frames than this announce their rendering.
 const PROGRESS_FRAMES: usize = 200_000;
 
@@ -25,32 +106,31 @@ pub fn render_options(o: &OutputOpts) -> RenderOptions {
     }
 }
 
-/// Reads a JSON report; a missing, unreadable or foreign file is a usage error.
+/// A step shown on stderr while a big file is read.
+pub fn reading(path: &Path, size: u64) -> Option<Progress> {
+    (size > PROGRESS_BYTES as u64)
+        .then(|| Progress::new(format!("reading {} ({} MB)", path.display(), size >> 20)))
+}
+
+/// Reads a JSON report; a missing, unreadable, special or foreign file is a
+/// usage error.
 pub fn read_report(path: &Path) -> anyhow::Result<Report> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| UsageError::new(format!("cannot read {}: {e}", path.display())))?;
-    let progress = (bytes.len() > PROGRESS_BYTES).then(|| {
-        Progress::new(format!(
-            "reading {} ({} MB)",
-            path.display(),
-            bytes.len() >> 20
-        ))
-    });
-    let r = json::parse(&bytes).map_err(|e| {
-        UsageError::new(format!(
-            "{} is not an offheap JSON report: {e}",
-            path.display()
-        ))
+    let (mut f, size) = open_report(path).map_err(UsageError::new)?;
+    let progress = reading(path, size);
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|source| {
+        UsageError::new(ReportFileError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
     })?;
-    // Later schema versions only add fields (see model.rs), so any
-    // offheap.report.* parses; anything else is someone else's JSON.
-    if !r.schema.starts_with("offheap.report.") {
-        anyhow::bail!(UsageError::new(format!(
-            "{} has schema {:?}, not offheap.report.v1",
-            path.display(),
-            r.schema
-        )));
-    }
+    let r = json::parse(&bytes).map_err(|source| {
+        UsageError::new(ReportFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    check_schema(path, &r.schema).map_err(UsageError::new)?;
     if let Some(p) = progress {
         p.done();
     }
@@ -59,24 +139,33 @@ pub fn read_report(path: &Path) -> anyhow::Result<Report> {
 
 /// Writes an output atomically to `output`, or to stdout when there is none.
 pub fn emit(bytes: &[u8], output: Option<&Path>) -> anyhow::Result<()> {
+    let progress = output.filter(|_| bytes.len() > PROGRESS_BYTES).map(|path| {
+        Progress::new(format!(
+            "writing {} ({} MB)",
+            path.display(),
+            bytes.len() >> 20
+        ))
+    });
+    emit_with(output, |w| w.write_all(bytes))?;
+    if let Some(p) = progress {
+        p.done();
+    }
+    Ok(())
+}
+
+/// `emit` of what `make` writes, as it writes it (not held whole first).
+pub fn emit_with(
+    output: Option<&Path>,
+    make: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> anyhow::Result<()> {
     match output {
         Some(path) => {
-            let progress = (bytes.len() > PROGRESS_BYTES).then(|| {
-                Progress::new(format!(
-                    "writing {} ({} MB)",
-                    path.display(),
-                    bytes.len() >> 20
-                ))
-            });
-            write_atomic(path, bytes).map_err(WriteFailure::new)?;
-            if let Some(p) = progress {
-                p.done();
-            }
+            write::write_with(path, make).map_err(WriteFailure::new)?;
             Ok(())
         }
         None => {
-            let mut out = io::stdout().lock();
-            match out.write_all(bytes).and_then(|_| out.flush()) {
+            let mut out = BufWriter::new(io::stdout().lock());
+            match make(&mut out).and_then(|()| out.flush()) {
                 // A closed pipe (`| head`) is the reader's choice, not a failure.
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
                 r => r

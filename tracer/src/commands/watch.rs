@@ -39,7 +39,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         .into());
     }
     let opts = AgentOptions {
-        selector: Selector::from_args(&args),
+        selector: Selector::from_args(&args)
+            .checked()
+            .map_err(crate::error::StartError::new)?,
         oom_dir: args.oom_dir,
         warn_at,
         listen: args.listen,

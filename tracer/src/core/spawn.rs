@@ -15,6 +15,10 @@ use std::{
 pub enum SpawnError {
     #[error("command not found: {0}")]
     NotFound(String),
+    #[error("{0} is not executable (no execute permission)")]
+    NotExecutable(PathBuf),
+    #[error("{0} is a directory, not a command")]
+    IsDirectory(PathBuf),
     #[error("argument contains a NUL byte: {0:?}")]
     Nul(String),
     #[error("{0}: {1}")]
@@ -31,27 +35,54 @@ pub struct HeldChild {
     exec_status: Option<OwnedFd>,
 }
 
-/// Finds CMD like execvp(3): a name with a slash is a path, else search PATH.
+/// What a path is, for running it.
+enum Candidate {
+    Executable,
+    NotExecutable,
+    Directory,
+    Missing,
+}
+
+fn candidate(p: &Path) -> Candidate {
+    use std::os::unix::fs::PermissionsExt;
+    match p.metadata() {
+        // Root may execute a file that has any execute bit (execve(2)).
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Candidate::Executable,
+        Ok(m) if m.is_dir() => Candidate::Directory,
+        Ok(_) => Candidate::NotExecutable,
+        Err(_) => Candidate::Missing,
+    }
+}
+
+/// Finds CMD like execvp(3): a name with a slash is a path, else search
+/// PATH. As execvp does, a file found in PATH without execute permission is
+/// reported as such (EACCES) when no executable one comes after it.
 pub fn resolve(cmd: &str) -> Result<PathBuf, SpawnError> {
-    let is_exec = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
-        return if is_exec(&p) {
-            Ok(p)
-        } else {
-            Err(SpawnError::NotFound(cmd.into()))
+        return match candidate(&p) {
+            Candidate::Executable => Ok(p),
+            Candidate::NotExecutable => Err(SpawnError::NotExecutable(p)),
+            Candidate::Directory => Err(SpawnError::IsDirectory(p)),
+            Candidate::Missing => Err(SpawnError::NotFound(cmd.into())),
         };
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    path.split(':')
-        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(cmd))
-        .find(|p| is_exec(p))
-        .ok_or_else(|| SpawnError::NotFound(cmd.into()))
+    let mut not_executable = None;
+    for dir in path.split(':') {
+        let p = Path::new(if dir.is_empty() { "." } else { dir }).join(cmd);
+        match candidate(&p) {
+            Candidate::Executable => return Ok(p),
+            Candidate::NotExecutable => {
+                not_executable.get_or_insert(p);
+            }
+            Candidate::Directory | Candidate::Missing => {}
+        }
+    }
+    Err(match not_executable {
+        Some(p) => SpawnError::NotExecutable(p),
+        None => SpawnError::NotFound(cmd.into()),
+    })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
@@ -193,4 +224,34 @@ pub fn comm_of(exe: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     name.chars().take(15).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn resolve_tells_missing_from_not_executable() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("app.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = script.to_str().unwrap();
+        assert_eq!(
+            resolve(s).unwrap_err().to_string(),
+            format!("{s} is not executable (no execute permission)")
+        );
+        assert_eq!(
+            resolve(d.path().to_str().unwrap()).unwrap_err().to_string(),
+            format!("{} is a directory, not a command", d.path().display())
+        );
+        assert_eq!(
+            resolve("/nonexistent/x").unwrap_err().to_string(),
+            "command not found: /nonexistent/x"
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(resolve(s).unwrap(), script);
+        assert_eq!(resolve("sh").unwrap().file_name().unwrap(), "sh");
+    }
 }

@@ -67,4 +67,8 @@ impl Symbolize for Cached<'_> {
     fn take_warnings(&mut self) -> Vec<String> {
         self.sym.take_warnings()
     }
+
+    fn process_warnings(&mut self, pid: u32) -> Vec<String> {
+        self.sym.process_warnings(pid)
+    }
 }

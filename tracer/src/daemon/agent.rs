@@ -64,11 +64,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         );
     }
     if let Some(dir) = &opts.oom_dir {
-        if !dir.is_dir() {
-            return Err(
-                StartError::new(format!("--oom-dir {} is not a directory", dir.display())).into(),
-            );
-        }
+        crate::daemon::oom::prepare_dir(dir).map_err(StartError::new)?;
     }
     let mounts = Mounts::of_this_host().map_err(StartError::new)?;
     let tracer = Tracer::start(TraceOptions {

@@ -11,13 +11,17 @@ use crate::{
     core::OomVictim,
     daemon::cgroup::MemoryCgroup,
     report::{
-        self, fmt::human_bytes, write::write_atomic, Format, OomInfo, RenderOptions, Report,
-        StackReport,
+        self,
+        fmt::{clean, human_bytes},
+        write::write_atomic,
+        Format, OomInfo, RenderOptions, Report, StackReport,
     },
 };
 
+mod dir;
 mod names;
 
+pub use dir::{prepare_dir, OomDirError};
 use names::sanitize;
 pub use names::timestamp;
 
@@ -83,7 +87,7 @@ pub fn describe_stack(s: &StackReport) -> String {
     let mut names: Vec<String> = frames
         .iter()
         .take(LOG_FRAMES)
-        .map(|f| f.display_name())
+        .map(|f| clean(&f.display_name()))
         .collect();
     let js = frames
         .iter()
@@ -92,7 +96,7 @@ pub fn describe_stack(s: &StackReport) -> String {
     match js {
         Some(f) => {
             names.push("…".into());
-            names.push(f.display_name());
+            names.push(clean(&f.display_name()));
         }
         None if frames.len() > LOG_FRAMES => names.push("…".into()),
         None => {}
@@ -201,7 +205,8 @@ pub fn write_postmortem(
     let stem = format!("oom-{}-{pid}-{}", owner.file_part(), timestamp(now));
     let (json, txt, svg) = write_files(dir, &stem, report)?;
     let log_line = format!(
-        "offheap: OOM kill of pid {pid} ({comm}){}: report {}; {}",
+        "offheap: OOM kill of pid {pid} ({}){}: report {}; {}",
+        clean(&comm),
         owner.phrase(),
         json.display(),
         top_line(report, Some(pid))
@@ -236,6 +241,35 @@ pub fn postmortem(
     }
     let w = write_postmortem(dir, &report, &Owner::of(cgroup), now)?;
     Ok((report, w))
+}
+
+/// The one log line of a kill, whatever becomes of the files: it names the
+/// culprit (the top off-heap stack) also when there is no `--oom-dir` or the
+/// post-mortem could not be written, and then says why.
+pub fn postmortem_line(
+    dir: Option<&Path>,
+    report: Report,
+    victim: &OomVictim,
+    cgroup: Option<&MemoryCgroup>,
+    now: SystemTime,
+) -> String {
+    let head = format!(
+        "offheap: OOM kill of pid {} ({}){}",
+        victim.tgid,
+        clean(&victim.comm),
+        Owner::of(cgroup).phrase()
+    );
+    let top = top_line(&report, Some(victim.tgid));
+    let Some(dir) = dir else {
+        return format!("{head}: no --oom-dir, no report written; {top}");
+    };
+    match postmortem(dir, report, victim, cgroup, now) {
+        Ok((_, w)) => w.log_line,
+        Err(e) => format!(
+            "{head}: no report written ({}); {top}",
+            crate::error::one_line(&e)
+        ),
+    }
 }
 
 /// Writes `<dir>/preoom-<owner>-<timestamp>.{json,txt,svg}`: the state of a

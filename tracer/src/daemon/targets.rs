@@ -2,7 +2,7 @@
 //! every node process (`--all-node`). Used twice: once over /proc at start,
 //! then for each EXEC event of a new process.
 use std::{
-    fs,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -17,6 +17,29 @@ use crate::{
 
 /// Executable names that are Node.js (Debian and Ubuntu install `nodejs`).
 const NODE_EXES: &[&str] = &["node", "nodejs"];
+
+/// The longest comm the kernel keeps: TASK_COMM_LEN (16) minus the NUL;
+/// exec(2) and prctl(PR_SET_NAME) truncate longer names (proc(5)).
+pub const COMM_MAX: usize = 15;
+
+/// Filesystem magic numbers of cgroup v1 and v2 (statfs(2), linux/magic.h).
+const CGROUP_SUPER_MAGIC: i64 = 0x27e0eb;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// A selector that could never match anything.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error("--cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--cgroup {path} is not a directory")]
+    NotDirectory { path: PathBuf },
+    #[error("--cgroup {path} is not a cgroup directory (no cgroup filesystem there)")]
+    NotCgroup { path: PathBuf },
+}
 
 /// What a selector looks at, read from /proc/PID.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,6 +119,49 @@ impl Selector {
         }
     }
 
+    /// Refuses a `--cgroup` that names no cgroup directory (it would match
+    /// nothing, silently), and makes the others absolute and canonical, as
+    /// the cgroup directories of processes are. Returns one warning per
+    /// `--comm` longer than the kernel keeps: such a name matches a process
+    /// whose comm is its first 15 bytes, or whose executable has that name.
+    pub fn check(&mut self) -> Result<Vec<String>, SelectorError> {
+        for p in &mut self.cgroups {
+            let err = |source| SelectorError::Cgroup {
+                path: p.clone(),
+                source,
+            };
+            let real = fs::canonicalize(&*p).map_err(err)?;
+            if !real.is_dir() {
+                return Err(SelectorError::NotDirectory { path: p.clone() });
+            }
+            let fs_type = rustix::fs::statfs(&real).map_err(|e| err(e.into()))?.f_type as i64;
+            if fs_type != CGROUP_SUPER_MAGIC && fs_type != CGROUP2_SUPER_MAGIC {
+                return Err(SelectorError::NotCgroup { path: p.clone() });
+            }
+            *p = real;
+        }
+        Ok(self
+            .comms
+            .iter()
+            .filter(|c| c.len() > COMM_MAX)
+            .map(|c| {
+                format!(
+                    "--comm {c} is longer than the {COMM_MAX} bytes the kernel keeps of a command name: \
+                     matching processes whose comm is {:?} or whose executable is named {c:?}",
+                    String::from_utf8_lossy(&c.as_bytes()[..COMM_MAX])
+                )
+            })
+            .collect())
+    }
+
+    /// `check`, its warnings printed on stderr: for `watch` at start.
+    pub fn checked(mut self) -> Result<Selector, SelectorError> {
+        for w in self.check()? {
+            eprintln!("offheap: warning: {w}");
+        }
+        Ok(self)
+    }
+
     /// No flag given: nothing would ever be traced.
     pub fn is_empty(&self) -> bool {
         self.cgroups.is_empty() && self.comms.is_empty() && !self.all_node
@@ -109,7 +175,7 @@ impl Selector {
         if self.all_node && is_node_exe(exe) {
             return true;
         }
-        if self.comms.contains(&p.comm) {
+        if self.comms.iter().any(|c| comm_matches(c, p, exe)) {
             return true;
         }
         self.cgroups
@@ -159,6 +225,15 @@ impl Tracked {
             owner,
         })
     }
+}
+
+/// `--comm NAME` against a process: its comm, or for a NAME longer than the
+/// kernel keeps, the truncated comm or the executable's file name.
+fn comm_matches(name: &str, p: &ProcInfo, exe: &Path) -> bool {
+    if name.len() <= COMM_MAX {
+        return p.comm == name;
+    }
+    p.comm.as_bytes() == &name.as_bytes()[..COMM_MAX] || exe.file_name().is_some_and(|n| n == name)
 }
 
 pub fn is_node_exe(exe: &Path) -> bool {
@@ -215,5 +290,65 @@ mod tests {
         assert!(!s.matches(&p("workers", Some("/app/w"), &[])));
         assert!(Selector::default().is_empty());
         assert!(!s.is_empty());
+    }
+
+    #[test]
+    fn a_comm_longer_than_the_kernel_keeps_matches_truncated_or_by_exe() {
+        let mut s = Selector {
+            comms: vec!["my-long-service-name".into(), "short".into()],
+            ..Selector::default()
+        };
+        let w = s.check().unwrap();
+        assert_eq!(
+            w,
+            vec![
+                "--comm my-long-service-name is longer than the 15 bytes the kernel keeps of \
+                  a command name: matching processes whose comm is \"my-long-service\" or whose \
+                  executable is named \"my-long-service-name\""
+                    .to_string()
+            ]
+        );
+        assert!(s.matches(&p("my-long-service", Some("/usr/bin/node"), &[])));
+        assert!(s.matches(&p("node", Some("/app/my-long-service-name"), &[])));
+        assert!(!s.matches(&p("my-long-servic", Some("/usr/bin/node"), &[])));
+        assert!(!s.matches(&p("other", Some("/usr/bin/my-long-service"), &[])));
+        assert!(s.matches(&p("short", Some("/usr/bin/x"), &[])));
+        // A short name is matched on comm only, as before.
+        assert!(!s.matches(&p("x", Some("/usr/bin/short"), &[])));
+    }
+
+    #[test]
+    fn cgroup_selectors_must_be_cgroup_directories() {
+        let check = |p: &str| {
+            Selector {
+                cgroups: vec![p.into()],
+                ..Selector::default()
+            }
+            .check()
+            .map(|_| ())
+            .map_err(|e| crate::error::one_line(&e))
+        };
+        assert_eq!(
+            check("/nonexistent"),
+            Err("--cgroup /nonexistent: No such file or directory (os error 2)".into())
+        );
+        assert_eq!(
+            check("/proc/version"),
+            Err("--cgroup /proc/version is not a directory".into())
+        );
+        assert_eq!(
+            check("/tmp"),
+            Err("--cgroup /tmp is not a cgroup directory (no cgroup filesystem there)".into())
+        );
+        // This process's own cgroup directory, however it is mounted.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let mounts = Mounts::of_this_host().unwrap();
+        let dir = locate(&parse_proc_cgroup(&own), &mounts).unwrap().dir;
+        let mut s = Selector {
+            cgroups: vec![dir.join("./")],
+            ..Selector::default()
+        };
+        assert_eq!(s.check().unwrap(), Vec::<String>::new());
+        assert_eq!(s.cgroups, vec![dir]);
     }
 }

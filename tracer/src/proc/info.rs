@@ -88,6 +88,18 @@ pub fn innermost_pid(pid: u32) -> Option<u32> {
     parse_nspid(&status)
 }
 
+/// The real, effective, saved and filesystem uids of `Uid:` in
+/// /proc/PID/status (proc(5)), as this (the initial) user namespace sees them.
+pub fn parse_uids(status: &str) -> Vec<u32> {
+    status_field(status, "Uid:")
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|u| u.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn parse_nspid(status: &str) -> Option<u32> {
     status_field(status, "NSpid:")
         .and_then(|v| v.split_whitespace().last())
@@ -136,5 +148,14 @@ mod tests {
         assert_eq!(parse_nspid("Name:\tnode\nNSpid:\t4242\t7\t1\n"), Some(1));
         assert_eq!(parse_nspid("Name:\tnode\nNSpid:\t4242\n"), Some(4242));
         assert_eq!(parse_nspid("Name:\tnode\n"), None);
+    }
+
+    #[test]
+    fn uids_real_effective_saved_fs() {
+        assert_eq!(
+            parse_uids("Name:\tnode\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
+            vec![1000, 0, 0, 0]
+        );
+        assert!(parse_uids("Name:\tx\n").is_empty());
     }
 }

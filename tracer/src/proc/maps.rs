@@ -93,6 +93,15 @@ impl Mapping {
         self.is_file().then_some(self.name.as_deref()).flatten()
     }
 
+    /// node itself (`node`, Debian's `nodejs`) or an embedder's `libnode.so.N`:
+    /// a process that runs V8 and can write a perf map.
+    pub fn is_node(&self) -> bool {
+        let name = self
+            .path()
+            .map_or("", |p| p.rsplit('/').next().unwrap_or(p));
+        matches!(name, "node" | "nodejs") || name.starts_with("libnode.so")
+    }
+
     /// The `/proc/PID/map_files/` entry name: lowercase hex, no `0x`
     /// (proc(5), "map_files"; readable by CAP_SYS_ADMIN, works for deleted
     /// files).
@@ -237,6 +246,20 @@ mod tests {
             modules(&maps),
             vec!["/usr/bin/node", "/lib/libc.so.6", "/opt/my app/addon.node"]
         );
+    }
+
+    #[test]
+    fn node_modules() {
+        let is_node = |p: &str| {
+            parse_line(&format!("1-2 r-xp 0 fe:00 1 {p}"))
+                .unwrap()
+                .is_node()
+        };
+        assert!(is_node("/usr/bin/node"));
+        assert!(is_node("/usr/bin/nodejs"));
+        assert!(is_node("/usr/lib/libnode.so.109"));
+        assert!(!is_node("/usr/bin/nodemon"));
+        assert!(!is_node("/usr/lib/x86_64-linux-gnu/libc.so.6"));
     }
 
     #[test]

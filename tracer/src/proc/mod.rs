@@ -3,6 +3,7 @@
 //! depends on no other module of the crate.
 pub mod info;
 pub mod maps;
+pub mod root;
 
 pub use info::{innermost_pid, liveness, snapshot, Liveness, ProcInfo};
 pub use maps::{Mapping, MapsError};

@@ -13,8 +13,15 @@ use crate::{
 /// the address is inside inlined code; innermost first).
 pub trait Symbolize {
     fn symbolize(&mut self, pid: u32, addr: u64) -> Vec<Frame>;
-    /// Warnings collected while symbolizing (truncated perf map, unreadable module...).
+    /// Warnings collected while symbolizing (truncated perf map, unreadable
+    /// module...), each given once.
     fn take_warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// What stays true of one process for as long as it is traced (its perf
+    /// map was refused, or is missing): given again for every report of it,
+    /// so a report made later (watch's /report) still says it.
+    fn process_warnings(&mut self, _pid: u32) -> Vec<String> {
         Vec::new()
     }
 }
@@ -45,10 +52,18 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
     report.counters = meta.counters;
     report.dropped_events = meta.dropped_events;
     report.agent = meta.agent;
+    let mut warnings = Vec::new();
     for p in processes {
+        let pid = p.pid;
         report.processes.push(assemble_process(p, sym));
+        warnings.extend(sym.process_warnings(pid));
     }
-    report.warnings.extend(sym.take_warnings());
+    warnings.extend(sym.take_warnings());
+    for w in warnings {
+        if !report.warnings.contains(&w) {
+            report.warnings.push(w);
+        }
+    }
     let truncated = report
         .processes
         .iter()

@@ -33,11 +33,26 @@ pub fn human_ns(ns: u64) -> String {
     format!("{ns}ns")
 }
 
-/// Replaces control characters (ESC, newlines...) with `?`.
+/// Escapes control characters (ESC, newlines, C1 codes...) as `\xNN`, and
+/// the noncharacters U+FFFE and U+FFFF as `\u{fffe}`: a name comes from
+/// what the traced process writes (its perf map, its heap), and must neither
+/// drive the terminal nor break a line-based output, nor an SVG: what XML
+/// 1.0 forbids is exactly C0 controls but tab/LF/CR, and U+FFFE/U+FFFF.
+/// Every control character (Unicode category Cc) is below U+00A0, so two hex
+/// digits do.
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else if matches!(c, '\u{FFFE}' | '\u{FFFF}') {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Eight-level sparkline of a series, scaled between its own min and max.

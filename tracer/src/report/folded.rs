@@ -8,12 +8,15 @@
 //! - the value is live bytes, or total bytes with `--value total`;
 //! - stacks whose names are equal (same code, different addresses) are merged
 //!   and lines are sorted, so the output is deterministic;
-//! - the format has no escape: `;` inside a name becomes `:` and line breaks
-//!   become spaces (spaces are fine: the value is after the LAST space);
+//! - the format has no escape: `;` inside a name becomes `:`, and control
+//!   characters (line breaks included) are written `\xNN` as in text output
+//!   (spaces are fine: the value is after the LAST space). This also keeps
+//!   them out of the SVG, where XML 1.0 allows no control character but tab,
+//!   newline and carriage return, not even as a character reference;
 //! - stacks whose value is 0 are left out (they would draw nothing).
 use std::collections::BTreeMap;
 
-use super::{Frame, FrameKind, ProcessReport, Report, StackReport, ValueKind};
+use super::{fmt, Frame, FrameKind, ProcessReport, Report, StackReport, ValueKind};
 
 /// The name a frame has in folded stacks and flame graphs. Unnamed JIT code
 /// is one `[JIT]` frame: its addresses mean nothing outside this run.
@@ -31,13 +34,7 @@ pub fn process_name(p: &ProcessReport) -> String {
 }
 
 fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            ';' => ':',
-            '\n' | '\r' => ' ',
-            c => c,
-        })
-        .collect()
+    fmt::clean(s).replace(';', ":")
 }
 
 /// `root;outer;…;inner` for one stack, without its value.

@@ -291,7 +291,7 @@ mod tests {
             s.contains("growing fastest: array_buffers +2.0 MiB/s"),
             "{s}"
         );
-        assert!(s.contains("grow?[2Jme"), "{s}");
+        assert!(s.contains("grow\\x1b[2Jme"), "{s}");
     }
 
     #[test]

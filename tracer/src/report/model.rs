@@ -102,7 +102,7 @@ impl Buckets {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameKind {
     /// Machine code of a mapped ELF module.
@@ -114,7 +114,7 @@ pub enum FrameKind {
     Jit,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
     /// Hex address, e.g. "0x7f3a12345678".
     pub addr: String,

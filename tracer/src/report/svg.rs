@@ -38,7 +38,7 @@ pub fn bucket_frame(b: Option<Bucket>) -> String {
 
 fn title(report: &Report, value: ValueKind) -> String {
     let who = match report.processes.as_slice() {
-        [p] => format!("{} (pid {})", p.comm, p.pid),
+        [p] => folded::process_name(p),
         ps => format!("{} processes", ps.len()),
     };
     let (mut v8, mut off, mut shown) = (0, 0, 0);
@@ -121,14 +121,17 @@ mod tests {
     use super::*;
     use crate::report::{Frame, Mode, ProcessReport, StackReport};
 
-    #[test]
-    fn names_frames_buckets_and_title() {
-        let mut r = Report::new(Mode::Malloc);
-        let f = |s: &str| Frame {
+    fn f(s: &str) -> Frame {
+        Frame {
             addr: "0x1".into(),
             symbol: Some(s.into()),
             ..Frame::default()
-        };
+        }
+    }
+
+    #[test]
+    fn names_frames_buckets_and_title() {
+        let mut r = Report::new(Mode::Malloc);
         r.processes.push(ProcessReport {
             pid: 9,
             comm: "node".into(),
@@ -148,5 +151,81 @@ mod tests {
         assert!(svg.contains("rgb(231,84,128)"), "{svg}");
         let empty = Report::new(Mode::Malloc);
         assert!(render(&empty, ValueKind::Live).is_err());
+    }
+
+    /// XML 1.0 `Char`: no C0 control character but tab, newline and
+    /// return, and not U+FFFE or U+FFFF.
+    fn xml_char(c: char) -> bool {
+        (!c.is_control() || matches!(c, '\t' | '\n' | '\r') || u32::from(c) >= 0x7f)
+            && !matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    }
+
+    /// The number of elements of a well-formed `svg`, or its first problem:
+    /// a parse error, or a character XML 1.0 forbids, raw or as a `&#N;`
+    /// reference (quick-xml checks neither).
+    fn parse_xml(svg: &[u8]) -> Result<usize, String> {
+        use quick_xml::events::Event;
+        let text = std::str::from_utf8(svg).map_err(|e| e.to_string())?;
+        if let Some(c) = text.chars().find(|&c| !xml_char(c)) {
+            return Err(format!("character {c:?}"));
+        }
+        for (i, _) in text.match_indices("&#") {
+            let body = &text[i + 2..text[i..].find(';').map_or(i + 2, |e| i + e)];
+            let n = match body.strip_prefix('x') {
+                Some(h) => u32::from_str_radix(h, 16),
+                None => body.parse(),
+            };
+            let c = n
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or(format!("bad reference &#{body};"))?;
+            if !xml_char(c) {
+                return Err(format!("reference &#{body};"));
+            }
+        }
+        let mut r = quick_xml::Reader::from_reader(svg);
+        let mut buf = Vec::new();
+        let mut n = 0;
+        loop {
+            match r.read_event_into(&mut buf).map_err(|e| e.to_string())? {
+                Event::Eof => return Ok(n),
+                Event::Start(e) | Event::Empty(e) => {
+                    for a in e.attributes() {
+                        a.map_err(|e| e.to_string())?
+                            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    n += 1;
+                }
+                _ => {}
+            }
+            buf.clear();
+        }
+    }
+
+    #[test]
+    fn names_with_control_characters_and_markup_stay_valid_xml() {
+        let mut r = Report::new(Mode::Malloc);
+        r.processes.push(ProcessReport {
+            pid: 9,
+            comm: "no\x01de<&>".into(),
+            stacks: vec![StackReport {
+                bucket: Some(Bucket::ArrayBuffers),
+                live_bytes: 4096,
+                frames: vec![
+                    f("JS:~a\x1b[31mred\x07 <script>&amp; \"q\" 'a'"),
+                    f("x\ny\rz\u{0}\u{7f}\u{9b}\u{fffe}\u{ffff}"),
+                ],
+                ..StackReport::default()
+            }],
+            ..ProcessReport::default()
+        });
+        let svg = render(&r, ValueKind::Live).unwrap();
+        let elements = parse_xml(&svg).unwrap_or_else(|e| panic!("{e}"));
+        assert!(elements > 10, "{elements}");
+        let text = String::from_utf8(svg).unwrap();
+        // Shown escaped, as in text output.
+        assert!(text.contains("JS:~a\\x1b[31mred\\x07"), "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\x01'));
     }
 }

@@ -214,6 +214,8 @@ mod tests {
 
     #[test]
     fn control_characters_are_neutralised() {
-        assert_eq!(clean("a\x1b[2Jb\n"), "a?[2Jb?");
+        assert_eq!(clean("a\x1b[2Jb\n"), "a\\x1b[2Jb\\x0a");
+        assert_eq!(clean("csi\u{9b}del\u{7f}é"), "csi\\x9bdel\\x7fé");
+        assert_eq!(clean("a\u{fffe}b\u{ffff}"), "a\\u{fffe}b\\u{ffff}");
     }
 }

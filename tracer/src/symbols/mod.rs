@@ -16,14 +16,16 @@ mod bench;
 mod demangle;
 mod maps;
 mod module;
+mod perf_frames;
 mod perfmap;
 pub mod v8;
+mod v8name;
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::MetadataExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -31,9 +33,14 @@ pub use bench::{bench_symbolize, BenchResult};
 pub use demangle::demangle;
 pub use maps::{read_exec_maps, MapEntry};
 pub use module::{Module, SourceFrame};
-pub use perfmap::{JsSymbol, PerfMap, MAX_PERF_MAP_BYTES};
+pub use perfmap::{
+    JsSymbol, PerfMap, MAX_PERF_MAP_BYTES, MAX_PERF_MAP_ENTRIES, MAX_SYMBOL_BYTES, TRUNCATED_MARKER,
+};
 
-use crate::report::{build::Symbolize, Frame, FrameKind};
+use crate::{
+    proc::{info as proc_info, root::Root},
+    report::{build::Symbolize, Frame, FrameKind},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
@@ -77,6 +84,16 @@ struct Process {
     perf: Option<PerfMap>,
     /// The perf map path as the process sees it (`/tmp/perf-<NSpid>.map`).
     perf_path: String,
+    /// Its root directory, where its perf map and debug files are opened
+    /// (None once it could not be opened: the process was gone).
+    root: Option<Arc<Root>>,
+    /// Its real, effective, saved and filesystem uids: a perf map must be
+    /// owned by one of them.
+    uids: Vec<u32>,
+    /// It maps node (or libnode): a missing perf map is worth a warning.
+    runs_node: bool,
+    /// What stays true of it (its perf map was refused, or is missing).
+    warnings: Vec<String>,
     auto_refreshes: u32,
 }
 
@@ -111,19 +128,24 @@ impl Symbolizer {
             return self.refresh(pid);
         }
         let entries = maps::read_exec_maps(pid)?;
-        let nspid = crate::proc::innermost_pid(pid).unwrap_or(pid);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let nspid = proc_info::parse_nspid(&status).unwrap_or(pid);
         let mut proc = Process {
             maps: Vec::new(),
             js: None,
             perf: None,
             perf_path: format!("/tmp/perf-{nspid}.map"),
+            root: Root::of_process(pid).ok().map(Arc::new),
+            uids: proc_info::parse_uids(&status),
+            runs_node: entries.iter().any(MapEntry::is_node),
+            warnings: Vec::new(),
             auto_refreshes: 0,
         };
         for entry in entries {
-            let module = self.open_module(pid, &entry);
+            let module = self.open_module(pid, proc.root.as_deref(), &entry);
             proc.maps.push(Mapped { entry, module });
         }
-        proc.perf = open_perf_map(pid, &proc.perf_path);
+        self.open_perf_map(pid, &mut proc);
         proc.js = self.open_js(pid, &proc.maps);
         self.procs.insert(pid, proc);
         Ok(())
@@ -182,7 +204,7 @@ impl Symbolizer {
         for entry in entries {
             let module = match old.iter().position(|m| m.entry == entry) {
                 Some(i) => old.swap_remove(i).module,
-                None => self.open_module(pid, &entry),
+                None => self.open_module(pid, proc.root.as_deref(), &entry),
             };
             new.push(Mapped { entry, module });
         }
@@ -195,6 +217,7 @@ impl Symbolizer {
             .collect();
         new.extend(kept);
         new.sort_by_key(|m| m.entry.start);
+        proc.runs_node |= new.iter().any(|m| m.entry.is_node());
         proc.maps = new;
         if proc.js.is_none() {
             proc.js = self.open_js(pid, &proc.maps);
@@ -203,7 +226,7 @@ impl Symbolizer {
             Some(p) => {
                 p.reload();
             }
-            None => proc.perf = open_perf_map(pid, &proc.perf_path),
+            None => self.open_perf_map(pid, &mut proc),
         }
         self.procs.insert(pid, proc);
         Ok(())
@@ -252,11 +275,25 @@ impl Symbolizer {
         }
     }
 
+    /// A warning about one process: given once in `take_warnings`, and for
+    /// every report of it in `process_warnings`.
+    fn warn_about(&mut self, proc: &mut Process, msg: String) {
+        if !proc.warnings.contains(&msg) {
+            proc.warnings.push(msg.clone());
+        }
+        self.warn(msg);
+    }
+
     /// Opens a file-backed mapping's module through `/proc/PID/map_files`
     /// (the inode actually mapped, even if deleted or replaced; needs
-    /// CAP_SYS_ADMIN), else through `/proc/PID/root` (the process's mount
-    /// namespace, for containers).
-    fn open_module(&mut self, pid: u32, entry: &MapEntry) -> Option<Arc<Module>> {
+    /// CAP_SYS_ADMIN; a magic link on purpose), else by its path inside the
+    /// process's root (its mount namespace, for containers).
+    fn open_module(
+        &mut self,
+        pid: u32,
+        root: Option<&Root>,
+        entry: &MapEntry,
+    ) -> Option<Arc<Module>> {
         if !entry.is_file() {
             return None;
         }
@@ -264,11 +301,15 @@ impl Symbolizer {
         let via_map_files =
             PathBuf::from(format!("/proc/{pid}/map_files/{}", entry.map_files_name()));
         let via_root = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let in_root = || {
+            root.ok_or(())
+                .and_then(|r| r.open(Path::new(&path)).map_err(|_| ()))
+        };
         let (file, opened) = match File::open(&via_map_files) {
             Ok(f) => (f, via_map_files),
-            Err(_) => match File::open(&via_root) {
+            Err(_) => match in_root() {
                 Ok(f) if !entry.deleted => (f, via_root),
-                Ok(_) | Err(_) => {
+                Ok(_) | Err(()) => {
                     self.warn(format!(
                         "cannot open module {path} of pid {pid} (deleted or not readable): its frames stay unnamed"
                     ));
@@ -297,10 +338,9 @@ impl Symbolizer {
             self.by_stat.insert(key, m.clone());
             return Some(m);
         }
-        let roots = [
-            PathBuf::from("/"),
-            PathBuf::from(format!("/proc/{pid}/root")),
-        ];
+        // Separate debug files: the host's, then the container's.
+        let host = Root::host().ok();
+        let roots: Vec<&Root> = host.iter().chain(root).collect();
         match Module::load(&file, &opened, &roots) {
             Ok(m) => {
                 let m = Arc::new(m);
@@ -410,59 +450,20 @@ impl Symbolizer {
                 .collect(),
         )
     }
-
-    /// A frame from the perf map, re-reading the map once if the address is
-    /// not in it yet (V8 appends as it compiles).
-    fn js_frame(&mut self, pid: u32, addr: u64) -> Option<Frame> {
-        let proc = self.procs.get_mut(&pid)?;
-        if proc.perf.is_none() {
-            proc.perf = open_perf_map(pid, &proc.perf_path);
-        }
-        let Some(perf) = proc.perf.as_mut() else {
-            // With V8's frames decoded (v8/), only V8's other code lacks names.
-            let msg = if proc.js.as_ref().is_some_and(|j| j.seen) {
-                format!(
-                    "pid {pid}: no perf map {} found: V8 code that is not a JS function \
-                     (stubs, regexps) shows as {JIT_SYMBOL}; run node with --perf-basic-prof to name it",
-                    proc.perf_path
-                )
-            } else {
-                format!(
-                    "pid {pid}: no perf map {} found, JS frames show as {JIT_SYMBOL}; run node with --perf-basic-prof",
-                    proc.perf_path
-                )
-            };
-            self.warn(msg);
-            return None;
-        };
-        let sym = match perf.lookup(addr) {
-            Some(s) => s,
-            None => {
-                if !perf.reload() {
-                    return None;
-                }
-                perf.lookup(addr)?
-            }
-        };
-        Some(Frame {
-            symbol: Some(sym.name),
-            module: Some(perf.path.clone()),
-            file: sym.file,
-            line: sym.line,
-            kind: sym.kind,
-            ..Frame::unknown(addr)
-        })
-    }
-}
-
-fn open_perf_map(pid: u32, seen_as: &str) -> Option<PerfMap> {
-    let file = File::open(format!("/proc/{pid}/root{seen_as}")).ok()?;
-    Some(PerfMap::open(file, seen_as.to_string()))
 }
 
 impl Symbolize for Symbolizer {
     fn symbolize(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
         self.frames(pid, addr)
+    }
+
+    fn process_warnings(&mut self, pid: u32) -> Vec<String> {
+        let Some(p) = self.procs.get(&pid) else {
+            return Vec::new();
+        };
+        let mut out = p.warnings.clone();
+        out.extend(p.perf.iter().flat_map(PerfMap::problems));
+        out
     }
 
     fn take_warnings(&mut self) -> Vec<String> {

@@ -16,6 +16,7 @@ use super::{
     v8::{MetadataError, V8Metadata},
     SymbolError,
 };
+use crate::proc::root::Root;
 
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
@@ -114,8 +115,9 @@ pub fn debug_file_path(build_id: &[u8]) -> Option<PathBuf> {
 
 impl Module {
     /// Parses an opened module. `roots` are the directories under which to look
-    /// for a separate debug file (the host's `/`, then the process's root).
-    pub fn load(file: &File, what: &Path, roots: &[PathBuf]) -> Result<Module, SymbolError> {
+    /// for a separate debug file (the host's `/`, then the process's root);
+    /// it is opened inside each, never followed out of it.
+    pub fn load(file: &File, what: &Path, roots: &[&Root]) -> Result<Module, SymbolError> {
         let data = Arc::new(map(file, what)?);
         let obj = parse(&data, what)?;
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
@@ -138,8 +140,8 @@ impl Module {
         let mut debug_file = None;
         if let Some(rel) = build_id.as_deref().and_then(debug_file_path) {
             for root in roots {
-                let candidate = root.join(rel.strip_prefix("/").unwrap_or(&rel));
-                let Ok(f) = File::open(&candidate) else {
+                let candidate = root.path().join(rel.strip_prefix("/").unwrap_or(&rel));
+                let Ok(f) = root.open(&rel) else {
                     continue;
                 };
                 let Ok(dbg) = map(&f, &candidate) else {

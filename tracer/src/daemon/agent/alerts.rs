@@ -45,7 +45,11 @@ impl Agent {
             let owner = Owner::of(Some(&cg));
             match oom::write_preoom(dir, &report, &owner, usage, limit, SystemTime::now()) {
                 Ok(w) => say(&w.log_line),
-                Err(e) => eprintln!("offheap: writing the pre-OOM snapshot of {}: {e}", cg.path),
+                Err(e) => eprintln!(
+                    "offheap: writing the pre-OOM snapshot of {}: {}",
+                    cg.path,
+                    crate::error::one_line(&e)
+                ),
             }
         }
     }
@@ -60,20 +64,15 @@ impl Agent {
         let Some(report) = self.tracer.report_now(v.tgid) else {
             return;
         };
-        let Some(dir) = self.opts.oom_dir.clone() else {
-            let top = oom::top_off_heap(&report, Some(v.tgid))
-                .map(oom::describe_stack)
-                .unwrap_or_else(|| "no off-heap stack recorded".into());
-            say(&format!(
-                "offheap: OOM kill of pid {} ({}): no --oom-dir, no report written; top off-heap: {top}",
-                v.tgid, v.comm
-            ));
-            return;
-        };
-        match oom::postmortem(&dir, report, v, cgroup.as_ref(), SystemTime::now()) {
-            Ok((_, w)) => say(&w.log_line),
-            Err(e) => eprintln!("offheap: writing the post-mortem of PID {}: {e}", v.tgid),
-        }
+        // Always the one line naming the culprit, with or without a file.
+        let dir = self.opts.oom_dir.as_deref();
+        say(&oom::postmortem_line(
+            dir,
+            report,
+            v,
+            cgroup.as_ref(),
+            SystemTime::now(),
+        ));
     }
 }
 

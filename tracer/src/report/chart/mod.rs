@@ -121,10 +121,9 @@ impl Layer {
 }
 
 /// Text from the target, made safe for an XML text node: XML 1.0 allows no
-/// C0 controls but tab/LF/CR and no U+FFFE/U+FFFF; `clean` already turns
-/// every control character into `?`.
+/// C0 controls but tab/LF/CR and no U+FFFE/U+FFFF, which `clean` escapes.
 pub fn xml_text(s: &str) -> String {
-    clean(s).replace(['\u{FFFE}', '\u{FFFF}'], "?")
+    clean(s)
 }
 
 /// Requests per second at each sample from the second on: the connections

@@ -143,7 +143,10 @@ fn the_victim_gets_the_kill_and_its_limit() {
 
 #[test]
 fn text_is_made_safe_for_xml() {
-    assert_eq!(xml_text("no\u{1}de\u{fffe}\u{ffff}\t"), "no?de???");
+    assert_eq!(
+        xml_text("no\u{1}de\u{fffe}\u{ffff}\t"),
+        "no\\x01de\\u{fffe}\\u{ffff}\\x09"
+    );
     assert_eq!(xml_text("<&>"), "<&>", "markup is plotters' to escape");
 }
 
