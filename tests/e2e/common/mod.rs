@@ -67,26 +67,35 @@ pub fn require_bpf() -> BpfLock {
 /// Compiles tests/fixtures/<name>.c with frame pointers and no sibling calls,
 /// so that each site's allocation call returns into the site.
 pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
-    let src = workspace().join("tests/fixtures").join(format!("{name}.c"));
-    let out = dir.join(name);
-    let o = Command::new("cc")
+    compile_fixture("cc", &format!("{name}.c"), &["-pthread"], dir.join(name))
+}
+
+/// Compiles tests/fixtures/<name>.cc with g++ the same way: a C++ program
+/// linked against the system libstdc++.
+pub fn build_cxx_fixture(name: &str, dir: &Path) -> PathBuf {
+    compile_fixture("g++", &format!("{name}.cc"), &[], dir.join(name))
+}
+
+fn compile_fixture(compiler: &str, file: &str, extra: &[&str], out: PathBuf) -> PathBuf {
+    let src = workspace().join("tests/fixtures").join(file);
+    let o = Command::new(compiler)
         .args([
             "-O1",
             "-g",
             "-fno-omit-frame-pointer",
             "-fno-optimize-sibling-calls",
-            "-pthread",
             "-Wall",
             "-Werror",
         ])
+        .args(extra)
         .arg(&src)
         .arg("-o")
         .arg(&out)
         .output()
-        .expect("running cc");
+        .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
     assert!(
         o.status.success(),
-        "cc {}: {}",
+        "{compiler} {}: {}",
         src.display(),
         String::from_utf8_lossy(&o.stderr)
     );
