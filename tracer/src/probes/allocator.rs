@@ -137,11 +137,14 @@ fn is_dynamic_linker(module: &str) -> bool {
     file_name(module).starts_with("ld-")
 }
 
-/// libstdc++ (GCC) or libc++ (LLVM), the C++ runtimes that define operator
-/// new and delete for everything linked against them.
+/// The C++ runtimes that define operator new and delete for everything
+/// linked against them: GCC's libstdc++, and LLVM's libc++, whose new and
+/// delete live in libc++abi when that is built with them (Debian's is).
 fn is_cxx_runtime(module: &str) -> bool {
     let name = file_name(module);
-    name.starts_with("libstdc++.so") || name.starts_with("libc++.so")
+    ["libstdc++.so", "libc++.so", "libc++abi.so"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Modules parsed once each, by the path the process sees.
@@ -224,6 +227,36 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// x86-64 `endbr64` (CET indirect branch tracking), which GCC and clang put
+/// first in every function built with -fcf-protection (Debian's libstdc++,
+/// every function of Ubuntu's and Fedora's glibc).
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
+/// Where to probe a function that starts at file offset `start`: after a
+/// leading endbr64. A uprobe on an instruction the kernel cannot emulate is
+/// single-stepped out of line, a second trap per hit
+/// (arch/x86/kernel/uprobes.c emulates branches, calls and push only), and
+/// endbr64 is one of those. It changes no register and no memory, so the
+/// state one instruction later is the state at entry (arguments, [sp] the
+/// return address), and every call passes there. Only a jump back to that
+/// second instruction would hit the probe again; libstdc++ 12's new and
+/// delete have none (their retry loops restart after the size test).
+/// libstdc++'s new[] and delete go on with a jmp, which is emulated: a
+/// new/sized-delete pair measured 42 -> 23 us under tracing on this
+/// project's VM (malloc/free: 12 us).
+fn past_endbr(data: &[u8], start: u64, len: u64) -> Function {
+    let at = usize::try_from(start).unwrap_or(usize::MAX);
+    let first = at.checked_add(4).and_then(|end| data.get(at..end));
+    if len > 4 && first == Some(&ENDBR64[..]) {
+        Function {
+            offset: start + 4,
+            len: len - 4,
+        }
+    } else {
+        Function { offset: start, len }
+    }
+}
+
 /// The attach-table functions an ELF file defines.
 pub fn table_functions(path: &Path) -> Result<Functions, AllocatorError> {
     let io = |source| AllocatorError::Io {
@@ -263,14 +296,8 @@ pub fn table_functions(path: &Path) -> Result<Functions, AllocatorError> {
         let Some((file_off, _)) = section.file_range() else {
             continue;
         };
-        let offset = sym.address() - section.address() + file_off;
-        out.insert(
-            probe.symbol,
-            Function {
-                offset,
-                len: sym.size(),
-            },
-        );
+        let start = sym.address() - section.address() + file_off;
+        out.insert(probe.symbol, past_endbr(&data, start, sym.size()));
     }
     Ok(out)
 }
@@ -408,6 +435,16 @@ mod tests {
             cxx.functions.keys().copied().collect::<Vec<_>>(),
             cxx_symbols()
         );
+    }
+
+    #[test]
+    fn probes_go_past_a_leading_endbr64() {
+        let code = [0x90, 0xf3, 0x0f, 0x1e, 0xfa, 0xeb, 0xfe, 0x90];
+        assert_eq!(past_endbr(&code, 1, 6), Function { offset: 5, len: 2 });
+        // Not endbr64, or the function is nothing else, or out of the file.
+        assert_eq!(past_endbr(&code, 0, 8), Function { offset: 0, len: 8 });
+        assert_eq!(past_endbr(&code, 1, 4), Function { offset: 1, len: 4 });
+        assert_eq!(past_endbr(&code, 6, 9), Function { offset: 6, len: 9 });
     }
 
     #[test]
