@@ -70,10 +70,23 @@ pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
     compile_fixture("cc", &format!("{name}.c"), &["-pthread"], dir.join(name))
 }
 
-/// Compiles tests/fixtures/<name>.cc with g++ the same way: a C++ program
-/// linked against the system libstdc++.
-pub fn build_cxx_fixture(name: &str, dir: &Path) -> PathBuf {
-    compile_fixture("g++", &format!("{name}.cc"), &[], dir.join(name))
+/// The C++ runtime a C++ fixture is built against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CxxRuntime {
+    /// GCC's libstdc++ (g++).
+    Libstdcxx,
+    /// LLVM's libc++ and libc++abi (clang++ -stdlib=libc++).
+    Libcxx,
+}
+
+/// Compiles tests/fixtures/<name>.cc the same way as `build_fixture`, in
+/// `dir`, linked against the shared C++ runtime `rt` of the system.
+pub fn build_cxx_fixture(name: &str, dir: &Path, rt: CxxRuntime) -> PathBuf {
+    let (compiler, extra): (&str, &[&str]) = match rt {
+        CxxRuntime::Libstdcxx => ("g++", &[]),
+        CxxRuntime::Libcxx => ("clang++-19", &["-stdlib=libc++"]),
+    };
+    compile_fixture(compiler, &format!("{name}.cc"), extra, dir.join(name))
 }
 
 fn compile_fixture(compiler: &str, file: &str, extra: &[&str], out: PathBuf) -> PathBuf {
