@@ -12,8 +12,10 @@
 //! instruction, so callers that want the call's own line (and the right
 //! function when the call is the last instruction before another function)
 //! pass `ip - 1` for every frame but the innermost, as perf and gdb do.
+mod addons;
 mod bench;
 mod demangle;
+mod dynamic;
 mod maps;
 mod module;
 mod perfmap;
@@ -78,9 +80,19 @@ struct Process {
     /// The perf map path as the process sees it (`/tmp/perf-<NSpid>.map`).
     perf_path: String,
     auto_refreshes: u32,
+    /// Module path -> the package of the addon it belongs to (addons.rs).
+    addons: HashMap<String, String>,
+    package_names: addons::PackageNames,
 }
 
 impl Process {
+    /// Which modules belong to an addon, and its package (addons.rs); read
+    /// while the process lives, after each capture.
+    fn find_addons(&mut self, pid: u32) {
+        let maps = self.maps.iter().map(|m| (&m.entry, m.module.as_deref()));
+        self.addons = addons::of_process(pid, maps, &mut self.package_names);
+    }
+
     fn find(&self, addr: u64) -> Option<&Mapped> {
         let idx = self.maps.partition_point(|m| m.entry.start <= addr);
         let m = self.maps.get(idx.checked_sub(1)?)?;
@@ -118,11 +130,14 @@ impl Symbolizer {
             perf: None,
             perf_path: format!("/tmp/perf-{nspid}.map"),
             auto_refreshes: 0,
+            addons: HashMap::new(),
+            package_names: addons::PackageNames::default(),
         };
         for entry in entries {
             let module = self.open_module(pid, &entry);
             proc.maps.push(Mapped { entry, module });
         }
+        proc.find_addons(pid);
         proc.perf = open_perf_map(pid, &proc.perf_path);
         proc.js = self.open_js(pid, &proc.maps);
         self.procs.insert(pid, proc);
@@ -196,6 +211,7 @@ impl Symbolizer {
         new.extend(kept);
         new.sort_by_key(|m| m.entry.start);
         proc.maps = new;
+        proc.find_addons(pid);
         if proc.js.is_none() {
             proc.js = self.open_js(pid, &proc.maps);
         }
@@ -377,6 +393,7 @@ impl Symbolizer {
         }
         let base = Frame {
             module: entry.name.clone(),
+            addon: entry.path().and_then(|p| proc.addons.get(p)).cloned(),
             ..Frame::unknown(addr)
         };
         let Some(module) = module else {
