@@ -8,7 +8,7 @@
 //! 3,108,000 bytes each in libvips' vips_image_write_to_memory.
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -117,18 +117,14 @@ fn run_malloc_counts_sharps_buffers_as_its_addon() {
     let out = dir.path().join("r.json");
     // Ticks refresh the captured modules: the addon is dlopen()ed by
     // require, and the process is gone when the report is built.
-    let mut tracer = Command::new(offheap_bin())
-        .args(["run", "--mode", "malloc", "--no-live", "--interval", "0.2"])
-        .args(["--format", "json", "--output", out.to_str().unwrap(), "--"])
-        .arg(NODE)
-        .args(fixture(&sharp))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    err.wait_attached(T);
+    let (mut tracer, _, err) = spawn_attached(
+        Command::new(offheap_bin())
+            .args(["run", "--mode", "malloc", "--no-live", "--interval", "0.2"])
+            .args(["--format", "json", "--output", out.to_str().unwrap(), "--"])
+            .arg(NODE)
+            .args(fixture(&sharp)),
+        T,
+    );
     let lines = Lines::new(tracer.stdout.take().unwrap());
     lines.until("ready", T);
     std::thread::sleep(Duration::from_millis(600));
@@ -169,31 +165,21 @@ fn record(mode: &str, env: &[(&str, &str)]) -> Value {
     let sharp = sharp_dir();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
-    let mut node = Command::new(NODE)
-        .args(fixture(&sharp))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(node.stdout.take().unwrap());
-    lines.until("ready", T);
+    let (mut node, lines, _) = start_fixture(Command::new(NODE).args(fixture(&sharp)), T);
     let pid = node.id();
-    let mut tracer = Command::new(offheap_bin())
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--mode",
-            mode,
-            "--no-live",
-        ])
-        .args(["--format", "json", "--output", out.to_str().unwrap()])
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    err.wait_attached(T);
+    let (mut tracer, _, err) = spawn_attached(
+        Command::new(offheap_bin())
+            .args(["record", "--pid", &pid.to_string(), "--mode", mode])
+            .args([
+                "--no-live",
+                "--format",
+                "json",
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .envs(env.iter().copied()),
+        T,
+    );
     let mut stdin = node.stdin.take().unwrap();
     poke_line(&mut stdin);
     lines.until(&format!("done {BUFFERS} {BUFFER_BYTES}"), T);

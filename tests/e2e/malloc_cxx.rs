@@ -5,12 +5,7 @@
 //! aligned_alloc or posix_memalign that new calls), and a std::bad_alloc
 //! thrown through a throwing new is caught as it would be without offheap.
 //! Through `run --` and `record --pid`.
-use std::{
-    collections::HashMap,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use offheap_e2e::*;
 use serde_json::Value;
@@ -19,7 +14,7 @@ const T: Duration = Duration::from_secs(120);
 
 /// (site, live_bytes, live_allocs, total_bytes, total_allocs) as
 /// cxx_sites.cc documents them, for sites that run while traced.
-const EXPECTED: &[(&str, u64, u64, u64, u64)] = &[
+const EXPECTED: &[SiteFigures] = &[
     ("site_new", 3000, 3, 3000, 3),
     ("site_new_array", 3000, 2, 3000, 2),
     ("site_new_deleted", 0, 0, 3108, 4),
@@ -42,38 +37,11 @@ const EXPECTED: &[(&str, u64, u64, u64, u64)] = &[
 
 /// alloc_preexisting under `run`: traced from the start, deleted by
 /// site_delete_preexisting. Under `record --pid` it predates tracing.
-const PREEXISTING: (&str, u64, u64, u64, u64) = ("alloc_preexisting", 0, 0, 12791, 5);
+const PREEXISTING: SiteFigures = ("alloc_preexisting", 0, 0, 12791, 5);
 
-fn totals(
-    report: &Value,
-    sites: &HashMap<String, u64>,
-    sizes: &HashMap<String, u64>,
-    site: &str,
-) -> Totals {
-    site_totals(report, sites[site], sizes[site])
-}
-
-fn check_sites(
-    report: &Value,
-    sites: &HashMap<String, u64>,
-    bin: &Path,
-    expected: &[(&str, u64, u64, u64, u64)],
-) {
+fn check_sites(report: &Value, sites: &HashMap<String, u64>, bin: &Path, expected: &[SiteFigures]) {
     let sizes = symbol_sizes(bin);
-    let mut failures = Vec::new();
-    for &(site, live, live_n, total, total_n) in expected {
-        let got = totals(report, sites, &sizes, site);
-        let want = Totals {
-            live_bytes: live,
-            live_allocs: live_n,
-            total_bytes: total,
-            total_allocs: total_n,
-        };
-        if got != want {
-            failures.push(format!("{site}: got {got:?}, want {want:?}"));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_site_totals(report, sites, &sizes, expected);
 
     // A C++ allocation counted under the malloc inside operator new would
     // show as a stack starting in libstdc++'s operator new (or delete): a
@@ -135,18 +103,14 @@ fn run_sites(rt: CxxRuntime) {
     // Ticks refresh the captured modules: one after "ready" names the
     // frames in the C++ runtime, which ld.so maps after the exec (the
     // process is gone when the report is built).
-    let mut tracer = Command::new(offheap_bin())
-        .args(["run", "--mode", "malloc", "--no-live", "--interval", "0.2"])
-        .args(["--format", "json"])
-        .args(["--output", out.to_str().unwrap(), "--"])
-        .arg(&bin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
-    let line = err.wait_attached(T);
+    let (mut tracer, line, err) = spawn_attached(
+        Command::new(offheap_bin())
+            .args(["run", "--mode", "malloc", "--no-live", "--interval", "0.2"])
+            .args(["--format", "json"])
+            .args(["--output", out.to_str().unwrap(), "--"])
+            .arg(&bin),
+        T,
+    );
     assert!(line.ends_with("(cxx_sites), mode malloc"), "{line}");
     let lines = Lines::new(tracer.stdout.take().unwrap());
     let sites = parse_sites(&lines.until("ready", T));
@@ -191,24 +155,18 @@ fn record_sites(rt: CxxRuntime) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
     let bin = build_cxx_fixture("cxx_sites", dir.path(), rt);
-    let mut fixture = Command::new(&bin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(fixture.stdout.take().unwrap());
-    let sites = parse_sites(&lines.until("ready", T));
+    let (mut fixture, lines, before) = start_fixture(&mut Command::new(&bin), T);
+    let sites = parse_sites(&before);
     let pid = fixture.id();
     let out = dir.path().join("r.json");
-    let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
-        .args(["--format", "json", "--output", out.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    let (mut tracer, line, err) = spawn_attached(
+        Command::new(offheap_bin())
+            .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+            .args(["--format", "json", "--output", out.to_str().unwrap()]),
+        T,
+    );
     assert_eq!(
-        err.wait_attached(T),
+        line,
         format!("offheap: attached to PID {pid} (cxx_sites), mode malloc")
     );
     let mut stdin = fixture.stdin.take().unwrap();

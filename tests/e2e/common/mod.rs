@@ -319,6 +319,63 @@ pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
     t
 }
 
+/// What a fixture documents of one site: (function, live_bytes,
+/// live_allocs, total_bytes, total_allocs).
+pub type SiteFigures<'a> = (&'a str, u64, u64, u64, u64);
+
+/// Asserts the figures of every site at once (each site's stacks are those
+/// whose first frame lies in its function; `sizes` from `symbol_sizes`),
+/// listing every site that differs.
+pub fn assert_site_totals(
+    report: &Value,
+    sites: &HashMap<String, u64>,
+    sizes: &HashMap<String, u64>,
+    expected: &[SiteFigures<'_>],
+) {
+    let mut failures = Vec::new();
+    for &(site, live, live_n, total, total_n) in expected {
+        let got = site_totals(report, sites[site], sizes[site]);
+        let want = Totals {
+            live_bytes: live,
+            live_allocs: live_n,
+            total_bytes: total,
+            total_allocs: total_n,
+        };
+        if got != want {
+            failures.push(format!("{site}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Starts a fixture process with stdin and stdout piped and waits for its
+/// "ready" line; returns it, its stdout reader and the lines before "ready".
+pub fn start_fixture(cmd: &mut Command, timeout: Duration) -> (Child, Lines, Vec<String>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(child.stdout.take().unwrap());
+    let before = lines.until("ready", timeout);
+    (child, lines, before)
+}
+
+/// Spawns `offheap` with these arguments (and environment), its stdio
+/// piped, and waits for its "attached" line; returns it, that line and the
+/// rest of its stderr.
+pub fn spawn_attached(tracer: &mut Command, timeout: Duration) -> (Child, String, Stderr) {
+    let mut child = tracer
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Stderr::new(child.stderr.take().unwrap());
+    let line = err.wait_attached(timeout);
+    (child, line, err)
+}
+
 /// (status, body) of an HTTP/1.0 GET; (0, "") when nothing answers.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {

@@ -350,25 +350,35 @@ mod tests {
         assert!(is_libc(&a.module));
     }
 
-    /// Builds a C++ program that news and deletes, waiting on stdin.
-    fn cxx_program(dir: &Path, extra: &[&str]) -> PathBuf {
-        let src = dir.join("p.cc");
-        fs::write(
-            &src,
-            "#include <cstdio>\nint main() { int *p = new int[4]; getchar(); delete[] p; }\n",
-        )
-        .unwrap();
-        let bin = dir.join("p");
-        let ok = std::process::Command::new("g++")
-            .args(extra)
+    /// Compiles `source` (file name `file`) with `compiler` and `args` in
+    /// `dir`; returns the program.
+    pub(super) fn compile(
+        compiler: &str,
+        args: &[&str],
+        file: &str,
+        source: &str,
+        dir: &Path,
+    ) -> PathBuf {
+        let src = dir.join(file);
+        fs::write(&src, source).unwrap();
+        let bin = dir.join("prog");
+        let ok = std::process::Command::new(compiler)
+            .args(args)
             .arg("-o")
             .arg(&bin)
             .arg(&src)
             .status()
             .unwrap()
             .success();
-        assert!(ok);
+        assert!(ok, "{compiler} {file}");
         bin
+    }
+
+    /// A C++ program that news and deletes, waiting on stdin.
+    fn cxx_program(dir: &Path, extra: &[&str]) -> PathBuf {
+        let source =
+            "#include <cstdio>\nint main() { int *p = new int[4]; getchar(); delete[] p; }\n";
+        compile("g++", extra, "p.cc", source, dir)
     }
 
     fn cxx_symbols() -> Vec<&'static str> {

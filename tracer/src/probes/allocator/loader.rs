@@ -184,17 +184,9 @@ mod tests {
     #[test]
     fn a_static_executable_is_not_listed() {
         let dir = tempfile::tempdir().unwrap();
+        let source = "int main(void) { return 0; }\n";
+        let bin = super::super::tests::compile("cc", &["-static"], "s.c", source, dir.path());
         let src = dir.path().join("s.c");
-        std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
-        let bin = dir.path().join("s");
-        let ok = Command::new("cc")
-            .args(["-static", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
         assert!(matches!(
             loaded_objects(&bin),
             Err(LoaderError::NoLoader { interp: None, .. })
