@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(120);
 /// (site, live_bytes, live_allocs, total_bytes, total_allocs) as basic.c
 /// documents them. pvalloc counts whole pages (the tool's definition, like
 /// glibc's); mmap counts what is still mapped after the partial munmap.
-const EXPECTED: &[(&str, u64, u64, u64, u64)] = &[
+const EXPECTED: &[SiteFigures] = &[
     ("site_malloc", 3000, 3, 3000, 3),
     ("site_malloc_freed", 0, 0, 3108, 4),
     ("site_calloc", 1000, 1, 1000, 1),
@@ -41,20 +41,7 @@ const EXPECTED: &[(&str, u64, u64, u64, u64)] = &[
 
 fn check_sites(report: &Value, sites: &HashMap<String, u64>, bin: &Path) {
     let sizes = symbol_sizes(bin);
-    let mut failures = Vec::new();
-    for &(site, live, live_n, total, total_n) in EXPECTED {
-        let got = site_totals(report, sites[site], sizes[site]);
-        let want = Totals {
-            live_bytes: live,
-            live_allocs: live_n,
-            total_bytes: total,
-            total_allocs: total_n,
-        };
-        if got != want {
-            failures.push(format!("{site}: got {got:?}, want {want:?}"));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_site_totals(report, sites, &sizes, EXPECTED);
 
     // The walk goes on past the site: frame 1 of site_malloc is in run_sites.
     let stacks = report["processes"][0]["stacks"].as_array().unwrap();

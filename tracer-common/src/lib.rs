@@ -60,11 +60,35 @@ pub mod programs {
 
     impl MallocProbe {
         /// The programs attached to this function: the entry uprobe, and
-        /// the uretprobe (None for free, which returns nothing to count).
+        /// the uretprobe (None for free and delete, which return nothing to
+        /// count, and for a throwing operator new: a uretprobe would break
+        /// the exceptions thrown through it, see malloc.bpf.c).
         pub const fn programs(&self) -> (&'static str, Option<&'static str>) {
             match self.kind {
-                super::AllocKind::Free => (FREE_ENTER, None),
+                super::AllocKind::Free | super::AllocKind::Delete => (FREE_ENTER, None),
+                super::AllocKind::New => (ALLOC_ENTER, None),
                 _ => (ALLOC_ENTER, Some(ALLOC_EXIT)),
+            }
+        }
+
+        /// Whether this is a C++ allocation function (operator new or
+        /// delete), probed in the module that defines them.
+        pub const fn is_cxx(&self) -> bool {
+            matches!(
+                self.kind,
+                super::AllocKind::New | super::AllocKind::NewNothrow | super::AllocKind::Delete
+            )
+        }
+
+        /// The attach cookie: the kind, and for a throwing operator new the
+        /// length of its function in the high 32 bits (offheap.h, enum
+        /// alloc_kind). None when that length is needed and unknown: such a
+        /// new could never be matched with the allocation it makes.
+        pub const fn cookie(&self, fn_len: u64) -> Option<u64> {
+            match self.kind {
+                super::AllocKind::New if fn_len == 0 || fn_len > u32::MAX as u64 => None,
+                super::AllocKind::New => Some(self.kind as u64 | fn_len << 32),
+                _ => Some(self.kind as u64),
             }
         }
     }
@@ -79,7 +103,10 @@ pub mod programs {
 
     /// The attach table of malloc mode. glibc, jemalloc, tcmalloc and mimalloc
     /// all define the required ones; the others are attached when present.
-    pub const MALLOC_FAMILY: [MallocProbe; 10] = {
+    /// The C++ ones (`is_cxx`) are the Itanium C++ ABI names of operator new
+    /// and delete on LP64 (`m` is size_t), which libstdc++ and libc++ both
+    /// define.
+    pub const MALLOC_FAMILY: [MallocProbe; 30] = {
         use super::AllocKind::*;
         [
             probe("malloc", Malloc, true),
@@ -92,6 +119,26 @@ pub mod programs {
             probe("memalign", Memalign, false),
             probe("valloc", Valloc, false),
             probe("pvalloc", Pvalloc, false),
+            probe("_Znwm", New, false),
+            probe("_Znam", New, false),
+            probe("_ZnwmSt11align_val_t", New, false),
+            probe("_ZnamSt11align_val_t", New, false),
+            probe("_ZnwmRKSt9nothrow_t", NewNothrow, false),
+            probe("_ZnamRKSt9nothrow_t", NewNothrow, false),
+            probe("_ZnwmSt11align_val_tRKSt9nothrow_t", NewNothrow, false),
+            probe("_ZnamSt11align_val_tRKSt9nothrow_t", NewNothrow, false),
+            probe("_ZdlPv", Delete, false),
+            probe("_ZdaPv", Delete, false),
+            probe("_ZdlPvm", Delete, false),
+            probe("_ZdaPvm", Delete, false),
+            probe("_ZdlPvSt11align_val_t", Delete, false),
+            probe("_ZdaPvSt11align_val_t", Delete, false),
+            probe("_ZdlPvmSt11align_val_t", Delete, false),
+            probe("_ZdaPvmSt11align_val_t", Delete, false),
+            probe("_ZdlPvRKSt9nothrow_t", Delete, false),
+            probe("_ZdaPvRKSt9nothrow_t", Delete, false),
+            probe("_ZdlPvSt11align_val_tRKSt9nothrow_t", Delete, false),
+            probe("_ZdaPvSt11align_val_tRKSt9nothrow_t", Delete, false),
         ]
     };
 
@@ -317,6 +364,12 @@ pub enum AllocKind {
     Valloc = 8,
     Pvalloc = 9,
     Free = 10,
+    /// A throwing `operator new`/`new[]`: entry probe only (malloc.bpf.c).
+    New = 11,
+    /// A nothrow `operator new`/`new[]`.
+    NewNothrow = 12,
+    /// Any `operator delete`/`delete[]`.
+    Delete = 13,
 }
 
 #[repr(C)]
@@ -329,6 +382,9 @@ pub struct Inflight {
     pub depth: u32,
     pub stack: StackKey,
     pub sp: u64,
+    pub fn_start: u64,
+    pub fn_end: u64,
+    pub deleting: u64,
 }
 
 pub mod event_kind {
@@ -541,9 +597,10 @@ pub enum Counter {
     OomKills = 8,
     HistFull = 9,
     TargetsFull = 10,
+    NewUnfinished = 11,
 }
 
-pub const COUNTER_MAX: u32 = 11;
+pub const COUNTER_MAX: u32 = 12;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_MAX as usize] = [
@@ -558,6 +615,7 @@ impl Counter {
         Counter::OomKills,
         Counter::HistFull,
         Counter::TargetsFull,
+        Counter::NewUnfinished,
     ];
 
     /// Name used in reports and metrics.
@@ -574,12 +632,16 @@ impl Counter {
             Counter::OomKills => "oom_kills",
             Counter::HistFull => "histogram_map_full",
             Counter::TargetsFull => "targets_map_full",
+            Counter::NewUnfinished => "operator_new_unfinished",
         }
     }
 
     /// Whether the counter means data was lost (as opposed to informational).
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Counter::FreeUnknown | Counter::OomKills)
+        !matches!(
+            self,
+            Counter::FreeUnknown | Counter::OomKills | Counter::NewUnfinished
+        )
     }
 }
 

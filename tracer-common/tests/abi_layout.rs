@@ -26,7 +26,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         "inline_hist" InlineHist { bucket, count }
         "alloc_key" AllocKey { tgid, _pad, addr }
         "alloc_info" AllocInfo { size, ts_ns, stack }
-        "inflight" Inflight { size, old_ptr, out_ptr, kind, depth, stack, sp }
+        "inflight" Inflight { size, old_ptr, out_ptr, kind, depth, stack, sp, fn_start, fn_end, deleting }
         "event_header" EventHeader { kind, tgid, ts_ns }
         "vm_event" VmEvent { hdr, addr, len, old_addr, old_len, flags, prot, stack }
         "proc_event" ProcEvent { hdr, child_tgid, exit_code, comm }
@@ -99,6 +99,12 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_KIND_MALLOC".into(), AllocKind::Malloc as u64),
         ("OFFHEAP_KIND_FREE".into(), AllocKind::Free as u64),
         ("OFFHEAP_KIND_PVALLOC".into(), AllocKind::Pvalloc as u64),
+        ("OFFHEAP_KIND_NEW".into(), AllocKind::New as u64),
+        (
+            "OFFHEAP_KIND_NEW_NOTHROW".into(),
+            AllocKind::NewNothrow as u64,
+        ),
+        ("OFFHEAP_KIND_DELETE".into(), AllocKind::Delete as u64),
         (
             "OFFHEAP_FAULT_EVENTS_BYTES".into(),
             FAULT_EVENTS_BYTES.into(),
@@ -185,6 +191,8 @@ fn rust_constants() -> Vec<(String, u64)> {
         "OFFHEAP_CTR_FAULT_STATS_FULL",
         "OFFHEAP_CTR_OOM_KILLS",
         "OFFHEAP_CTR_HIST_FULL",
+        "OFFHEAP_CTR_TARGETS_FULL",
+        "OFFHEAP_CTR_NEW_UNFINISHED",
     ];
     for (c, name) in Counter::ALL.iter().zip(c_names) {
         v.push((name.into(), *c as u64));

@@ -144,7 +144,9 @@ struct hist_key {
 };
 
 /* Which traced function a thread is inside (inflight.kind); also the attach
- * cookie of the alloc_enter / free_enter uprobe on that function. */
+ * cookie of the alloc_enter / free_enter uprobe on that function: the kind in
+ * its low 32 bits and, for OFFHEAP_KIND_NEW, the function's length in bytes
+ * in its high 32 (malloc.bpf.c checks that new's allocation is made by new). */
 enum alloc_kind {
 	OFFHEAP_KIND_MALLOC = 1,
 	OFFHEAP_KIND_CALLOC = 2,
@@ -156,6 +158,12 @@ enum alloc_kind {
 	OFFHEAP_KIND_VALLOC = 8,
 	OFFHEAP_KIND_PVALLOC = 9,
 	OFFHEAP_KIND_FREE = 10,
+	/* C++ (Itanium C++ ABI, libstdc++ and libc++ alike): every operator new
+	 * takes the size first, whatever its alignment or nothrow arguments;
+	 * every operator delete takes the block first. */
+	OFFHEAP_KIND_NEW = 11,          /* throwing new/new[]: entry probe only */
+	OFFHEAP_KIND_NEW_NOTHROW = 12,  /* nothrow new/new[]: entry and return probes */
+	OFFHEAP_KIND_DELETE = 13,       /* delete/delete[], sized or aligned: free_enter */
 };
 
 /* The outermost traced call a thread is in (part of the thread's `inflight`
@@ -170,6 +178,12 @@ struct inflight {
 	__u32 depth;
 	struct stack_key stack;
 	__u64 sp;        /* user stack pointer at the outermost entry */
+	/* An operator new still running (kind OFFHEAP_KIND_NEW): the new
+	 * function it is in now, [fn_start, fn_end). */
+	__u64 fn_start;
+	__u64 fn_end;
+	/* The block an operator delete has accounted for, until its own free. */
+	__u64 deleting;
 };
 
 /* ---- virtual memory events (ring buffer `events`) -------------------------- */
@@ -257,7 +271,9 @@ enum counter {
 	OFFHEAP_CTR_OOM_KILLS = 8,        /* oom/mark_victim fired, for any process (informational) */
 	OFFHEAP_CTR_HIST_FULL = 9,        /* size_hist/lifetime_hist full: a sample was not counted */
 	OFFHEAP_CTR_TARGETS_FULL = 10,    /* targets full: a followed child was not traced */
-	OFFHEAP_CTR_MAX = 11,
+	OFFHEAP_CTR_NEW_UNFINISHED = 11,  /* an operator new whose allocation was not seen
+	                                   * (it threw, or its new_handler allocated) */
+	OFFHEAP_CTR_MAX = 12,
 };
 
 

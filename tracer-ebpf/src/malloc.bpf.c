@@ -11,7 +11,15 @@
  * stack taken at entry (where [sp] still holds the return address into the
  * caller). A traced call made inside another one (glibc's reallocarray calls
  * realloc; aligned_alloc and memalign share one address) only bumps `depth`,
- * so each user call is counted once, by its outermost function. */
+ * so each user call is counted once, by its outermost function.
+ *
+ * C++'s operator new and delete (Itanium C++ ABI mangled names, attached in
+ * the module that defines them: libstdc++, libc++, or an executable linked
+ * with one statically) are entry points too: a block from `new` is counted
+ * under the stack of new's caller and the size it asked for, once, whatever
+ * new does underneath. A throwing operator new gets no return probe (see
+ * joins_pending_new); a nothrow one is an outer call like malloc; a delete
+ * is counted by free_enter. */
 
 /* A request that cannot succeed: calloc/reallocarray overflow, which makes
  * the allocator fail with ENOMEM and leave the old block alone. */
@@ -32,8 +40,62 @@ static __always_inline __u64 array_size(__u64 nmemb, __u64 size)
 	return product;
 }
 
+/* A throwing operator new (OFFHEAP_KIND_NEW) is never given a return probe:
+ * a uretprobe replaces the return address on the user stack with the
+ * kernel's trampoline ([uprobes] mapping, no unwind info), so a
+ * std::bad_alloc thrown through it finds no frame to unwind and the process
+ * ends in std::terminate (_Unwind_RaiseException returns
+ * _URC_END_OF_STACK; seen with bpftrace on libstdc++ 12). Its entry takes
+ * the stack and size and leaves the call pending at depth 1; the block comes
+ * from the allocation new makes itself (libstdc++'s and libc++'s new call
+ * malloc or aligned_alloc in a loop with the new_handler), whose return
+ * records it under new's stack and size (alloc_exit_any).
+ *
+ * A call entering while new is pending is part of it when it is
+ * - new[] tail-calling new (libstdc++ jumps from operator new[] to operator
+ *   new): the same sp and size; only the function being run changes;
+ * - new's own allocation: called from inside the new function that runs
+ *   now (the return address at [sp] is in [fn_start, fn_end)), lower on the
+ *   stack;
+ * - any call made inside that allocation (depth 2 and up).
+ * Anything else means new is over without its allocation being seen: it
+ * threw (__cxa_allocate_exception mallocs the exception: that is the first
+ * call it sees), or its new_handler allocated. The call is then counted as
+ * an outermost one of its own, and new as unfinished. Returns 1 when the
+ * call is part of the pending new (and accounts for it). */
+static __always_inline int joins_pending_new(struct pt_regs *ctx, struct inflight *cur,
+					     __u32 kind, __u64 size, __u64 out_ptr,
+					     __u64 fn_len)
+{
+	__u64 sp = PT_REGS_SP(ctx);
+
+	if (sp > cur->sp)
+		return 0;
+	if (cur->depth > 1) {
+		if (kind != OFFHEAP_KIND_NEW)
+			cur->depth++;
+		return 1;
+	}
+	if (kind == OFFHEAP_KIND_NEW) {
+		if (sp != cur->sp || size != cur->size)
+			return 0;
+		cur->fn_start = PT_REGS_IP(ctx);
+		cur->fn_end = cur->fn_start + fn_len;
+		return 1;
+	}
+	__u64 ret = 0;
+
+	if (sp == cur->sp || bpf_probe_read_user(&ret, sizeof(ret), (void *)sp) < 0)
+		return 0;
+	if (ret < cur->fn_start || ret >= cur->fn_end)
+		return 0;
+	cur->depth = 2;
+	cur->out_ptr = out_ptr;
+	return 1;
+}
+
 static __always_inline int alloc_enter_kind(struct pt_regs *ctx, __u32 kind, __u64 size,
-					    __u64 old_ptr, __u64 out_ptr)
+					    __u64 old_ptr, __u64 out_ptr, __u64 fn_len)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
@@ -41,9 +103,17 @@ static __always_inline int alloc_enter_kind(struct pt_regs *ctx, __u32 kind, __u
 
 	struct inflight_slot *slot = thread_slot(0);
 
-	if (call_in_progress(slot, sp)) {
-		/* Nested. Only this thread ever touches its own slot. */
-		slot->call.depth++;
+	if (slot && slot->call.depth && slot->call.kind == OFFHEAP_KIND_NEW) {
+		if (joins_pending_new(ctx, &slot->call, kind, size, out_ptr, fn_len))
+			return 0;
+		if (slot->call.depth == 1)
+			count(OFFHEAP_CTR_NEW_UNFINISHED);
+		slot->call.depth = 0;
+	} else if (call_in_progress(slot, sp)) {
+		/* Nested. Only this thread ever touches its own slot. A new
+		 * inside a nothrow new has no return probe to undo a depth. */
+		if (kind != OFFHEAP_KIND_NEW)
+			slot->call.depth++;
 		return 0;
 	}
 	if (!slot) {
@@ -65,6 +135,11 @@ static __always_inline int alloc_enter_kind(struct pt_regs *ctx, __u32 kind, __u
 	cur->old_ptr = old_ptr;
 	cur->out_ptr = out_ptr;
 	cur->kind = kind;
+	cur->fn_start = PT_REGS_IP(ctx);
+	cur->fn_end = cur->fn_start + fn_len;
+	/* An allocation: an address a delete left here may be handed out
+	 * again (see free_enter). */
+	cur->deleting = 0;
 	take_uprobe_stack(ctx, &cur->stack, tgid, slot);
 	cur->depth = 1;
 	return 0;
@@ -164,6 +239,24 @@ static __always_inline void remember(__u32 tgid, __u64 addr, __u64 size, struct 
 	__sync_fetch_and_add(&st->live_allocs, 1);
 }
 
+/* The block a call of `kind` returned: its return value, or for
+ * posix_memalign (which returns an int error number and writes the block to
+ * *memptr only on success, 0) what it wrote. 0 for none. */
+static __always_inline __u64 returned_block(struct pt_regs *ctx, __u32 kind, __u64 out_ptr)
+{
+	__u64 addr = PT_REGS_RC(ctx);
+
+	if (kind != OFFHEAP_KIND_POSIX_MEMALIGN)
+		return addr;
+	if ((int)addr != 0)
+		return 0;
+	if (bpf_probe_read_user(&addr, sizeof(addr), (void *)out_ptr) < 0) {
+		count(OFFHEAP_CTR_READ_FAILED);
+		return 0;
+	}
+	return addr;
+}
+
 static __always_inline int alloc_exit_any(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -172,35 +265,33 @@ static __always_inline int alloc_exit_any(struct pt_regs *ctx)
 	if (!slot || !slot->call.depth)
 		return 0;
 	struct inflight *cur = &slot->call;
+	struct inflight in;
+	__u64 addr;
+
 	if (cur->depth > 1) {
 		cur->depth--;
-		return 0;
-	}
-	struct inflight in = *cur;
-	cur->depth = 0;
-
-	__u64 addr = PT_REGS_RC(ctx);
-	switch (in.kind) {
-	case OFFHEAP_KIND_REALLOC:
-	case OFFHEAP_KIND_REALLOCARRAY:
+		if (cur->depth > 1 || cur->kind != OFFHEAP_KIND_NEW)
+			return 0;
+		/* The allocation a pending operator new made has returned
+		 * (see joins_pending_new); this probe's cookie is that
+		 * allocation's kind. Its block is new's, counted with new's
+		 * size and stack. NULL: new goes on (it calls the new_handler
+		 * and tries again, or throws), still pending. */
+		addr = returned_block(ctx, (__u32)bpf_get_attach_cookie(ctx), cur->out_ptr);
+		if (!addr)
+			return 0;
+		in = *cur;
+		cur->depth = 0;
+	} else {
+		in = *cur;
+		cur->depth = 0;
+		addr = returned_block(ctx, in.kind, in.out_ptr);
 		/* C17 7.22.3.5 and glibc: on success the old block is gone
 		 * (possibly at the same address); realloc(p, 0) frees p and
 		 * returns NULL; on failure the old block is untouched. */
-		if (in.old_ptr && (addr || in.size == 0))
+		if ((in.kind == OFFHEAP_KIND_REALLOC || in.kind == OFFHEAP_KIND_REALLOCARRAY) &&
+		    in.old_ptr && (addr || in.size == 0))
 			forget(tgid, in.old_ptr, 1);
-		break;
-	case OFFHEAP_KIND_POSIX_MEMALIGN:
-		/* Returns an int error number; the block is written to *memptr
-		 * only on success (0). */
-		if ((int)addr != 0)
-			return 0;
-		if (bpf_probe_read_user(&addr, sizeof(addr), (void *)in.out_ptr) < 0) {
-			count(OFFHEAP_CTR_READ_FAILED);
-			return 0;
-		}
-		break;
-	default:
-		break;
 	}
 	if (addr)
 		remember(tgid, addr, in.size, &in.stack);
@@ -219,14 +310,20 @@ static __always_inline __u64 page_round_up(__u64 size)
 SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
-	__u32 kind = bpf_get_attach_cookie(ctx);
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 kind = cookie;
 	__u64 a1 = PT_REGS_PARM1(ctx), a2 = PT_REGS_PARM2(ctx), a3 = PT_REGS_PARM3(ctx);
-	__u64 size, old_ptr = 0, out_ptr = 0;
+	__u64 size, old_ptr = 0, out_ptr = 0, fn_len = 0;
 
 	switch (kind) {
 	case OFFHEAP_KIND_MALLOC:   /* malloc(size) */
 	case OFFHEAP_KIND_VALLOC:   /* valloc(size) */
+	case OFFHEAP_KIND_NEW_NOTHROW: /* operator new(size, [align,] nothrow) */
 		size = a1;
+		break;
+	case OFFHEAP_KIND_NEW:      /* operator new(size [, align]) */
+		size = a1;
+		fn_len = cookie >> 32;
 		break;
 	case OFFHEAP_KIND_CALLOC:   /* calloc(nmemb, size) */
 		size = array_size(a1, a2);
@@ -253,7 +350,7 @@ int alloc_enter(struct pt_regs *ctx)
 	default:
 		return 0;
 	}
-	return alloc_enter_kind(ctx, kind, size, old_ptr, out_ptr);
+	return alloc_enter_kind(ctx, kind, size, old_ptr, out_ptr, fn_len);
 }
 
 SEC("uretprobe")
@@ -262,10 +359,15 @@ int alloc_exit(struct pt_regs *ctx)
 	return alloc_exit_any(ctx);
 }
 
+/* free, and every operator delete (cookie OFFHEAP_KIND_DELETE). A delete
+ * accounts for the block and leaves its address in `deleting`: the free it
+ * then calls (libstdc++'s and libc++'s delete call free; a sized delete calls
+ * the unsized one first) finds it there and counts nothing again. */
 SEC("uprobe")
 int free_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 kind = bpf_get_attach_cookie(ctx);
 	__u64 addr = PT_REGS_PARM1(ctx);
 
 	if (!addr)
@@ -278,6 +380,19 @@ int free_enter(struct pt_regs *ctx)
 	 * the outer realloc accounts for p at its return. */
 	if (call_in_progress(slot, PT_REGS_SP(ctx)))
 		return 0;
+	if (slot && slot->call.deleting == addr) {
+		if (kind != OFFHEAP_KIND_DELETE)
+			slot->call.deleting = 0;
+		return 0;
+	}
+	if (kind == OFFHEAP_KIND_DELETE) {
+		if (!slot)
+			slot = thread_slot(1);
+		if (slot)
+			slot->call.deleting = addr;
+		else
+			count(OFFHEAP_CTR_INFLIGHT_FULL);
+	}
 	if (!forget(tgid, addr, 1))
 		count(OFFHEAP_CTR_FREE_UNKNOWN);
 	return 0;

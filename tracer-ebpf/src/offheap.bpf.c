@@ -295,16 +295,22 @@ static __always_inline void hist_add(void *map, struct inline_hist *h, struct st
  * it runs deeper in the stack, at a lower %rsp (the x86-64 stack grows down),
  * or at the same %rsp when the outer call tail-calls it (glibc's
  * reallocarray jumps to realloc). A call from higher up the stack proves the
- * entry stale; it goes idle, else it would hide every later call. */
+ * entry stale; it goes idle, else it would hide every later call.
+ * An operator new at depth 1 runs no allocator code yet: until it calls
+ * malloc (depth 2), a free or a syscall in the thread is not the allocator's
+ * (malloc.bpf.c: joins_pending_new). */
 static __always_inline int call_in_progress(struct inflight_slot *slot, __u64 sp)
 {
 	if (!slot || !slot->call.depth)
 		return 0;
+	int pending_new = slot->call.kind == OFFHEAP_KIND_NEW && slot->call.depth == 1;
 	if (sp > slot->call.sp) {
+		if (pending_new)
+			count(OFFHEAP_CTR_NEW_UNFINISHED);
 		slot->call.depth = 0;
 		return 0;
 	}
-	return 1;
+	return !pending_new;
 }
 
 /* The current thread's slot; NULL when it has none and `create` is 0, or

@@ -26,8 +26,14 @@
 //!    pages are heap, not addon memory. `v8::internal::Heap::*` alone does NOT
 //!    count: the GC mallocs its own bookkeeping (worklists, slot sets) which
 //!    `heapTotal` never shows; that is `node_native`.
-//! 3. `native_addon`: a frame's module is a `.node` file (a loaded addon),
-//!    even if inner frames are in a shared library it calls (libz, libssl...).
+//! 3. `native_addon`: a frame's module belongs to a loaded addon: a `.node`
+//!    file, a library it brought in (its DT_NEEDED closure, minus what the
+//!    executable needs), or a module under `node_modules` (`addon.rs` has
+//!    the module rules and how the package is named). So does a stack
+//!    through an addon's frame whose inner frames are in a shared library it
+//!    calls (libz, libssl...), and a stack of which only the library's frames
+//!    survived (no frame pointers). The stack's `addon` names the package of
+//!    its innermost such frame, whatever its bucket.
 //! 4. `node_native`: a frame's module is the node executable (node, V8, libuv,
 //!    openssl, zlib, brotli, c-ares, nghttp2, ICU are linked into it) or one
 //!    of the shared libraries distributions build node against.
@@ -39,6 +45,8 @@
 //! needs the immediate caller of malloc/mmap: a uprobe at function entry
 //! unwound by frame pointers loses it (rbp still points to the caller's frame).
 use crate::report::{build::Symbolize, Bucket, Frame, FrameKind};
+
+pub mod addon;
 
 const ARRAY_BUFFER_SYMBOLS: &[&str] = &[
     "node::NodeArrayBufferAllocator::",
@@ -102,8 +110,19 @@ fn module_name(f: &Frame) -> &str {
         .unwrap_or("")
 }
 
+/// A frame of an addon's module: marked by the symbolizer (`addon.rs`), or
+/// a `.node` file by its name alone (frames symbolized without process
+/// facts).
 fn is_addon(f: &Frame) -> bool {
-    f.kind == FrameKind::Native && module_name(f).ends_with(".node")
+    f.kind == FrameKind::Native && (f.addon.is_some() || module_name(f).ends_with(".node"))
+}
+
+/// The package of the innermost frame that belongs to an addon (rule 3).
+pub fn addon_of(frames: &[Frame]) -> Option<&str> {
+    frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Native)
+        .find_map(|f| f.addon.as_deref())
 }
 
 /// `node`, `nodejs`, `node20`... (the executable), or a library node links.
@@ -312,6 +331,64 @@ mod tests {
             js("JS:~leakSome /app/index.js:4:10"),
         ];
         assert_eq!(classify(&frames), Bucket::NativeAddon);
+    }
+
+    /// A frame of a module the symbolizer found to be an addon's.
+    fn of(pkg: &str, sym: &str, module: &str) -> Frame {
+        Frame {
+            addon: Some(pkg.into()),
+            ..f(sym, module)
+        }
+    }
+
+    const SHARP: &str = "@img/sharp-linux-x64";
+    const LIBVIPS: &str =
+        "/srv/app/node_modules/@img/sharp-libvips-linux-x64/lib/libvips-cpp.so.8.17.3";
+    const SHARP_NODE: &str = "/srv/app/node_modules/@img/sharp-linux-x64/lib/sharp-linux-x64.node";
+
+    #[test]
+    fn a_stack_left_with_only_the_addons_library_is_native_addon() {
+        // libvips has no frame pointers: past g_try_malloc the walk read
+        // garbage (the issue's `library_function <- 0x200000001`).
+        let frames = [
+            of(SHARP, "g_try_malloc", LIBVIPS),
+            Frame::unknown(0x2_0000_0001),
+        ];
+        assert_eq!(classify(&frames), Bucket::NativeAddon);
+        assert_eq!(addon_of(&frames), Some(SHARP));
+    }
+
+    #[test]
+    fn a_full_stack_through_the_addon_names_its_innermost_addon() {
+        let frames = [
+            f("malloc", LIBC),
+            of(SHARP, "vips_image_write_to_memory", LIBVIPS),
+            of(SHARP, "PipelineWorker::Execute()", SHARP_NODE),
+            f(
+                "node::ThreadPoolWork::ScheduleWork()::{lambda(uv_work_s*)#1}::_FUN(uv_work_s*)",
+                NODE,
+            ),
+            f("uv__threadpool_work", NODE),
+        ];
+        assert_eq!(classify(&frames), Bucket::NativeAddon);
+        assert_eq!(addon_of(&frames), Some(SHARP));
+        // Node's own memory names no addon.
+        assert_eq!(addon_of(&[f("malloc", LIBC), f("uv__malloc", NODE)]), None);
+    }
+
+    #[test]
+    fn an_addons_buffer_is_array_buffers_and_still_names_the_addon() {
+        let frames = [
+            f("calloc", LIBC),
+            f(
+                "node::NodeArrayBufferAllocator::Allocate(unsigned long)",
+                NODE,
+            ),
+            f("napi_create_buffer", NODE),
+            of("leaky", "make_buffer", ADDON),
+        ];
+        assert_eq!(classify(&frames), Bucket::ArrayBuffers);
+        assert_eq!(addon_of(&frames), Some("leaky"));
     }
 
     #[test]

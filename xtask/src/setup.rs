@@ -23,6 +23,18 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("linux-libc-dev", "kernel UAPI headers for the BPF build"),
     ("libc6-dev", "headers for the C test fixtures"),
     ("gcc", "`cc` for the C test fixtures and addons"),
+    (
+        "g++",
+        "the C++ fixture of operator new/delete sites, against libstdc++",
+    ),
+    (
+        "libc++-19-dev",
+        "the same fixture against LLVM's libc++ (clang++-19 -stdlib=libc++)",
+    ),
+    (
+        "libc++abi-19-dev",
+        "libc++abi, where libc++'s operator new lives",
+    ),
     ("binutils", "readelf (build-id checks in the symbol tests)"),
     (
         "libc6-dbg",

@@ -68,26 +68,48 @@ pub fn require_bpf() -> BpfLock {
 /// Compiles tests/fixtures/<name>.c with frame pointers and no sibling calls,
 /// so that each site's allocation call returns into the site.
 pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
-    let src = workspace().join("tests/fixtures").join(format!("{name}.c"));
-    let out = dir.join(name);
-    let o = Command::new("cc")
+    compile_fixture("cc", &format!("{name}.c"), &["-pthread"], dir.join(name))
+}
+
+/// The C++ runtime a C++ fixture is built against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CxxRuntime {
+    /// GCC's libstdc++ (g++).
+    Libstdcxx,
+    /// LLVM's libc++ and libc++abi (clang++ -stdlib=libc++).
+    Libcxx,
+}
+
+/// Compiles tests/fixtures/<name>.cc the same way as `build_fixture`, in
+/// `dir`, linked against the shared C++ runtime `rt` of the system.
+pub fn build_cxx_fixture(name: &str, dir: &Path, rt: CxxRuntime) -> PathBuf {
+    let (compiler, extra): (&str, &[&str]) = match rt {
+        CxxRuntime::Libstdcxx => ("g++", &[]),
+        CxxRuntime::Libcxx => ("clang++-19", &["-stdlib=libc++"]),
+    };
+    compile_fixture(compiler, &format!("{name}.cc"), extra, dir.join(name))
+}
+
+fn compile_fixture(compiler: &str, file: &str, extra: &[&str], out: PathBuf) -> PathBuf {
+    let src = workspace().join("tests/fixtures").join(file);
+    let o = Command::new(compiler)
         .args([
             "-O1",
             "-g",
             "-fno-omit-frame-pointer",
             "-fno-optimize-sibling-calls",
-            "-pthread",
             "-Wall",
             "-Werror",
         ])
+        .args(extra)
         .arg(&src)
         .arg("-o")
         .arg(&out)
         .output()
-        .expect("running cc");
+        .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
     assert!(
         o.status.success(),
-        "cc {}: {}",
+        "{compiler} {}: {}",
         src.display(),
         String::from_utf8_lossy(&o.stderr)
     );
@@ -305,6 +327,63 @@ pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
         }
     }
     t
+}
+
+/// What a fixture documents of one site: (function, live_bytes,
+/// live_allocs, total_bytes, total_allocs).
+pub type SiteFigures<'a> = (&'a str, u64, u64, u64, u64);
+
+/// Asserts the figures of every site at once (each site's stacks are those
+/// whose first frame lies in its function; `sizes` from `symbol_sizes`),
+/// listing every site that differs.
+pub fn assert_site_totals(
+    report: &Value,
+    sites: &HashMap<String, u64>,
+    sizes: &HashMap<String, u64>,
+    expected: &[SiteFigures<'_>],
+) {
+    let mut failures = Vec::new();
+    for &(site, live, live_n, total, total_n) in expected {
+        let got = site_totals(report, sites[site], sizes[site]);
+        let want = Totals {
+            live_bytes: live,
+            live_allocs: live_n,
+            total_bytes: total,
+            total_allocs: total_n,
+        };
+        if got != want {
+            failures.push(format!("{site}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Starts a fixture process with stdin and stdout piped and waits for its
+/// "ready" line; returns it, its stdout reader and the lines before "ready".
+pub fn start_fixture(cmd: &mut Command, timeout: Duration) -> (Child, Lines, Vec<String>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(child.stdout.take().unwrap());
+    let before = lines.until("ready", timeout);
+    (child, lines, before)
+}
+
+/// Spawns `offheap` with these arguments (and environment), its stdio
+/// piped, and waits for its "attached" line; returns it, that line and the
+/// rest of its stderr.
+pub fn spawn_attached(tracer: &mut Command, timeout: Duration) -> (Child, String, Stderr) {
+    let mut child = tracer
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Stderr::new(child.stderr.take().unwrap());
+    let line = err.wait_attached(timeout);
+    (child, line, err)
 }
 
 /// (status, body) of an HTTP/1.0 GET; (0, "") when nothing answers.

@@ -358,10 +358,10 @@ impl Probes {
 
     /// Attaches the malloc-family probes to one process's allocator, from
     /// the attach table (`programs::MALLOC_FAMILY`): one uprobe_multi link
-    /// per program (see `multi`), each point with its function's kind as
-    /// cookie. Functions sharing one address (glibc's aligned_alloc is
-    /// memalign) get one probe: two would fire twice per call. Returns the
-    /// symbols attached.
+    /// per program and module (see `multi`; the malloc module, then the
+    /// C++ one), each point with its function's cookie. Functions sharing
+    /// one address (glibc's aligned_alloc is memalign) get one probe: two
+    /// would fire twice per call. Returns the symbols attached.
     pub fn attach_malloc(
         &mut self,
         pid: u32,
@@ -371,40 +371,45 @@ impl Probes {
             .multi
             .as_ref()
             .ok_or(ProbeError::MissingProgram(programs::ALLOC_ENTER))?;
-        let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
-        // program -> (offsets, cookies)
-        let mut points: BTreeMap<&'static str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
         let mut attached = Vec::new();
-        for p in programs::MALLOC_FAMILY.iter() {
-            let Some(&offset) = alloc.offsets.get(p.symbol) else {
-                continue;
-            };
-            if by_offset.insert(offset, p.symbol).is_some() {
-                continue;
+        for (path, functions) in alloc.modules() {
+            let mut by_offset: BTreeMap<u64, &'static str> = BTreeMap::new();
+            // program -> (offsets, cookies)
+            let mut points: BTreeMap<&'static str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+            for p in programs::MALLOC_FAMILY.iter() {
+                let Some(f) = functions.get(p.symbol) else {
+                    continue;
+                };
+                let Some(cookie) = p.cookie(f.len) else {
+                    continue;
+                };
+                if by_offset.insert(f.offset, p.symbol).is_some() {
+                    continue;
+                }
+                let (enter, exit) = p.programs();
+                for name in std::iter::once(enter).chain(exit) {
+                    let e = points.entry(name).or_default();
+                    e.0.push(f.offset);
+                    e.1.push(cookie);
+                }
+                attached.push(p.symbol);
             }
-            let (enter, exit) = p.programs();
-            for name in std::iter::once(enter).chain(exit) {
-                let e = points.entry(name).or_default();
-                e.0.push(offset);
-                e.1.push(p.kind as u64);
+            // The return probes first: an entry seen before its return probe
+            // exists would leave a call in flight that no return ends.
+            let order = [
+                (programs::ALLOC_EXIT, true),
+                (programs::ALLOC_ENTER, false),
+                (programs::FREE_ENTER, false),
+            ];
+            for (name, ret) in order {
+                let Some((offsets, cookies)) = points.get(name) else {
+                    continue;
+                };
+                let link = multi
+                    .attach(name, path, offsets, cookies, pid, ret)
+                    .map_err(ProbeError::Multi)?;
+                self.uprobe_links.push((pid, link));
             }
-            attached.push(p.symbol);
-        }
-        // The return probes first: an entry seen before its return probe
-        // exists would leave a call in flight that no return ends.
-        let order = [
-            (programs::ALLOC_EXIT, true),
-            (programs::ALLOC_ENTER, false),
-            (programs::FREE_ENTER, false),
-        ];
-        for (name, ret) in order {
-            let Some((offsets, cookies)) = points.get(name) else {
-                continue;
-            };
-            let link = multi
-                .attach(name, &alloc.path, offsets, cookies, pid, ret)
-                .map_err(ProbeError::Multi)?;
-            self.uprobe_links.push((pid, link));
         }
         Ok(attached)
     }

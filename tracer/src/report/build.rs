@@ -128,6 +128,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
             }
             let bucket = s.bucket.unwrap_or_else(|| classify::classify(&frames));
             *buckets.get_mut(bucket) += s.live_bytes;
+            let addon = classify::addon_of(&frames).map(str::to_string);
             StackReport {
                 bucket: Some(bucket),
                 live_bytes: s.live_bytes,
@@ -140,6 +141,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                 growth_bytes_per_sec: s.growth_bytes_per_sec,
                 sizes: s.sizes,
                 lifetimes_ns: s.lifetimes_ns,
+                addon,
             }
         })
         .collect();

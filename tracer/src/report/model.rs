@@ -125,6 +125,11 @@ pub struct Frame {
     pub line: Option<u32>,
     #[serde(default)]
     pub kind: FrameKind,
+    /// The package of the addon this frame's module belongs to (the
+    /// symbolizer applies classify/addon.rs). Not in the JSON: a stack says
+    /// it once, as `StackReport::addon`.
+    #[serde(skip)]
+    pub addon: Option<String>,
 }
 
 impl Frame {
@@ -203,6 +208,11 @@ pub struct StackReport {
     pub sizes: Option<Quantiles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetimes_ns: Option<Quantiles>,
+    /// The package of the native addon the stack passes through, from its
+    /// innermost frame that belongs to one (rules: classify/addon.rs), e.g.
+    /// `@img/sharp-linux-x64`. Absent when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addon: Option<String>,
 }
 
 /// One point of a process's time series.

@@ -73,6 +73,9 @@ fn stack_block(out: &mut String, s: &StackReport) {
     if let Some(g) = s.growth_bytes_per_sec {
         let _ = write!(out, ", growth {}/s", signed_bytes(g as i64));
     }
+    if let Some(a) = &s.addon {
+        let _ = write!(out, ", addon {}", clean(a));
+    }
     out.push('\n');
     if let Some(q) = &s.sizes {
         let _ = writeln!(out, "      sizes     {}", quantiles(q, human_bytes));
@@ -210,6 +213,36 @@ mod tests {
         assert_eq!(human_ns(999), "999ns");
         assert_eq!(human_ns(1_200_000), "1.2ms");
         assert_eq!(human_ns(3_000_000_000), "3.0s");
+    }
+
+    #[test]
+    fn a_stack_names_its_addon() {
+        let mut report = Report::new(crate::report::Mode::Malloc);
+        let mut p = ProcessReport::default();
+        p.buckets.native_addon = 3_108_000;
+        p.stacks.push(StackReport {
+            bucket: Some(Bucket::NativeAddon),
+            live_bytes: 3_108_000,
+            live_allocs: 1,
+            total_bytes: 3_108_000,
+            total_allocs: 1,
+            addon: Some("@img/sharp-linux-x64".into()),
+            ..StackReport::default()
+        });
+        report.processes.push(p);
+        let text = render(
+            &report,
+            &RenderOptions {
+                top: None,
+                value: Default::default(),
+            },
+        );
+        assert!(
+            text.contains(
+                "    3.0 MiB live in 1 allocs (3.0 MiB total in 1), addon @img/sharp-linux-x64\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! instruction, so callers that want the call's own line (and the right
 //! function when the call is the last instruction before another function)
 //! pass `ip - 1` for every frame but the innermost, as perf and gdb do.
+mod addons;
 mod bench;
 mod demangle;
+mod dynamic;
 mod maps;
 mod module;
 mod perf_frames;
@@ -95,9 +97,19 @@ struct Process {
     /// What stays true of it (its perf map was refused, or is missing).
     warnings: Vec<String>,
     auto_refreshes: u32,
+    /// Module path -> the package of the addon it belongs to (addons.rs).
+    addons: HashMap<String, String>,
+    package_names: addons::PackageNames,
 }
 
 impl Process {
+    /// Which modules belong to an addon, and its package (addons.rs); read
+    /// while the process lives, after each capture.
+    fn find_addons(&mut self, pid: u32) {
+        let maps = self.maps.iter().map(|m| (&m.entry, m.module.as_deref()));
+        self.addons = addons::of_process(pid, maps, &mut self.package_names);
+    }
+
     fn find(&self, addr: u64) -> Option<&Mapped> {
         let idx = self.maps.partition_point(|m| m.entry.start <= addr);
         let m = self.maps.get(idx.checked_sub(1)?)?;
@@ -140,12 +152,16 @@ impl Symbolizer {
             runs_node: entries.iter().any(MapEntry::is_node),
             warnings: Vec::new(),
             auto_refreshes: 0,
+            addons: HashMap::new(),
+            package_names: addons::PackageNames::default(),
         };
         for entry in entries {
             let module = self.open_module(pid, proc.root.as_deref(), &entry);
             proc.maps.push(Mapped { entry, module });
         }
         self.open_perf_map(pid, &mut proc);
+        proc.find_addons(pid);
+        proc.perf = open_perf_map(pid, &proc.perf_path);
         proc.js = self.open_js(pid, &proc.maps);
         self.procs.insert(pid, proc);
         Ok(())
@@ -219,6 +235,7 @@ impl Symbolizer {
         new.sort_by_key(|m| m.entry.start);
         proc.runs_node |= new.iter().any(|m| m.entry.is_node());
         proc.maps = new;
+        proc.find_addons(pid);
         if proc.js.is_none() {
             proc.js = self.open_js(pid, &proc.maps);
         }
@@ -417,6 +434,7 @@ impl Symbolizer {
         }
         let base = Frame {
             module: entry.name.clone(),
+            addon: entry.path().and_then(|p| proc.addons.get(p)).cloned(),
             ..Frame::unknown(addr)
         };
         let Some(module) = module else {

@@ -13,6 +13,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::{
     demangle::demangle,
+    dynamic::DynamicNames,
     v8::{MetadataError, V8Metadata},
     SymbolError,
 };
@@ -68,6 +69,8 @@ pub struct Module {
     /// V8's postmortem metadata, when the module holds V8 (node, libnode):
     /// read once per build (~5 ms for node), shared like the module.
     pub v8: Option<Result<Arc<V8Metadata>, Arc<MetadataError>>>,
+    /// DT_SONAME and DT_NEEDED, for the addon rule (classify/addon.rs).
+    pub dynamic: DynamicNames,
 }
 
 fn map(file: &File, what: &Path) -> Result<Mmap, SymbolError> {
@@ -169,8 +172,10 @@ impl Module {
             Err(MetadataError::NoMetadata) => None,
             Err(e) => Some(Err(Arc::new(e))),
         };
+        let dynamic = DynamicNames::read(&data);
         Ok(Module {
             build_id,
+            dynamic,
             debug_file,
             segments,
             symbols,

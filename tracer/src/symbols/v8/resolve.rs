@@ -70,6 +70,7 @@ impl JsFrame {
             file: f.script.clone(),
             line: f.line,
             kind: FrameKind::Js,
+            addon: None,
         }
     }
 }
