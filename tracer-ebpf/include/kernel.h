@@ -43,6 +43,19 @@ struct task_struct {
 	struct mm_struct *mm;
 };
 
+/* A socket's address family (traffic.bpf.c): include/net/sock.h. */
+struct sock_common {
+	unsigned short skc_family;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+};
+
+struct socket {
+	struct sock *sk;
+};
+
 #pragma clang attribute pop
 
 #endif
