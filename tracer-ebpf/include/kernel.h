@@ -52,10 +52,6 @@ struct sock {
 	struct sock_common __sk_common;
 };
 
-struct socket {
-	struct sock *sk;
-};
-
 #pragma clang attribute pop
 
 #endif

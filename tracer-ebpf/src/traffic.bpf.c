@@ -45,14 +45,15 @@ static __always_inline struct traffic_counts *traffic_of(__u32 tgid)
 	return lookup_or_init(&traffic, &tgid, &zero);
 }
 
-/* TP_PROTO(struct socket *sock, int ret, int flags), net/socket.c
- * sock_recvmsg_nosec: every read(2), recv(2), recvfrom(2), recvmsg(2) and
+/* TP_PROTO(struct sock *sk, int ret, int flags) (include/trace/events/
+ * sock.h, sock_msg_length), fired by net/socket.c sock_recvmsg_nosec with
+ * sock->sk: every read(2), recv(2), recvfrom(2), recvmsg(2) and
  * recvmmsg(2) on a socket ends here (libuv reads streams with read(2)). A
  * MSG_PEEK read leaves the bytes queued: they are counted when consumed.
  * Only network and Unix-domain sockets count: netlink replies (getaddrinfo's
  * interface query) are not traffic. */
 SEC("tp_btf/sock_recv_length")
-int BPF_PROG(traffic_sock_recv, struct socket *sock, int ret, int flags)
+int BPF_PROG(traffic_sock_recv, struct sock *sk, int ret, int flags)
 {
 	struct traffic_counts *c;
 	unsigned short family;
@@ -63,7 +64,7 @@ int BPF_PROG(traffic_sock_recv, struct socket *sock, int ret, int flags)
 	tgid = traffic_target();
 	if (!tgid)
 		return 0;
-	family = BPF_CORE_READ(sock, sk, __sk_common.skc_family);
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != OFFHEAP_AF_INET && family != OFFHEAP_AF_INET6 && family != OFFHEAP_AF_UNIX)
 		return 0;
 	c = traffic_of(tgid);
