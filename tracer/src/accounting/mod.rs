@@ -5,6 +5,8 @@
 pub mod counters;
 pub mod dist;
 pub mod malloc;
+pub mod point;
 pub mod resident;
+pub mod traffic;
 pub mod unwind;
 pub mod vm;
