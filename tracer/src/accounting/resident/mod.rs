@@ -24,7 +24,6 @@
 mod evict;
 mod maps;
 mod output;
-mod procfs;
 mod set;
 
 use std::{
@@ -33,7 +32,8 @@ use std::{
 };
 
 pub use maps::{DrainStats, ResidentError, ResidentMaps};
-pub use procfs::{Pagemap, ProcError, PAGE};
+pub use crate::proc::pages::{Pagemap, ProcError, PAGE};
+use crate::proc::pages as procfs;
 pub use set::ResidentSet;
 use tracer_common::{FaultEvent, MapEvent};
 
