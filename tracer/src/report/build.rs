@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use crate::{
     classify,
     report::{
-        raw::RawProcess, AgentCost, Buckets, Frame, Mode, ProcessReport, Report, StackReport,
+        raw::RawProcess, AgentCost, Bucket, Buckets, Frame, Mode, ProcessReport, Report,
+        StackReport,
     },
 };
 
@@ -61,7 +62,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
     let mut stacks: Vec<StackReport> = p
         .stacks
         .into_iter()
-        .map(|s| {
+        .filter_map(|s| {
             let mut frames: Vec<Frame> = s
                 .ips
                 .iter()
@@ -93,10 +94,19 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                 });
             }
             let bucket = s.bucket.unwrap_or_else(|| classify::classify(&frames));
-            *buckets.get_mut(bucket) += s.live_bytes;
-            StackReport {
+            // Malloc mode's reserved address space counts where V8 committed
+            // its heap in it; a stack that only reserved (a thread stack's
+            // mapping) has nothing to show.
+            let reserved = match (s.reserved_resident, bucket) {
+                (Some(r), Bucket::V8Heap) => r,
+                (Some(_), _) if s.total_allocs == 0 && s.live_allocs == 0 => return None,
+                _ => 0,
+            };
+            let live_bytes = s.live_bytes + reserved;
+            *buckets.get_mut(bucket) += live_bytes;
+            Some(StackReport {
                 bucket: Some(bucket),
-                live_bytes: s.live_bytes,
+                live_bytes,
                 live_allocs: s.live_allocs,
                 total_bytes: s.total_bytes,
                 total_allocs: s.total_allocs,
@@ -105,7 +115,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                 growth_bytes_per_sec: s.growth_bytes_per_sec,
                 sizes: s.sizes,
                 lifetimes_ns: s.lifetimes_ns,
-            }
+            })
         })
         .collect();
     stacks.sort_by(|a, b| {

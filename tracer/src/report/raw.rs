@@ -26,6 +26,13 @@ pub struct RawStack {
     pub bucket: Option<Bucket>,
     /// How many smaller stacks this one aggregates (0: a real stack).
     pub folded_stacks: u64,
+    /// Malloc mode: resident bytes inside the address space this stack
+    /// reserved (PROT_NONE mappings, committed later by mprotect). They are
+    /// memory of the V8 heap when the stack is V8's page allocator: the
+    /// report adds them to `live_bytes` of `v8_heap` stacks only (see
+    /// `report::build`); other reservations (thread stacks) are left out,
+    /// as malloc mode always did.
+    pub reserved_resident: Option<u64>,
 }
 
 /// Everything known about one traced process, before symbolization.

@@ -35,6 +35,7 @@ impl Resident {
                 lifetimes_ns: None,
                 bucket: (s.folded > 0).then_some(s.bucket).flatten(),
                 folded_stacks: s.folded,
+                reserved_resident: None,
             })
             .collect()
     }
