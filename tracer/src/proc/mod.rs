@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod info;
 pub mod kube;
+pub mod limits;
 pub mod maps;
 pub mod pages;
 

@@ -135,5 +135,6 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
         preexisting: p.preexisting,
         reconciliation: p.reconciliation,
         cgroup: p.cgroup,
+        limits: p.limits,
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::proc::limits::{FlagSource, MemoryLimits, SizeFlag};
+
 pub const SCHEMA: &str = "offheap.report.v1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -246,6 +248,10 @@ pub struct ProcessReport {
     pub reconciliation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// What bounds the process's memory (node's heap flags, the host's
+    /// memory, the cgroup's limit), read while it lived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<MemoryLimits>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! each process (return addresses, not names), and `report::build` turns
 //! into a `Report`.
 use super::{Attribution, Bucket, PreexistingLine, Quantiles, SeriesPoint};
+use crate::proc::limits::MemoryLimits;
 
 /// One stack as counted: return addresses, innermost (the allocation call) first.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -48,4 +49,6 @@ pub struct RawProcess {
     pub preexisting: Vec<PreexistingLine>,
     pub reconciliation: Option<String>,
     pub cgroup: Option<String>,
+    /// What bounds its memory, as last read while it lived.
+    pub limits: Option<MemoryLimits>,
 }

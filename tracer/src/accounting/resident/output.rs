@@ -114,6 +114,7 @@ impl Resident {
             )),
             preexisting,
             cgroup: None,
+            limits: None,
         }
     }
 }
