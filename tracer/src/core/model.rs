@@ -201,6 +201,7 @@ impl Tracer {
             stacks: t.stacks.clone(),
             series: t.series.clone(),
             cgroup: t.cgroup.clone(),
+            limits: Some(t.info.limits.clone()),
             ..RawProcess::default()
         })
     }
@@ -303,6 +304,7 @@ impl Tracer {
                         // The tick's points, as in malloc mode: they carry
                         // the traffic, which the model's own samples lack.
                         r.series = t.series.clone();
+                        r.limits = Some(t.info.limits.clone());
                         if r.rss_bytes == 0 {
                             r.rss_bytes = t.info.rss_bytes;
                         }
