@@ -6,13 +6,14 @@ use std::collections::HashMap;
 
 use aya::Ebpf;
 
-use super::traffic::Traffic;
+use super::{arenas::Arenas, traffic::Traffic};
 use crate::report::{Mode, SeriesPoint};
 
 /// The readers whose state lasts from one interval to the next.
 #[derive(Debug, Default)]
 pub struct PointReaders {
     traffic: Traffic,
+    arenas: Arenas,
 }
 
 /// One interval's extra figures, per pid.
@@ -30,7 +31,7 @@ impl Extras {
 impl PointReaders {
     /// Reads this interval's figures of every pid of `live`. A reader that
     /// fails leaves its fields empty (None) and says why in the log.
-    pub fn read(&mut self, ebpf: &mut Ebpf, _mode: Mode, live: &[u32]) -> Extras {
+    pub fn read(&mut self, ebpf: &mut Ebpf, mode: Mode, live: &[u32]) -> Extras {
         let mut out: HashMap<u32, SeriesPoint> =
             live.iter().map(|&p| (p, SeriesPoint::default())).collect();
         match self.traffic.interval(ebpf, live) {
@@ -43,6 +44,19 @@ impl PointReaders {
                 }
             }
             Err(e) => log::warn!("reading the traffic: {e}"),
+        }
+        if mode == Mode::Malloc {
+            match self.arenas.read(ebpf, live) {
+                Ok(a) => {
+                    for (pid, f) in a {
+                        if let Some(p) = out.get_mut(&pid) {
+                            p.arena_resident_bytes = Some(f.resident_bytes);
+                            p.arena_free_bytes = Some(f.free_bytes);
+                        }
+                    }
+                }
+                Err(e) => log::warn!("reading the malloc arenas: {e}"),
+            }
         }
         Extras(out)
     }

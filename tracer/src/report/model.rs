@@ -217,6 +217,16 @@ pub struct SeriesPoint {
     /// point. None until tracing records traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_bytes: Option<u64>,
+    /// Malloc mode, glibc's malloc: resident bytes of the arenas (`[heap]`
+    /// and the thread arenas' heaps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_resident_bytes: Option<u64>,
+    /// Malloc mode, glibc's malloc: of `arena_resident_bytes`, the bytes no
+    /// live block holds (freed memory glibc keeps), beyond what was so at
+    /// the first point (blocks allocated before tracing cannot be told from
+    /// freed ones). See accounting/arenas.rs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_free_bytes: Option<u64>,
 }
 
 /// Resident bytes already present when tracing started, per mapping kind
