@@ -1,10 +1,12 @@
 //! Assembles a `Report` from raw per-process stacks: symbolize every frame,
-//! classify every stack into a bucket, sum the buckets, sort.
+//! classify every stack into a bucket, sum the buckets, sort, and judge each
+//! process (`verdict`), so that every report carries its verdict.
 use std::collections::BTreeMap;
 
 use crate::{
     classify,
     report::{
+        verdict,
         raw::RawProcess, AgentCost, Bucket, Buckets, Frame, Mode, ProcessReport, Report,
         StackReport,
     },
@@ -47,7 +49,9 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
     report.dropped_events = meta.dropped_events;
     report.agent = meta.agent;
     for p in processes {
-        report.processes.push(assemble_process(p, sym));
+        let mut p = assemble_process(p, sym);
+        p.verdict = Some(verdict::judge(&p, report.mode));
+        report.processes.push(p);
     }
     report.warnings.extend(sym.take_warnings());
     report
@@ -136,5 +140,6 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
         reconciliation: p.reconciliation,
         cgroup: p.cgroup,
         limits: p.limits,
+        verdict: None,
     }
 }

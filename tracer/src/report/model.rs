@@ -262,6 +262,10 @@ pub struct ProcessReport {
     /// memory, the cgroup's limit), read while it lived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<MemoryLimits>,
+    /// What its memory does and what to do about it (report/verdict/mod.rs
+    /// documents the object). Absent in reports written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<super::verdict::Verdict>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
