@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::{Format, Mode, ValueKind};
+use crate::report::{text::FrameView, Format, Mode, ValueKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +80,10 @@ pub struct OutputOpts {
     /// Folded and SVG output: weigh stacks by live bytes or by total bytes allocated.
     #[arg(long, value_enum, default_value_t = ValueKind::Live)]
     pub value: ValueKind,
+    /// Text output: `folded` shows runs of V8/libuv/start-up frames as one
+    /// line; `all` shows every frame (JSON, pprof and folded always have all).
+    #[arg(long, value_enum, default_value_t = FrameView::Folded)]
+    pub frames: FrameView,
 }
 
 #[derive(Debug, Args)]

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use crate::{
     classify,
     report::{
-        verdict,
-        raw::RawProcess, AgentCost, Bucket, Buckets, Frame, Mode, ProcessReport, Report,
+        raw::RawProcess, verdict, AgentCost, Bucket, Buckets, Frame, Mode, ProcessReport, Report,
         StackReport,
     },
 };

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     fmt::{clean, human_bytes, signed_bytes},
-    folded, Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
+    folded, text, Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
 };
 
 pub const SCHEMA: &str = "offheap.diff.v1";
@@ -202,8 +202,14 @@ fn render_text(d: &DiffReport, opts: &RenderOptions) -> String {
             human_bytes(s.after_live_bytes),
             s.bucket.map(Bucket::as_str).unwrap_or("unclassified")
         );
-        for f in &s.frames {
-            let _ = writeln!(out, "      {}", clean(&f.display_name()));
+        for l in text::stacks::lines(&s.frames, opts.frames) {
+            let line = match l {
+                text::stacks::Line::Frame(f) => clean(&f.display_name()),
+                text::stacks::Line::Folded { count, parts } => {
+                    text::stacks::Line::folded_text(count, &parts)
+                }
+            };
+            let _ = writeln!(out, "      {line}");
         }
     }
     out

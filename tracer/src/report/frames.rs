@@ -56,7 +56,9 @@ pub fn runtime_of(f: &Frame) -> Option<Runtime> {
     }
     let s = f.symbol.as_deref()?;
     let file = module_file(f);
-    if s.starts_with("Builtins_") || s.starts_with("v8::") || s.starts_with("non-virtual thunk to v8::")
+    if s.starts_with("Builtins_")
+        || s.starts_with("v8::")
+        || s.starts_with("non-virtual thunk to v8::")
     {
         return Some(Runtime::V8);
     }
@@ -78,10 +80,13 @@ pub fn runtime_of(f: &Frame) -> Option<Runtime> {
         "node::worker::",
         "main",
     ];
-    if NODE_STARTUP
-        .iter()
-        .any(|p| if *p == "main" { s == "main" } else { s.starts_with(p) })
-    {
+    if NODE_STARTUP.iter().any(|p| {
+        if *p == "main" {
+            s == "main"
+        } else {
+            s.starts_with(p)
+        }
+    }) {
         return Some(Runtime::NodeStartup);
     }
     const LIBC_STARTUP: &[&str] = &[
@@ -173,7 +178,10 @@ mod tests {
         let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
         let frames = vec![
             native("calloc", libc),
-            native("node::NodeArrayBufferAllocator::Allocate(unsigned long)", "/usr/bin/node"),
+            native(
+                "node::NodeArrayBufferAllocator::Allocate(unsigned long)",
+                "/usr/bin/node",
+            ),
             native("Builtins_JSBuiltinsConstructStub", "/usr/bin/node"),
             js("JS:^alloc node:buffer:391:30", "node:buffer"),
             js("JS:^cacheResponse /app/cache.js:3:23", "/app/cache.js"),
@@ -198,7 +206,13 @@ mod tests {
 
         let c = vec![native("malloc", libc), native("site_a", "/tmp/basic")];
         let (f, kind) = first_user_frame(&c).unwrap();
-        assert_eq!((f.display_name().as_str(), kind), ("site_a", UserKind::Native));
-        assert_eq!(short_name(&js("JS:~ /a.js:9:29", "/a.js")), "(anonymous) (/a.js:9:29)");
+        assert_eq!(
+            (f.display_name().as_str(), kind),
+            ("site_a", UserKind::Native)
+        );
+        assert_eq!(
+            short_name(&js("JS:~ /a.js:9:29", "/a.js")),
+            "(anonymous) (/a.js:9:29)"
+        );
     }
 }

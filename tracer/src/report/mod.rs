@@ -92,6 +92,8 @@ pub struct RenderOptions {
     pub top: Option<usize>,
     /// Folded and SVG output: live or total bytes.
     pub value: ValueKind,
+    /// Text output: fold runs of runtime frames, or show every frame.
+    pub frames: text::FrameView,
 }
 
 pub fn render(

@@ -31,9 +31,9 @@ use std::{
     time::Instant,
 };
 
-pub use maps::{DrainStats, ResidentError, ResidentMaps};
-pub use crate::proc::pages::{Pagemap, ProcError, PAGE};
 use crate::proc::pages as procfs;
+pub use crate::proc::pages::{Pagemap, ProcError, PAGE};
+pub use maps::{DrainStats, ResidentError, ResidentMaps};
 pub use set::ResidentSet;
 use tracer_common::{FaultEvent, MapEvent};
 

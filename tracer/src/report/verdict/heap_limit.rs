@@ -231,7 +231,10 @@ mod tests {
         }
         // No cgroup limit: the host's 24 GiB.
         assert_eq!(
-            heap_limit(&limits(24105, None, None), 0).unwrap().heap_limit_bytes / MIB,
+            heap_limit(&limits(24105, None, None), 0)
+                .unwrap()
+                .heap_limit_bytes
+                / MIB,
             4144
         );
         let mut semi = limits(24105, None, None);

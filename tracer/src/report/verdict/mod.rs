@@ -138,7 +138,11 @@ fn retention(p: &ProcessReport, mode: Mode) -> Option<Retention> {
             ),
         }),
         Mode::Malloc => {
-            let last = p.series.iter().rev().find(|s| s.arena_resident_bytes.is_some());
+            let last = p
+                .series
+                .iter()
+                .rev()
+                .find(|s| s.arena_resident_bytes.is_some());
             let Some(last) = last else {
                 return Some(Retention {
                     known: false,
@@ -179,7 +183,12 @@ fn grown_buckets(g: &Growth, base_rss: u64) -> String {
     let mut v: Vec<(&str, i64)> = Bucket::ALL
         .iter()
         .filter(|b| b.is_off_heap())
-        .map(|b| (b.as_str(), g.by_bucket.get(b.as_str()).copied().unwrap_or(0)))
+        .map(|b| {
+            (
+                b.as_str(),
+                g.by_bucket.get(b.as_str()).copied().unwrap_or(0),
+            )
+        })
         .filter(|(_, d)| shape::significant(*d, base_rss))
         .collect();
     v.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
@@ -225,9 +234,9 @@ pub fn judge(p: &ProcessReport, mode: Mode) -> Verdict {
         Kind::InsufficientData
     } else if matches!(sh.kind, ShapeKind::TracksLoad | ShapeKind::GivesBack) {
         Kind::TracksLoad
-    } else if retained.is_some_and(|r| {
-        r.freed_held_bytes.unwrap_or(0) as i64 >= g.off_heap_bytes.max(0)
-    }) {
+    } else if retained
+        .is_some_and(|r| r.freed_held_bytes.unwrap_or(0) as i64 >= g.off_heap_bytes.max(0))
+    {
         Kind::AllocatorRetention
     } else if off && (!v8 || g.off_heap_bytes >= g.v8_heap_bytes) {
         Kind::OffHeapGrowth
@@ -372,10 +381,8 @@ fn next_steps(
             );
         }
         Kind::OffHeapGrowth => {
-            let site = culprit.map_or_else(
-                || "the top stack below".to_string(),
-                |c| c.function.clone(),
-            );
+            let site =
+                culprit.map_or_else(|| "the top stack below".to_string(), |c| c.function.clone());
             out.push(format!(
                 "bound the cache or stream the payload at {site}: what it keeps is {}, which \
                  heapUsed does not show",
@@ -387,7 +394,9 @@ fn next_steps(
                      retainers of ArrayBuffer / Uint8Array"
                 ));
             }
-            out.push("raising --max-old-space-size will not help: the growth is off the V8 heap".into());
+            out.push(
+                "raising --max-old-space-size will not help: the growth is off the V8 heap".into(),
+            );
         }
         Kind::AllocatorRetention => out.push(format!(
             "glibc holds {} of freed memory: fragmentation, not a leak; try \

@@ -117,7 +117,14 @@ fn traffic_rates(series: &[SeriesPoint]) -> Option<(Vec<f64>, &'static str)> {
         };
         out.push(v as f64 / dt);
     }
-    Some((out, if bytes { "B/s received" } else { "connections/s" }))
+    Some((
+        out,
+        if bytes {
+            "B/s received"
+        } else {
+            "connections/s"
+        },
+    ))
 }
 
 pub fn shape(series: &[SeriesPoint]) -> Shape {
@@ -201,7 +208,11 @@ pub fn shape(series: &[SeriesPoint]) -> Shape {
         .map(|(i, w)| (i + 1, w[1] - w[0]))
         .collect();
     let total_up: u64 = ups.iter().map(|(_, d)| d).sum();
-    let (big_i, big) = ups.iter().copied().max_by_key(|(_, d)| *d).unwrap_or((0, 0));
+    let (big_i, big) = ups
+        .iter()
+        .copied()
+        .max_by_key(|(_, d)| *d)
+        .unwrap_or((0, 0));
     let secs = series[series.len() - 1].t_secs - series[0].t_secs;
     if big * 2 >= total_up {
         shape(
@@ -256,16 +267,28 @@ mod tests {
     fn shapes_by_the_documented_rules() {
         let t = [0, 5000, 5000, 5000, 0, 0, 0];
         let kind = |ab: &[u64], tr: &[u64]| shape(&series(ab, tr)).kind;
-        assert_eq!(kind(&[10, 30, 50, 70, 70, 70, 70], &t), ShapeKind::RetainedAfterLoad);
-        assert_eq!(kind(&[10, 30, 50, 70, 40, 20, 12], &t), ShapeKind::TracksLoad);
+        assert_eq!(
+            kind(&[10, 30, 50, 70, 70, 70, 70], &t),
+            ShapeKind::RetainedAfterLoad
+        );
+        assert_eq!(
+            kind(&[10, 30, 50, 70, 40, 20, 12], &t),
+            ShapeKind::TracksLoad
+        );
         assert_eq!(kind(&[10, 11, 10, 12, 11, 10, 11], &t), ShapeKind::Flat);
         // No traffic figures.
         assert_eq!(kind(&[10, 20, 30, 40, 50, 60, 70], &[]), ShapeKind::Steady);
         assert_eq!(kind(&[10, 10, 60, 61, 62, 62, 63], &[]), ShapeKind::Bursty);
-        assert_eq!(kind(&[10, 40, 70, 40, 20, 15, 12], &[]), ShapeKind::GivesBack);
+        assert_eq!(
+            kind(&[10, 40, 70, 40, 20, 15, 12], &[]),
+            ShapeKind::GivesBack
+        );
         // Traffic that never stops is no signal.
         let busy = [5000; 7];
-        assert_eq!(kind(&[10, 20, 30, 40, 50, 60, 70], &busy), ShapeKind::Steady);
+        assert_eq!(
+            kind(&[10, 20, 30, 40, 50, 60, 70], &busy),
+            ShapeKind::Steady
+        );
         assert_eq!(kind(&[10, 20], &[]), ShapeKind::Unknown);
         let d = shape(&series(&[10, 30, 50, 70, 70, 70, 70], &t)).detail;
         assert!(d.contains("rose 60.0 MiB under traffic"), "{d}");

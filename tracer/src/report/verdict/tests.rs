@@ -62,7 +62,10 @@ fn a_buffer_cache_kept_after_traffic_is_off_heap_growth_at_its_js_function() {
         .map(|(i, a)| point(i as f64, 5, *a, Some(TRAFFIC[i])))
         .collect();
     let v = judge(
-        &process(series, vec![js_stack(Bucket::ArrayBuffers, 59, "cacheResponse")]),
+        &process(
+            series,
+            vec![js_stack(Bucket::ArrayBuffers, 59, "cacheResponse")],
+        ),
         Mode::Resident,
     );
     assert_eq!(v.kind, Kind::OffHeapGrowth);
@@ -70,7 +73,11 @@ fn a_buffer_cache_kept_after_traffic_is_off_heap_growth_at_its_js_function() {
     let c = v.culprit.as_ref().unwrap();
     assert_eq!(
         (c.function.as_str(), c.kind, c.bucket),
-        ("cacheResponse (/app/app.js:3:23)", CulpritKind::Js, Bucket::ArrayBuffers)
+        (
+            "cacheResponse (/app/app.js:3:23)",
+            CulpritKind::Js,
+            Bucket::ArrayBuffers
+        )
     );
     assert_eq!(
         v.headline,
@@ -92,7 +99,12 @@ fn memory_that_follows_traffic_down_tracks_load() {
         .collect();
     let v = judge(&process(series, vec![]), Mode::Resident);
     assert_eq!(v.kind, Kind::TracksLoad);
-    assert!(v.headline.starts_with("tracks load, not a leak: rose 59.0 MiB under traffic"), "{}", v.headline);
+    assert!(
+        v.headline
+            .starts_with("tracks load, not a leak: rose 59.0 MiB under traffic"),
+        "{}",
+        v.headline
+    );
 }
 
 #[test]
@@ -100,7 +112,10 @@ fn a_growing_js_heap_asks_for_a_heap_snapshot() {
     let series = (0..8)
         .map(|i| point(i as f64, 10 + 20 * i as u64, 1, None))
         .collect();
-    let v = judge(&process(series, vec![js_stack(Bucket::V8Heap, 150, "remember")]), Mode::Malloc);
+    let v = judge(
+        &process(series, vec![js_stack(Bucket::V8Heap, 150, "remember")]),
+        Mode::Malloc,
+    );
     assert_eq!(v.kind, Kind::V8HeapGrowth);
     assert_eq!(v.shape.kind, ShapeKind::Steady);
     assert!(v.next_steps[0].contains("--heapsnapshot-signal=SIGUSR2"));
@@ -153,14 +168,21 @@ fn a_heap_limit_too_close_to_the_container_is_a_finding_with_both_numbers() {
         .iter()
         .find(|f| f.kind == Kind::HeapLimitExceedsContainer)
         .unwrap();
-    assert!(f.message.contains("243.0 MiB") && f.message.contains("256.0 MiB"), "{}", f.message);
+    assert!(
+        f.message.contains("243.0 MiB") && f.message.contains("256.0 MiB"),
+        "{}",
+        f.message
+    );
     assert!(v.next_steps.iter().any(|s| s.contains("at most 169")));
 }
 
 #[test]
 fn two_points_are_too_few() {
     let v = judge(
-        &process(vec![point(0.0, 1, 1, None), point(1.0, 50, 50, None)], vec![]),
+        &process(
+            vec![point(0.0, 1, 1, None), point(1.0, 50, 50, None)],
+            vec![],
+        ),
         Mode::Resident,
     );
     assert_eq!(v.kind, Kind::InsufficientData);
