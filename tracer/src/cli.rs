@@ -41,6 +41,10 @@ pub enum Command {
     /// values per line (`stack BEFORE AFTER`), or svg: a differential flame
     /// graph where red frames grew and blue ones shrank.
     Diff(DiffArgs),
+    /// Print the verdict of a saved JSON report: where the memory grows, its
+    /// shape, the culprit, the heap limit against the container's, allocator
+    /// retention, and what to do next.
+    Explain(ExplainArgs),
 }
 
 /// Options shared by every command that traces.
@@ -160,4 +164,10 @@ pub struct DiffArgs {
     pub after: PathBuf,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A JSON report written by `record`, `run` or `watch`.
+    pub file: PathBuf,
 }
