@@ -4,11 +4,7 @@
 use std::fmt::Write;
 
 use super::report::{emit, read_report};
-use crate::{
-    cli::ExplainArgs,
-    error::UsageError,
-    report::text::verdict_block,
-};
+use crate::{cli::ExplainArgs, error::UsageError, report::text::verdict_block};
 
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let r = read_report(&args.file)?;

@@ -65,8 +65,10 @@ impl Agent {
                 .map(oom::describe_stack)
                 .unwrap_or_else(|| "no off-heap stack recorded".into());
             say(&format!(
-                "offheap: OOM kill of pid {} ({}): no --oom-dir, no report written; top off-heap: {top}",
-                v.tgid, v.comm
+                "offheap: OOM kill of pid {} ({}): no --oom-dir, no report written; top off-heap: {top}{}",
+                v.tgid,
+                v.comm,
+                oom::verdict_part(&report, v.tgid)
             ));
             return;
         };
