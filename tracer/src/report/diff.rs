@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     fmt::{clean, human_bytes, signed_bytes},
-    folded, text, Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
+    folded,
+    frames::js_name,
+    text, Bucket, Buckets, Format, Frame, FrameKind, RenderError, RenderOptions, Report,
 };
 
 pub const SCHEMA: &str = "offheap.diff.v1";
@@ -61,15 +63,6 @@ pub struct DiffReport {
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// `JS:*handler` and `LazyCompile:~handler` both become `handler`.
-fn js_name(sym: &str) -> &str {
-    let rest = match sym.split_once(':') {
-        Some((prefix, rest)) if prefix.chars().all(|c| c.is_ascii_alphabetic()) => rest,
-        _ => sym,
-    };
-    rest.trim_start_matches(['~', '*', '^', '+'])
 }
 
 /// What a frame means, independent of where the run put it in memory.

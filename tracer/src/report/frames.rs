@@ -124,6 +124,16 @@ pub fn first_user_frame(frames: &[Frame]) -> Option<(&Frame, UserKind)> {
         .map(|f| (f, UserKind::Native))
 }
 
+/// A JS symbol without its kind prefix and V8's tier marker: `JS:*handler`
+/// and `LazyCompile:~handler` both become `handler` (with what follows).
+pub fn js_name(sym: &str) -> &str {
+    let rest = match sym.split_once(':') {
+        Some((prefix, rest)) if prefix.chars().all(|c| c.is_ascii_alphabetic()) => rest,
+        _ => sym,
+    };
+    rest.trim_start_matches(['~', '*', '^', '+'])
+}
+
 /// A short name for a frame: a JS frame's function (without `JS:` and V8's
 /// tier marker) with its script and line; a native frame's symbol.
 pub fn short_name(f: &Frame) -> String {
@@ -131,10 +141,7 @@ pub fn short_name(f: &Frame) -> String {
     if f.kind != FrameKind::Js {
         return name;
     }
-    let body = name
-        .strip_prefix("JS:")
-        .unwrap_or(&name)
-        .trim_start_matches(['*', '~', '^', '+', '-']);
+    let body = js_name(&name);
     let (function, place) = match body.split_once(' ') {
         Some((n, p)) => (n, Some(p)),
         None => (body, None),

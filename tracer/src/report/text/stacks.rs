@@ -7,6 +7,7 @@
 use std::{collections::HashMap, fmt::Write};
 
 use super::super::{
+    diff::frame_key,
     fmt::{clean, human_bytes, human_ns, signed_bytes},
     frames::{first_user_frame, runtime_of, short_name, Runtime},
     Frame, FrameKind, Quantiles, StackReport,
@@ -86,8 +87,7 @@ pub fn frame_line(f: &Frame) -> String {
     clean(&format!("{name}{place}"))
 }
 
-/// Stacks of one bucket with identical frames (as the text shows them),
-/// added up; the quantiles and frames are those of the largest.
+/// Stacks of one bucket with the same frames, added up; the quantiles and frames are those of the largest.
 pub struct Merged<'a> {
     pub top: &'a StackReport,
     pub stacks: usize,
@@ -98,12 +98,15 @@ pub struct Merged<'a> {
     pub growth_bytes_per_sec: Option<f64>,
 }
 
-/// Merges stacks by their frames' text, largest first.
+/// Merges stacks whose frames mean the same (`diff::frame_key`: symbols and
+/// module names, JS functions whatever their tier; not addresses, which
+/// differ for JIT code recompiled or call sites within one function),
+/// largest first.
 pub fn merge<'a>(stacks: &[&'a StackReport]) -> Vec<Merged<'a>> {
     let mut index: HashMap<Vec<String>, usize> = HashMap::new();
     let mut out: Vec<Merged<'a>> = Vec::new();
     for s in stacks {
-        let key: Vec<String> = s.frames.iter().map(frame_line).collect();
+        let key: Vec<String> = s.frames.iter().map(frame_key).collect();
         match index.get(&key) {
             Some(&i) => {
                 let m = &mut out[i];
