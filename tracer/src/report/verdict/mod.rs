@@ -21,12 +21,13 @@
 //!   and `heap_limit_too_close`;
 //! - `next_steps`: what to do, most useful first.
 //!
-//! Which kind is the main one: too few points is `insufficient_data`; a
-//! shape of `tracks_load` or `gives_back` is `tracks_load` (not a leak);
+//! Which kind is the main one: too few points is `insufficient_data`;
 //! malloc mode's freed memory held by glibc, when significant (4 MiB and a
-//! quarter of the arenas) and at least the live off-heap growth, is
-//! `allocator_retention`; then the larger significant growth of off-heap and
-//! V8 heap (`shape::significant`); else `no_growth`.
+//! quarter of the arenas) and at least the larger growth of the V8 heap and
+//! off-heap, is `allocator_retention` (live memory may well have come back
+//! down: the RSS has not); a shape of `tracks_load` or `gives_back` is
+//! `tracks_load` (not a leak); then the larger significant growth of
+//! off-heap and V8 heap (`shape::significant`); else `no_growth`.
 mod culprit;
 pub mod heap_limit;
 pub mod shape;
@@ -230,14 +231,13 @@ pub fn judge(p: &ProcessReport, mode: Mode) -> Verdict {
     let off = shape::significant(g.off_heap_bytes, base_rss);
     let v8 = shape::significant(g.v8_heap_bytes, base_rss);
     let retained = ret.as_ref().filter(|r| retention_matters(r));
+    let largest_growth = g.off_heap_bytes.max(g.v8_heap_bytes).max(0);
     let kind = if p.series.len() < 3 {
         Kind::InsufficientData
+    } else if retained.is_some_and(|r| r.freed_held_bytes.unwrap_or(0) as i64 >= largest_growth) {
+        Kind::AllocatorRetention
     } else if matches!(sh.kind, ShapeKind::TracksLoad | ShapeKind::GivesBack) {
         Kind::TracksLoad
-    } else if retained
-        .is_some_and(|r| r.freed_held_bytes.unwrap_or(0) as i64 >= g.off_heap_bytes.max(0))
-    {
-        Kind::AllocatorRetention
     } else if off && (!v8 || g.off_heap_bytes >= g.v8_heap_bytes) {
         Kind::OffHeapGrowth
     } else if v8 {
