@@ -178,9 +178,9 @@ fn retention_matters(r: &Retention) -> bool {
     }
 }
 
-/// The off-heap buckets that grew significantly, biggest first:
-/// `array_buffers +38.1 MiB, node_native +4.2 MiB`.
-fn grown_buckets(g: &Growth, base_rss: u64) -> String {
+/// The off-heap buckets that make the off-heap growth (a tenth of it or
+/// more), biggest first: `array_buffers +38.1 MiB, node_native +4.2 MiB`.
+fn grown_buckets(g: &Growth) -> String {
     let mut v: Vec<(&str, i64)> = Bucket::ALL
         .iter()
         .filter(|b| b.is_off_heap())
@@ -190,7 +190,7 @@ fn grown_buckets(g: &Growth, base_rss: u64) -> String {
                 g.by_bucket.get(b.as_str()).copied().unwrap_or(0),
             )
         })
-        .filter(|(_, d)| shape::significant(*d, base_rss))
+        .filter(|(_, d)| *d > 0 && *d * 10 >= g.off_heap_bytes)
         .collect();
     v.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
     v.iter()
@@ -272,7 +272,7 @@ pub fn judge(p: &ProcessReport, mode: Mode) -> Verdict {
         Kind::OffHeapGrowth => format!(
             "off-heap grows: {} in {secs:.0} s ({}), {}{at}",
             signed_bytes(g.off_heap_bytes),
-            grown_buckets(&g, base_rss),
+            grown_buckets(&g),
             shape_phrase(&sh)
         ),
         Kind::V8HeapGrowth => format!(
@@ -301,7 +301,7 @@ pub fn judge(p: &ProcessReport, mode: Mode) -> Verdict {
             message: format!(
                 "off-heap also grows: {} ({})",
                 signed_bytes(g.off_heap_bytes),
-                grown_buckets(&g, base_rss)
+                grown_buckets(&g)
             ),
         });
     }
