@@ -64,7 +64,9 @@ int BPF_PROG(traffic_sock_recv, struct sock *sk, int ret, int flags)
 	tgid = traffic_target();
 	if (!tgid)
 		return 0;
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/* A BTF-typed argument: read directly (the verifier checks the access
+	 * against the kernel's struct sock), no bpf_probe_read_kernel call. */
+	family = sk->__sk_common.skc_family;
 	if (family != OFFHEAP_AF_INET && family != OFFHEAP_AF_INET6 && family != OFFHEAP_AF_UNIX)
 		return 0;
 	c = traffic_of(tgid);

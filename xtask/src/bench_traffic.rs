@@ -24,9 +24,9 @@ use crate::stats::median;
 
 const WORKLOAD: &str = "bench/traffic-loop.js";
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-/// Program names as the kernel keeps them (BPF_OBJ_NAME_LEN: 15 characters).
-const RECV: &str = "traffic_sock_re";
-const ACCEPT: &str = "traffic_accept4";
+/// The programs, as bpftool names them (their full names, from BTF).
+const RECV: &str = "traffic_sock_recv";
+const ACCEPT: &str = "traffic_accept4_exit";
 
 /// run_cnt and run_time_ns of one program, at the last sample.
 #[derive(Clone, Copy, Debug, Default)]
@@ -128,9 +128,14 @@ fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgSt
 pub fn run(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {
     ensure!(root.join(WORKLOAD).exists(), "{WORKLOAD} is missing");
     let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(STATS, "1").with_context(|| format!("enabling {STATS}"))?;
+    let enable = before.trim() == "0";
+    if enable {
+        std::fs::write(STATS, "1").with_context(|| format!("enabling {STATS}"))?;
+    }
     let result = rounds(root, offheap, pairs);
-    let _ = std::fs::write(STATS, before.trim());
+    if enable {
+        let _ = std::fs::write(STATS, "0");
+    }
     result
 }
 
