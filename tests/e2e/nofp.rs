@@ -184,27 +184,71 @@ fn stop(mut tracer: Child, err: Stderr) {
     assert_eq!(status.code(), Some(0), "stderr: {:?}", err.rest());
 }
 
-/// Runs nofp_main under `record --pid` in `mode`, one chain call per size,
-/// and returns the report and the blocks' addresses. The fixture keeps its
-/// blocks until after the report is written.
-fn trace_main(mode: &str, sizes: &[u64], env: &[(&str, &str)]) -> (Value, Vec<u64>) {
+/// Starts `cmd` (a fixture printing "ready"), traces it with `record --pid`
+/// in `mode`, sends each step's line and waits for a line starting with its
+/// answer; stops the trace while the fixture still holds its blocks.
+/// Returns the report and the answers.
+fn trace(
+    cmd: &mut Command,
+    mode: &str,
+    steps: &[(String, String)],
+    env: &[(&str, &str)],
+) -> (Value, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let main = build_main(dir.path());
-    let (mut fixture, lines, _) = start_fixture(&mut Command::new(&main), T);
+    let (mut fixture, lines, _) = start_fixture(cmd, T);
+    let pid = fixture.id();
     let out = dir.path().join("r.json");
-    let (tracer, err) = record(fixture.id(), mode, &out, env);
+    let (tracer, err) = record(pid, mode, &out, env);
     let mut stdin = fixture.stdin.take().unwrap();
-    let mut addrs = Vec::new();
-    for n in sizes {
-        send(&mut stdin, &n.to_string());
-        let done = lines.starting_with(&format!("done {n} "), T);
-        let a = done.rsplit(' ').next().unwrap().trim_start_matches("0x");
-        addrs.push(u64::from_str_radix(a, 16).unwrap());
-    }
+    let answers = steps
+        .iter()
+        .map(|(line, answer)| {
+            send(&mut stdin, line);
+            lines.starting_with(answer, T)
+        })
+        .collect();
     stop(tracer, err);
     drop(stdin);
     assert!(fixture.wait().unwrap().success());
-    (read_report(&out), addrs)
+    // node --perf-basic-prof's map.
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    (read_report(&out), answers)
+}
+
+/// nofp_main under `trace`, one chain call per size.
+fn trace_main(mode: &str, sizes: &[u64], env: &[(&str, &str)]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let main = build_main(dir.path());
+    let steps: Vec<(String, String)> = sizes
+        .iter()
+        .map(|n| (n.to_string(), format!("done {n} ")))
+        .collect();
+    trace(&mut Command::new(&main), mode, &steps, env).0
+}
+
+/// node --perf-basic-prof (environment `node_env`) on nofp_addon.js under
+/// `trace` (the tracer's environment `env`), one step per (size, count):
+/// `count` calls of nofpCaller(size).
+fn trace_addon(
+    mode: &str,
+    calls: &[(u64, u64)],
+    env: &[(&str, &str)],
+    node_env: &[(&str, &str)],
+) -> (Value, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let addon = build_addon(dir.path());
+    let steps: Vec<(String, String)> = calls
+        .iter()
+        .map(|(n, count)| (format!("{n} {count}"), format!("done {n}")))
+        .collect();
+    let mut node = Command::new(NODE);
+    node.arg("--perf-basic-prof")
+        .arg(workspace().join("tests/fixtures/nofp_addon.js"))
+        .arg(&addon)
+        .envs(node_env.iter().copied());
+    let report = trace(&mut node, mode, &steps, env).0;
+    // The addon's path as the report names it (the directory is gone).
+    (report, addon)
 }
 
 /// Malloc mode: the one stack of the chain's mallocs is the chain, in order,
@@ -213,7 +257,7 @@ fn trace_main(mode: &str, sizes: &[u64], env: &[(&str, &str)]) -> (Value, Vec<u6
 #[test]
 fn malloc_mode_walks_a_chain_without_frame_pointers_from_a_c_fixture() {
     let _lock = require_bpf();
-    let (report, _) = trace_main("malloc", &[4242, 4242, 4242], &[]);
+    let report = trace_main("malloc", &[4242, 4242, 4242], &[]);
     let chain = chain_stacks(&report);
     assert_eq!(chain.len(), 1, "{chain:#?}");
     let s = chain[0];
@@ -244,28 +288,7 @@ fn malloc_mode_walks_a_chain_without_frame_pointers_from_a_c_fixture() {
 #[test]
 fn malloc_mode_walks_js_addon_and_library_without_frame_pointers() {
     let _lock = require_bpf();
-    let dir = tempfile::tempdir().unwrap();
-    let addon = build_addon(dir.path());
-    let (mut node, lines, _) = start_fixture(
-        Command::new(NODE)
-            .arg("--perf-basic-prof")
-            .arg(workspace().join("tests/fixtures/nofp_addon.js"))
-            .arg(&addon),
-        T,
-    );
-    let pid = node.id();
-    let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
-    let out = dir.path().join("r.json");
-    let (tracer, err) = record(pid, "malloc", &out, &[]);
-    let mut stdin = node.stdin.take().unwrap();
-    send(&mut stdin, "3000");
-    lines.until("done 3000", T);
-    stop(tracer, err);
-    drop(stdin);
-    assert!(node.wait().unwrap().success());
-    let _ = std::fs::remove_file(&perf_map);
-
-    let report = read_report(&out);
+    let (report, addon) = trace_addon("malloc", &[(3000, 8)], &[], &[]);
     let chain = chain_stacks(&report);
     assert!(!chain.is_empty(), "no stack through libnofp.so");
     assert_eq!(figures(&chain), [8 * 3000, 8, 8 * 3000, 8]);
@@ -309,7 +332,7 @@ fn resident_mode_charges_mapping_and_first_touch_through_the_chain() {
     let _lock = require_bpf();
     const BIG: u64 = 4 << 20;
     const HEAP: u64 = 100 << 10;
-    let (report, _) = trace_main("resident", &[BIG, HEAP], &[("OFFHEAP_FAULT_SAMPLE", "1")]);
+    let report = trace_main("resident", &[BIG, HEAP], &[("OFFHEAP_FAULT_SAMPLE", "1")]);
     assert_eq!(report["mode"], "resident");
     let chain = chain_stacks(&report);
     let pages = |attribution: &str| -> u64 {
