@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
 use crate::bench_traffic;
+use crate::bench_unwind;
 use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
@@ -59,6 +60,7 @@ enum PartName {
     Malloc,
     Resident,
     Traffic,
+    Unwind,
 }
 
 /// One part's paired samples (milliseconds).
@@ -216,6 +218,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Traffic) {
         if let Err(e) = bench_traffic::run(&bench.root, &bench.offheap, args.pairs) {
             println!("  traffic: not available: {e:#}");
+        }
+    }
+    if wants(PartName::Unwind) {
+        if let Err(e) = bench_unwind::run(&bench.root, &bench.offheap, args.pairs.min(5)) {
+            println!("  unwind: not available: {e:#}");
         }
     }
     symbench(&bench.root);

@@ -2,6 +2,8 @@
 //! nothing but cargo and root to build, test, demo and bench offheap.
 mod bench;
 mod bench_traffic;
+mod bench_unwind;
+mod bpf_stats;
 mod demo;
 mod floor;
 mod node_versions;
