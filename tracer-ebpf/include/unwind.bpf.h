@@ -108,7 +108,11 @@ static long unwind_search_step(__u64 i, struct unwind_search *s)
 }
 
 /* Finds the mapping of pc in c->map: from the cache, or the trie. Returns the
- * mapping's kind; a process with no entries at all (not loaded) is FP. */
+ * mapping's kind. A process with no entries at all (its tables not loaded
+ * yet: a spawned command runs from its exec while they load) is NONE: the
+ * walker then takes a pc in an executable vma with frame pointers
+ * (mapped_since) and ends the stack at any other, where FP everywhere
+ * recorded the garbage a frame-pointer step reads in code without them. */
 static __always_inline __u32 unwind_mapping_of(__u32 tgid, __u64 pc, struct unwind_cursor *c)
 {
 	if (c->tgid == tgid && pc >= c->map.start && pc < c->map.end)
@@ -121,7 +125,7 @@ static __always_inline __u32 unwind_mapping_of(__u32 tgid, __u64 pc, struct unwi
 	struct unwind_mapping *m = bpf_map_lookup_elem(&unwind_mappings, &key);
 
 	if (!m)
-		return OFFHEAP_UNWIND_MAP_FP;
+		return OFFHEAP_UNWIND_MAP_NONE;
 	__builtin_memcpy(&c->map, m, sizeof(c->map));
 	c->tgid = tgid;
 	return c->map.kind;
