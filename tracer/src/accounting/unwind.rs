@@ -325,6 +325,12 @@ impl Unwinder {
             if next.ip == 0 {
                 return (frames, false);
             }
+            // A word that cannot be code is no caller: the stack went wrong
+            // (a rule applied to the wrong frame, a stale copy). It ends the
+            // stack; the report never shows it (issue 12).
+            if !user_code_address(next.ip) {
+                return (frames, true);
+            }
             // The stack grows down: a caller's frame is always above.
             if next.sp <= regs.sp {
                 return (frames, true);
@@ -334,6 +340,14 @@ impl Unwinder {
         }
         (frames, true)
     }
+}
+
+/// Whether `ip` can be in code of an x86-64 user process: user space is the
+/// lower half below 2^47 (4-level paging; with 5 levels the kernel maps
+/// above it only when asked, mmap(2) "hint"), and the first page is never
+/// mapped (vm.mmap_min_addr, 4 KiB at the least on distributions).
+pub fn user_code_address(ip: u64) -> bool {
+    (0x1000..1 << 47).contains(&ip)
 }
 
 /// The region of an executable file mapping.
@@ -350,6 +364,16 @@ fn exec_region(m: &crate::proc::Mapping) -> Option<Region> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_user_space_addresses_can_be_code() {
+        assert!(user_code_address(0x5555_5555_4000));
+        assert!(user_code_address(0x7fff_f7dd_0000));
+        // Garbage words seen as callers (e2e, before this check).
+        assert!(!user_code_address(0x22));
+        assert!(!user_code_address(0x29fd_a914_0000_0000));
+        assert!(!user_code_address(0xffff_ffff_8100_0000));
+    }
 
     #[test]
     fn parses_exec_regions_only() {

@@ -256,8 +256,12 @@ impl Resident {
             _ => (vec![ev.ip], true),
         };
         // A frameless leaf (glibc memset/memcpy) keeps its return address at
-        // [sp]; the frame-pointer walk skipped that caller.
-        if ev.sp_word != 0 && self.unwinder.return_address_at_sp(ev.ip) {
+        // [sp]; the frame-pointer walk skipped that caller. Only a word in a
+        // module can be that return address (else it is data, and no frame).
+        if ev.sp_word != 0
+            && self.unwinder.module_of(ev.sp_word).is_some()
+            && self.unwinder.return_address_at_sp(ev.ip)
+        {
             ips.insert(1.min(ips.len()), ev.sp_word);
         }
         self.first_touch(page, ips, truncated);
