@@ -22,7 +22,7 @@ use crate::report::raw::RawStack;
 pub enum ReadError {
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("reading BPF map {0}: {1}")]
+    #[error("reading BPF map {0}")]
     Map(&'static str, #[source] MapError),
 }
 

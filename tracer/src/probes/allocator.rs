@@ -28,7 +28,7 @@ mod loader;
 pub enum AllocatorError {
     #[error("no process with PID {0}")]
     NoProcess(u32),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -115,7 +115,11 @@ pub fn for_exec(exe: &Path, ld_preload: Option<&str>) -> Result<Allocator, Alloc
         Ok(objects) => candidates.extend(objects),
         // A script, a static executable: what it loads is not known
         // before it runs; its malloc is libc's or its own.
-        Err(e) => log::info!("libraries of {}: {e}", exe.display()),
+        Err(e) => log::info!(
+            "libraries of {}: {}",
+            exe.display(),
+            crate::error::one_line(&e)
+        ),
     }
     let maps = crate::proc::maps::read(std::process::id()).map_err(AllocatorError::Maps)?;
     candidates.extend(crate::proc::maps::modules(&maps));
