@@ -87,9 +87,9 @@ pub enum CoreError {
     Read(#[from] ReadError),
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
-    #[error("installing the SIGINT/SIGTERM handlers: {0}")]
+    #[error("installing the SIGINT/SIGTERM handlers")]
     Signals(#[source] std::io::Error),
-    #[error("starting the ring buffer thread: {0}")]
+    #[error("starting the ring buffer thread")]
     Drainer(#[source] std::io::Error),
     #[error("no process with PID {0}")]
     NoProcess(u32),
@@ -374,7 +374,10 @@ impl Tracer {
                         child,
                     }),
                     Err(e) => {
-                        log::info!("not following child {child} of {tgid}: {e}");
+                        log::info!(
+                            "not following child {child} of {tgid}: {}",
+                            crate::error::one_line(&e)
+                        );
                         None
                     }
                 }

@@ -7,6 +7,7 @@ use tracer_common::{TARGET_FAULTS, TARGET_FOLLOW, TARGET_MALLOC, TARGET_VM};
 
 use super::{events::lock, interrupted, monotonic_ns, spawn, CoreError, Model, Target, Tracer};
 use crate::{
+    error::one_line,
     probes::allocator::{self, Allocator, AllocatorError},
     proc::{self, Liveness},
     report::{progress::Progress, Mode},
@@ -57,7 +58,7 @@ impl Tracer {
     /// frame pointers (and says so).
     fn load_tables(&mut self, pid: u32) {
         if let Err(e) = self.probes.load_tables(pid) {
-            eprintln!("offheap: warning: unwind tables of PID {pid}: {e}; its stacks follow frame pointers only");
+            eprintln!("offheap: warning: unwind tables of PID {pid}: {}; its stacks follow frame pointers only", one_line(&e));
         }
     }
 
@@ -66,7 +67,7 @@ impl Tracer {
     pub(super) fn code_mapped(&mut self, pid: u32) {
         self.load_tables(pid);
         if let Err(e) = self.sym.refresh(pid) {
-            log::debug!("refreshing the symbols of PID {pid}: {e}");
+            log::debug!("refreshing the symbols of PID {pid}: {}", one_line(&e));
         }
         self.set_v8_config(pid);
     }
@@ -75,7 +76,7 @@ impl Tracer {
     fn set_v8_config(&mut self, pid: u32) {
         if let Some(cfg) = self.sym.v8_config(pid) {
             if let Err(e) = self.probes.set_v8_config(pid, &cfg) {
-                log::warn!("V8 layout of PID {pid}: {e}");
+                log::warn!("V8 layout of PID {pid}: {}", one_line(&e));
             }
         }
     }
@@ -228,7 +229,7 @@ impl Tracer {
                 if let Some(s) = step {
                     s.failed();
                 }
-                eprintln!("offheap: warning: {e}");
+                eprintln!("offheap: warning: {}", one_line(&e));
             }
         }
     }
