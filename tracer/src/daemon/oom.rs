@@ -158,7 +158,11 @@ fn write_files(
             Some(svg)
         }
         Err(e) => {
-            log::warn!("no chart beside {}: {e}", json.display());
+            log::warn!(
+                "no chart beside {}: {}",
+                json.display(),
+                crate::error::one_line(&e)
+            );
             None
         }
     };
