@@ -325,8 +325,13 @@ pub struct Totals {
 /// Sums the stacks of the report's first process whose first frame lies in
 /// [start, start + len].
 pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
+    process_site_totals(&report["processes"][0], start, len)
+}
+
+/// `site_totals` of one process of a report.
+pub fn process_site_totals(process: &Value, start: u64, len: u64) -> Totals {
     let mut t = Totals::default();
-    for s in report["processes"][0]["stacks"].as_array().unwrap() {
+    for s in process["stacks"].as_array().unwrap() {
         let Some(f0) = s["frames"].as_array().and_then(|f| f.first()) else {
             continue;
         };
@@ -354,9 +359,19 @@ pub fn assert_site_totals(
     sizes: &HashMap<String, u64>,
     expected: &[SiteFigures<'_>],
 ) {
+    assert_process_sites(&report["processes"][0], sites, sizes, expected)
+}
+
+/// `assert_site_totals` for one process of a report.
+pub fn assert_process_sites(
+    process: &Value,
+    sites: &HashMap<String, u64>,
+    sizes: &HashMap<String, u64>,
+    expected: &[SiteFigures<'_>],
+) {
     let mut failures = Vec::new();
     for &(site, live, live_n, total, total_n) in expected {
-        let got = site_totals(report, sites[site], sizes[site]);
+        let got = process_site_totals(process, sites[site], sizes[site]);
         let want = Totals {
             live_bytes: live,
             live_allocs: live_n,
@@ -367,7 +382,12 @@ pub fn assert_site_totals(
             failures.push(format!("{site}: got {got:?}, want {want:?}"));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "PID {}: {}",
+        process["pid"],
+        failures.join("\n")
+    );
 }
 
 /// Starts a fixture process with stdin and stdout piped and waits for its
