@@ -34,11 +34,19 @@ fn host_lib(lib: &str) -> std::path::PathBuf {
 fn watch_opens(path: &Path) -> i32 {
     // SAFETY: plain syscalls on a path we own; the fd is checked.
     let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
     let c = CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: as above.
     let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN | libc::IN_ACCESS) };
-    assert!(wd >= 0, "inotify_add_watch: {}", std::io::Error::last_os_error());
+    assert!(
+        wd >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
     fd
 }
 
@@ -65,7 +73,11 @@ fn a_libc_symlinked_to_a_host_file_is_never_followed() {
     let bin = build_fixture("in_root", dir.path());
     let sizes = symbol_sizes(&bin);
     install(&bin, &root, "/app");
-    install(&host_lib("libc.so.6"), &root, "/lib/x86_64-linux-gnu/libc.so.6");
+    install(
+        &host_lib("libc.so.6"),
+        &root,
+        "/lib/x86_64-linux-gnu/libc.so.6",
+    );
     install(
         &host_lib("ld-linux-x86-64.so.2"),
         &root,
@@ -146,10 +158,7 @@ fn a_libc_symlinked_to_a_host_file_is_never_followed() {
     drop(stdin);
     let _ = fixture.wait();
     assert_eq!(status.code(), Some(0), "{stderr:?}");
-    assert!(
-        !stderr.iter().any(|l| l.contains("panicked")),
-        "{stderr:?}"
-    );
+    assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
 
     assert_eq!(queued_events(inotify), 0, "offheap opened the host file");
     // SAFETY: closing our inotify fd.
