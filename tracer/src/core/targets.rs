@@ -81,6 +81,16 @@ impl Tracer {
         }
     }
 
+    /// `interrupted`, remembered for `next`: the signal it takes must
+    /// still end tracing when the attach was one made while tracing (a
+    /// followed child, a restart, watch's new target), not be lost with the
+    /// failed attach.
+    fn check_signal(&mut self) -> Result<(), CoreError> {
+        let r = interrupted(&mut self.signals);
+        self.signal_seen |= r.is_err();
+        r
+    }
+
     /// The allocator of `pid`, waiting for a process that is still in the
     /// dynamic loader (started a moment ago) to map it.
     fn allocator_of(&mut self, pid: u32) -> Result<Allocator, CoreError> {
@@ -92,7 +102,7 @@ impl Tracer {
                     return Ok(a);
                 }
                 Err(AllocatorError::NotFound(_)) if since.elapsed() < LOADER_WAIT => {
-                    interrupted(&mut self.signals)?;
+                    self.check_signal()?;
                     std::thread::sleep(LOADER_POLL);
                 }
                 Err(AllocatorError::NotFound(_)) => {
@@ -121,7 +131,7 @@ impl Tracer {
         };
         let attached = attached
             .map_err(CoreError::from)
-            .and_then(|()| interrupted(&mut self.signals));
+            .and_then(|()| self.check_signal());
         if let Err(e) = attached {
             self.probes.detach_malloc(pid);
             let _ = self.probes.remove_target(pid);
