@@ -550,6 +550,55 @@ pub fn links_held_by(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Stops a `record` with SIGINT, as Ctrl-C does: it must write its report
+/// and exit 0. Returns the rest of its stderr.
+pub fn stop_record(tracer: &mut Child, err: Stderr) -> Vec<String> {
+    signal(tracer, libc::SIGINT);
+    let status = tracer.wait().unwrap();
+    let rest = err.rest();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+    rest
+}
+
+/// Waits until offheap (`tracer`) has attached its system-wide programs
+/// (it holds a BPF link), then 200 ms more, into the attach of its target;
+/// panics if it exits first or takes over 120 s.
+pub fn wait_attaching(tracer: &mut Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while links_held_by(tracer.id()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offheap never attached"
+        );
+        assert_eq!(tracer.try_wait().unwrap(), None, "offheap exited");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(200));
+}
+
+/// The processes whose uprobes a process holds: the `pid:` of its
+/// uprobe_multi links' fdinfo (Linux 6.9+; malloc mode attaches one set of
+/// links per traced process).
+pub fn uprobe_pids_held_by(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter(|t| t.contains("uprobe_multi"))
+                .filter_map(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("pid:"))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Waits until every program in `progs` is freed by the kernel (after its
 /// last reference went, an RCU grace period later); returns those still
 /// loaded after 10 s.
@@ -570,7 +619,11 @@ pub fn progs_left(progs: &[u32]) -> Vec<u32> {
 /// dynamic linker that never maps libc) until it gives up, 2 s later.
 pub fn static_sleeper(dir: &Path) -> Child {
     let src = dir.join("static_sleeper.c");
-    std::fs::write(&src, "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n").unwrap();
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n",
+    )
+    .unwrap();
     let bin = dir.join("static_sleeper");
     let o = Command::new("cc")
         .args(["-static", "-s", "-o"])
