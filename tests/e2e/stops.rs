@@ -198,13 +198,7 @@ fn sigint_during_attach_exits_130_and_detaches_everything() {
         .unwrap();
     let err = Stderr::new(tracer.stderr.take().unwrap());
     // Attached system-wide (links held), now in the target's attach.
-    let deadline = std::time::Instant::now() + T;
-    while links_held_by(tracer.id()) == 0 {
-        assert!(std::time::Instant::now() < deadline, "offheap never attached");
-        assert_eq!(tracer.try_wait().unwrap(), None, "{:?}", err.seen);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    wait_attaching(&mut tracer);
     let held = progs_held_by(tracer.id());
     let links = links_held_by(tracer.id());
     let sent = std::time::Instant::now();
@@ -221,8 +215,10 @@ fn sigint_during_attach_exits_130_and_detaches_everything() {
     assert_eq!(status.code(), Some(130), "{rest:?}");
     assert_eq!(
         rest,
-        ["offheap: error: interrupted while attaching: every probe attached so far \
-          was detached, nothing was traced"]
+        [
+            "offheap: error: interrupted while attaching: every probe attached so far \
+          was detached, nothing was traced"
+        ]
     );
     // Before the attach gave up on the target (2 s): the signal ended it.
     assert!(took < Duration::from_millis(1500), "{took:?}");

@@ -152,13 +152,9 @@ fn a_libc_symlinked_to_a_host_file_is_never_followed() {
     let mut stdin = fixture.stdin.take().unwrap();
     poke(&mut stdin);
     lines.until("done", T);
-    signal(&tracer, libc::SIGINT);
-    let status = tracer.wait().unwrap();
-    let stderr = err.rest();
+    stop_record(&mut tracer, err);
     drop(stdin);
     let _ = fixture.wait();
-    assert_eq!(status.code(), Some(0), "{stderr:?}");
-    assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
 
     assert_eq!(queued_events(inotify), 0, "offheap opened the host file");
     // SAFETY: closing our inotify fd.
