@@ -92,7 +92,7 @@ fn samples() -> Vec<Box<dyn std::error::Error + Send + Sync>> {
         }),
         Box::new(v8::MetadataError::Elf(not_elf())),
         Box::new(AllocatorError::Io {
-            path: p("/proc/7/root/usr/lib/libc.so.6"),
+            path: p("/proc/7/map_files/7f0000-7f1000"),
             source: io(libc::ENOENT),
         }),
         Box::new(AllocatorError::Maps(MapsError {
@@ -230,12 +230,12 @@ fn no_message_repeats_a_cause() {
 #[test]
 fn one_line_joins_each_cause_once() {
     let e = AllocatorError::Io {
-        path: p("/proc/7/root/usr/lib/libc.so.6"),
+        path: p("/proc/7/map_files/7f0000-7f1000"),
         source: io(libc::ENOENT),
     };
     assert_eq!(
         one_line(&e),
-        "reading /proc/7/root/usr/lib/libc.so.6: No such file or directory (os error 2)"
+        "reading /proc/7/map_files/7f0000-7f1000: No such file or directory (os error 2)"
     );
     let e = CoreError::Probe(crate::probes::ProbeError::Program {
         name: "malloc_enter",
