@@ -46,9 +46,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
-    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps): {source}")]
+    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps)")]
     NoProcess { pid: u32, source: std::io::Error },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -179,7 +179,7 @@ impl Symbolizer {
                 Some(v8::JsProcess::new(pid, meta, &entries, &path))
             }
             Err(e) => {
-                self.warn(format!("pid {pid}: {path}: {e}"));
+                self.warn(format!("pid {pid}: {path}: {}", crate::error::one_line(&e)));
                 None
             }
         }
@@ -367,7 +367,10 @@ impl Symbolizer {
                 Some(m)
             }
             Err(e) => {
-                self.warn(format!("module {path} of pid {pid}: {e}"));
+                self.warn(format!(
+                    "module {path} of pid {pid}: {}",
+                    crate::error::one_line(&e)
+                ));
                 None
             }
         }
@@ -379,7 +382,8 @@ impl Symbolizer {
         if !self.procs.contains_key(&pid) {
             if let Err(e) = self.capture(pid) {
                 self.warn(format!(
-                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({e})"
+                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({})",
+                    crate::error::one_line(&e)
                 ));
                 return vec![Frame::unknown(addr)];
             }
