@@ -332,3 +332,4 @@ static __always_inline struct inflight *inflight_of(__u64 sp)
 #include "vm.bpf.c"
 #include "lifecycle.bpf.c"
 #include "fault.bpf.c"
+#include "traffic.bpf.c"

@@ -65,6 +65,9 @@ impl Tracer {
             }
         }
         let report = self.report();
+        let extras = self
+            .point_readers
+            .read(self.probes.ebpf_mut(), self.opts.mode, &live);
         let t_secs = report.duration_secs;
         for p in &report.processes {
             let Some(t) = self.targets.get_mut(&p.pid) else {
@@ -77,7 +80,7 @@ impl Tracer {
                 t_secs,
                 rss_bytes: p.rss_bytes,
                 buckets: p.buckets,
-                ..SeriesPoint::default()
+                ..extras.point(p.pid)
             });
             if t.series.len() > MAX_SERIES_POINTS {
                 t.series.remove(0);
@@ -205,6 +208,7 @@ impl Tracer {
             stacks: t.stacks.clone(),
             series: t.series.clone(),
             cgroup: t.cgroup.clone(),
+            limits: Some(t.info.limits.clone()),
             ..RawProcess::default()
         })
     }
@@ -304,6 +308,10 @@ impl Tracer {
                         r.comm = t.info.comm.clone();
                         r.exe = t.info.exe.clone();
                         r.cgroup = t.cgroup.clone();
+                        // The tick's points, as in malloc mode: they carry
+                        // the traffic, which the model's own samples lack.
+                        r.series = t.series.clone();
+                        r.limits = Some(t.info.limits.clone());
                         if r.rss_bytes == 0 {
                             r.rss_bytes = t.info.rss_bytes;
                         }
