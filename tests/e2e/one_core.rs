@@ -266,7 +266,7 @@ fn resident_mode_bpf_maps_stay_under_32_mib() {
     // watch, as the DaemonSet runs it (resident, the default), on a node
     // process in a cgroup; /metrics states the same kind of figure.
     let cg = Cgroup::create("-maps", None);
-    let node = idle_node(Some(&cg));
+    let mut node = idle_node(Some(&cg));
     let mut agent = Agent::start(&["--cgroup", cg.dir.to_str().unwrap()]);
     agent.wait_tracing(node.id());
     check_map_bytes("watch --cgroup (resident)", agent.child.id());
@@ -275,6 +275,8 @@ fn resident_mode_bpf_maps_stay_under_32_mib() {
     eprintln!("watch /metrics offheap_agent_bpf_map_bytes {gauge}");
     assert!(gauge <= RESIDENT_MAP_BUDGET, "{gauge}");
     assert_eq!(agent.stop(), Some(0));
+    let _ = node.kill();
+    let _ = node.wait();
     drop(cg);
 }
 
