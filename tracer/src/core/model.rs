@@ -178,6 +178,11 @@ impl Tracer {
         if self.opts.caps.is_some() {
             counters.insert(STACKS_EVICTED.to_string(), self.evicted);
         }
+        // What the unwind tables did: a module without one is walked with
+        // frame pointers, so its stacks may end early.
+        for (name, n) in self.probes.unwind_counters().named() {
+            counters.insert(name.to_string(), n);
+        }
         Meta {
             mode: self.opts.mode,
             duration_secs: self.started.elapsed().as_secs_f64(),

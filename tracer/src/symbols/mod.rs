@@ -425,6 +425,21 @@ impl Symbolizer {
         let entry = mapped.entry.clone();
         let module = mapped.module.clone();
         if entry.is_anon() {
+            // V8's copy of its embedded builtins (short builtin calls remap
+            // them next to the JIT code): the same code as node's text,
+            // named there.
+            if let Some(text) = proc
+                .js
+                .as_ref()
+                .and_then(|js| remapped_builtin(&js.config, addr))
+            {
+                if let Some(mut frames) = self.lookup(pid, text) {
+                    for f in &mut frames {
+                        f.addr = format!("{addr:#x}");
+                    }
+                    return Some(frames);
+                }
+            }
             return Some(vec![self.js_frame(pid, addr).unwrap_or_else(|| Frame {
                 symbol: Some(JIT_SYMBOL.to_string()),
                 kind: FrameKind::Jit,
@@ -517,3 +532,13 @@ const _: fn() = || {
     fn send<T: Send>() {}
     send::<Symbolizer>();
 };
+
+/// The address in node's own text of `addr` when it lies in V8's remapped
+/// copy of the embedded builtins (the same bytes at another address).
+fn remapped_builtin(cfg: &tracer_common::V8ProcConfig, addr: u64) -> Option<u64> {
+    (cfg.remap_start < cfg.remap_end
+        && (cfg.remap_start..cfg.remap_end).contains(&addr)
+        && cfg.builtins_start < cfg.builtins_end)
+        .then(|| cfg.builtins_start + (addr - cfg.remap_start))
+        .filter(|a| *a < cfg.builtins_end)
+}
