@@ -214,7 +214,7 @@ impl Tracer {
     /// attaches its system-wide programs. Targets come next.
     pub fn start(opts: TraceOptions) -> Result<Tracer, CoreError> {
         let mut signals = Signals::install().map_err(CoreError::Signals)?;
-        preflight::check()?;
+        preflight::check(opts.mode)?;
         let cfg = LoadConfig {
             watch_exec: opts.watch_exec,
             ..LoadConfig::from_env(opts.mode)

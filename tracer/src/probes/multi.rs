@@ -92,7 +92,7 @@ fn map_fd(m: &Map) -> RawFd {
     )
 }
 
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
+pub(super) fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
     // SAFETY: bpf(2) with a zero-initialised attr union of the right size;
     // every pointer in it points to memory that outlives the call.
     let r = unsafe {
@@ -111,7 +111,7 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-fn zeroed_attr() -> bpf_attr {
+pub(super) fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a plain C union for which all-zero is valid (and
     // what the kernel requires of unused fields).
     unsafe { std::mem::zeroed() }
