@@ -301,12 +301,53 @@ pub fn offheap(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Reads a JSON report written by offheap; `parse_report` checks it.
 pub fn read_report(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading report {}: {e}", path.display()));
-    let v: Value = serde_json::from_str(&text).unwrap();
+    parse_report(&text)
+}
+
+/// Parses a JSON report of offheap (a file, stdout, an agent's /report)
+/// and checks what must hold of every report of the suite: its schema, and
+/// no frame outside every mapping (`assert_frames_mapped`).
+pub fn parse_report(text: &str) -> Value {
+    let v: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("not a JSON report ({e}): {:.200}", text));
     assert_eq!(v["schema"], "offheap.report.v1");
+    assert_frames_mapped(&v);
     v
+}
+
+/// Fails when a stack of `report` holds a native frame in no module: an
+/// address outside every mapping of its process, which the walker must
+/// never record (issue 12: such a frame ends the stack, marked
+/// `truncated`). JS and JIT frames have no module (V8's heap or perf map
+/// names them), nor do the report's own markers (address 0x0, a bracketed
+/// name, such as the stack cap's "[N smaller stacks, folded ...]").
+pub fn assert_frames_mapped(report: &Value) {
+    let mut bad = Vec::new();
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    for p in list(&report["processes"]) {
+        for s in list(&p["stacks"]) {
+            for (i, f) in list(&s["frames"]).iter().enumerate() {
+                let native = f["kind"].as_str().unwrap_or("native") == "native";
+                let marker = f["addr"] == "0x0"
+                    && f["symbol"].as_str().is_some_and(|n| n.starts_with('['));
+                if native && !marker && f["module"].as_str().is_none() {
+                    bad.push(format!(
+                        "pid {} ({}): frame {i} {} in no module, of stack {}",
+                        p["pid"], p["comm"], f["addr"], s["frames"]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "frames outside every mapping:\n{}",
+        bad.join("\n")
+    );
 }
 
 pub fn hex(s: &Value) -> u64 {
