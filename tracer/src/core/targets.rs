@@ -78,6 +78,11 @@ impl Tracer {
             if let Err(e) = self.probes.set_v8_config(pid, &cfg) {
                 log::warn!("V8 layout of PID {pid}: {}", one_line(&e));
             }
+            // Resident mode unwinds mmap stacks in userspace: the same words.
+            if let Model::Resident(set) = &self.model {
+                let js = crate::symbols::v8::RawStackFrames::new(pid, cfg);
+                lock(set).set_js(pid, Box::new(js));
+            }
         }
     }
 

@@ -169,6 +169,9 @@ impl Symbolizer {
     /// The JS frame decoding of a process whose modules include V8 (node or
     /// libnode), or None; says once why a V8 module cannot be walked.
     fn open_js(&mut self, pid: u32, maps: &[Mapped]) -> Option<v8::JsProcess> {
+        if !v8::decoding_enabled() {
+            return None;
+        }
         let (path, meta) = maps.iter().find_map(|m| {
             let v8 = m.module.as_ref()?.v8.clone()?;
             Some((m.entry.path()?.to_string(), v8))
