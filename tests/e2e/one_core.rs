@@ -124,7 +124,7 @@ fn record_pid_and_watch_cgroup_give_the_same_stacks_and_bytes() {
     let watched = loop {
         let (code, body) = agent.get(&format!("/report?pid={pid}"));
         if code == 200 {
-            let r: Value = serde_json::from_str(&body).unwrap();
+            let r = parse_report(&body);
             if site_stacks(&r, &sites, &sizes) == by_record {
                 break r;
             }
