@@ -462,6 +462,19 @@ pub fn wait_maxrss(child: &mut Child) -> (ExitStatus, u64) {
     (ExitStatus::from_raw(status), ru.ru_maxrss as u64)
 }
 
+/// Starts `offheap record --pid PID --mode malloc` writing its JSON report
+/// to `out`, its stderr read on a thread; returns it and that stderr.
+pub fn spawn_record_malloc(pid: u32, out: &Path) -> (Child, Stderr) {
+    let mut tracer = Command::new(offheap_bin())
+        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+        .args(["--format", "json", "--output", out.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = Stderr::new(tracer.stderr.take().unwrap());
+    (tracer, err)
+}
+
 /// Attaches `record --pid PID --mode malloc` (plus `extra` arguments) to a
 /// process waiting at "ready", pokes it, waits for "done", stops the tracer
 /// with SIGINT and returns the JSON report, the tracer's stderr and its peak
