@@ -29,19 +29,19 @@ use aya_obj::generated::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum MultiError {
-    #[error("parsing the BPF object: {0}")]
+    #[error("parsing the BPF object")]
     Parse(#[source] aya_obj::ParseError),
-    #[error("BPF object BTF: {0}")]
+    #[error("BPF object BTF")]
     Btf(#[source] aya_obj::btf::BtfError),
-    #[error("CO-RE relocations against the kernel BTF: {0}")]
+    #[error("CO-RE relocations against the kernel BTF")]
     Core(#[source] aya_obj::btf::BtfRelocationError),
-    #[error("relocating the BPF object: {0}")]
+    #[error("relocating the BPF object")]
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
     #[error("BPF program {0} is missing from the object")]
     MissingProgram(&'static str),
     #[error("BPF map {0} of the object was not created")]
     MissingMap(String),
-    #[error("{what}: {source}{log}")]
+    #[error("{what}{log}")]
     Syscall {
         what: String,
         #[source]

@@ -18,7 +18,7 @@ pub enum PreflightError {
     NoBtf,
     #[error("the kernel does not support uprobes (no {UPROBE_PMU}; needs CONFIG_UPROBE_EVENTS=y)")]
     NoUprobes,
-    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed")]
     Tracefs(#[source] std::io::Error),
     #[error(
         "offheap needs Linux {}.{} or later ({what}); this kernel is {release}",

@@ -46,9 +46,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
-    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps): {source}")]
+    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps)")]
     NoProcess { pid: u32, source: std::io::Error },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -169,6 +169,9 @@ impl Symbolizer {
     /// The JS frame decoding of a process whose modules include V8 (node or
     /// libnode), or None; says once why a V8 module cannot be walked.
     fn open_js(&mut self, pid: u32, maps: &[Mapped]) -> Option<v8::JsProcess> {
+        if !v8::decoding_enabled() {
+            return None;
+        }
         let (path, meta) = maps.iter().find_map(|m| {
             let v8 = m.module.as_ref()?.v8.clone()?;
             Some((m.entry.path()?.to_string(), v8))
@@ -179,7 +182,7 @@ impl Symbolizer {
                 Some(v8::JsProcess::new(pid, meta, &entries, &path))
             }
             Err(e) => {
-                self.warn(format!("pid {pid}: {path}: {e}"));
+                self.warn(format!("pid {pid}: {path}: {}", crate::error::one_line(&e)));
                 None
             }
         }
@@ -367,7 +370,10 @@ impl Symbolizer {
                 Some(m)
             }
             Err(e) => {
-                self.warn(format!("module {path} of pid {pid}: {e}"));
+                self.warn(format!(
+                    "module {path} of pid {pid}: {}",
+                    crate::error::one_line(&e)
+                ));
                 None
             }
         }
@@ -379,7 +385,8 @@ impl Symbolizer {
         if !self.procs.contains_key(&pid) {
             if let Err(e) = self.capture(pid) {
                 self.warn(format!(
-                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({e})"
+                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({})",
+                    crate::error::one_line(&e)
                 ));
                 return vec![Frame::unknown(addr)];
             }
