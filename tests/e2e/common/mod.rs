@@ -332,8 +332,8 @@ pub fn assert_frames_mapped(report: &Value) {
         for s in list(&p["stacks"]) {
             for (i, f) in list(&s["frames"]).iter().enumerate() {
                 let native = f["kind"].as_str().unwrap_or("native") == "native";
-                let marker = f["addr"] == "0x0"
-                    && f["symbol"].as_str().is_some_and(|n| n.starts_with('['));
+                let marker =
+                    f["addr"] == "0x0" && f["symbol"].as_str().is_some_and(|n| n.starts_with('['));
                 if native && !marker && f["module"].as_str().is_none() {
                     bad.push(format!(
                         "pid {} ({}): frame {i} {} in no module, of stack {}",
