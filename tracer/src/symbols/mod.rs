@@ -161,7 +161,6 @@ impl Symbolizer {
         }
         self.open_perf_map(pid, &mut proc);
         proc.find_addons(pid);
-        proc.perf = open_perf_map(pid, &proc.perf_path);
         proc.js = self.open_js(pid, &proc.maps);
         self.procs.insert(pid, proc);
         Ok(())
