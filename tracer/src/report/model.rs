@@ -112,7 +112,14 @@ pub enum FrameKind {
     Js,
     /// JIT code with no perf map entry: shown as `[JIT]` with its address.
     Jit,
+    /// No code: the point where a stack of work run on libuv's threadpool
+    /// (the worker's frames, above) goes on with the stack that queued the
+    /// work (below): the frame `[libuv threadpool]` (`Frame::async_marker`).
+    Async,
 }
+
+/// The name of the `FrameKind::Async` frame.
+pub const ASYNC_FRAME: &str = "[libuv threadpool]";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
@@ -136,6 +143,17 @@ impl Frame {
     pub fn unknown(addr: u64) -> Frame {
         Frame {
             addr: format!("{addr:#x}"),
+            ..Frame::default()
+        }
+    }
+
+    /// The frame of `tracer_common::ASYNC_MARKER` in a stack (see
+    /// `FrameKind::Async`).
+    pub fn async_marker() -> Frame {
+        Frame {
+            addr: format!("{:#x}", tracer_common::ASYNC_MARKER),
+            symbol: Some(ASYNC_FRAME.to_string()),
+            kind: FrameKind::Async,
             ..Frame::default()
         }
     }

@@ -39,9 +39,7 @@ fn read_name(pid: u32, dir: &str) -> Option<String> {
     let dir = dir.trim_end_matches('/');
     // Inside the process's root: a container's symlink stays in it.
     let root = Root::of_process(pid).ok()?;
-    let file = root
-        .open(Path::new(&format!("{dir}/package.json")))
-        .ok()?;
+    let file = root.open(Path::new(&format!("{dir}/package.json"))).ok()?;
     let mut text = String::new();
     file.take(MAX_PACKAGE_JSON).read_to_string(&mut text).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
