@@ -434,9 +434,21 @@ pub fn record_steps(
     dir: &Path,
     extra: &[&str],
 ) -> (Value, Vec<String>, u64) {
+    record_steps_in("malloc", pid, lines, stdin, dir, extra)
+}
+
+/// `record_steps` in `mode` (malloc or resident).
+pub fn record_steps_in(
+    mode: &str,
+    pid: u32,
+    lines: &Lines,
+    stdin: &mut ChildStdin,
+    dir: &Path,
+    extra: &[&str],
+) -> (Value, Vec<String>, u64) {
     let out = dir.join("report.json");
     let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+        .args(["record", "--pid", &pid.to_string(), "--mode", mode])
         .args(["--interval", "0.2", "--format", "json", "--output"])
         .arg(&out)
         .args(extra)
