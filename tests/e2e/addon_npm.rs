@@ -224,7 +224,7 @@ fn record_malloc_finds_sharps_leak_live_in_native_addon() {
     assert_eq!(o.status.code(), Some(0));
     let text = String::from_utf8_lossy(&o.stdout);
     let line = format!(
-        "    11.9 MiB live in {BUFFERS} allocs (11.9 MiB total in {BUFFERS}), addon {PACKAGE}"
+        "      11.9 MiB live in {BUFFERS} allocs (11.9 MiB total in {BUFFERS}), addon {PACKAGE}"
     );
     assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
 }

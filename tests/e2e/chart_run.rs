@@ -73,7 +73,8 @@ fn run_writes_a_chart_of_the_trace() {
     let c = layers(&svg);
     eprintln!("{c}");
     // One panel with a series (one sample per 0.5 s interval), five areas
-    // and two lines.
+    // and two lines, and the requests line: every trace records traffic
+    // (none here).
     let samples: u64 = c["samples"][0].as_str().unwrap().parse().unwrap();
     assert!(samples >= 2, "{c}");
     let kinds: Vec<String> = c["layers"]
@@ -92,6 +93,7 @@ fn run_writes_a_chart_of_the_trace() {
             "other:area",
             "v8_heap:line",
             "rss:line",
+            "requests:line",
         ]
     );
     // The retained Buffers, each 512 KiB and its header page; plus at most

@@ -39,6 +39,8 @@ pub mod maps {
     /// libuv threadpool requests queued and not started: `WorkKey` -> i32,
     /// 1 + the queuing stack's id (threadpool.bpf.c).
     pub const QUEUED_WORK: &str = "queued_work";
+    /// Traffic (traffic.bpf.c): `TrafficCounts` per tgid, per CPU.
+    pub const TRAFFIC: &str = "traffic";
 }
 
 /// Program names, exactly as the programs are named in the BPF object.
@@ -242,6 +244,16 @@ pub mod programs {
         },
     ];
 
+    /// traffic.bpf.c, in every mode: bytes received on sockets (a BTF raw
+    /// tracepoint, run only by socket reads) and connections accepted. The
+    /// accept stays a perf tracepoint: a raw sys_exit would run for every
+    /// syscall of the host; this one runs for accept4 only, at the price of
+    /// a grace period when it detaches.
+    pub const TRAFFIC: [Hook; 2] = [
+        btf("traffic_sock_recv", "sock_recv_length"),
+        perf("traffic_accept4_exit", "syscalls", "sys_exit_accept4"),
+    ];
+
     /// `const volatile` knobs in .rodata, set before load.
     pub const KNOB_PAGE_SIZE: &str = "page_size";
     /// Bits of a stack's hash that pick its home slot in `hashed_stacks`.
@@ -326,6 +338,15 @@ pub const TARGET_VM: u32 = 1 << 1;
 pub const TARGET_FAULTS: u32 = 1 << 2;
 /// The kernel adds a target's forked children as targets with its flags.
 pub const TARGET_FOLLOW: u32 = 1 << 3;
+
+/// Value of `traffic` (per CPU): what a target received since its entry was
+/// made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounts {
+    pub accepted: u64,
+    pub received_bytes: u64,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -826,6 +847,7 @@ mod pod {
     }
     pod!(
         TargetInfo,
+        TrafficCounts,
         StackKey,
         StackStats,
         AllocKey,

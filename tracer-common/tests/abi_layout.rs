@@ -20,6 +20,7 @@ macro_rules! layout {
 fn rust_layout() -> Vec<(String, usize)> {
     let mut v = layout! {
         "target_info" TargetInfo { flags, _pad }
+        "traffic_counts" TrafficCounts { accepted, received_bytes }
         "stack_key" StackKey { tgid, stack_id, async_stack }
         "stack_ips" StackIps { nr, flags, hash, ips }
         "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs, sizes, lifetimes }

@@ -47,6 +47,15 @@ struct vm_area_struct {
 	unsigned long vm_flags;   /* in an anonymous union since 6.3: CO-RE finds it */
 };
 
+/* A socket's address family (traffic.bpf.c): include/net/sock.h. */
+struct sock_common {
+	unsigned short skc_family;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+};
+
 #pragma clang attribute pop
 
 /* <linux/mman.h> / <asm-generic/mman-common.h> values (x86-64), for the

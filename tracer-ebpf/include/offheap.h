@@ -324,6 +324,18 @@ struct work_key {
 	__u64 work;   /* the request's struct uv__work (req + OFFHEAP_UV_WORK_REQ_OFFSET) */
 };
 
+/* ---- traffic (traffic.bpf.c; read by tracer/src/accounting/traffic.rs) ------ */
+
+/* Value of `traffic` (a per-CPU hash, key: __u32 tgid): what a target has
+ * received since its entry was made, on this CPU; userspace sums the CPUs
+ * and takes the difference at each interval. Added to atomically: a
+ * tracepoint program may be preempted (it runs with migration disabled
+ * only), so another program on this CPU could run in between. */
+struct traffic_counts {
+	__u64 accepted;         /* accept4(2) calls that returned a connection */
+	__u64 received_bytes;   /* bytes returned by sock_recvmsg (read, recv*) */
+};
+
 /* ---- resident mode (fault.bpf.c; read by tracer/src/accounting/resident.rs) -- */
 /* Maps: fault_events (ring buffer), fault_scratch (per-CPU buffer for a raw
  * stack copy). Kept apart from `events` so that resident mode has one owner

@@ -161,11 +161,13 @@ int BPF_PROG(vm_sys_enter, struct pt_regs *kregs, long id)
 			break;
 		}
 		/* Only anonymous private mappings are allocations: file and
-		 * shared mappings are not the process's own memory, and a
-		 * PROT_NONE mapping is a reservation of address space (V8
-		 * reserves its cages this way), not memory. */
+		 * shared mappings are not the process's own memory. A PROT_NONE
+		 * one (prot 0 in the event) is a reservation of address space:
+		 * V8 reserves its heap pages so and commits them with
+		 * mprotect; userspace keeps it apart and asks pagemap which
+		 * of its pages are resident (accounting/vm.rs). */
 		if (!(flags & OFFHEAP_MAP_ANONYMOUS) ||
-		    (flags & OFFHEAP_MAP_TYPE) != OFFHEAP_MAP_PRIVATE || prot == 0)
+		    (flags & OFFHEAP_MAP_TYPE) != OFFHEAP_MAP_PRIVATE)
 			return 0;
 		break;
 	case OFFHEAP_NR_MUNMAP:   /* munmap(addr, len) */

@@ -44,7 +44,10 @@
 //! native frames are matched (a JS function may be called anything). No rule
 //! needs the immediate caller of malloc/mmap: a uprobe at function entry
 //! unwound by frame pointers loses it (rbp still points to the caller's frame).
-use crate::report::{build::Symbolize, Bucket, Frame, FrameKind};
+use crate::{
+    proc::limits::is_node_name,
+    report::{build::Symbolize, Bucket, Frame, FrameKind},
+};
 
 pub mod addon;
 
@@ -131,13 +134,7 @@ fn is_node_module(f: &Frame) -> bool {
         return false;
     }
     let name = module_name(f);
-    let exe = name == "nodejs"
-        || name.strip_prefix("node").is_some_and(|rest| {
-            rest.bytes()
-                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
-                && !rest.ends_with('.')
-        });
-    exe || NODE_LIBS.iter().any(|l| name.starts_with(l))
+    is_node_name(name) || NODE_LIBS.iter().any(|l| name.starts_with(l))
 }
 
 pub fn classify(frames: &[Frame]) -> Bucket {

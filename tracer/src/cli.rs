@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::{Format, Mode, ValueKind};
+use crate::report::{text::FrameView, Format, Mode, ValueKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +47,10 @@ pub enum Command {
     /// values per line (`stack BEFORE AFTER`), or svg: a differential flame
     /// graph where red frames grew and blue ones shrank.
     Diff(DiffArgs),
+    /// Print the verdict of a saved JSON report: where the memory grows, its
+    /// shape, the culprit, the heap limit against the container's, allocator
+    /// retention, and what to do next.
+    Explain(ExplainArgs),
 }
 
 /// Options shared by every command that traces.
@@ -86,6 +90,10 @@ pub struct OutputOpts {
     /// Folded and SVG output: weigh stacks by live bytes or by total bytes allocated.
     #[arg(long, value_enum, default_value_t = ValueKind::Live)]
     pub value: ValueKind,
+    /// Text output: `folded` shows runs of V8/libuv/start-up frames as one
+    /// line; `all` shows every frame (JSON, pprof and folded always have all).
+    #[arg(long, value_enum, default_value_t = FrameView::Folded)]
+    pub frames: FrameView,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +170,12 @@ pub struct DiffArgs {
     pub after: PathBuf,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A JSON report written by `record`, `run` or `watch`.
+    pub file: PathBuf,
 }
 
 /// clap's error for bad arguments on one line, as every other error is

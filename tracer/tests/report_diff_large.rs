@@ -40,6 +40,7 @@ fn frame(i: usize, base: u64) -> Frame {
             file: Some(format!("/srv/app/routes/r{}.js", i % 97)),
             line: Some((i % 500) as u32),
             kind: FrameKind::Js,
+            addon: None,
         }
     } else {
         Frame {
@@ -51,6 +52,7 @@ fn frame(i: usize, base: u64) -> Frame {
             file: None,
             line: None,
             kind: FrameKind::Native,
+            addon: None,
         }
     }
 }

@@ -8,13 +8,15 @@
 //! Parts: `floor` (a bare counting uprobe on malloc+free of the one PID, libbpf:
 //! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
-//! (`offheap run --mode ...`).
+//! (`offheap run --mode ...`), and `traffic` (the traffic probes on a
+//! socket-heavy loop: bench_traffic.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
+use crate::bench_traffic;
 use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
@@ -56,6 +58,7 @@ enum PartName {
     BpftraceFloor,
     Malloc,
     Resident,
+    Traffic,
 }
 
 /// One part's paired samples (milliseconds).
@@ -209,6 +212,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "  resident slowdown = {r:.3}x  (goal <= {RESIDENT_GOAL}) {}",
             verdict(r <= RESIDENT_GOAL)
         );
+    }
+    if wants(PartName::Traffic) {
+        if let Err(e) = bench_traffic::run(&bench.root, &bench.offheap, args.pairs) {
+            println!("  traffic: not available: {e:#}");
+        }
     }
     symbench(&bench.root);
     Ok(())

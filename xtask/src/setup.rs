@@ -42,6 +42,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("bpftrace", "the bench's bpftrace floor and cross-checks"),
     (
+        "bpftool",
+        "the bench's traffic part reads the traffic programs' BPF run-time statistics",
+    ),
+    (
         "util-linux",
         "unshare and setpriv (namespace and privilege-drop tests)",
     ),

@@ -153,6 +153,18 @@ impl Lines {
         Lines { rx }
     }
 
+    /// The first line that starts with `prefix` (earlier ones are
+    /// dropped); panics after `timeout`.
+    pub fn starting_with(&self, prefix: &str, timeout: Duration) -> String {
+        loop {
+            match self.rx.recv_timeout(timeout) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("waiting for a line starting with {prefix:?}: {e}"),
+            }
+        }
+    }
+
     /// Lines up to and including `want`; panics after `timeout`.
     pub fn until(&self, want: &str, timeout: Duration) -> Vec<String> {
         let mut seen = Vec::new();

@@ -5,6 +5,14 @@
 //! here as a `VmSpace`). One pass over the maps serves every target; the
 //! deletions keep those maps from growing with processes that came and went,
 //! or with stacks evicted by a cap.
+//!
+//! The address space a process reserved (PROT_NONE mappings) is memory only
+//! where it was committed later, by mprotect, which malloc mode does not
+//! follow: at each read the pages of every reservation that are resident are
+//! asked of the kernel (/proc/PID/pagemap) and handed on per stack as
+//! `RawStack::reserved_resident`. V8 reserves and commits its heap pages so
+//! (MemoryAllocator -> VirtualMemory -> OS::Allocate with kNoAccess, then
+//! SetPermissions), which no mmap call shows.
 use std::collections::{HashMap, HashSet};
 
 use aya::{
@@ -16,7 +24,10 @@ use tracer_common::{
 };
 
 use super::{dist, vm::VmSpace};
-use crate::report::raw::RawStack;
+use crate::{
+    proc::pages::{self, Pagemap, PAGE},
+    report::raw::RawStack,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -82,6 +93,9 @@ pub struct KeyedStack {
 #[derive(Default)]
 pub struct MallocModel {
     spaces: HashMap<u32, VmSpace>,
+    /// Resident bytes of each process's reservations per stack, as last
+    /// read: kept when the process is gone (its last figures stand).
+    reserved: HashMap<u32, HashMap<StackKey, u64>>,
 }
 
 impl MallocModel {
@@ -105,7 +119,7 @@ impl MallocModel {
     /// Every target's stacks, merged by frames, from one pass over
     /// `stack_stats` and the histograms; `pids`: the targets to read.
     pub fn read(
-        &self,
+        &mut self,
         ebpf: &Ebpf,
         pids: &HashSet<u32>,
     ) -> Result<HashMap<u32, Vec<KeyedStack>>, ReadError> {
@@ -135,6 +149,17 @@ impl MallocModel {
             merge_into(&mut merged, &resolver, stats);
             if let Some(space) = self.spaces.get(&pid) {
                 merge_into(&mut merged, &resolver, space.stack_stats());
+                if let Some(now) = resident_reservations(pid, space) {
+                    self.reserved.insert(pid, now);
+                }
+            }
+            for (key, bytes) in self.reserved.get(&pid).into_iter().flatten() {
+                let ips = resolver.ips(key);
+                let e = merged.entry(ips.clone()).or_insert_with(|| RawStack {
+                    ips,
+                    ..RawStack::default()
+                });
+                *e.reserved_resident.get_or_insert(0) += bytes;
             }
             if let Some((sizes, lifetimes)) = hists.remove(&pid) {
                 dist::fill(&mut merged, &resolver, sizes, lifetimes);
@@ -156,6 +181,7 @@ impl MallocModel {
     /// overwritten.
     pub fn remove(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.spaces.remove(&pid);
+        self.reserved.remove(&pid);
         let _ = delete_stats_where(ebpf, |k| k.tgid == pid);
         let _ = delete_allocs_where(ebpf, |k, _| k.tgid == pid);
         let _ = dist::forget(ebpf, |k| k.tgid == pid);
@@ -174,6 +200,19 @@ impl MallocModel {
         dist::forget(ebpf, |k| keys.contains(k))?;
         Ok(())
     }
+}
+
+/// Resident bytes of `pid`'s reservations per creating stack, None when the
+/// process is gone (pagemap of a dead process reads as nothing resident).
+fn resident_reservations(pid: u32, space: &VmSpace) -> Option<HashMap<StackKey, u64>> {
+    let mut pagemap = Pagemap::open(pid).ok()?;
+    let mut out: HashMap<StackKey, u64> = HashMap::new();
+    for m in space.reservations() {
+        *out.entry(m.stack).or_default() += pagemap.count_resident(m.start, m.end) * PAGE;
+    }
+    // Exited between the two reads: the previous figures stand.
+    pages::rss_bytes(pid).ok()?;
+    Some(out)
 }
 
 /// Adds stats into per-frame-list stacks: keys whose frames are equal (for

@@ -3,9 +3,11 @@
 //! removes only what was unmapped; mremap moves or resizes; brk growth and
 //! shrink are ranges too.
 //!
-//! Malloc mode sums the live ranges per stack; resident mode reuses the same
-//! space to ask "which mapping (and stack) contains address X" and to learn
-//! that "range [a, b) was given back".
+//! Malloc mode sums the live ranges per stack. A PROT_NONE mapping is a
+//! reservation of address space, not memory: it is kept (a later munmap or
+//! MAP_FIXED mapping over it must find it) but never summed; its pages
+//! become memory through mprotect, which is not followed, so malloc mode asks
+//! the kernel which of them are resident (`reservations`).
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tracer_common::{event_kind, StackKey, StackStats, VmEvent};
@@ -18,6 +20,8 @@ pub struct Mapping {
     /// Identifies the mmap/brk call that created it (pieces keep it).
     pub id: u64,
     pub stack: StackKey,
+    /// Mapped PROT_NONE: address space reserved, not memory.
+    pub reserved: bool,
 }
 
 impl Mapping {
@@ -44,7 +48,12 @@ impl VmSpace {
     /// Applies one event from the ring buffer. MADVISE changes no mapping.
     pub fn apply(&mut self, ev: &VmEvent) {
         match ev.hdr.kind {
-            event_kind::MMAP => self.map(ev.addr, ev.addr.saturating_add(ev.len), ev.stack),
+            event_kind::MMAP => self.map_with(
+                ev.addr,
+                ev.addr.saturating_add(ev.len),
+                ev.stack,
+                ev.prot == 0,
+            ),
             event_kind::MUNMAP => {
                 self.unmap(ev.addr, ev.addr.saturating_add(ev.len));
             }
@@ -57,15 +66,23 @@ impl VmSpace {
     /// A new mapping of [start, end). Whatever it overlaps was replaced
     /// (MAP_FIXED over an old mapping unmaps it first, mmap(2)).
     pub fn map(&mut self, start: u64, end: u64, stack: StackKey) {
+        self.map_with(start, end, stack, false);
+    }
+
+    /// A new mapping, `reserved` when it was mapped PROT_NONE (never summed
+    /// into the totals).
+    pub fn map_with(&mut self, start: u64, end: u64, stack: StackKey, reserved: bool) {
         if start >= end {
             return;
         }
         self.unmap(start, end);
         let id = self.next_id;
         self.next_id += 1;
-        let t = self.totals.entry(stack).or_default();
-        t.0 += end - start;
-        t.1 += 1;
+        if !reserved {
+            let t = self.totals.entry(stack).or_default();
+            t.0 += end - start;
+            t.1 += 1;
+        }
         self.ranges.insert(
             start,
             Mapping {
@@ -73,6 +90,7 @@ impl VmSpace {
                 end,
                 id,
                 stack,
+                reserved,
             },
         );
     }
@@ -119,7 +137,7 @@ impl VmSpace {
             return;
         };
         let moved_bytes: u64 = moved.iter().map(Mapping::len).sum();
-        if new_len > moved_bytes {
+        if new_len > moved_bytes && !first.reserved {
             self.totals.entry(first.stack).or_default().0 += new_len - moved_bytes;
         }
         let end = new.saturating_add(new_len);
@@ -155,7 +173,16 @@ impl VmSpace {
     }
 
     pub fn live_bytes(&self) -> u64 {
-        self.ranges.values().map(Mapping::len).sum()
+        self.ranges
+            .values()
+            .filter(|m| !m.reserved)
+            .map(Mapping::len)
+            .sum()
+    }
+
+    /// The reserved (PROT_NONE at mmap) ranges, each with its stack.
+    pub fn reservations(&self) -> impl Iterator<Item = &Mapping> {
+        self.ranges.values().filter(|m| m.reserved)
     }
 
     /// Per-stack live and total figures, as malloc mode reports them: a
@@ -163,7 +190,7 @@ impl VmSpace {
     pub fn stack_stats(&self) -> HashMap<StackKey, StackStats> {
         let mut out: HashMap<StackKey, StackStats> = HashMap::new();
         let mut ids: HashSet<u64> = HashSet::new();
-        for m in self.ranges.values() {
+        for m in self.ranges.values().filter(|m| !m.reserved) {
             let s = out.entry(m.stack).or_default();
             s.live_bytes += m.len();
             if ids.insert(m.id) {
@@ -248,6 +275,27 @@ mod tests {
             (s.live_bytes, s.live_allocs, s.total_bytes),
             (6 * P, 1, 6 * P)
         );
+    }
+
+    #[test]
+    fn reservations_are_kept_apart_and_replaced_by_mappings_over_them() {
+        let mut v = VmSpace::default();
+        v.map_with(0, 64 * P, key(7), true);
+        assert_eq!(v.live_bytes(), 0);
+        assert!(v.stack_stats().is_empty());
+        // A piece trimmed off (V8 aligns its reservations), then a mapping
+        // made read-write outright over part of it.
+        v.unmap(48 * P, 64 * P);
+        v.map(0, 8 * P, key(1));
+        let r: Vec<(u64, u64)> = v.reservations().map(|m| (m.start, m.end)).collect();
+        assert_eq!(r, vec![(8 * P, 48 * P)]);
+        assert_eq!(v.live_bytes(), 8 * P);
+        // A reservation moved by mremap stays one.
+        v.remap(8 * P, 40 * P, 100 * P, 50 * P);
+        let r: Vec<(u64, u64)> = v.reservations().map(|m| (m.start, m.end)).collect();
+        assert_eq!(r, vec![(100 * P, 150 * P)]);
+        assert_eq!(v.stack_stats()[&key(1)].total_bytes, 8 * P);
+        assert!(!v.stack_stats().contains_key(&key(7)));
     }
 
     #[test]

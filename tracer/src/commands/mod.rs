@@ -1,6 +1,7 @@
 //! Front ends. Each one chooses targets and outputs, then hands over to the
 //! tracing core (`crate::core`); none knows how a probe works.
 pub mod diff;
+pub mod explain;
 pub mod live;
 pub mod record;
 pub mod report;
@@ -22,6 +23,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Report(args) => report::run(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::Explain(args) => explain::run(&args),
         Command::Watch(args) => watch::run(args).await,
     }
 }

@@ -103,6 +103,7 @@ pub fn render_options(o: &OutputOpts) -> RenderOptions {
     RenderOptions {
         top: o.top,
         value: o.value,
+        frames: o.frames,
     }
 }
 
@@ -134,7 +135,18 @@ pub fn read_report(path: &Path) -> anyhow::Result<Report> {
     if let Some(p) = progress {
         p.done();
     }
+    let mut r = r;
+    judge_unjudged(&mut r);
     Ok(r)
+}
+
+/// Gives a verdict to each process of a report written before verdicts
+/// existed, from the report's own figures (its limits are unknown then).
+fn judge_unjudged(r: &mut Report) {
+    let mode = r.mode;
+    for p in r.processes.iter_mut().filter(|p| p.verdict.is_none()) {
+        p.verdict = Some(report::verdict::judge(p, mode));
+    }
 }
 
 /// Writes an output atomically to `output`, or to stdout when there is none.

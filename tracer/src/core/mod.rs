@@ -28,6 +28,7 @@ use tracer_common::maps;
 use crate::{
     accounting::{
         malloc::{MallocModel, ReadError},
+        point::PointReaders,
         resident::{ResidentError, ResidentSet},
     },
     error::Interrupted,
@@ -195,6 +196,8 @@ pub struct Tracer {
     held: Option<HeldChild>,
     /// Lifecycle records that arrived while a front end was not waiting.
     pending: Vec<Happening>,
+    /// A series point's figures besides RSS and buckets (traffic...).
+    point_readers: PointReaders,
 }
 
 /// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns() that stamps records.
@@ -265,6 +268,7 @@ impl Tracer {
             threadpool_unprobed: 0,
             held: None,
             pending: Vec::new(),
+            point_readers: PointReaders::default(),
         })
     }
 

@@ -65,6 +65,9 @@ impl Tracer {
             }
         }
         let report = self.report();
+        let extras = self
+            .point_readers
+            .read(self.probes.ebpf_mut(), self.opts.mode, &live);
         let t_secs = report.duration_secs;
         for p in &report.processes {
             let Some(t) = self.targets.get_mut(&p.pid) else {
@@ -77,7 +80,7 @@ impl Tracer {
                 t_secs,
                 rss_bytes: p.rss_bytes,
                 buckets: p.buckets,
-                ..SeriesPoint::default()
+                ..extras.point(p.pid)
             });
             if t.series.len() > MAX_SERIES_POINTS {
                 t.series.remove(0);
@@ -178,6 +181,11 @@ impl Tracer {
         if self.threadpool_unprobed > 0 {
             counters.insert(THREADPOOL_UNPROBED.to_string(), self.threadpool_unprobed);
         }
+        // What the unwind tables did: a module without one is walked with
+        // frame pointers, so its stacks may end early.
+        for (name, n) in self.probes.unwind_counters().named() {
+            counters.insert(name.to_string(), n);
+        }
         Meta {
             mode: self.opts.mode,
             duration_secs: self.started.elapsed().as_secs_f64(),
@@ -208,6 +216,7 @@ impl Tracer {
             stacks: t.stacks.clone(),
             series: t.series.clone(),
             cgroup: t.cgroup.clone(),
+            limits: Some(t.info.limits.clone()),
             ..RawProcess::default()
         })
     }
@@ -307,6 +316,10 @@ impl Tracer {
                         r.comm = t.info.comm.clone();
                         r.exe = t.info.exe.clone();
                         r.cgroup = t.cgroup.clone();
+                        // The tick's points, as in malloc mode: they carry
+                        // the traffic, which the model's own samples lack.
+                        r.series = t.series.clone();
+                        r.limits = Some(t.info.limits.clone());
                         if r.rss_bytes == 0 {
                             r.rss_bytes = t.info.rss_bytes;
                         }

@@ -302,6 +302,7 @@ impl Tracer {
             comm: spawn::comm_of(&exe),
             exe: exe.display().to_string(),
             rss_bytes: 0,
+            limits: Default::default(),
         };
         self.adopt_or(pid, monotonic_ns(), None, Some(if_gone))?;
         Ok(pid)

@@ -20,7 +20,7 @@ use prometheus::{
     Counter, Encoder, GaugeVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::report::{Bucket, ProcessReport};
+use crate::report::{verdict::Kind, Bucket, ProcessReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -43,6 +43,7 @@ pub type ReportProvider = Box<dyn Fn(u32) -> Option<Vec<u8>> + Send + Sync>;
 
 const PROC_LABELS: &[&str] = &["pid", "comm", "pod_uid", "container_id"];
 const BUCKET_LABELS: &[&str] = &["pid", "comm", "pod_uid", "container_id", "bucket"];
+const VERDICT_LABELS: &[&str] = &["pid", "comm", "pod_uid", "container_id", "kind"];
 /// Window over which `offheap_growth_bytes_per_second` is measured.
 const GROWTH_WINDOW_SECS: f64 = 60.0;
 
@@ -52,6 +53,7 @@ pub struct MetricsState {
     bucket_bytes: IntGaugeVec,
     rss_bytes: IntGaugeVec,
     growth: GaugeVec,
+    verdict: IntGaugeVec,
     oom_kills: IntCounter,
     dropped_events: IntCounter,
     agent_rss: IntGauge,
@@ -88,6 +90,15 @@ impl MetricsState {
             ),
             PROC_LABELS,
         )?;
+        let verdict = IntGaugeVec::new(
+            Opts::new(
+                "offheap_verdict",
+                "1 for each verdict kind that applies to a traced process (the main one and every \
+                 other finding: v8_heap_growth, off_heap_growth, tracks_load, allocator_retention, \
+                 heap_limit_exceeds_container, ...), else 0.",
+            ),
+            VERDICT_LABELS,
+        )?;
         let oom_kills = IntCounter::new(
             "offheap_oom_kills_total",
             "OOM kills seen on this host (oom/mark_victim).",
@@ -109,6 +120,7 @@ impl MetricsState {
         registry.register(Box::new(bucket_bytes.clone()))?;
         registry.register(Box::new(rss_bytes.clone()))?;
         registry.register(Box::new(growth.clone()))?;
+        registry.register(Box::new(verdict.clone()))?;
         registry.register(Box::new(oom_kills.clone()))?;
         registry.register(Box::new(dropped_events.clone()))?;
         registry.register(Box::new(agent_rss.clone()))?;
@@ -119,6 +131,7 @@ impl MetricsState {
             bucket_bytes,
             rss_bytes,
             growth,
+            verdict,
             oom_kills,
             dropped_events,
             agent_rss,
@@ -161,6 +174,14 @@ impl MetricsState {
         self.growth
             .with_label_values(&base)
             .set(growth_bytes_per_sec(p));
+        if let Some(v) = &p.verdict {
+            for k in Kind::ALL {
+                let mut l = base.to_vec();
+                l.push(k.as_str());
+                let on = v.findings.iter().any(|f| f.kind == k);
+                self.verdict.with_label_values(&l).set(i64::from(on));
+            }
+        }
     }
 
     /// Drops every label set of `pid`. Unknown pids are ignored.
@@ -178,6 +199,11 @@ impl MetricsState {
             let mut v = base.to_vec();
             v.push(b.as_str());
             let _ = self.bucket_bytes.remove_label_values(&v);
+        }
+        for k in Kind::ALL {
+            let mut v = base.to_vec();
+            v.push(k.as_str());
+            let _ = self.verdict.remove_label_values(&v);
         }
         let _ = self.rss_bytes.remove_label_values(&base);
         let _ = self.growth.remove_label_values(&base);
@@ -441,6 +467,28 @@ mod tests {
         st.remove_process(7);
         let text = st.encode();
         assert!(!text.contains("pid=\"7\""), "{text}");
+    }
+
+    #[test]
+    fn a_gauge_per_verdict_kind() {
+        let st = MetricsState::new().unwrap();
+        let mut p = proc(9, 100, 5);
+        p.verdict = Some(crate::report::verdict::judge(
+            &p,
+            crate::report::Mode::Resident,
+        ));
+        st.update_process(&p, &Labels::default());
+        let text = st.encode();
+        let line = |kind: &str, v: u8| {
+            format!(
+                "offheap_verdict{{comm=\"\",container_id=\"\",kind=\"{kind}\",pid=\"9\",pod_uid=\"\"}} {v}\n"
+            )
+        };
+        assert!(text.contains(&line("insufficient_data", 1)), "{text}");
+        assert!(text.contains(&line("off_heap_growth", 0)), "{text}");
+        assert_eq!(text.matches("offheap_verdict{").count(), Kind::ALL.len());
+        st.remove_process(9);
+        assert!(!st.encode().contains("offheap_verdict{"));
     }
 
     #[test]

@@ -115,6 +115,17 @@ fn top_line(report: &Report, pid: Option<u32>) -> String {
     }
 }
 
+/// `; verdict: <headline>` of process `pid`, or nothing when it has none.
+pub fn verdict_part(report: &Report, pid: u32) -> String {
+    report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .and_then(|p| p.verdict.as_ref())
+        .map(|v| format!("; verdict: {}", v.headline))
+        .unwrap_or_default()
+}
+
 /// Files written for one event, and the line to log about them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -205,11 +216,12 @@ pub fn write_postmortem(
     let stem = format!("oom-{}-{pid}-{}", owner.file_part(), timestamp(now));
     let (json, txt, svg) = write_files(dir, &stem, report)?;
     let log_line = format!(
-        "offheap: OOM kill of pid {pid} ({}){}: report {}; {}",
+        "offheap: OOM kill of pid {pid} ({}){}: report {}; {}{}",
         clean(&comm),
         owner.phrase(),
         json.display(),
-        top_line(report, Some(pid))
+        top_line(report, Some(pid)),
+        verdict_part(report, pid)
     );
     Ok(Written {
         json,
@@ -259,7 +271,11 @@ pub fn postmortem_line(
         clean(&victim.comm),
         Owner::of(cgroup).phrase()
     );
-    let top = top_line(&report, Some(victim.tgid));
+    let top = format!(
+        "{}{}",
+        top_line(&report, Some(victim.tgid)),
+        verdict_part(&report, victim.tgid)
+    );
     let Some(dir) = dir else {
         return format!("{head}: no --oom-dir, no report written; {top}");
     };
@@ -404,6 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = report();
         r.duration_secs = 3.5;
+        r.processes[0].verdict = Some(report::verdict::judge(&r.processes[0], r.mode));
         let victim = OomVictim {
             tgid: 123,
             comm: "node".into(),
@@ -432,7 +449,8 @@ mod tests {
             w.log_line,
             format!(
                 "offheap: OOM kill of pid 123 (node) in pod 0f5c1a3e-8d4b-4c6a-9e21-7b3f2d1c0a99: \
-                 report {}; top off-heap: 812.0 MiB array_buffers at handleRequest ← parseBody ← onData ← …",
+                 report {}; top off-heap: 812.0 MiB array_buffers at handleRequest ← parseBody ← onData ← …; \
+                 verdict: too few samples (0) to judge the growth: trace for at least 3 intervals",
                 w.json.display()
             )
         );

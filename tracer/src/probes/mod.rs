@@ -249,7 +249,11 @@ impl Probes {
             Mode::Resident => &programs::RESIDENT,
         };
         let btf = Btf::from_sys_fs()?;
-        for hook in programs::LIFECYCLE.iter().chain(mode_hooks) {
+        for hook in programs::LIFECYCLE
+            .iter()
+            .chain(mode_hooks)
+            .chain(&programs::TRAFFIC)
+        {
             match hook.attach {
                 Attach::TracePoint(category, event) => {
                     self.attach_tracepoint(hook.program, category, event)?

@@ -4,6 +4,8 @@
 //! process is complete.
 use std::fs;
 
+use super::limits::{self, MemoryLimits};
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcInfo {
     pub comm: String,
@@ -11,6 +13,8 @@ pub struct ProcInfo {
     /// file was replaced (a deploy under a running process).
     pub exe: String,
     pub rss_bytes: u64,
+    /// node's heap flags, the host's memory, the cgroup's limit.
+    pub limits: MemoryLimits,
 }
 
 /// Reads /proc/PID; None once the process is gone (or a zombie: its exe
@@ -25,9 +29,11 @@ pub fn snapshot(pid: u32) -> Option<ProcInfo> {
         .parse()
         .ok()?;
     let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
     Some(ProcInfo {
         comm: comm.trim_end().to_string(),
-        exe: exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string(),
+        limits: limits::read(pid, &exe),
+        exe,
         rss_bytes: rss_kb * 1024,
     })
 }

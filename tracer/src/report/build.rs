@@ -1,11 +1,13 @@
 //! Assembles a `Report` from raw per-process stacks: symbolize every frame,
-//! classify every stack into a bucket, sum the buckets, sort.
+//! classify every stack into a bucket, sum the buckets, sort, and judge each
+//! process (`verdict`), so that every report carries its verdict.
 use std::collections::BTreeMap;
 
 use crate::{
     classify,
     report::{
-        raw::RawProcess, AgentCost, Buckets, Frame, Mode, ProcessReport, Report, StackReport,
+        raw::RawProcess, verdict, AgentCost, Bucket, Buckets, Frame, Mode, ProcessReport, Report,
+        StackReport,
     },
 };
 
@@ -55,7 +57,9 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
     let mut warnings = Vec::new();
     for p in processes {
         let pid = p.pid;
-        report.processes.push(assemble_process(p, sym));
+        let mut p = assemble_process(p, sym);
+        p.verdict = Some(verdict::judge(&p, report.mode));
+        report.processes.push(p);
         warnings.extend(sym.process_warnings(pid));
     }
     warnings.extend(sym.take_warnings());
@@ -89,7 +93,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
     let mut stacks: Vec<StackReport> = p
         .stacks
         .into_iter()
-        .map(|s| {
+        .filter_map(|s| {
             let mut frames: Vec<Frame> = s
                 .ips
                 .iter()
@@ -127,11 +131,20 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                 });
             }
             let bucket = s.bucket.unwrap_or_else(|| classify::classify(&frames));
-            *buckets.get_mut(bucket) += s.live_bytes;
+            // Malloc mode's reserved address space counts where V8 committed
+            // its heap in it; a stack that only reserved (a thread stack's
+            // mapping) has nothing to show.
+            let reserved = match (s.reserved_resident, bucket) {
+                (Some(r), Bucket::V8Heap) => r,
+                (Some(_), _) if s.total_allocs == 0 && s.live_allocs == 0 => return None,
+                _ => 0,
+            };
+            let live_bytes = s.live_bytes + reserved;
+            *buckets.get_mut(bucket) += live_bytes;
             let addon = classify::addon_of(&frames).map(str::to_string);
-            StackReport {
+            Some(StackReport {
                 bucket: Some(bucket),
-                live_bytes: s.live_bytes,
+                live_bytes,
                 live_allocs: s.live_allocs,
                 total_bytes: s.total_bytes,
                 total_allocs: s.total_allocs,
@@ -142,7 +155,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
                 sizes: s.sizes,
                 lifetimes_ns: s.lifetimes_ns,
                 addon,
-            }
+            })
         })
         .collect();
     stacks.sort_by(|a, b| {
@@ -162,5 +175,7 @@ fn assemble_process(p: RawProcess, sym: &mut dyn Symbolize) -> ProcessReport {
         preexisting: p.preexisting,
         reconciliation: p.reconciliation,
         cgroup: p.cgroup,
+        limits: p.limits,
+        verdict: None,
     }
 }

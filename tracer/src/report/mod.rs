@@ -5,6 +5,7 @@ pub mod chart;
 pub mod diff;
 pub mod fmt;
 pub mod folded;
+pub mod frames;
 pub mod hist;
 pub mod json;
 pub mod live;
@@ -14,6 +15,7 @@ pub mod progress;
 pub mod raw;
 pub mod svg;
 pub mod text;
+pub mod verdict;
 pub mod write;
 
 pub use model::*;
@@ -90,6 +92,8 @@ pub struct RenderOptions {
     pub top: Option<usize>,
     /// Folded and SVG output: live or total bytes.
     pub value: ValueKind,
+    /// Text output: fold runs of runtime frames, or show every frame.
+    pub frames: text::FrameView,
 }
 
 pub fn render(

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::proc::limits::{FlagSource, MemoryLimits, SizeFlag};
+
 pub const SCHEMA: &str = "offheap.report.v1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -249,6 +251,16 @@ pub struct SeriesPoint {
     /// point. None until tracing records traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_bytes: Option<u64>,
+    /// Malloc mode, glibc's malloc: resident bytes of the arenas (`[heap]`
+    /// and the thread arenas' heaps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_resident_bytes: Option<u64>,
+    /// Malloc mode, glibc's malloc: of `arena_resident_bytes`, the bytes no
+    /// live block holds (freed memory glibc keeps), beyond what was so at
+    /// the first point (blocks allocated before tracing cannot be told from
+    /// freed ones). See accounting/arenas.rs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_free_bytes: Option<u64>,
 }
 
 /// Resident bytes already present when tracing started, per mapping kind
@@ -280,6 +292,14 @@ pub struct ProcessReport {
     pub reconciliation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// What bounds the process's memory (node's heap flags, the host's
+    /// memory, the cgroup's limit), read while it lived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<MemoryLimits>,
+    /// What its memory does and what to do about it (report/verdict/mod.rs
+    /// documents the object). Absent in reports written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<super::verdict::Verdict>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! each process (return addresses, not names), and `report::build` turns
 //! into a `Report`.
 use super::{Attribution, Bucket, PreexistingLine, Quantiles, SeriesPoint};
+use crate::proc::limits::MemoryLimits;
 
 /// One stack as counted: return addresses, innermost (the allocation call) first.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,6 +30,13 @@ pub struct RawStack {
     /// The walk stopped before the outermost frame (see
     /// `StackReport::truncated`).
     pub truncated: bool,
+    /// Malloc mode: resident bytes inside the address space this stack
+    /// reserved (PROT_NONE mappings, committed later by mprotect). They are
+    /// memory of the V8 heap when the stack is V8's page allocator: the
+    /// report adds them to `live_bytes` of `v8_heap` stacks only (see
+    /// `report::build`); other reservations (thread stacks) are left out,
+    /// as malloc mode always did.
+    pub reserved_resident: Option<u64>,
 }
 
 /// Everything known about one traced process, before symbolization.
@@ -44,4 +52,6 @@ pub struct RawProcess {
     pub preexisting: Vec<PreexistingLine>,
     pub reconciliation: Option<String>,
     pub cgroup: Option<String>,
+    /// What bounds its memory, as last read while it lived.
+    pub limits: Option<MemoryLimits>,
 }

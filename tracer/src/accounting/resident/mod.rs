@@ -24,7 +24,6 @@
 mod evict;
 mod maps;
 mod output;
-mod procfs;
 mod set;
 
 use std::{
@@ -32,8 +31,9 @@ use std::{
     time::Instant,
 };
 
+use crate::proc::pages as procfs;
+pub use crate::proc::pages::{Pagemap, ProcError, PAGE};
 pub use maps::{DrainStats, ResidentError, ResidentMaps};
-pub use procfs::{Pagemap, ProcError, PAGE};
 pub use set::ResidentSet;
 use tracer_common::{FaultEvent, MapEvent};
 
@@ -42,11 +42,9 @@ use crate::report::{Attribution, Bucket, Buckets, SeriesPoint};
 
 /// Samples kept per stack for its growth rate (the "last window").
 const GROWTH_WINDOW: usize = 10;
-/// glibc's HEAP_MAX_SIZE on 64-bit (2 * DEFAULT_MMAP_THRESHOLD_MAX): a
-/// thread arena is created as a PROT_NONE, MAP_NORESERVE mapping of this size
-/// (or twice it, trimmed to alignment) by malloc/arena.c:new_heap. fault.bpf.c
-/// applies the same rule (OFFHEAP_GLIBC_HEAP_MAX) to skip stack walks.
-const GLIBC_HEAP_MAX: u64 = 64 << 20;
+/// fault.bpf.c applies the same rule (OFFHEAP_GLIBC_HEAP_MAX) to skip stack
+/// walks in glibc's thread arenas.
+use super::arenas::GLIBC_HEAP_MAX;
 const MAP_FIXED: u32 = 0x10;
 const MAP_NORESERVE: u32 = 0x4000;
 

@@ -36,6 +36,7 @@ impl Resident {
                 bucket: (s.folded > 0).then_some(s.bucket).flatten(),
                 folded_stacks: s.folded,
                 truncated: s.truncated,
+                reserved_resident: None,
             })
             .collect()
     }
@@ -114,6 +115,7 @@ impl Resident {
             )),
             preexisting,
             cgroup: None,
+            limits: None,
         }
     }
 }

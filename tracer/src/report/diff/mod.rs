@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Bucket, Buckets, Frame, FrameKind, Report};
+use super::{frames::js_name, Bucket, Buckets, Frame, FrameKind, Report};
 
 pub use index::DiffIndex;
 pub use render::{render, render_to};
@@ -70,15 +70,6 @@ pub struct DiffReport {
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// `JS:*handler` and `LazyCompile:~handler` both become `handler`.
-fn js_name(sym: &str) -> &str {
-    let rest = match sym.split_once(':') {
-        Some((prefix, rest)) if prefix.chars().all(|c| c.is_ascii_alphabetic()) => rest,
-        _ => sym,
-    };
-    rest.trim_start_matches(['~', '*', '^', '+'])
 }
 
 /// What a frame means, independent of where the run put it in memory.

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use super::{delta, DiffReport, DiffStack};
 use crate::report::{
     fmt::{clean, human_bytes, signed_bytes},
-    folded, Bucket, Format, RenderError, RenderOptions,
+    folded, text, Bucket, Format, RenderError, RenderOptions,
 };
 
 /// A rendering that cannot be made, as an io::Error of the writer.
@@ -55,8 +55,15 @@ fn render_text(d: &DiffReport, opts: &RenderOptions, out: &mut dyn Write) -> io:
             human_bytes(s.after_live_bytes),
             s.bucket.map(Bucket::as_str).unwrap_or("unclassified")
         )?;
-        for f in &s.frames {
-            writeln!(out, "      {}", clean(&f.display_name()))?;
+        let frames: Vec<_> = s.frames.iter().map(|f| (**f).clone()).collect();
+        for l in text::stacks::lines(&frames, opts.frames) {
+            let line = match l {
+                text::stacks::Line::Frame(f) => clean(&f.display_name()),
+                text::stacks::Line::Folded { count, parts } => {
+                    text::stacks::Line::folded_text(count, &parts)
+                }
+            };
+            writeln!(out, "      {line}")?;
         }
     }
     Ok(())

@@ -219,6 +219,27 @@ impl MemoryCgroup {
         }
     }
 
+    /// The lowest hard limit of this cgroup and its ancestors, the one the
+    /// kernel enforces first: a container's own cgroup may be unlimited
+    /// below a limited one (Kubernetes puts the pod's limit on the pod's
+    /// cgroup too). None when no level has a limit.
+    pub fn effective_limit_bytes(&self) -> Option<u64> {
+        let depth = self.path.split('/').filter(|c| !c.is_empty()).count();
+        self.dir
+            .ancestors()
+            .take(depth + 1)
+            .filter_map(|dir| {
+                MemoryCgroup {
+                    dir: dir.to_path_buf(),
+                    ..self.clone()
+                }
+                .limit_bytes()
+                .ok()
+                .flatten()
+            })
+            .min()
+    }
+
     /// Current usage as the limit is enforced against.
     pub fn usage_bytes(&self) -> Result<u64, CgroupError> {
         let f = match self.version {
@@ -403,6 +424,17 @@ mod tests {
             Err(CgroupError::Read { .. })
         ));
         assert_eq!(cg(Version::V1).short_name(), UID);
+        // A child without a limit of its own, below a limited parent.
+        let child = d.path().join("pod/ctr");
+        fs::create_dir_all(&child).unwrap();
+        fs::write(child.join("memory.max"), "max\n").unwrap();
+        fs::write(d.path().join("pod/memory.max"), "1048576\n").unwrap();
+        let nested = MemoryCgroup {
+            version: Version::V2,
+            path: "/pod/ctr".into(),
+            dir: child,
+        };
+        assert_eq!(nested.effective_limit_bytes(), Some(1 << 20));
 
         fs::write(d.path().join("cgroup.procs"), "10\n3\n").unwrap();
         fs::create_dir_all(d.path().join("a/b")).unwrap();

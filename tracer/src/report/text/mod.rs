@@ -1,16 +1,37 @@
-//! Text output for a person: per process, a summary that contrasts the V8 heap
-//! with everything off it, the series of each bucket with its growth, then the
-//! top stacks per bucket with their size and lifetime quantiles.
+//! Text output for a person: first the verdict on every process, then per
+//! process a summary that contrasts the V8 heap with everything off it, the
+//! series of each bucket with its growth, then the top stacks per bucket
+//! (`stacks`: merged, each with a headline, runtime frames folded).
 //!
 //! Names that come from the target (symbols, JS functions, paths) may hold
 //! control characters; they are shown as `?` so a report printed on a terminal
 //! cannot drive it.
+pub mod stacks;
+
 use std::fmt::Write;
 
 use super::{
-    fmt::{clean, human_bytes, human_ns, signed_bytes, sparkline},
-    Bucket, Frame, FrameKind, ProcessReport, Quantiles, RenderOptions, Report, StackReport,
+    fmt::{clean, human_bytes, signed_bytes, sparkline},
+    verdict, Bucket, ProcessReport, RenderOptions, Report, StackReport,
 };
+pub use stacks::FrameView;
+
+/// The verdict block: `verdict PID 42 (node): <headline>`, then its other
+/// lines indented. Empty for a process without a verdict.
+pub fn verdict_block(out: &mut String, p: &ProcessReport) {
+    let Some(v) = &p.verdict else { return };
+    let lines = verdict::lines(v);
+    let _ = writeln!(
+        out,
+        "verdict PID {} ({}): {}",
+        p.pid,
+        clean(&p.comm),
+        clean(&lines[0])
+    );
+    for l in &lines[1..] {
+        let _ = writeln!(out, "  {}", clean(l));
+    }
+}
 
 pub fn summary_line(p: &ProcessReport) -> String {
     let b = &p.buckets;
@@ -23,69 +44,6 @@ pub fn summary_line(p: &ProcessReport) -> String {
         human_bytes(b.node_native),
         human_bytes(b.other),
     )
-}
-
-fn quantiles(q: &Quantiles, unit: fn(u64) -> String) -> String {
-    format!(
-        "p50 {} · p90 {} · p99 {} · max {} (n={})",
-        unit(q.p50),
-        unit(q.p90),
-        unit(q.p99),
-        unit(q.max),
-        q.count
-    )
-}
-
-fn frame_line(f: &Frame) -> String {
-    let name = match (f.kind, &f.symbol) {
-        (FrameKind::Jit, None) => format!("[JIT] {}", f.addr),
-        _ => f.display_name(),
-    };
-    let place = if let (Some(file), Some(line)) = (&f.file, f.line) {
-        format!(" ({file}:{line})")
-    } else if let Some(m) = &f.module {
-        format!(" [{}]", m.rsplit('/').next().unwrap_or(m))
-    } else {
-        String::new()
-    };
-    clean(&format!("{name}{place}"))
-}
-
-fn stack_block(out: &mut String, s: &StackReport) {
-    let _ = write!(
-        out,
-        "    {} live in {} allocs ({} total in {})",
-        human_bytes(s.live_bytes),
-        s.live_allocs,
-        human_bytes(s.total_bytes),
-        s.total_allocs
-    );
-    if let Some(a) = s.attribution {
-        let _ = write!(
-            out,
-            ", attribution {}",
-            serde_json::to_value(a)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(g) = s.growth_bytes_per_sec {
-        let _ = write!(out, ", growth {}/s", signed_bytes(g as i64));
-    }
-    if let Some(a) = &s.addon {
-        let _ = write!(out, ", addon {}", clean(a));
-    }
-    out.push('\n');
-    if let Some(q) = &s.sizes {
-        let _ = writeln!(out, "      sizes     {}", quantiles(q, human_bytes));
-    }
-    if let Some(q) = &s.lifetimes_ns {
-        let _ = writeln!(out, "      lifetimes {}", quantiles(q, human_ns));
-    }
-    for f in &s.frames {
-        let _ = writeln!(out, "        {}", frame_line(f));
-    }
 }
 
 /// One line per bucket: its latest value, its growth over the series, and a
@@ -134,6 +92,9 @@ pub fn render(report: &Report, opts: &RenderOptions) -> String {
         report.duration_secs,
         report.dropped_events
     );
+    for p in &report.processes {
+        verdict_block(&mut out, p);
+    }
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {}", clean(w));
     }
@@ -180,21 +141,22 @@ pub fn render(report: &Report, opts: &RenderOptions) -> String {
             if stacks.is_empty() {
                 continue;
             }
-            let shown = opts.top.unwrap_or(usize::MAX).min(stacks.len());
+            let merged = stacks::merge(&stacks);
+            let shown = opts.top.unwrap_or(usize::MAX).min(merged.len());
             let _ = writeln!(
                 out,
                 "\n  {} · {} in {} stacks{}",
                 b.as_str(),
                 human_bytes(p.buckets.get(b)),
-                stacks.len(),
-                if shown < stacks.len() {
+                merged.len(),
+                if shown < merged.len() {
                     format!(" (top {shown} shown)")
                 } else {
                     String::new()
                 }
             );
-            for s in stacks.iter().take(shown) {
-                stack_block(&mut out, s);
+            for m in merged.iter().take(shown) {
+                stacks::block(&mut out, m, opts.frames);
             }
         }
     }
@@ -204,6 +166,7 @@ pub fn render(report: &Report, opts: &RenderOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::fmt::human_ns;
 
     #[test]
     fn human_units() {
@@ -235,6 +198,7 @@ mod tests {
             &RenderOptions {
                 top: None,
                 value: Default::default(),
+                frames: Default::default(),
             },
         );
         assert!(

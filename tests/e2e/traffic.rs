@@ -1,0 +1,76 @@
+//! Traffic in the time series, exactly: a node TCP server that reads what
+//! its clients send gets one accepted connection per client and every byte
+//! they sent, summed over the series' intervals.
+use std::{
+    io::Write,
+    net::{Shutdown, TcpStream},
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use offheap_e2e::*;
+
+const T: Duration = Duration::from_secs(120);
+/// Clients, and what each sends: sizes that add up to no round number, so
+/// that a byte lost or counted twice shows.
+const SENDS: [usize; 7] = [1, 100, 1000, 4096, 65536, 100_003, 7];
+
+#[test]
+fn connections_and_bytes_received_are_counted_exactly() {
+    let _bpf = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("traffic.json");
+    let script = workspace().join("tests/fixtures/tcp_sink.js");
+    let mut offheap = Command::new(offheap_bin())
+        .args(["run", "--no-live", "--interval", "0.5", "--format", "json"])
+        .args(["--output", report.to_str().unwrap(), "--", "/usr/bin/node"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Lines::new(offheap.stdout.take().unwrap());
+    let mut err = Stderr::new(offheap.stderr.take().unwrap());
+    let attached = err.wait_attached(T);
+    let pid: i32 = attached
+        .split_whitespace()
+        .nth(4)
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let port = out.starting_with("port ", T)[5..].to_string();
+    let total: usize = SENDS.iter().sum();
+    for (i, n) in SENDS.iter().enumerate() {
+        let mut c = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        c.write_all(&vec![b'x'; *n]).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        // The server read it all once it saw the end of this client's data.
+        let want = format!("closed {} bytes ", i + 1);
+        let line = out.starting_with(&want, T);
+        let sent: usize = SENDS[..=i].iter().sum();
+        assert_eq!(line, format!("{want}{sent}"));
+    }
+    // Two quiet intervals, so that the last reads are in a point.
+    sleep(Duration::from_millis(1500));
+    signal(&offheap, libc::SIGINT);
+    let status = offheap.wait().unwrap();
+    let rest = err.rest();
+    // SAFETY: kill(2) of the traced node, which outlives `run` on SIGINT.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    let r = read_report(&report);
+    let series = r["processes"][0]["series"].as_array().unwrap();
+    let sum = |field: &str| -> u64 {
+        series
+            .iter()
+            .map(|p| {
+                p[field]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{field} in {p}"))
+            })
+            .sum()
+    };
+    assert_eq!(sum("accepted_connections"), SENDS.len() as u64);
+    assert_eq!(sum("received_bytes"), total as u64);
+}
