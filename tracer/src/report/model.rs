@@ -184,6 +184,22 @@ pub fn telling_frames(frames: &[Frame]) -> &[Frame] {
     &frames[start..]
 }
 
+/// For a stack of threadpool work: the frame that tells who queued the
+/// work, past the `[libuv threadpool]` marker: the first JS frame of the
+/// queuing stack outside node's own library (scripts `node:zlib`,
+/// `node:internal/...`), else its first JS frame, else its first frame.
+/// None for other stacks. One-line summaries show it after the marker, as
+/// the allocating frames cannot say it.
+pub fn queued_by(frames: &[Frame]) -> Option<&Frame> {
+    let at = frames.iter().position(|f| f.kind == FrameKind::Async)?;
+    let queued = &frames[at + 1..];
+    let js = || queued.iter().filter(|f| f.kind == FrameKind::Js);
+    let nodes_own = |f: &&Frame| f.symbol.as_deref().is_some_and(|s| s.contains(" node:"));
+    js().find(|f| !nodes_own(f))
+        .or_else(|| js().next())
+        .or_else(|| queued.first())
+}
+
 /// Which rule attributed a stack's resident bytes (resident mode only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
