@@ -5,7 +5,7 @@ mod report_support;
 
 use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock};
 
-use report_support::{fixture, load, offheap, offheap_ok, sum};
+use report_support::{fixture, load, offheap, offheap_ok, pprof_format, sum};
 use serde_json::Value;
 
 const AFTER: &str = "after.json";
@@ -145,30 +145,6 @@ fn svg_is_well_formed_and_names_the_top_frame() {
         body.contains("rgb(231,84,128)"),
         "native_addon colour missing"
     );
-}
-
-/// Installs the independent decoder (npm `pprof-format`, pure JS) once per
-/// build directory. Failing to install fails the test: never a silent pass.
-fn pprof_format() -> &'static Path {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-format");
-        if !dir.join("node_modules/pprof-format/package.json").exists() {
-            std::fs::create_dir_all(&dir).unwrap();
-            let out = Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .arg("pprof-format@2.3.2")
-                .output()
-                .expect("npm is needed to install the pprof decoder");
-            assert!(
-                out.status.success(),
-                "npm install pprof-format failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir.join("node_modules")
-    })
 }
 
 #[test]

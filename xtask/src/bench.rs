@@ -8,14 +8,16 @@
 //! Parts: `floor` (a bare counting uprobe on malloc+free of the one PID, libbpf:
 //! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
-//! (`offheap run --mode ...`), and `traffic` (the traffic probes on a
-//! socket-heavy loop: bench_traffic.rs).
+//! (`offheap run --mode ...`), `traffic` (the traffic probes on a
+//! socket-heavy loop: bench_traffic.rs), and `threadpool` (the threadpool
+//! probes on a zlib-heavy loop: bench_threadpool.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
+use crate::bench_threadpool;
 use crate::bench_traffic;
 use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
@@ -59,6 +61,7 @@ enum PartName {
     Malloc,
     Resident,
     Traffic,
+    Threadpool,
 }
 
 /// One part's paired samples (milliseconds).
@@ -216,6 +219,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Traffic) {
         if let Err(e) = bench_traffic::run(&bench.root, &bench.offheap, args.pairs) {
             println!("  traffic: not available: {e:#}");
+        }
+    }
+    if wants(PartName::Threadpool) {
+        if let Err(e) = bench_threadpool::run(&bench.root, &bench.offheap, args.pairs) {
+            println!("  threadpool: not available: {e:#}");
         }
     }
     symbench(&bench.root);

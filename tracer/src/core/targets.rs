@@ -116,6 +116,9 @@ impl Tracer {
     /// threadpool cannot be followed is counted (`THREADPOOL_UNPROBED`),
     /// and warned about when it has libuv (a stripped libuv.so).
     fn threadpool(&mut self, pid: u32, found: Result<Threadpool, Skip>) -> Option<Threadpool> {
+        if threadpool::disabled() {
+            return None;
+        }
         match found {
             Ok(tp) => Some(tp),
             Err(skip) => {

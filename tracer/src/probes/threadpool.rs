@@ -51,6 +51,13 @@ impl std::fmt::Display for Skip {
     }
 }
 
+/// `$OFFHEAP_NO_THREADPOOL` set: no target's threadpool is probed. For
+/// `cargo xtask bench`, which measures what the probes cost against runs
+/// without them.
+pub fn disabled() -> bool {
+    std::env::var_os("OFFHEAP_NO_THREADPOOL").is_some()
+}
+
 fn file_name(module: &str) -> &str {
     module.rsplit('/').next().unwrap_or(module)
 }
