@@ -96,18 +96,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn build_addon(dir: &Path) -> PathBuf {
-    let src = write(dir, "leaky.c", ADDON);
-    let out = dir.join("leaky.node");
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
-        .arg("-I/usr/include/node")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    build_napi_addon(dir, "leaky", ADDON)
 }
 
 /// The report of `record --pid` in malloc mode around one step of the process.

@@ -165,36 +165,16 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn build_addon(dir: &Path) -> PathBuf {
-    let src = write(dir, "leaky_async.c", ADDON);
-    let out = dir.join("leaky_async.node");
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
-        .arg("-I/usr/include/node")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
 /// node with a perf map and one threadpool thread, waiting at "ready".
 fn spawn_node(script: &Path, args: &[&str], dir: &Path) -> (Child, Lines) {
     assert!(Path::new(NODE).exists(), "{NODE} is needed");
-    let mut node = Command::new(NODE)
-        .arg("--perf-basic-prof")
+    let mut cmd = Command::new(NODE);
+    cmd.arg("--perf-basic-prof")
         .arg(script)
         .args(args)
         .current_dir(dir)
-        .env("UV_THREADPOOL_SIZE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(node.stdout.take().unwrap());
-    lines.until("ready", T);
+        .env("UV_THREADPOOL_SIZE", "1");
+    let (node, lines, _) = start_fixture(&mut cmd, T);
     (node, lines)
 }
 
@@ -243,10 +223,11 @@ fn queue_side(stack: &Value) -> Vec<String> {
 }
 
 fn carries_js(stack: &Value, function: &str) -> bool {
-    stack["frames"].as_array().unwrap().iter().any(|f| {
-        f["kind"] == "js"
-            && f["symbol"].as_str().is_some_and(|s| js_name(s) == function)
-    })
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["kind"] == "js" && f["symbol"].as_str().is_some_and(|s| js_name(s) == function))
 }
 
 /// The function of a JS frame's name: `JS:~name script:line:col` (from
@@ -263,6 +244,17 @@ fn js_name(symbol: &str) -> &str {
 
 fn bytes(stack: &Value) -> u64 {
     stack["live_bytes"].as_u64().unwrap()
+}
+
+/// The bytes of `stacks` and, of those, the bytes under JS `function`.
+fn split(stacks: &[&Value], function: &str) -> (u64, u64) {
+    let total = stacks.iter().map(|s| bytes(s)).sum();
+    let under = stacks
+        .iter()
+        .filter(|s| carries_js(s, function))
+        .map(|s| bytes(s))
+        .sum();
+    (total, under)
 }
 
 /// Stacks whose worker side runs zlib: deflate's functions, or node's
@@ -307,12 +299,7 @@ fn zlib_state_carries_the_js_function_that_wrote_the_streams_malloc_mode() {
     let script = write(dir.path(), "zlib.js", ZLIB_DRIVER);
     let report = trace("malloc", &script, &[&STREAMS.to_string()], dir.path());
     let zlib = zlib_stacks(&report);
-    let total: u64 = zlib.iter().map(|s| bytes(s)).sum();
-    let linked: u64 = zlib
-        .iter()
-        .filter(|s| carries_js(s, "openDeflateStreams"))
-        .map(|s| bytes(s))
-        .sum();
+    let (total, linked) = split(&zlib, "openDeflateStreams");
     eprintln!("zlib {total} bytes, {linked} under openDeflateStreams");
     // Every byte of every stream's state, exactly, and all of it under the
     // JS function that wrote the streams.
@@ -322,7 +309,9 @@ fn zlib_state_carries_the_js_function_that_wrote_the_streams_malloc_mode() {
         check_joined(s);
         assert_eq!(s["bucket"], "node_native", "{:?}", symbols(s));
         assert!(
-            worker_side(s).iter().any(|f| f.starts_with("deflateInit2_")),
+            worker_side(s)
+                .iter()
+                .any(|f| f.starts_with("deflateInit2_")),
             "{:?}",
             symbols(s)
         );
@@ -339,12 +328,7 @@ fn zlib_state_carries_the_js_function_that_wrote_the_streams_resident_mode() {
     let script = write(dir.path(), "zlib.js", ZLIB_DRIVER);
     let report = trace("resident", &script, &[&STREAMS.to_string()], dir.path());
     let zlib = zlib_stacks(&report);
-    let total: u64 = zlib.iter().map(|s| bytes(s)).sum();
-    let linked: u64 = zlib
-        .iter()
-        .filter(|s| carries_js(s, "openDeflateStreams"))
-        .map(|s| bytes(s))
-        .sum();
+    let (total, linked) = split(&zlib, "openDeflateStreams");
     eprintln!("zlib {total} resident bytes, {linked} under openDeflateStreams");
     // Whole pages first touched on the worker: deflateInit2_ zeroes head
     // and the window, and the first deflate writes into prev and the
@@ -377,12 +361,7 @@ fn two_callers_split_the_zlib_bytes_exactly() {
         dir.path(),
     );
     let zlib = zlib_stacks(&report);
-    let of = |who: &str| -> u64 {
-        zlib.iter()
-            .filter(|s| carries_js(s, who))
-            .map(|s| bytes(s))
-            .sum()
-    };
+    let of = |who: &str| split(&zlib, who).1;
     let both = zlib
         .iter()
         .filter(|s| carries_js(s, "compressForAlice") && carries_js(s, "compressForBob"))
@@ -402,7 +381,7 @@ fn two_callers_split_the_zlib_bytes_exactly() {
 fn addon_async_work_carries_its_caller_and_no_link_outlives_its_work() {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
-    let addon = build_addon(dir.path());
+    let addon = build_napi_addon(dir.path(), "leaky_async", ADDON);
     let listed = dir.path().join("listed");
     std::fs::create_dir(&listed).unwrap();
     for i in 0..FILES {
@@ -422,13 +401,7 @@ fn addon_async_work_carries_its_caller_and_no_link_outlives_its_work() {
         .iter()
         .filter(|s| symbols(s).iter().any(|f| f == "execute_leak"))
         .collect();
-    let of = |who: &str| -> u64 {
-        leaks
-            .iter()
-            .filter(|s| carries_js(s, who))
-            .map(|s| bytes(s))
-            .sum()
-    };
+    let of = |who: &str| split(&leaks, who).1;
     eprintln!(
         "queueLeakyWork {} otherCaller {} listDirectory {}",
         of("queueLeakyWork"),
@@ -458,7 +431,10 @@ fn addon_async_work_carries_its_caller_and_no_link_outlives_its_work() {
         .filter(|s| worker_side(s).iter().any(|f| f == "uv__fs_work"))
         .collect();
     let fs_allocs: u64 = fs.iter().map(|s| s["total_allocs"].as_u64().unwrap()).sum();
-    assert!(fs_allocs >= FILES as u64, "{fs_allocs} allocations of fs work");
+    assert!(
+        fs_allocs >= FILES as u64,
+        "{fs_allocs} allocations of fs work"
+    );
     for s in &fs {
         assert!(
             !symbols(s).iter().any(|f| f == MARKER),
@@ -498,8 +474,16 @@ fn outputs_show_the_marker(report: &Value, dir: &Path) {
         .expect("a folded line with the marker");
     let frames: Vec<&str> = line.rsplit_once(' ').unwrap().0.split(';').collect();
     let at = frames.iter().position(|f| f.contains(MARKER)).unwrap();
-    assert!(frames[..at].iter().any(|f| f.contains("openDeflateStreams")), "{line}");
-    assert!(frames[at + 1..].iter().any(|f| f.contains("deflateInit2_")), "{line}");
+    assert!(
+        frames[..at]
+            .iter()
+            .any(|f| f.contains("openDeflateStreams")),
+        "{line}"
+    );
+    assert!(
+        frames[at + 1..].iter().any(|f| f.contains("deflateInit2_")),
+        "{line}"
+    );
     assert!(frames[at - 1].contains("ScheduleWork"), "{line}");
 
     // Text: the marker line among the frames.

@@ -38,10 +38,13 @@
 /* Maps: targets, allocs, inflight, stack_stats, counters, events, vm_inflight,
  * hashed_stacks, stack_scratch, size_hist, lifetime_hist, resident mode's
  * fault_* maps, v8_procs (include/v8.bpf.h), unwind_mappings and
- * unwind_tables (include/unwind.bpf.h). Programs: alloc_enter / alloc_exit /
+ * unwind_tables (include/unwind.bpf.h), queued_work (threadpool.bpf.c).
+ * Programs: alloc_enter / alloc_exit /
  * free_enter (the malloc family, told apart by their attach cookie: enum
  * alloc_kind), vm_sys_enter / vm_sys_exit (vm.bpf.c), resident_*
- * (fault.bpf.c), and the lifecycle programs. */
+ * (fault.bpf.c), threadpool_enter (threadpool.bpf.c: libuv's threadpool,
+ * told apart by its cookie, enum threadpool_kind), and the lifecycle
+ * programs. */
 
 /* ---- targets -------------------------------------------------------------- */
 

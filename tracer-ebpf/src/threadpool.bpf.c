@@ -13,8 +13,8 @@
  *   the link is cleared, before the worker takes its next request, which
  *   may be fs or dns work of no queued stack.
  * While linked, every stack key the thread makes (malloc.bpf.c, vm.bpf.c,
- * fault.bpf.c) carries the link: no probe per allocation, one map lookup
- * less than a walk.
+ * fault.bpf.c) carries the link, read from the thread's slot: no probe per
+ * allocation. Userspace joins the two stacks (accounting::join_queued).
  *
  * One program for the three (the cookie tells which), verified once. */
 

@@ -5,7 +5,7 @@ mod report_support;
 
 use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock};
 
-use report_support::{fixture, load, offheap, offheap_ok, pprof_format, sum};
+use report_support::{decode_pprof, fixture, load, offheap, offheap_ok, sum};
 use serde_json::Value;
 
 const AFTER: &str = "after.json";
@@ -160,18 +160,7 @@ fn pprof_decodes_independently_with_the_json_totals() {
         "-o",
         pb.to_str().unwrap(),
     ]);
-    let out = Command::new("node")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pprof/decode.cjs"))
-        .arg(&pb)
-        .env("NODE_PATH", pprof_format())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = decode_pprof(&pb);
     assert_eq!(
         d["sampleTypes"],
         serde_json::json!([

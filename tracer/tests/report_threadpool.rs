@@ -6,9 +6,9 @@
 //! `openDeflateStreams` wrote.
 mod report_support;
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use report_support::{fixture, offheap_ok, pprof_format};
+use report_support::{decode_pprof, fixture, offheap_ok};
 use serde_json::{json, Value};
 
 const MARKER: &str = "[libuv threadpool]";
@@ -131,18 +131,7 @@ fn pprof_has_the_marker_as_a_function_between_the_two_stacks() {
         "-o",
         pb.to_str().unwrap(),
     ]);
-    let out = Command::new("node")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pprof/decode.cjs"))
-        .arg(&pb)
-        .env("NODE_PATH", pprof_format())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = decode_pprof(&pb);
     assert_eq!(d["stacks"][FOLDED], BYTES, "{}", d["stacks"]);
     assert!(d["functions"]
         .as_array()

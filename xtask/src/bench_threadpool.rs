@@ -10,31 +10,16 @@
 //! --mode resident` with the threadpool probes against the same without
 //! them ($OFFHEAP_NO_THREADPOOL), in paired rounds, and against no tracing.
 //! It prints, never asserts.
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{anyhow, ensure, Context, Result};
 
+use crate::bpf_stats::{self, ProgStats};
 use crate::stats::median;
 
 const WORKLOAD: &str = "bench/zlib-loop.js";
-const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// The program, as bpftool names it (from BTF; the kernel keeps 15 bytes).
 const PROGRAM: &str = "threadpool_ent";
-
-/// run_cnt and run_time_ns of the program, at the last sample.
-#[derive(Clone, Copy, Debug, Default)]
-struct ProgStats {
-    runs: u64,
-    ns: u64,
-}
 
 /// (items, elapsed ms) from the workload's last line.
 fn parse(stdout: &str) -> Result<(u64, f64)> {
@@ -65,24 +50,6 @@ fn untraced(root: &Path) -> Result<f64> {
     Ok(parse(&String::from_utf8_lossy(&out.stdout))?.1)
 }
 
-/// The program's counters now (the sum over every loaded copy).
-fn sample() -> Option<ProgStats> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let mut s = ProgStats::default();
-    for p in v.as_array()? {
-        if p["name"].as_str().is_some_and(|n| n.starts_with(PROGRAM)) {
-            s.runs += p["run_cnt"].as_u64().unwrap_or(0);
-            s.ns += p["run_time_ns"].as_u64().unwrap_or(0);
-        }
-    }
-    (s.runs > 0).then_some(s)
-}
-
 /// One traced run (`probes`: with the threadpool probes): the loop's items
 /// and time, and the program's last counters.
 fn traced(root: &Path, offheap: &Path, probes: bool) -> Result<(u64, f64, Option<ProgStats>)> {
@@ -90,19 +57,6 @@ fn traced(root: &Path, offheap: &Path, probes: bool) -> Result<(u64, f64, Option
         "offheap-bench-threadpool-{}.json",
         std::process::id()
     ));
-    let last: Arc<Mutex<Option<ProgStats>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let (last, done) = (Arc::clone(&last), Arc::clone(&done));
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if let Some(s) = sample() {
-                    *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
     let mut cmd = Command::new(offheap);
     cmd.current_dir(root)
         .args([
@@ -119,9 +73,7 @@ fn traced(root: &Path, offheap: &Path, probes: bool) -> Result<(u64, f64, Option
     if !probes {
         cmd.env("OFFHEAP_NO_THREADPOOL", "1");
     }
-    let out = cmd.output().context("could not start offheap");
-    done.store(true, Ordering::Relaxed);
-    let _ = poller.join();
+    let (out, last) = bpf_stats::sampled(|| cmd.output().context("could not start offheap"));
     let _ = std::fs::remove_file(&report);
     let out = out?;
     ensure!(
@@ -130,23 +82,23 @@ fn traced(root: &Path, offheap: &Path, probes: bool) -> Result<(u64, f64, Option
         out.status
     );
     let (items, ms) = parse(&String::from_utf8_lossy(&out.stdout))?;
-    let stats = *last.lock().unwrap_or_else(|e| e.into_inner());
-    Ok((items, ms, stats.filter(|_| probes)))
+    // Every copy of the program (one object per tracer run).
+    let stats = last.map(|m| {
+        m.iter().filter(|(name, _)| name.starts_with(PROGRAM)).fold(
+            ProgStats::default(),
+            |a, (_, s)| ProgStats {
+                runs: a.runs + s.runs,
+                ns: a.ns + s.ns,
+            },
+        )
+    });
+    Ok((items, ms, stats.filter(|s| probes && s.runs > 0)))
 }
 
 /// Runs `pairs` rounds and prints the part's lines.
 pub fn run(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {
     ensure!(root.join(WORKLOAD).exists(), "{WORKLOAD} is missing");
-    let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    let enable = before.trim() == "0";
-    if enable {
-        std::fs::write(STATS, "1").with_context(|| format!("enabling {STATS}"))?;
-    }
-    let result = rounds(root, offheap, pairs);
-    if enable {
-        let _ = std::fs::write(STATS, "0");
-    }
-    result
+    bpf_stats::enabled(|| rounds(root, offheap, pairs))
 }
 
 fn rounds(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {

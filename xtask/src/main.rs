@@ -3,6 +3,7 @@
 mod bench;
 mod bench_threadpool;
 mod bench_traffic;
+mod bpf_stats;
 mod demo;
 mod floor;
 mod node_versions;

@@ -370,6 +370,25 @@ pub fn assert_site_totals(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Compiles the C source of a node addon (N-API, against node's headers in
+/// /usr/include/node) into `dir/<name>.node`, with frame pointers and
+/// symbols so that its functions name their frames.
+pub fn build_napi_addon(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(format!("{name}.node"));
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
+        .arg("-I/usr/include/node")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running cc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
 /// Starts a fixture process with stdin and stdout piped and waits for its
 /// "ready" line; returns it, its stdout reader and the lines before "ready".
 pub fn start_fixture(cmd: &mut Command, timeout: Duration) -> (Child, Lines, Vec<String>) {

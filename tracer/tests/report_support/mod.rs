@@ -65,3 +65,20 @@ pub fn pprof_format() -> &'static Path {
         dir.join("node_modules")
     })
 }
+
+/// A gzipped pprof profile decoded by the independent decoder
+/// (tests/pprof/decode.cjs): sample types, totals, stacks, functions...
+pub fn decode_pprof(pb: &Path) -> serde_json::Value {
+    let out = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pprof/decode.cjs"))
+        .arg(pb)
+        .env("NODE_PATH", pprof_format())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
