@@ -6,7 +6,6 @@ mod report_support;
 use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock};
 
 use report_support::{decode_pprof, fixture, load, offheap, offheap_ok, sum};
-use serde_json::Value;
 
 const AFTER: &str = "after.json";
 const ADDON_LIVE: u64 = 5 * 1024 * 1024;
