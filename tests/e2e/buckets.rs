@@ -118,19 +118,6 @@ fn spawn_node(args: &[&str], script: &Path, extra: &[&str], dir: &Path) -> (Chil
     (node, lines)
 }
 
-fn stacks(report: &Value) -> &Vec<Value> {
-    report["processes"][0]["stacks"].as_array().unwrap()
-}
-
-fn symbols(stack: &Value) -> Vec<String> {
-    stack["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["symbol"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
 #[test]
 fn addon_leak_lands_in_native_addon_with_its_function_and_module() {
     let _lock = require_bpf();
@@ -144,7 +131,7 @@ fn addon_leak_lands_in_native_addon_with_its_function_and_module() {
     poke(&mut stdin);
     let _ = node.wait();
 
-    let leak: Vec<&Value> = stacks(&report)
+    let leak: Vec<&Value> = report_stacks(&report)
         .iter()
         .filter(|s| s["frames"][0]["symbol"] == "addon_leak_block")
         .collect();
@@ -178,9 +165,13 @@ fn unclosed_deflate_streams_land_in_node_native_under_zlib_frames() {
     poke(&mut stdin);
     let _ = node.wait();
 
-    let zlib: Vec<&Value> = stacks(&report)
+    let zlib: Vec<&Value> = report_stacks(&report)
         .iter()
-        .filter(|s| symbols(s).iter().any(|f| f.starts_with("deflateInit2_")))
+        .filter(|s| {
+            frame_symbols(s)
+                .iter()
+                .any(|f| f.starts_with("deflateInit2_"))
+        })
         .collect();
     let live: u64 = zlib.iter().map(|s| s["live_bytes"].as_u64().unwrap()).sum();
     let allocs: u64 = zlib
@@ -194,12 +185,12 @@ fn unclosed_deflate_streams_land_in_node_native_under_zlib_frames() {
     assert!(allocs >= 20 * 4, "{allocs} blocks");
     assert!(live >= 20 * 200 * 1024, "{live} bytes under deflateInit2_");
     for s in &zlib {
-        assert_eq!(s["bucket"], "node_native", "{:?}", symbols(s));
+        assert_eq!(s["bucket"], "node_native", "{:?}", frame_symbols(s));
     }
 }
 
 fn check_js_leak(report: &Value) {
-    let js: Vec<&Value> = stacks(report)
+    let js: Vec<&Value> = report_stacks(report)
         .iter()
         .filter(|s| {
             s["frames"].as_array().unwrap().iter().any(|f| {
@@ -217,12 +208,12 @@ fn check_js_leak(report: &Value) {
     let buffers: u64 = js
         .iter()
         .filter(|s| {
-            symbols(s)
+            frame_symbols(s)
                 .iter()
                 .any(|f| f.contains("NodeArrayBufferAllocator"))
         })
         .map(|s| {
-            assert_eq!(s["bucket"], "array_buffers", "{:?}", symbols(s));
+            assert_eq!(s["bucket"], "array_buffers", "{:?}", frame_symbols(s));
             s["live_bytes"].as_u64().unwrap()
         })
         .sum();

@@ -193,23 +193,10 @@ fn trace(mode: &str, script: &Path, args: &[&str], dir: &Path) -> Value {
     report
 }
 
-fn stacks(report: &Value) -> &Vec<Value> {
-    report["processes"][0]["stacks"].as_array().unwrap()
-}
-
-fn symbols(stack: &Value) -> Vec<String> {
-    stack["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["symbol"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
 /// The frames before the marker (all of them when there is none): the
 /// worker's side of a joined stack.
 fn worker_side(stack: &Value) -> Vec<String> {
-    symbols(stack)
+    frame_symbols(stack)
         .into_iter()
         .take_while(|s| s != MARKER)
         .collect()
@@ -217,7 +204,7 @@ fn worker_side(stack: &Value) -> Vec<String> {
 
 /// The frames after the marker: the queuing stack (empty when none).
 fn queue_side(stack: &Value) -> Vec<String> {
-    symbols(stack)
+    frame_symbols(stack)
         .into_iter()
         .skip_while(|s| s != MARKER)
         .skip(1)
@@ -262,7 +249,7 @@ fn split(stacks: &[&Value], function: &str) -> (u64, u64) {
 /// Stacks whose worker side runs zlib: deflate's functions, or node's
 /// ZlibContext methods on the worker.
 fn zlib_stacks(report: &Value) -> Vec<&Value> {
-    stacks(report)
+    report_stacks(report)
         .iter()
         .filter(|s| {
             worker_side(s)
@@ -277,7 +264,7 @@ fn zlib_stacks(report: &Value) -> Vec<&Value> {
 /// itself is no frame): node's ThreadPoolWork::ScheduleWork, which node 20
 /// inlines into napi_queue_async_work for N-API work.
 fn check_joined(s: &Value, queuer: &str) {
-    let syms = symbols(s);
+    let syms = frame_symbols(s);
     assert_eq!(syms.iter().filter(|f| *f == MARKER).count(), 1, "{syms:?}");
     let marker = s["frames"]
         .as_array()
@@ -305,13 +292,13 @@ fn zlib_state_carries_the_js_function_that_wrote_the_streams_malloc_mode() {
     assert_eq!(linked, STREAMS * STREAM_BYTES);
     for s in &zlib {
         check_joined(s, SCHEDULE_WORK);
-        assert_eq!(s["bucket"], "node_native", "{:?}", symbols(s));
+        assert_eq!(s["bucket"], "node_native", "{:?}", frame_symbols(s));
         assert!(
             worker_side(s)
                 .iter()
                 .any(|f| f.starts_with("deflateInit2_")),
             "{:?}",
-            symbols(s)
+            frame_symbols(s)
         );
     }
     assert_eq!(report["counters"]["threadpool_work_unlinked"], 0);
@@ -395,9 +382,9 @@ fn addon_async_work_carries_its_caller_and_no_link_outlives_its_work() {
         &[addon.to_str().unwrap(), listed.to_str().unwrap()],
         dir.path(),
     );
-    let leaks: Vec<&Value> = stacks(&report)
+    let leaks: Vec<&Value> = report_stacks(&report)
         .iter()
-        .filter(|s| symbols(s).iter().any(|f| f == "execute_leak"))
+        .filter(|s| frame_symbols(s).iter().any(|f| f == "execute_leak"))
         .collect();
     let of = |who: &str| split(&leaks, who).1;
     eprintln!(
@@ -413,18 +400,18 @@ fn addon_async_work_carries_its_caller_and_no_link_outlives_its_work() {
         check_joined(s, "napi_queue_async_work");
         // The addon is on the worker's side only: the bucket is decided on
         // the whole joined stack.
-        assert_eq!(s["bucket"], "native_addon", "{:?}", symbols(s));
+        assert_eq!(s["bucket"], "native_addon", "{:?}", frame_symbols(s));
         assert!(
             !(carries_js(s, "queueLeakyWork") && carries_js(s, "otherCaller")),
             "{:?}",
-            symbols(s)
+            frame_symbols(s)
         );
     }
     // The fs work ran on the same (only) worker after the first caller's
     // work, without uv_queue_work: its allocations (glibc's scandir, one
     // block per entry at least, freed later on the loop thread) carry no
     // queuing stack.
-    let fs: Vec<&Value> = stacks(&report)
+    let fs: Vec<&Value> = report_stacks(&report)
         .iter()
         .filter(|s| worker_side(s).iter().any(|f| f == "uv__fs_work"))
         .collect();
@@ -436,9 +423,9 @@ fn addon_async_work_carries_its_caller_and_no_link_outlives_its_work() {
     );
     for s in &fs {
         assert!(
-            !symbols(s).iter().any(|f| f == MARKER),
+            !frame_symbols(s).iter().any(|f| f == MARKER),
             "fs work linked: {:?}",
-            symbols(s)
+            frame_symbols(s)
         );
     }
 }

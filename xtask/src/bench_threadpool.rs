@@ -10,7 +10,7 @@
 //! --mode resident` with the threadpool probes against the same without
 //! them ($OFFHEAP_NO_THREADPOOL), in paired rounds, and against no tracing.
 //! It prints, never asserts.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context, Result};
 
@@ -37,17 +37,7 @@ fn parse(stdout: &str) -> Result<(u64, f64)> {
 }
 
 fn untraced(root: &Path) -> Result<f64> {
-    let out = Command::new("node")
-        .arg(WORKLOAD)
-        .current_dir(root)
-        .output()
-        .context("could not start node")?;
-    ensure!(
-        out.status.success(),
-        "node {WORKLOAD} failed ({})",
-        out.status
-    );
-    Ok(parse(&String::from_utf8_lossy(&out.stdout))?.1)
+    Ok(parse(&crate::proc::node_stdout(root, WORKLOAD)?)?.1)
 }
 
 /// One traced run (`probes`: with the threadpool probes): the loop's items
@@ -57,23 +47,13 @@ fn traced(root: &Path, offheap: &Path, probes: bool) -> Result<(u64, f64, Option
         "offheap-bench-threadpool-{}.json",
         std::process::id()
     ));
-    let mut cmd = Command::new(offheap);
-    cmd.current_dir(root)
-        .args([
-            "run",
-            "--mode",
-            "resident",
-            "--no-live",
-            "--format",
-            "json",
-            "--output",
-        ])
-        .arg(&report)
-        .args(["--", "node", WORKLOAD]);
+    let mut cmd = bpf_stats::resident_run(offheap, root, &report, WORKLOAD);
     if !probes {
         cmd.env("OFFHEAP_NO_THREADPOOL", "1");
     }
-    let (out, last) = bpf_stats::sampled(|| cmd.output().context("could not start offheap"));
+    let (out, last) = bpf_stats::sampled(&[PROGRAM], || {
+        cmd.output().context("could not start offheap")
+    });
     let _ = std::fs::remove_file(&report);
     let out = out?;
     ensure!(

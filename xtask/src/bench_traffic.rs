@@ -8,7 +8,7 @@
 //! the loop's slowdown under `offheap run --mode resident` (which also pays
 //! resident mode's fault tracking), in paired rounds. It prints, never
 //! asserts.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context, Result};
 
@@ -30,37 +30,15 @@ fn elapsed(stdout: &str) -> Result<f64> {
 }
 
 fn untraced(root: &Path) -> Result<f64> {
-    let out = Command::new("node")
-        .arg(WORKLOAD)
-        .current_dir(root)
-        .output()
-        .context("could not start node")?;
-    ensure!(
-        out.status.success(),
-        "node {WORKLOAD} failed ({})",
-        out.status
-    );
-    elapsed(&String::from_utf8_lossy(&out.stdout))
+    elapsed(&crate::proc::node_stdout(root, WORKLOAD)?)
 }
 
 /// One traced run: the loop's time and the programs' last counters.
 fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgStats)>)> {
     let report =
         std::env::temp_dir().join(format!("offheap-bench-traffic-{}.json", std::process::id()));
-    let (out, last) = bpf_stats::sampled(|| {
-        Command::new(offheap)
-            .current_dir(root)
-            .args([
-                "run",
-                "--mode",
-                "resident",
-                "--no-live",
-                "--format",
-                "json",
-                "--output",
-            ])
-            .arg(&report)
-            .args(["--", "node", WORKLOAD])
+    let (out, last) = bpf_stats::sampled(&[RECV, ACCEPT], || {
+        bpf_stats::resident_run(offheap, root, &report, WORKLOAD)
             .output()
             .context("could not start offheap")
     });

@@ -3,6 +3,7 @@
 //! while a traced command runs: what a bench part's probes cost per event.
 use std::{
     collections::HashMap,
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -60,15 +61,23 @@ fn sample() -> Option<Sample> {
 }
 
 /// Runs `f` while sampling every 50 ms; returns what it returned and the
-/// last sample taken (the programs are gone once the tracer exits).
-pub fn sampled<T>(f: impl FnOnce() -> T) -> (T, Option<Sample>) {
+/// last sample in which a program of each of `names` (a prefix of its
+/// name) was loaded: the programs go before the tracer exits, and the
+/// samples taken after that are not kept.
+pub fn sampled<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Option<Sample>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let last: Arc<Mutex<Option<Sample>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let poller = {
         let (last, done) = (Arc::clone(&last), Arc::clone(&done));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Some(s) = sample() {
+                let loaded = |s: &Sample| {
+                    names
+                        .iter()
+                        .all(|n| s.keys().any(|k| k.starts_with(n.as_str())))
+                };
+                if let Some(s) = sample().filter(loaded) {
                     *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -80,4 +89,23 @@ pub fn sampled<T>(f: impl FnOnce() -> T) -> (T, Option<Sample>) {
     let _ = poller.join();
     let s = last.lock().unwrap_or_else(|e| e.into_inner()).take();
     (out, s)
+}
+
+/// `offheap run --mode resident -- node WORKLOAD` in `root`, the report
+/// written to `report` so that stdout carries only the workload's lines.
+pub fn resident_run(offheap: &Path, root: &Path, report: &Path, workload: &str) -> Command {
+    let mut cmd = Command::new(offheap);
+    cmd.current_dir(root)
+        .args([
+            "run",
+            "--mode",
+            "resident",
+            "--no-live",
+            "--format",
+            "json",
+            "--output",
+        ])
+        .arg(report)
+        .args(["--", "node", workload]);
+    cmd
 }

@@ -496,3 +496,18 @@ pub fn record_steps_in(
     assert_eq!(status.code(), Some(0), "{rest:?}");
     (read_report(&out), rest, maxrss)
 }
+
+/// The stacks of a JSON report's first process.
+pub fn report_stacks(report: &Value) -> &Vec<Value> {
+    report["processes"][0]["stacks"].as_array().unwrap()
+}
+
+/// The symbols of a JSON stack's frames, innermost first ("" for none).
+pub fn frame_symbols(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap_or("").to_string())
+        .collect()
+}
