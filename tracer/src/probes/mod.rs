@@ -417,9 +417,9 @@ impl Probes {
 
     /// Attaches the threadpool probes (`programs::THREADPOOL`) to one
     /// process's libuv: one uprobe_multi link, each point with its
-    /// `enum threadpool_kind` cookie. The done and run probes first: a
-    /// link made before the probe that ends it exists could outlive its
-    /// work.
+    /// `enum threadpool_kind` cookie. One link registers every point before
+    /// the syscall returns (bpf_uprobe_multi_link_attach), so no link is
+    /// made without the probe that ends it.
     pub fn attach_threadpool(
         &mut self,
         pid: u32,
@@ -429,9 +429,7 @@ impl Probes {
             .multi
             .as_ref()
             .ok_or(ProbeError::MissingProgram(programs::THREADPOOL_ENTER))?;
-        let mut table = programs::THREADPOOL.to_vec();
-        table.sort_by_key(|p| std::cmp::Reverse(p.kind));
-        let (offsets, cookies): (Vec<u64>, Vec<u64>) = table
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = programs::THREADPOOL
             .iter()
             .filter_map(|p| {
                 tp.functions
