@@ -417,9 +417,10 @@ impl Probes {
 
     /// Attaches the threadpool probes (`programs::THREADPOOL`) to one
     /// process's libuv: one uprobe_multi link, each point with its
-    /// `enum threadpool_kind` cookie. One link registers every point before
-    /// the syscall returns (bpf_uprobe_multi_link_attach), so no link is
-    /// made without the probe that ends it.
+    /// `enum threadpool_kind` cookie. The kernel registers the points in
+    /// the order given (bpf_uprobe_multi_link_attach), and each fires from
+    /// its registration: done first, then run, then queue, so that no
+    /// thread is linked before the probe that unlinks it is in place.
     pub fn attach_threadpool(
         &mut self,
         pid: u32,
@@ -429,7 +430,9 @@ impl Probes {
             .multi
             .as_ref()
             .ok_or(ProbeError::MissingProgram(programs::THREADPOOL_ENTER))?;
-        let (offsets, cookies): (Vec<u64>, Vec<u64>) = programs::THREADPOOL
+        let mut table = programs::THREADPOOL.to_vec();
+        table.sort_by_key(|p| std::cmp::Reverse(p.kind));
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = table
             .iter()
             .filter_map(|p| {
                 tp.functions
