@@ -180,15 +180,24 @@ fn spawn_node(script: &Path, args: &[&str], dir: &Path) -> (Child, Lines) {
     (node, lines)
 }
 
+/// node's perf map, removed when the test is done with it, failed or not.
+struct PerfMap(u32);
+
+impl Drop for PerfMap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", self.0));
+    }
+}
+
 /// Traces one step of a node fixture in `mode`; returns the report.
 /// Removes node's perf map.
 fn trace(mode: &str, script: &Path, args: &[&str], dir: &Path) -> Value {
     let (mut node, lines) = spawn_node(script, args, dir);
+    let _map = PerfMap(node.id());
     let mut stdin = node.stdin.take().unwrap();
     let (report, _, _) = record_steps_in(mode, node.id(), &lines, &mut stdin, dir, &[]);
     poke(&mut stdin);
     let status = node.wait().unwrap();
-    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", node.id()));
     assert!(status.success(), "node: {status}");
     report
 }
