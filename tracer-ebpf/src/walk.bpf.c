@@ -260,6 +260,31 @@ static __always_inline int after_call(__u64 addr)
 	return 0;
 }
 
+/* The caller's %rbp among the `n` words at off that a frame scanned over
+ * (scan_step) holds below its return address at `slot`: the function saved
+ * it there if it used %rbp. It is the one that points at a frame record
+ * above: a word there that a call precedes. Sets regs.bp; returns 1 when
+ * found. Global: the verifier checks it once, not once per scanned word. */
+__noinline int saved_bp(struct stack_scratch *sc, __u64 off, int n, __u64 slot)
+{
+	if (!sc)
+		return 0;
+	for (int j = 0; j < SCAN_WORDS; j++) {
+		if (j >= n)
+			return 0;
+		__u32 idx = (off + j * 8) / 8;
+		barrier_var(idx);
+		__u64 v = sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)], ra;
+		if (v <= slot || v - slot > FRAME_MAX || (v & 7))
+			continue;
+		if (bpf_probe_read_user(&ra, sizeof(ra), (const void *)(v + 8)) < 0 || !after_call(ra))
+			continue;
+		sc->walk.regs.bp = v;
+		return 1;
+	}
+	return 0;
+}
+
 /* The caller of a frame that neither a table row nor frame pointers can
  * step (code with neither .eh_frame nor frame pointers: libvips' C code in
  * sharp's prebuilt binaries, say): the first word above its sp that is a
@@ -267,9 +292,13 @@ static __always_inline int after_call(__u64 addr)
  * then unknown (the frames scanned over may have used it, and saved the
  * caller's where nothing says): until a row restores it, a step that needs
  * it is taken only when the return address it finds passes after_call too
- * (walk_one). Returns 0 with regs.pc and regs.sp set, or -1. A global
- * function, checked once. */
-__noinline int scan_step(struct stack_scratch *sc, __u64 sp)
+ * (walk_one). A frame whose code keeps a frame record (`record`: frame
+ * pointers, or a row with CFA = rbp + 16) has its return address right
+ * above its caller's %rbp: the word below a candidate must then be a frame
+ * pointer further up the stack (or 0, the outermost), which rules out most
+ * stale return addresses left in locals, and gives %rbp back. Returns 0
+ * with regs.pc and regs.sp set, or -1. A global function, checked once. */
+__noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
 {
 	if (!sc)
 		return -1;
@@ -290,12 +319,22 @@ __noinline int scan_step(struct stack_scratch *sc, __u64 sp)
 		__u32 idx = at / 8;
 		barrier_var(idx);
 		__u64 word = sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+		__u64 slot = w->base + at;
+		__u64 saved = 0;
+		if (record) {
+			if (at < 8)
+				continue;
+			saved = sc->words[(idx - 1) & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+			if (saved && (saved <= slot || saved - slot > FRAME_MAX || (saved & 7)))
+				continue;
+		}
 		if (!after_call(word))
 			continue;
 		w->regs.pc = word;
-		w->regs.sp = w->base + at + 8;
+		w->regs.sp = slot + 8;
 		w->scans++;
-		w->bp_lost = 1;
+		w->regs.bp = saved;
+		w->bp_lost = !record && !saved_bp(sc, off, i, slot);
 		return 0;
 	}
 	return -1;
@@ -349,25 +388,27 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 	 * the frames a walk copies first: one bigger copy there cost more than
 	 * the few words it served). */
 	struct unwind_window win = { .words = sc->words, .base = w->base, .len = w->win };
-	struct unwind_regs before = w->regs;
+	__u64 sp = w->regs.sp;
 	__u8 kind = w->cursor.row.kind;
 	int needs_bp = cls != UNWIND_TABLE || kind == OFFHEAP_UNWIND_ROW_FP ||
 		       kind == OFFHEAP_UNWIND_ROW_RBP || kind == OFFHEAP_UNWIND_ROW_DRAP;
-	int step = cls == UNWIND_TABLE ? unwind_step(cls, &w->cursor, &w->regs, &win)
-				       : fp_step(w, sc);
-	if (w->bp_lost && step == 0) {
-		if (needs_bp && !after_call(w->regs.pc)) {
-			w->regs = before;
-			step = -1;
-		} else if (needs_bp || (kind == OFFHEAP_UNWIND_ROW_RSP && w->cursor.row.rbp)) {
-			/* Taken from a checked frame record, or a row's saved %rbp. */
-			w->bp_lost = 0;
-		}
-	}
-	__u64 sp = before.sp;
+	/* After a scan %rbp is not this frame's: a step on it would follow
+	 * whatever the code scanned over left there (a heap pointer, whose
+	 * words can be code pointers too). Its frame record is found by
+	 * scanning instead. */
+	int step = w->bp_lost && needs_bp ? -1
+		 : cls == UNWIND_TABLE	  ? unwind_step(cls, &w->cursor, &w->regs, &win)
+					  : fp_step(w, sc);
+	if (step == 0 && cls == UNWIND_TABLE && kind == OFFHEAP_UNWIND_ROW_RSP && w->cursor.row.rbp)
+		w->bp_lost = 0; /* the row restored the caller's %rbp */
 	if (step == 1 || (step >= 0 && !w->regs.pc))
 		return 1;
-	if (step < 0 && scan_step(sc, sp) < 0) {
+	/* Frame records: frame-pointer code, or a row with CFA = rbp + 16;
+	 * not code no FDE covers (UNWIND_GAP), whose frame pointers are only
+	 * assumed. */
+	int record = cls == UNWIND_FP || (cls == UNWIND_TABLE && kind == OFFHEAP_UNWIND_ROW_RBP &&
+					  w->cursor.row.cfa == 16);
+	if (step < 0 && scan_step(sc, sp, record) < 0) {
 		w->flags |= OFFHEAP_STACK_TRUNCATED;
 		return 1;
 	}
@@ -417,7 +458,7 @@ static __always_inline int fast_frame(struct walk_ctx *c, struct stack_scratch *
 	__u64 sp = w->regs.sp;
 	int step = fp_step(w, sc);
 	if (step < 0)
-		step = scan_step(sc, sp) < 0 ? -1 : 0;
+		step = scan_step(sc, sp, 1) < 0 ? -1 : 0;
 	if (step != 0 || !w->regs.pc) {
 		if (step < 0)
 			w->flags |= OFFHEAP_STACK_TRUNCATED;

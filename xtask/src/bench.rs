@@ -9,20 +9,21 @@
 //! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
 //! (`offheap run --mode ...`), `traffic` (the traffic probes on a
-//! socket-heavy loop: bench_traffic.rs), and `threadpool` (the threadpool
-//! probes on a zlib-heavy loop: bench_threadpool.rs).
+//! socket-heavy loop: bench_traffic.rs), `threadpool` (the threadpool
+//! probes on a zlib-heavy loop: bench_threadpool.rs), and `attach` (attach
+//! and exit times of `record --pid` in both modes against bpftrace's time to
+//! ready: bench_attach.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
-use crate::bench_threadpool;
-use crate::bench_traffic;
 use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
 use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms, quantile};
+use crate::{bench_attach, bench_threadpool, bench_traffic};
 
 const WORKLOAD: &str = "bench/alloc-loop.js";
 const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
@@ -43,6 +44,9 @@ pub struct BenchArgs {
     /// Workload loop iterations (default: the workload's, ~0.5-1 s untraced).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: Option<u32>,
+    /// Runs of each tracer in the attach part (attach and exit times).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    attach_runs: u32,
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum)]
     only: Vec<PartName>,
@@ -62,6 +66,7 @@ enum PartName {
     Resident,
     Traffic,
     Threadpool,
+    Attach,
 }
 
 /// One part's paired samples (milliseconds).
@@ -224,6 +229,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Threadpool) {
         if let Err(e) = bench_threadpool::run(&bench.root, &bench.offheap, args.pairs) {
             println!("  threadpool: not available: {e:#}");
+        }
+    }
+    if wants(PartName::Attach) {
+        if let Err(e) = bench_attach::run(&bench.offheap, &bench.libc, args.attach_runs) {
+            println!("  attach: not available: {e:#}");
         }
     }
     symbench(&bench.root);

@@ -6,7 +6,9 @@
 //! kernel's frame-pointer walk at mmap stops after one frame. `.eh_frame` is
 //! always present on x86-64 (the ABI requires it for C++ exceptions and thread
 //! cancellation), so CFI gets through libc; code with no CFI at all (V8's JIT
-//! code) keeps frame pointers, and there the walk follows %rbp.
+//! code) keeps frame pointers, and there the walk follows %rbp. V8's JS
+//! frames are handed to a `JsFrameDecoder` (symbols::v8) on the way, which
+//! turns them into the words the BPF walker would have put there.
 use std::{
     collections::HashMap,
     fs::File,
@@ -53,6 +55,17 @@ pub struct Regs {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+}
+
+/// Turns a frame into the stack word of a JS frame (offheap.h's V8
+/// encoding), as the BPF walker's V8 decoder does for the stacks it walks.
+pub trait JsFrameDecoder: Send {
+    /// The word for the frame whose code holds `pc` (a return address) and
+    /// whose frame pointer is `fp`, or None when it is not a JS frame.
+    /// `window`: the stack copy the unwind reads.
+    fn word(&mut self, pc: u64, fp: u64, window: StackWindow<'_>) -> Option<u64>;
+    /// The process's executable mappings, read again.
+    fn maps_changed(&mut self, exec_maps: &[crate::proc::Mapping]);
 }
 
 /// One executable file mapping of the process.
@@ -173,6 +186,8 @@ pub struct Unwinder {
     rules: HashMap<u64, Option<Rules>>,
     ctx: UnwindContext<usize>,
     refreshed: Option<std::time::Instant>,
+    /// The process's V8 frame decoder, once it is known to run V8.
+    js: Option<Box<dyn JsFrameDecoder>>,
 }
 
 impl Unwinder {
@@ -185,6 +200,7 @@ impl Unwinder {
             rules: HashMap::new(),
             ctx: UnwindContext::new(),
             refreshed: None,
+            js: None,
         };
         u.refresh()?;
         Ok(u)
@@ -192,10 +208,12 @@ impl Unwinder {
 
     /// Re-reads the executable file mappings from /proc/PID/maps.
     pub fn refresh(&mut self) -> Result<(), UnwindError> {
-        self.regions = crate::proc::maps::read(self.pid)?
-            .iter()
-            .filter_map(exec_region)
-            .collect();
+        let maps = crate::proc::maps::read(self.pid)?;
+        self.regions = maps.iter().filter_map(exec_region).collect();
+        if let Some(js) = self.js.as_mut() {
+            let exec: Vec<_> = maps.into_iter().filter(|m| m.executable()).collect();
+            js.maps_changed(&exec);
+        }
         self.regions.sort_by_key(|r| r.start);
         self.rules.clear();
         self.refreshed = Some(std::time::Instant::now());
@@ -209,6 +227,19 @@ impl Unwinder {
             return Ok(false);
         }
         self.refresh().map(|()| true)
+    }
+
+    /// Decodes the process's JS frames from now on (it runs V8); call it
+    /// again when the process mapped code (the decoder tells JIT code by
+    /// its mappings). The CFI rules are kept: files did not change.
+    pub fn set_js(&mut self, mut js: Box<dyn JsFrameDecoder>) -> Result<(), UnwindError> {
+        let exec: Vec<_> = crate::proc::maps::read(self.pid)?
+            .into_iter()
+            .filter(|m| m.executable())
+            .collect();
+        js.maps_changed(&exec);
+        self.js = Some(js);
+        Ok(())
     }
 
     fn region(&self, addr: u64) -> Option<&Region> {
@@ -282,6 +313,11 @@ impl Unwinder {
                 let cfa = base.wrapping_add_signed(r.cfa.1);
                 let ra = match r.ra {
                     RegisterRule::Offset(o) => stack.read_u64(cfa.wrapping_add_signed(o))?,
+                    // The outermost frame: glibc's _start and clone3's child
+                    // mark the return address undefined (DWARF 5, 6.4.1: "the
+                    // end of the stack"). A caller of 0 is that end for
+                    // unwind_full, so the stack is not truncated.
+                    RegisterRule::Undefined => 0,
                     _ => return None,
                 };
                 let bp = match r.bp {
@@ -324,7 +360,13 @@ impl Unwinder {
             if next.sp <= regs.sp {
                 return (frames, true);
             }
-            frames.push(next.ip);
+            // The caller's %rbp is the frame pointer of the function its
+            // return address is in: what V8's frame decoder reads from.
+            let word = self
+                .js
+                .as_mut()
+                .and_then(|j| j.word(next.ip, next.bp, stack));
+            frames.push(word.unwrap_or(next.ip));
             regs = next;
         }
         (frames, true)

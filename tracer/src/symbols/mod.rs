@@ -46,9 +46,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
-    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps): {source}")]
+    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps)")]
     NoProcess { pid: u32, source: std::io::Error },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -169,6 +169,9 @@ impl Symbolizer {
     /// The JS frame decoding of a process whose modules include V8 (node or
     /// libnode), or None; says once why a V8 module cannot be walked.
     fn open_js(&mut self, pid: u32, maps: &[Mapped]) -> Option<v8::JsProcess> {
+        if !v8::decoding_enabled() {
+            return None;
+        }
         let (path, meta) = maps.iter().find_map(|m| {
             let v8 = m.module.as_ref()?.v8.clone()?;
             Some((m.entry.path()?.to_string(), v8))
@@ -179,7 +182,7 @@ impl Symbolizer {
                 Some(v8::JsProcess::new(pid, meta, &entries, &path))
             }
             Err(e) => {
-                self.warn(format!("pid {pid}: {path}: {e}"));
+                self.warn(format!("pid {pid}: {path}: {}", crate::error::one_line(&e)));
                 None
             }
         }
@@ -367,7 +370,10 @@ impl Symbolizer {
                 Some(m)
             }
             Err(e) => {
-                self.warn(format!("module {path} of pid {pid}: {e}"));
+                self.warn(format!(
+                    "module {path} of pid {pid}: {}",
+                    crate::error::one_line(&e)
+                ));
                 None
             }
         }
@@ -379,7 +385,8 @@ impl Symbolizer {
         if !self.procs.contains_key(&pid) {
             if let Err(e) = self.capture(pid) {
                 self.warn(format!(
-                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({e})"
+                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({})",
+                    crate::error::one_line(&e)
                 ));
                 return vec![Frame::unknown(addr)];
             }
@@ -425,6 +432,21 @@ impl Symbolizer {
         let entry = mapped.entry.clone();
         let module = mapped.module.clone();
         if entry.is_anon() {
+            // V8's copy of its embedded builtins (short builtin calls remap
+            // them next to the JIT code): the same code as node's text,
+            // named there.
+            if let Some(text) = proc
+                .js
+                .as_ref()
+                .and_then(|js| remapped_builtin(&js.config, addr))
+            {
+                if let Some(mut frames) = self.lookup(pid, text) {
+                    for f in &mut frames {
+                        f.addr = format!("{addr:#x}");
+                    }
+                    return Some(frames);
+                }
+            }
             return Some(vec![self.js_frame(pid, addr).unwrap_or_else(|| Frame {
                 symbol: Some(JIT_SYMBOL.to_string()),
                 kind: FrameKind::Jit,
@@ -517,3 +539,13 @@ const _: fn() = || {
     fn send<T: Send>() {}
     send::<Symbolizer>();
 };
+
+/// The address in node's own text of `addr` when it lies in V8's remapped
+/// copy of the embedded builtins (the same bytes at another address).
+fn remapped_builtin(cfg: &tracer_common::V8ProcConfig, addr: u64) -> Option<u64> {
+    (cfg.remap_start < cfg.remap_end
+        && (cfg.remap_start..cfg.remap_end).contains(&addr)
+        && cfg.builtins_start < cfg.builtins_end)
+        .then(|| cfg.builtins_start + (addr - cfg.remap_start))
+        .filter(|a| *a < cfg.builtins_end)
+}

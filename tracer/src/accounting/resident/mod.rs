@@ -197,6 +197,14 @@ impl Resident {
         })
     }
 
+    /// Decodes the JS frames of its raw-stack unwinds (mmap stacks) from
+    /// now on, as the BPF walker decodes those of the stacks it walks.
+    pub fn set_js(&mut self, js: Box<dyn crate::accounting::unwind::JsFrameDecoder>) {
+        if let Err(e) = self.unwinder.set_js(js) {
+            log::debug!("maps of PID {}: {e}", self.pid);
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }

@@ -45,6 +45,13 @@ impl ResidentSet {
         self.procs.remove(&pid)
     }
 
+    /// The JS frame decoder of a process's raw-stack unwinds (Resident::set_js).
+    pub fn set_js(&mut self, pid: u32, js: Box<dyn crate::accounting::unwind::JsFrameDecoder>) {
+        if let Some(r) = self.procs.get_mut(&pid) {
+            r.set_js(js);
+        }
+    }
+
     pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
         self.procs.keys().copied()
     }

@@ -119,4 +119,15 @@ pub use metadata::{MetadataError, StringTags, V8Metadata, V8Version};
 pub use process::JsProcess;
 pub use resolve::{JsFrame, JsFunction, ResolveError, ResolveStats, V8Resolver};
 pub use script::LineEnds;
-pub use walk::{reference_walk, WalkedFrame};
+pub use walk::{reference_walk, RawStackFrames, WalkedFrame};
+
+/// The environment variable that turns the decoding of JS frames off
+/// (`OFFHEAP_V8_FRAMES=off`): JIT frames then keep their pcs and are named
+/// by the perf map alone, as before the decoder. An escape hatch, and how
+/// tests/e2e/js_frames.rs gets the perf map's names for the same run.
+pub const DISABLE_ENV: &str = "OFFHEAP_V8_FRAMES";
+
+/// Whether JS frames are decoded (`DISABLE_ENV` is not `off`).
+pub fn decoding_enabled() -> bool {
+    std::env::var_os(DISABLE_ENV).is_none_or(|v| v != "off")
+}

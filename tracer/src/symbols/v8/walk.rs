@@ -1,11 +1,20 @@
 //! A frame-pointer walk in userspace that decodes JS frames the way the BPF
 //! walker does (the same decoder, `frame::decode_frame`): the reference the
 //! tests hold the kernel's stacks to, and a way to check a node build before
-//! any BPF runs.
+//! any BPF runs. And the decoder of frames that userspace unwinds from a
+//! raw stack copy (`RawStackFrames`).
+use std::time::{Duration, Instant};
+
 use tracer_common::{V8ProcConfig, MAX_STACK_DEPTH};
 
-use super::{frame::decode_frame, memory::Memory};
-use crate::symbols::MapEntry;
+use super::{
+    frame::decode_frame,
+    memory::{Memory, ProcessMemory},
+};
+use crate::{
+    accounting::unwind::{JsFrameDecoder, StackWindow},
+    symbols::MapEntry,
+};
 
 /// One frame of a walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,4 +67,91 @@ pub fn reference_walk(
         fp = next;
     }
     out
+}
+
+/// The JS frames of stacks that userspace unwinds from a raw copy (resident
+/// mode's mmap stacks: glibc has no frame pointers, so the kernel copies the
+/// stack and `accounting::unwind` walks it with CFI). The BPF decoder never
+/// sees those frames; this one turns them into the same words, from the
+/// copy (the frame's slots lie just below its frame pointer, inside it) and
+/// the live process (the JSFunction and its map, in V8's heap).
+pub struct RawStackFrames {
+    pub config: V8ProcConfig,
+    pid: u32,
+    /// Executable mappings (start, end, anonymous): anonymous ones are V8's
+    /// JIT code (the decoder's `jit`).
+    exec: Vec<(u64, u64, bool)>,
+    reread: Option<Instant>,
+}
+
+/// How often a pc in no known executable mapping makes the maps be read
+/// again: V8 maps code pages as it compiles, and the mmap that follows a
+/// compilation (a Buffer made by the new code) can be unwound before the
+/// tracer has heard of the page; garbage pcs must not re-read each time.
+const REREAD_EVERY: Duration = Duration::from_millis(20);
+
+impl RawStackFrames {
+    /// Knows no JIT code until `maps_changed` (the unwinder calls it).
+    pub fn new(pid: u32, config: V8ProcConfig) -> RawStackFrames {
+        RawStackFrames {
+            config,
+            pid,
+            exec: Vec::new(),
+            reread: None,
+        }
+    }
+
+    /// Whether pc is JIT code, None when it is in no executable mapping known.
+    fn jit(&self, pc: u64) -> Option<bool> {
+        self.exec
+            .iter()
+            .find(|&&(s, e, _)| pc >= s && pc < e)
+            .map(|&(_, _, anon)| anon)
+    }
+}
+
+/// A raw stack copy, then the live process for what is outside it.
+struct CopyThenProcess<'a> {
+    window: StackWindow<'a>,
+    process: ProcessMemory,
+}
+
+impl Memory for CopyThenProcess<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let off = addr.checked_sub(self.window.base).map(|o| o as usize);
+        if let Some(b) = off.and_then(|o| self.window.bytes.get(o..o.checked_add(buf.len())?)) {
+            buf.copy_from_slice(b);
+            return Ok(());
+        }
+        self.process.read(addr, buf)
+    }
+}
+
+impl JsFrameDecoder for RawStackFrames {
+    fn word(&mut self, pc: u64, fp: u64, window: StackWindow<'_>) -> Option<u64> {
+        let jit = match self.jit(pc) {
+            Some(j) => j,
+            None if self.reread.is_none_or(|t| t.elapsed() >= REREAD_EVERY) => {
+                self.reread = Some(Instant::now());
+                if let Ok(maps) = crate::symbols::read_exec_maps(self.pid) {
+                    self.maps_changed(&maps);
+                }
+                self.jit(pc).unwrap_or(false)
+            }
+            None => false,
+        };
+        let mem = CopyThenProcess {
+            window,
+            process: ProcessMemory { pid: self.pid },
+        };
+        decode_frame(&self.config, &mem, pc, fp, jit)
+    }
+
+    fn maps_changed(&mut self, exec_maps: &[MapEntry]) {
+        self.exec = exec_maps
+            .iter()
+            .filter(|m| m.executable())
+            .map(|m| (m.start, m.end, m.is_anon()))
+            .collect();
+    }
 }
