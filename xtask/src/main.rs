@@ -2,7 +2,9 @@
 //! nothing but cargo and root to build, test, demo and bench offheap.
 mod bench;
 mod bench_attach;
+mod bench_threadpool;
 mod bench_traffic;
+mod bpf_stats;
 mod demo;
 mod floor;
 mod node_versions;

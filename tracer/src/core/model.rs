@@ -7,7 +7,7 @@ use tracer_common::StackKey;
 
 use super::{
     caps, cost, events::lock, spawn, CoreError, Model, StacksByPid, Tracer, MAX_SERIES_POINTS,
-    STACKS_EVICTED,
+    STACKS_EVICTED, THREADPOOL_UNPROBED,
 };
 use crate::{
     accounting,
@@ -178,6 +178,9 @@ impl Tracer {
             .unwrap_or_default();
         if self.opts.caps.is_some() {
             counters.insert(STACKS_EVICTED.to_string(), self.evicted);
+        }
+        if self.threadpool_unprobed > 0 {
+            counters.insert(THREADPOOL_UNPROBED.to_string(), self.threadpool_unprobed);
         }
         // What the unwind tables did: a module without one is walked with
         // frame pointers, so its stacks may end early.
