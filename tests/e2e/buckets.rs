@@ -96,18 +96,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn build_addon(dir: &Path) -> PathBuf {
-    let src = write(dir, "leaky.c", ADDON);
-    let out = dir.join("leaky.node");
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
-        .arg("-I/usr/include/node")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    build_napi_addon(dir, "leaky", ADDON)
 }
 
 /// The report of `record --pid` in malloc mode around one step of the process.
@@ -129,19 +118,6 @@ fn spawn_node(args: &[&str], script: &Path, extra: &[&str], dir: &Path) -> (Chil
     (node, lines)
 }
 
-fn stacks(report: &Value) -> &Vec<Value> {
-    report["processes"][0]["stacks"].as_array().unwrap()
-}
-
-fn symbols(stack: &Value) -> Vec<String> {
-    stack["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["symbol"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
 #[test]
 fn addon_leak_lands_in_native_addon_with_its_function_and_module() {
     let _lock = require_bpf();
@@ -155,7 +131,7 @@ fn addon_leak_lands_in_native_addon_with_its_function_and_module() {
     poke(&mut stdin);
     let _ = node.wait();
 
-    let leak: Vec<&Value> = stacks(&report)
+    let leak: Vec<&Value> = report_stacks(&report)
         .iter()
         .filter(|s| s["frames"][0]["symbol"] == "addon_leak_block")
         .collect();
@@ -189,9 +165,13 @@ fn unclosed_deflate_streams_land_in_node_native_under_zlib_frames() {
     poke(&mut stdin);
     let _ = node.wait();
 
-    let zlib: Vec<&Value> = stacks(&report)
+    let zlib: Vec<&Value> = report_stacks(&report)
         .iter()
-        .filter(|s| symbols(s).iter().any(|f| f.starts_with("deflateInit2_")))
+        .filter(|s| {
+            frame_symbols(s)
+                .iter()
+                .any(|f| f.starts_with("deflateInit2_"))
+        })
         .collect();
     let live: u64 = zlib.iter().map(|s| s["live_bytes"].as_u64().unwrap()).sum();
     let allocs: u64 = zlib
@@ -205,12 +185,12 @@ fn unclosed_deflate_streams_land_in_node_native_under_zlib_frames() {
     assert!(allocs >= 20 * 4, "{allocs} blocks");
     assert!(live >= 20 * 200 * 1024, "{live} bytes under deflateInit2_");
     for s in &zlib {
-        assert_eq!(s["bucket"], "node_native", "{:?}", symbols(s));
+        assert_eq!(s["bucket"], "node_native", "{:?}", frame_symbols(s));
     }
 }
 
 fn check_js_leak(report: &Value) {
-    let js: Vec<&Value> = stacks(report)
+    let js: Vec<&Value> = report_stacks(report)
         .iter()
         .filter(|s| {
             s["frames"].as_array().unwrap().iter().any(|f| {
@@ -228,12 +208,12 @@ fn check_js_leak(report: &Value) {
     let buffers: u64 = js
         .iter()
         .filter(|s| {
-            symbols(s)
+            frame_symbols(s)
                 .iter()
                 .any(|f| f.contains("NodeArrayBufferAllocator"))
         })
         .map(|s| {
-            assert_eq!(s["bucket"], "array_buffers", "{:?}", symbols(s));
+            assert_eq!(s["bucket"], "array_buffers", "{:?}", frame_symbols(s));
             s["live_bytes"].as_u64().unwrap()
         })
         .sum();

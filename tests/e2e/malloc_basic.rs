@@ -205,13 +205,7 @@ fn target_exiting_mid_trace_still_writes_the_report() {
     let sites = parse_sites(&lines.until("ready", T));
     let pid = fixture.id();
     let out = dir.path().join("r.json");
-    let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
-        .args(["--format", "json", "--output", out.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    let (mut tracer, mut err) = spawn_record_malloc(pid, &out);
     err.wait_attached(T);
     let mut stdin = fixture.stdin.take().unwrap();
     poke(&mut stdin);

@@ -333,13 +333,7 @@ fn record_10ms_after_exec_waits_for_the_loader_and_is_exact() {
     thread::sleep(Duration::from_millis(10));
     let started = Instant::now();
     let out = dir.path().join("r.json");
-    let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
-        .args(["--format", "json", "--output", out.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    let (mut tracer, mut err) = spawn_record_malloc(pid, &out);
 
     // The fixture is in ld.so: no libc mapped.
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();

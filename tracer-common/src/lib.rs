@@ -36,6 +36,9 @@ pub mod maps {
     /// Bumped when what a target's addresses mean changed: the walkers'
     /// unwind caches go stale.
     pub const UNWIND_EPOCH: &str = "unwind_epoch";
+    /// libuv threadpool requests queued and not started: `WorkKey` -> i32,
+    /// 1 + the queuing stack's id (threadpool.bpf.c).
+    pub const QUEUED_WORK: &str = "queued_work";
     /// Traffic (traffic.bpf.c): `TrafficCounts` per tgid, per CPU.
     pub const TRAFFIC: &str = "traffic";
 }
@@ -202,6 +205,45 @@ pub mod programs {
         perf("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
     ];
 
+    /// threadpool.bpf.c: the uprobe program of libuv's threadpool
+    /// functions, in every mode; the cookie (`ThreadpoolProbe::kind`) tells
+    /// it which one it is.
+    pub const THREADPOOL_ENTER: &str = "threadpool_enter";
+
+    /// One traced libuv function: its symbol, its `enum threadpool_kind`
+    /// (the attach cookie) and whether the threadpool cannot be followed
+    /// without it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ThreadpoolProbe {
+        pub symbol: &'static str,
+        pub kind: u32,
+        pub required: bool,
+    }
+
+    /// The attach table of libuv's threadpool, probed in the module that
+    /// defines `uv_queue_work` (node itself when it bundles libuv, as the
+    /// official builds do; libuv.so or libnode.so otherwise).
+    /// `uv__queue_work` is static: it needs the module's .symtab. All are
+    /// required: without the run probe no work is linked, without the done
+    /// probe a link would outlive its work.
+    pub const THREADPOOL: [ThreadpoolProbe; 3] = [
+        ThreadpoolProbe {
+            symbol: "uv_queue_work",
+            kind: super::threadpool_kind::QUEUE,
+            required: true,
+        },
+        ThreadpoolProbe {
+            symbol: "uv__queue_work",
+            kind: super::threadpool_kind::RUN,
+            required: true,
+        },
+        ThreadpoolProbe {
+            symbol: "uv_async_send",
+            kind: super::threadpool_kind::DONE,
+            required: true,
+        },
+    ];
+
     /// traffic.bpf.c, in every mode: bytes received on sockets (a BTF raw
     /// tracepoint, run only by socket reads) and connections accepted. The
     /// accept stays a perf tracepoint: a raw sys_exit would run for every
@@ -224,6 +266,25 @@ pub mod programs {
     pub const KNOB_WATCH_EXEC: &str = "watch_exec";
 }
 
+/// C `enum threadpool_kind`.
+pub mod threadpool_kind {
+    pub const QUEUE: u32 = 1;
+    pub const RUN: u32 = 2;
+    pub const DONE: u32 = 3;
+}
+
+pub const UV_WORK_REQ_OFFSET: u64 = 88;
+pub const MAX_QUEUED_WORK: u32 = 16384;
+
+/// Key of `queued_work`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub work: u64,
+}
+
 pub const MAX_TARGETS: u32 = 4096;
 pub const MAX_ALLOCS: u32 = 1 << 20;
 pub const MAX_STACK_STATS: u32 = 65536;
@@ -244,7 +305,6 @@ pub const HIST_BUCKETS: u32 = 496;
 pub struct HistKey {
     pub stack: StackKey,
     pub bucket: u32,
-    pub _pad: u32,
 }
 
 /// The bucket of a value, as `hist_bucket` in offheap.bpf.c computes it.
@@ -301,7 +361,25 @@ pub struct StackKey {
     pub tgid: u32,
     /// The stack's id in `hashed_stacks`; < 0: not stored (counted).
     pub stack_id: i32,
+    /// Threadpool work (threadpool.bpf.c): 1 + the `hashed_stacks` id of
+    /// the stack that queued the work the thread was running; 0: none.
+    pub async_stack: i32,
 }
+
+impl StackKey {
+    /// The `hashed_stacks` id of the queuing stack, if any.
+    pub fn queued_by(&self) -> Option<i32> {
+        (self.async_stack > 0).then(|| self.async_stack - 1)
+    }
+}
+
+/// An `ips[]` word that is no frame: where a stack of threadpool work (the
+/// worker's frames, innermost first) goes on with the stack that queued
+/// the work. Userspace puts it there when it joins the two (never BPF);
+/// it reads as the frame `[libuv threadpool]`, `FrameKind::Async`. Bit 63
+/// is set, as in a JS word (no return address has it), with the tier bits
+/// at 3, which no JS word uses.
+pub const ASYNC_MARKER: u64 = u64::MAX;
 
 /// Value of `hashed_stacks`: a user stack, innermost first, and its hash.
 #[repr(C)]
@@ -526,6 +604,9 @@ pub struct FaultEvent {
     pub error_code: u32,
     pub stack_id: i32,
     pub sp_word: u64,
+    /// As `StackKey::async_stack`, for the faulting thread.
+    pub async_stack: i32,
+    pub _pad: u32,
 }
 
 /// The fixed part of C `struct map_event`; `stack_len` bytes of the raw user
@@ -546,10 +627,13 @@ pub struct MapEvent {
     pub sp: u64,
     pub bp: u64,
     pub stack_base: u64,
+    /// As `StackKey::async_stack`, for the thread.
+    pub async_stack: i32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FaultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<MapEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<FaultEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<MapEvent>() == 104);
 
 // ---- V8: JS frames (include/v8.bpf.h) ----
 
@@ -619,9 +703,10 @@ pub enum Counter {
     HistFull = 9,
     TargetsFull = 10,
     NewUnfinished = 11,
+    WorkUnlinked = 12,
 }
 
-pub const COUNTER_MAX: u32 = 12;
+pub const COUNTER_MAX: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_MAX as usize] = [
@@ -637,6 +722,7 @@ impl Counter {
         Counter::HistFull,
         Counter::TargetsFull,
         Counter::NewUnfinished,
+        Counter::WorkUnlinked,
     ];
 
     /// Name used in reports and metrics.
@@ -654,6 +740,7 @@ impl Counter {
             Counter::HistFull => "histogram_map_full",
             Counter::TargetsFull => "targets_map_full",
             Counter::NewUnfinished => "operator_new_unfinished",
+            Counter::WorkUnlinked => "threadpool_work_unlinked",
         }
     }
 
@@ -661,7 +748,10 @@ impl Counter {
     pub const fn is_drop(self) -> bool {
         !matches!(
             self,
-            Counter::FreeUnknown | Counter::OomKills | Counter::NewUnfinished
+            Counter::FreeUnknown
+                | Counter::OomKills
+                | Counter::NewUnfinished
+                | Counter::WorkUnlinked
         )
     }
 }
@@ -770,6 +860,7 @@ mod pod {
         OomEvent,
         FaultConfig,
         HistKey,
+        WorkKey,
         V8ProcConfig,
         UnwindMappingKey,
         UnwindMapping,

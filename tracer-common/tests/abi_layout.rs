@@ -21,7 +21,7 @@ fn rust_layout() -> Vec<(String, usize)> {
     let mut v = layout! {
         "target_info" TargetInfo { flags, _pad }
         "traffic_counts" TrafficCounts { accepted, received_bytes }
-        "stack_key" StackKey { tgid, stack_id }
+        "stack_key" StackKey { tgid, stack_id, async_stack }
         "stack_ips" StackIps { nr, flags, hash, ips }
         "stack_stats" StackStats { live_bytes, live_allocs, total_bytes, total_allocs, sizes, lifetimes }
         "inline_hist" InlineHist { bucket, count }
@@ -33,10 +33,11 @@ fn rust_layout() -> Vec<(String, usize)> {
         "proc_event" ProcEvent { hdr, child_tgid, exit_code, comm }
         "oom_event" OomEvent { hdr, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb, pgtables_kb, uid, oom_score_adj, _pad, comm }
         "vm_args" VmArgs { addr, len, old_len, flags, prot, syscall, _pad, stack }
-        "fault_event" FaultEvent { hdr, address, ip, error_code, stack_id, sp_word }
+        "fault_event" FaultEvent { hdr, address, ip, error_code, stack_id, sp_word, async_stack, _pad }
         "fault_page_key" FaultPageKey { tgid, _pad, page }
         "fault_config" FaultConfig { sample_every, _pad }
-        "hist_key" HistKey { stack, bucket, _pad }
+        "hist_key" HistKey { stack, bucket }
+        "work_key" WorkKey { tgid, _pad, work }
         "v8_proc_config" V8ProcConfig { builtins_start, builtins_end, remap_start, remap_end, interp_lo, interp_hi, handlers_lo, _pad, fp_context, fp_function, fp_bytecode_array, fp_bytecode_offset, off_map, off_instance_type, off_shared, bytecode_offset_bias, type_js_function_first, type_js_function_last, type_shared_function_info, type_bytecode_array, bytecode_array_map, js_function_maps }
         "unwind_mapping_key" UnwindMappingKey { prefixlen, tgid_be, addr_be }
         "unwind_mapping" UnwindMapping { start, end, bias, module, npages, kind, _pad }
@@ -53,7 +54,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         size_of::<MapEvent>(),
     ));
     v.extend(layout! {
-        "map_event" MapEvent { hdr, addr, len, old_addr, old_len, flags, prot, syscall, stack_len, ip, sp, bp, stack_base }
+        "map_event" MapEvent { hdr, addr, len, old_addr, old_len, flags, prot, syscall, stack_len, ip, sp, bp, stack_base, async_stack, _pad }
     }
     .into_iter()
     .filter(|(e, _)| !e.starts_with("sizeof")));
@@ -106,6 +107,11 @@ fn rust_constants() -> Vec<(String, u64)> {
             AllocKind::NewNothrow as u64,
         ),
         ("OFFHEAP_KIND_DELETE".into(), AllocKind::Delete as u64),
+        ("OFFHEAP_TP_QUEUE".into(), threadpool_kind::QUEUE.into()),
+        ("OFFHEAP_TP_RUN".into(), threadpool_kind::RUN.into()),
+        ("OFFHEAP_TP_DONE".into(), threadpool_kind::DONE.into()),
+        ("OFFHEAP_UV_WORK_REQ_OFFSET".into(), UV_WORK_REQ_OFFSET),
+        ("OFFHEAP_MAX_QUEUED_WORK".into(), MAX_QUEUED_WORK.into()),
         (
             "OFFHEAP_FAULT_EVENTS_BYTES".into(),
             FAULT_EVENTS_BYTES.into(),

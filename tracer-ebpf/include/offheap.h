@@ -38,10 +38,13 @@
 /* Maps: targets, allocs, inflight, stack_stats, counters, events, vm_inflight,
  * hashed_stacks, stack_scratch, size_hist, lifetime_hist, resident mode's
  * fault_* maps, v8_procs (include/v8.bpf.h), unwind_mappings and
- * unwind_tables (include/unwind.bpf.h). Programs: alloc_enter / alloc_exit /
+ * unwind_tables (include/unwind.bpf.h), queued_work (threadpool.bpf.c).
+ * Programs: alloc_enter / alloc_exit /
  * free_enter (the malloc family, told apart by their attach cookie: enum
  * alloc_kind), vm_sys_enter / vm_sys_exit (vm.bpf.c), resident_*
- * (fault.bpf.c), and the lifecycle programs. */
+ * (fault.bpf.c), threadpool_enter (threadpool.bpf.c: libuv's threadpool,
+ * told apart by its cookie, enum threadpool_kind), and the lifecycle
+ * programs. */
 
 /* ---- targets -------------------------------------------------------------- */
 
@@ -67,6 +70,12 @@ struct target_info {
 struct stack_key {
 	__u32 tgid;
 	__s32 stack_id;   /* < 0: the stack could not be stored (counted) */
+	/* Work run on libuv's threadpool (threadpool.bpf.c): 1 + the
+	 * hashed_stacks id of the stack that queued the work this thread was
+	 * running; 0: none (the thread ran no queued work then). The stack as
+	 * reported is stack_id's frames, a `[libuv threadpool]` marker, then
+	 * this stack's frames. 1 + so that a zeroed key means "none". */
+	__s32 async_stack;
 };
 
 #define OFFHEAP_STACK_ID_BITS 30
@@ -140,7 +149,6 @@ struct alloc_info {
 struct hist_key {
 	struct stack_key stack;
 	__u32 bucket;
-	__u32 _pad;
 };
 
 /* Which traced function a thread is inside (inflight.kind); also the attach
@@ -273,9 +281,51 @@ enum counter {
 	OFFHEAP_CTR_TARGETS_FULL = 10,    /* targets full: a followed child was not traced */
 	OFFHEAP_CTR_NEW_UNFINISHED = 11,  /* an operator new whose allocation was not seen
 	                                   * (it threw, or its new_handler allocated) */
-	OFFHEAP_CTR_MAX = 12,
+	OFFHEAP_CTR_WORK_UNLINKED = 12,   /* threadpool work run whose queuing stack is not
+	                                   * known (queued before tracing, or evicted):
+	                                   * its allocations carry no queuing stack */
+	OFFHEAP_CTR_MAX = 13,
 };
 
+
+/* ---- libuv's threadpool (threadpool.bpf.c) ---------------------------------- */
+/* Work queued with uv_queue_work (node's ThreadPoolWork: zlib, crypto jobs;
+ * N-API async work) runs on a worker thread, whose stack ends at libuv's
+ * worker() <- start_thread: the JS that asked for it is on the queuing
+ * thread. One uprobe program (threadpool_enter) on three libuv functions,
+ * told apart by the attach cookie (enum threadpool_kind). */
+enum threadpool_kind {
+	/* uv_queue_work(loop, req, work_cb, after_work_cb), on the queuing
+	 * thread: its stack, in queued_work under the request's uv__work. */
+	OFFHEAP_TP_QUEUE = 1,
+	/* uv__queue_work(struct uv__work *w), libuv's static function that
+	 * worker() calls for a uv_queue_work request (and only for those:
+	 * w->work of fs, dns... requests is another function): the worker
+	 * thread is linked to the queuing stack until ... */
+	OFFHEAP_TP_RUN = 2,
+	/* ... uv_async_send, which worker() calls right after w->work(w)
+	 * returns, from the same stack depth (libuv src/threadpool.c,
+	 * 1.x: uv_async_send(&w->loop->wq_async)). A call from deeper in the
+	 * stack is the work's own (an addon's thread-safe function) and ends
+	 * nothing. */
+	OFFHEAP_TP_DONE = 3,
+};
+
+/* offsetof(uv_work_t, work_req) on LP64, libuv 1.x (include/uv.h:
+ * UV_REQ_FIELDS = data, type, reserved[6]: 64 bytes; then loop, work_cb,
+ * after_work_cb; then work_req, the struct uv__work that worker() runs).
+ * uv__queue_work begins `lea -0x58(%rdi), ...` in node 18, 20 and 22. */
+#define OFFHEAP_UV_WORK_REQ_OFFSET 88
+/* Requests queued and not yet started, per process (an LRU set: a request
+ * cancelled before it ran is never looked up again). */
+#define OFFHEAP_MAX_QUEUED_WORK 16384
+
+/* Key of `queued_work` (value: __s32, 1 + the queuing stack's id). */
+struct work_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 work;   /* the request's struct uv__work (req + OFFHEAP_UV_WORK_REQ_OFFSET) */
+};
 
 /* ---- traffic (traffic.bpf.c; read by tracer/src/accounting/traffic.rs) ------ */
 
@@ -351,6 +401,8 @@ struct fault_event {
 	/* [sp] at the fault: the return address of a leaf function that has no
 	 * frame (glibc memset/memcpy), which the frame-pointer walk skips. */
 	__u64 sp_word;
+	__s32 async_stack;  /* as struct stack_key's, for the faulting thread */
+	__u32 _pad;
 };
 
 /* A mapping created (mmap) or moved (mremap) by a target, with the raw user
@@ -372,6 +424,8 @@ struct map_event {
 	__u64 sp;
 	__u64 bp;
 	__u64 stack_base;  /* user address of stack[0]: sp rounded down to its page */
+	__s32 async_stack; /* as struct stack_key's, for the thread */
+	__u32 _pad;
 	__u8 stack[OFFHEAP_STACK_COPY_BYTES];
 };
 

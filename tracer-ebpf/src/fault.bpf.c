@@ -98,6 +98,8 @@ static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u3
 	base = e->sp & ~4095ULL;
 	e->stack_base = base;
 	e->stack_len = 0;
+	e->async_stack = thread_async_stack();
+	e->_pad = 0;
 	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
 		/* The page of sp itself is unreadable when the fault is the stack
 		 * growing into it: the record then carries the registers only. */
@@ -307,6 +309,8 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	e->error_code = error_code;
 	e->stack_id = id;
 	e->sp_word = sp_word;
+	e->async_stack = thread_async_stack();
+	e->_pad = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

@@ -141,6 +141,7 @@ static __always_inline int alloc_enter_kind(struct pt_regs *ctx, __u32 kind, __u
 	 * again (see free_enter). */
 	cur->deleting = 0;
 	take_uprobe_stack(ctx, &cur->stack, tgid, slot);
+	cur->stack.async_stack = slot->async_stack;
 	cur->depth = 1;
 	return 0;
 }

@@ -126,6 +126,12 @@ struct inflight_slot {
 	__u64 stack_limit;
 	/* Bytes the thread's previous stack walk spanned (take_uprobe_stack). */
 	__u64 stack_span;
+	/* The threadpool work the thread runs (threadpool.bpf.c): the
+	 * stack_key.async_stack of its stacks (0: none), and %rsp as it
+	 * started. */
+	__s32 async_stack;
+	__u32 _pad;
+	__u64 async_sp;
 	struct stack_scratch scratch;
 	struct unwind_cache cache;
 };
@@ -329,8 +335,17 @@ static __always_inline struct inflight *inflight_of(__u64 sp)
 	return call_in_progress(slot, sp) ? &slot->call : NULL;
 }
 
+/* The stack_key.async_stack of the current thread's stacks now. */
+static __always_inline __s32 thread_async_stack(void)
+{
+	struct inflight_slot *slot = thread_slot(0);
+
+	return slot ? slot->async_stack : 0;
+}
+
 #include "malloc.bpf.c"
 #include "vm.bpf.c"
 #include "lifecycle.bpf.c"
 #include "fault.bpf.c"
+#include "threadpool.bpf.c"
 #include "traffic.bpf.c"

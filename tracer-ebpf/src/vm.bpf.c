@@ -68,9 +68,10 @@ static __always_inline int vm_enter(__u32 syscall, __u64 addr, __u64 len, __u64 
 		.prot = prot,
 		.syscall = syscall,
 	};
-	if (syscall == OFFHEAP_EV_MMAP || syscall == OFFHEAP_EV_MREMAP || syscall == OFFHEAP_EV_BRK)
+	if (syscall == OFFHEAP_EV_MMAP || syscall == OFFHEAP_EV_MREMAP || syscall == OFFHEAP_EV_BRK) {
 		take_syscall_stack(&a.stack, tgid);
-	else
+		a.stack.async_stack = thread_async_stack();
+	} else
 		a.stack.tgid = tgid;
 	if (syscall == OFFHEAP_EV_BRK) {
 		/* brk returns the new break; the old one is only known here. */

@@ -5,8 +5,7 @@ mod report_support;
 
 use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock};
 
-use report_support::{fixture, load, offheap, offheap_ok, sum};
-use serde_json::Value;
+use report_support::{decode_pprof, fixture, load, offheap, offheap_ok, sum};
 
 const AFTER: &str = "after.json";
 const ADDON_LIVE: u64 = 5 * 1024 * 1024;
@@ -147,30 +146,6 @@ fn svg_is_well_formed_and_names_the_top_frame() {
     );
 }
 
-/// Installs the independent decoder (npm `pprof-format`, pure JS) once per
-/// build directory. Failing to install fails the test: never a silent pass.
-fn pprof_format() -> &'static Path {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-format");
-        if !dir.join("node_modules/pprof-format/package.json").exists() {
-            std::fs::create_dir_all(&dir).unwrap();
-            let out = Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .arg("pprof-format@2.3.2")
-                .output()
-                .expect("npm is needed to install the pprof decoder");
-            assert!(
-                out.status.success(),
-                "npm install pprof-format failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir.join("node_modules")
-    })
-}
-
 #[test]
 fn pprof_decodes_independently_with_the_json_totals() {
     let r = load(AFTER);
@@ -184,18 +159,7 @@ fn pprof_decodes_independently_with_the_json_totals() {
         "-o",
         pb.to_str().unwrap(),
     ]);
-    let out = Command::new("node")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pprof/decode.cjs"))
-        .arg(&pb)
-        .env("NODE_PATH", pprof_format())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = decode_pprof(&pb);
     assert_eq!(
         d["sampleTypes"],
         serde_json::json!([

@@ -9,9 +9,10 @@
 //! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
 //! (`offheap run --mode ...`), `traffic` (the traffic probes on a
-//! socket-heavy loop: bench_traffic.rs), `attach` (attach and exit times
-//! of `record --pid` in both modes against bpftrace's time to ready:
-//! bench_attach.rs), and `unwind` (the walker's cost per frame and the
+//! socket-heavy loop: bench_traffic.rs), `threadpool` (the threadpool
+//! probes on a zlib-heavy loop: bench_threadpool.rs), `attach` (attach
+//! and exit times of `record --pid` in both modes against bpftrace's time to
+//! ready: bench_attach.rs), and `unwind` (the walker's cost per frame and the
 //! unwind tables' memory: bench_unwind.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,7 +24,7 @@ use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
 use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms, quantile};
-use crate::{bench_attach, bench_traffic, bench_unwind};
+use crate::{bench_attach, bench_threadpool, bench_traffic, bench_unwind};
 
 const WORKLOAD: &str = "bench/alloc-loop.js";
 const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
@@ -65,6 +66,7 @@ enum PartName {
     Malloc,
     Resident,
     Traffic,
+    Threadpool,
     Attach,
     Unwind,
 }
@@ -224,6 +226,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Traffic) {
         if let Err(e) = bench_traffic::run(&bench.root, &bench.offheap, args.pairs) {
             println!("  traffic: not available: {e:#}");
+        }
+    }
+    if wants(PartName::Threadpool) {
+        if let Err(e) = bench_threadpool::run(&bench.root, &bench.offheap, args.pairs) {
+            println!("  threadpool: not available: {e:#}");
         }
     }
     if wants(PartName::Attach) {

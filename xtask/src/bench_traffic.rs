@@ -8,11 +8,11 @@
 //! the loop's slowdown under `offheap run --mode resident` (which also pays
 //! resident mode's fault tracking), in paired rounds. It prints, never
 //! asserts.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context, Result};
 
-use crate::bpf_stats::{self, Prog};
+use crate::bpf_stats::{self, ProgStats};
 use crate::stats::median;
 
 const WORKLOAD: &str = "bench/traffic-loop.js";
@@ -30,49 +30,18 @@ fn elapsed(stdout: &str) -> Result<f64> {
 }
 
 fn untraced(root: &Path) -> Result<f64> {
-    let out = Command::new("node")
-        .arg(WORKLOAD)
-        .current_dir(root)
-        .output()
-        .context("could not start node")?;
-    ensure!(
-        out.status.success(),
-        "node {WORKLOAD} failed ({})",
-        out.status
-    );
-    elapsed(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The two traffic programs in a sample of every program.
-fn traffic_progs(all: Vec<Prog>) -> Option<(Prog, Prog)> {
-    let find = |name: &str| all.iter().find(|p| p.name == name).cloned();
-    Some((find(RECV)?, find(ACCEPT)?))
+    elapsed(&crate::proc::node_stdout(root, WORKLOAD)?)
 }
 
 /// One traced run: the loop's time and the programs' last counters.
-fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(Prog, Prog)>)> {
+fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgStats)>)> {
     let report =
         std::env::temp_dir().join(format!("offheap-bench-traffic-{}.json", std::process::id()));
-    let (out, sample) = bpf_stats::sampled(
-        || {
-            Command::new(offheap)
-                .current_dir(root)
-                .args([
-                    "run",
-                    "--mode",
-                    "resident",
-                    "--no-live",
-                    "--format",
-                    "json",
-                    "--output",
-                ])
-                .arg(&report)
-                .args(["--", "node", WORKLOAD])
-                .output()
-                .context("could not start offheap")
-        },
-        traffic_progs,
-    );
+    let (out, last) = bpf_stats::sampled(&[RECV, ACCEPT], || {
+        bpf_stats::resident_run(offheap, root, &report, WORKLOAD)
+            .output()
+            .context("could not start offheap")
+    });
     let _ = std::fs::remove_file(&report);
     let out = out?;
     ensure!(
@@ -81,13 +50,14 @@ fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(Prog, Prog)>)> {
         out.status
     );
     let ms = elapsed(&String::from_utf8_lossy(&out.stdout))?;
-    Ok((ms, sample))
+    let stats = last.and_then(|m| Some((*m.get(RECV)?, *m.get(ACCEPT)?)));
+    Ok((ms, stats))
 }
 
 /// Runs `pairs` rounds and prints the part's lines.
 pub fn run(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {
     ensure!(root.join(WORKLOAD).exists(), "{WORKLOAD} is missing");
-    bpf_stats::with_stats(|| rounds(root, offheap, pairs))
+    bpf_stats::enabled(|| rounds(root, offheap, pairs))
 }
 
 fn rounds(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {

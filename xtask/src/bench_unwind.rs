@@ -14,15 +14,14 @@
 //! loaded (the npm package of tests/e2e/addon_npm.rs, installed into
 //! target/npm/ by that test or here). It prints, never asserts.
 use std::{
-    collections::HashSet,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 
-use crate::bpf_stats::{self, Prog};
+use crate::bpf_stats;
 use crate::proc::{cargo, run_cmd};
 use crate::stats::median;
 
@@ -84,7 +83,7 @@ pub fn run(root: &Path, offheap: &Path, rounds: u32) -> Result<()> {
                 .arg("-o")
                 .arg(&bin),
         )?;
-        let cost = bpf_stats::with_stats(|| frame_cost(offheap, &bin, v.name, rounds))?;
+        let cost = bpf_stats::enabled(|| frame_cost(offheap, &bin, v.name, rounds))?;
         per_frame.push(cost);
     }
     if let [fp, table] = per_frame[..] {
@@ -134,38 +133,29 @@ fn frame_cost(offheap: &Path, bin: &Path, name: &str, rounds: u32) -> Result<f64
 }
 
 /// One traced run at `depth`: alloc_enter's ns per run, and the frames of
-/// the fixture's malloc stack.
+/// the fixture's malloc stack. The counters are summed over every program of
+/// that name (bpf_stats::Sample): this run's are the growth over a sample
+/// taken before it (with the BPF test lock held no other tracer runs; a
+/// program left loaded by one keeps still counters, which cancel).
 fn traced_walk(offheap: &Path, bin: &Path, depth: u32) -> Result<(f64, usize)> {
-    let before: HashSet<u64> = bpf_stats::programs()
+    let before = bpf_stats::sample()
         .ok_or_else(|| anyhow!("bpftool prog show failed"))?
-        .iter()
-        .map(|p| p.id)
-        .collect();
+        .get(ALLOC_ENTER)
+        .copied()
+        .unwrap_or_default();
     let report =
         std::env::temp_dir().join(format!("offheap-bench-unwind-{}.json", std::process::id()));
-    // This run's program: the one loaded since `before` (other tracers may
-    // run on the machine).
-    let pick = move |all: Vec<Prog>| -> Option<Vec<Prog>> {
-        let new: Vec<Prog> = all
-            .into_iter()
-            .filter(|p| p.name == ALLOC_ENTER && !before.contains(&p.id))
-            .collect();
-        (!new.is_empty()).then_some(new)
-    };
-    let (out, sample) = bpf_stats::sampled(
-        || {
-            Command::new(offheap)
-                .args(["run", "--mode", "malloc", "--no-live", "--format", "json"])
-                .arg("--output")
-                .arg(&report)
-                .arg("--")
-                .arg(bin)
-                .args([depth.to_string(), CALLS.to_string()])
-                .output()
-                .context("could not start offheap")
-        },
-        pick,
-    );
+    let (out, sample) = bpf_stats::sampled(&[ALLOC_ENTER], || {
+        Command::new(offheap)
+            .args(["run", "--mode", "malloc", "--no-live", "--format", "json"])
+            .arg("--output")
+            .arg(&report)
+            .arg("--")
+            .arg(bin)
+            .args([depth.to_string(), CALLS.to_string()])
+            .output()
+            .context("could not start offheap")
+    });
     let out = out?;
     let json = std::fs::read_to_string(&report);
     let _ = std::fs::remove_file(&report);
@@ -174,13 +164,12 @@ fn traced_walk(offheap: &Path, bin: &Path, depth: u32) -> Result<(f64, usize)> {
         "offheap run exited with {}",
         out.status
     );
-    let prog = sample.unwrap_or_default();
-    let [prog] = &prog[..] else {
-        bail!("{} new {ALLOC_ENTER} programs seen", prog.len());
-    };
-    let ns = prog
-        .ns_per_run()
-        .ok_or_else(|| anyhow!("{ALLOC_ENTER} never ran"))?;
+    let after = sample
+        .and_then(|s| s.get(ALLOC_ENTER).copied())
+        .ok_or_else(|| anyhow!("{ALLOC_ENTER} was never seen loaded"))?;
+    let runs = after.runs.saturating_sub(before.runs);
+    ensure!(runs > 0, "{ALLOC_ENTER} never ran");
+    let ns = after.ns.saturating_sub(before.ns) as f64 / runs as f64;
     Ok((ns, loop_frames(&json?)?))
 }
 

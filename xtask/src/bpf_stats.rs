@@ -1,10 +1,9 @@
-//! BPF run-time statistics for the bench parts that time programs in the
-//! kernel: `kernel.bpf_stats_enabled` (sysctl(8); the kernel then counts
-//! each program's runs and nanoseconds, `run_cnt`/`run_time_ns` in
-//! `bpftool prog show --json`), sampled while a traced run goes on (the
-//! programs vanish with the tracer, so the last sample before it exits is
-//! the figure).
+//! BPF programs' run-time statistics (kernel.bpf_stats_enabled: run_cnt and
+//! run_time_ns per program, read with `bpftool prog show --json`), sampled
+//! while a traced command runs: what a bench part's probes cost per event.
 use std::{
+    collections::HashMap,
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -17,46 +16,19 @@ use anyhow::{Context, Result};
 
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// One loaded program's counters at a sample.
-#[derive(Clone, Debug, Default)]
-pub struct Prog {
-    pub id: u64,
-    pub name: String,
+/// run_cnt and run_time_ns of a program.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgStats {
     pub runs: u64,
     pub ns: u64,
 }
 
-impl Prog {
-    /// Nanoseconds per run.
-    pub fn ns_per_run(&self) -> Option<f64> {
-        (self.runs > 0).then(|| self.ns as f64 / self.runs as f64)
-    }
-}
+/// Every loaded program's counters now, by name (bpftool's: the full name,
+/// from BTF), summed over the programs of one name.
+pub type Sample = HashMap<String, ProgStats>;
 
-/// Every loaded program now (`bpftool prog show --json`); None when bpftool
-/// cannot answer.
-pub fn programs() -> Option<Vec<Prog>> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(
-        v.as_array()?
-            .iter()
-            .map(|p| Prog {
-                id: p["id"].as_u64().unwrap_or(0),
-                name: p["name"].as_str().unwrap_or("").to_string(),
-                runs: p["run_cnt"].as_u64().unwrap_or(0),
-                ns: p["run_time_ns"].as_u64().unwrap_or(0),
-            })
-            .collect(),
-    )
-}
-
-/// Runs `f` with the statistics on (restored afterwards when they were off).
-pub fn with_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// Runs `f` with the statistics on, and puts the setting back.
+pub fn enabled<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     let enable = before.trim() == "0";
     if enable {
@@ -69,20 +41,44 @@ pub fn with_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-/// Runs `f` while sampling every program every 50 ms; returns its result
-/// and the last sample that `pick` accepted (a sample taken after the
-/// tracer exited lacks its programs: `pick` says None to it).
-pub fn sampled<T, S: Send + 'static>(
-    f: impl FnOnce() -> T,
-    pick: impl Fn(Vec<Prog>) -> Option<S> + Send + 'static,
-) -> (T, Option<S>) {
-    let last: Arc<Mutex<Option<S>>> = Arc::new(Mutex::new(None));
+/// One sample of every loaded program now (None when bpftool fails).
+pub fn sample() -> Option<Sample> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut all = Sample::new();
+    for p in v.as_array()? {
+        let Some(name) = p["name"].as_str() else {
+            continue;
+        };
+        let s = all.entry(name.to_string()).or_default();
+        s.runs += p["run_cnt"].as_u64().unwrap_or(0);
+        s.ns += p["run_time_ns"].as_u64().unwrap_or(0);
+    }
+    Some(all)
+}
+
+/// Runs `f` while sampling every 50 ms; returns what it returned and the
+/// last sample in which a program of each of `names` (a prefix of its
+/// name) was loaded: the programs go before the tracer exits, and the
+/// samples taken after that are not kept.
+pub fn sampled<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Option<Sample>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let last: Arc<Mutex<Option<Sample>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let poller = {
         let (last, done) = (Arc::clone(&last), Arc::clone(&done));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Some(s) = programs().and_then(&pick) {
+                let loaded = |s: &Sample| {
+                    names
+                        .iter()
+                        .all(|n| s.keys().any(|k| k.starts_with(n.as_str())))
+                };
+                if let Some(s) = sample().filter(loaded) {
                     *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -92,6 +88,25 @@ pub fn sampled<T, S: Send + 'static>(
     let out = f();
     done.store(true, Ordering::Relaxed);
     let _ = poller.join();
-    let sample = last.lock().unwrap_or_else(|e| e.into_inner()).take();
-    (out, sample)
+    let s = last.lock().unwrap_or_else(|e| e.into_inner()).take();
+    (out, s)
+}
+
+/// `offheap run --mode resident -- node WORKLOAD` in `root`, the report
+/// written to `report` so that stdout carries only the workload's lines.
+pub fn resident_run(offheap: &Path, root: &Path, report: &Path, workload: &str) -> Command {
+    let mut cmd = Command::new(offheap);
+    cmd.current_dir(root)
+        .args([
+            "run",
+            "--mode",
+            "resident",
+            "--no-live",
+            "--format",
+            "json",
+            "--output",
+        ])
+        .arg(report)
+        .args(["--", "node", workload]);
+    cmd
 }

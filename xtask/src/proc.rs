@@ -59,3 +59,19 @@ pub fn runs(prog: &str, arg: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// The stdout of `node SCRIPT` run untraced in `root` (a bench workload),
+/// failing when node does.
+pub fn node_stdout(root: &Path, script: &str) -> Result<String> {
+    let out = Command::new("node")
+        .arg(script)
+        .current_dir(root)
+        .output()
+        .context("could not start node")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "node {script} failed ({})",
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

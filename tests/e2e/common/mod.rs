@@ -458,6 +458,25 @@ pub fn assert_process_sites(
     );
 }
 
+/// Compiles the C source of a node addon (N-API, against node's headers in
+/// /usr/include/node) into `dir/<name>.node`, with frame pointers and
+/// symbols so that its functions name their frames.
+pub fn build_napi_addon(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(format!("{name}.node"));
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
+        .arg("-I/usr/include/node")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running cc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
 /// Starts a fixture process with stdin and stdout piped and waits for its
 /// "ready" line; returns it, its stdout reader and the lines before "ready".
 pub fn start_fixture(cmd: &mut Command, timeout: Duration) -> (Child, Lines, Vec<String>) {
@@ -523,6 +542,19 @@ pub fn wait_maxrss(child: &mut Child) -> (ExitStatus, u64) {
     (ExitStatus::from_raw(status), ru.ru_maxrss as u64)
 }
 
+/// Starts `offheap record --pid PID --mode malloc` writing its JSON report
+/// to `out`, its stderr read on a thread; returns it and that stderr.
+pub fn spawn_record_malloc(pid: u32, out: &Path) -> (Child, Stderr) {
+    let mut tracer = Command::new(offheap_bin())
+        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+        .args(["--format", "json", "--output", out.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = Stderr::new(tracer.stderr.take().unwrap());
+    (tracer, err)
+}
+
 /// Attaches `record --pid PID --mode malloc` (plus `extra` arguments) to a
 /// process waiting at "ready", pokes it, waits for "done", stops the tracer
 /// with SIGINT and returns the JSON report, the tracer's stderr and its peak
@@ -534,9 +566,21 @@ pub fn record_steps(
     dir: &Path,
     extra: &[&str],
 ) -> (Value, Vec<String>, u64) {
+    record_steps_in("malloc", pid, lines, stdin, dir, extra)
+}
+
+/// `record_steps` in `mode` (malloc or resident).
+pub fn record_steps_in(
+    mode: &str,
+    pid: u32,
+    lines: &Lines,
+    stdin: &mut ChildStdin,
+    dir: &Path,
+    extra: &[&str],
+) -> (Value, Vec<String>, u64) {
     let out = dir.join("report.json");
     let mut tracer = Command::new(offheap_bin())
-        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+        .args(["record", "--pid", &pid.to_string(), "--mode", mode])
         .args(["--interval", "0.2", "--format", "json", "--output"])
         .arg(&out)
         .args(extra)
@@ -552,6 +596,21 @@ pub fn record_steps(
     let rest = err.rest();
     assert_eq!(status.code(), Some(0), "{rest:?}");
     (read_report(&out), rest, maxrss)
+}
+
+/// The stacks of a JSON report's first process.
+pub fn report_stacks(report: &Value) -> &Vec<Value> {
+    report["processes"][0]["stacks"].as_array().unwrap()
+}
+
+/// The symbols of a JSON stack's frames, innermost first ("" for none).
+pub fn frame_symbols(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 /// Every BPF program id loaded in the kernel (bpf(2) BPF_PROG_GET_NEXT_ID).

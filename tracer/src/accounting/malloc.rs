@@ -58,12 +58,23 @@ impl<'a> StackResolver<'a> {
     }
 
     /// The frames of a stack, and whether its walk was truncated (a stack
-    /// that could not be stored is: no frame at all).
+    /// that could not be stored is: no frame at all). A stack of
+    /// threadpool work goes on with the stack that queued the work
+    /// (`super::join_queued`).
     pub fn stack(&self, key: &StackKey) -> (Vec<u64>, bool) {
-        if key.stack_id < 0 {
+        let (mut ips, mut truncated) = self.walk(key.stack_id);
+        if let Some(q) = key.queued_by() {
+            let (frames, t) = self.walk(q);
+            super::join_queued(&mut ips, &mut truncated, Some((&frames, t)));
+        }
+        (ips, truncated)
+    }
+
+    fn walk(&self, id: i32) -> (Vec<u64>, bool) {
+        if id < 0 {
             return (Vec::new(), true);
         }
-        match self.hashed.get(&key.stack_id, 0) {
+        match self.hashed.get(&id, 0) {
             Ok(s) => (s.frames().to_vec(), s.flags & STACK_TRUNCATED != 0),
             Err(_) => (Vec::new(), true),
         }

@@ -216,6 +216,7 @@ mod tests {
         StackKey {
             tgid: 1,
             stack_id: id,
+            ..StackKey::default()
         }
     }
 

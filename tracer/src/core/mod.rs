@@ -51,6 +51,10 @@ pub const DEFAULT_FAULT_SAMPLE: u32 = 8;
 /// cumulative (malloc mode: deleted from the BPF maps; resident mode: folded
 /// into one aggregate per bucket and attribution, which keeps their bytes).
 pub const STACKS_EVICTED: &str = "stacks_evicted";
+/// Counter in a report when some target's threadpool work is not followed
+/// to the stacks that queued it (no libuv, or a libuv without the symbols
+/// of `programs::THREADPOOL`): how many targets.
+pub const THREADPOOL_UNPROBED: &str = "threadpool_unprobed";
 /// Points kept in a process's time series (an hour at the default interval).
 const MAX_SERIES_POINTS: usize = 3600;
 
@@ -189,6 +193,8 @@ pub struct Tracer {
     ticker: Interval,
     started: Instant,
     evicted: u64,
+    /// Targets whose threadpool is not followed (threadpool::Skip).
+    threadpool_unprobed: u64,
     /// `run`'s command, reaped at the end for its exit status.
     held: Option<HeldChild>,
     /// Lifecycle records that arrived while a front end was not waiting.
@@ -263,6 +269,7 @@ impl Tracer {
             signal_seen: false,
             started: Instant::now(),
             evicted: 0,
+            threadpool_unprobed: 0,
             held: None,
             pending: Vec::new(),
             point_readers: PointReaders::default(),
@@ -402,9 +409,7 @@ impl Tracer {
     pub(super) fn mark_exited(&mut self, pid: u32, wait_status: Option<i32>) {
         let _ = self.probes.remove_target(pid);
         self.probes.drop_tables(pid);
-        if let Model::Malloc(_) = self.model {
-            self.probes.detach_malloc(pid);
-        }
+        self.probes.detach_uprobes(pid);
         if let Some(t) = self.targets.get_mut(&pid) {
             t.exited = true;
             t.wait_status = wait_status.or(t.wait_status);

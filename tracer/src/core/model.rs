@@ -7,7 +7,7 @@ use tracer_common::StackKey;
 
 use super::{
     caps, cost, events::lock, spawn, CoreError, Model, StacksByPid, Tracer, MAX_SERIES_POINTS,
-    STACKS_EVICTED,
+    STACKS_EVICTED, THREADPOOL_UNPROBED,
 };
 use crate::{
     accounting,
@@ -35,6 +35,7 @@ impl Tracer {
     /// One interval: every live target's /proc facts and new modules, a
     /// resident sample, every target's stacks, and a series point each.
     pub(super) fn tick(&mut self) {
+        self.apply_queued();
         let live: Vec<u32> = self
             .targets
             .iter()
@@ -85,6 +86,25 @@ impl Tracer {
             });
             if t.series.len() > MAX_SERIES_POINTS {
                 t.series.remove(0);
+            }
+        }
+    }
+
+    /// Applies the ring records queued so far (their happenings wait in
+    /// `pending`), so that what is read next is as of now. A tick needs it:
+    /// `next`'s select! picks among ready branches at random, and a tick
+    /// that takes longer than the interval (hundreds of ms for ~12k stacks
+    /// in a debug build) leaves the ticker ready again at once
+    /// (MissedTickBehavior::Delay), so between two ticks only a record or two
+    /// was applied and malloc mode's VmSpace lagged seconds behind the
+    /// kernel: reservations V8 had made were missing, and with them the
+    /// resident pages of its heap. Bounded by the count queued at the start:
+    /// records arriving meanwhile wait for the next call.
+    fn apply_queued(&mut self) {
+        for _ in 0..self.rx.len() {
+            let Ok(ev) = self.rx.try_recv() else { break };
+            if let Some(h) = self.on_event(ev) {
+                self.pending.push(h);
             }
         }
     }
@@ -179,6 +199,9 @@ impl Tracer {
         if self.opts.caps.is_some() {
             counters.insert(STACKS_EVICTED.to_string(), self.evicted);
         }
+        if self.threadpool_unprobed > 0 {
+            counters.insert(THREADPOOL_UNPROBED.to_string(), self.threadpool_unprobed);
+        }
         // What the unwind tables did: a module without one is walked with
         // frame pointers, so its stacks may end early.
         for (name, n) in self.probes.unwind_counters().named() {
@@ -257,11 +280,7 @@ impl Tracer {
         let detaching = self.probes.detach();
         // The drain thread stops; what it did not take is taken here.
         drop(self.drainer.take());
-        while let Ok(ev) = self.rx.try_recv() {
-            if let Some(h) = self.on_event(ev) {
-                self.pending.push(h);
-            }
-        }
+        self.apply_queued();
         for pid in self.pids() {
             if let Some(now) = proc::snapshot(pid) {
                 if let Some(t) = self.targets.get_mut(&pid) {

@@ -47,6 +47,11 @@ fn cacheable(frames: &[Frame]) -> bool {
 
 impl Symbolize for Cached<'_> {
     fn symbolize(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
+        // No address: the accounting's join of a threadpool stack with the
+        // stack that queued its work.
+        if addr == tracer_common::ASYNC_MARKER {
+            return vec![Frame::async_marker()];
+        }
         if let Some(f) = self.cache.frames.get(&pid).and_then(|m| m.get(&addr)) {
             return f.clone();
         }

@@ -8,7 +8,10 @@ use tracer_common::{TARGET_FAULTS, TARGET_FOLLOW, TARGET_MALLOC, TARGET_VM};
 use super::{events::lock, interrupted, monotonic_ns, spawn, CoreError, Model, Target, Tracer};
 use crate::{
     error::one_line,
-    probes::allocator::{self, Allocator, AllocatorError},
+    probes::{
+        allocator::{self, Allocator, AllocatorError},
+        threadpool::{self, Skip, Threadpool},
+    },
     proc::{self, Liveness},
     report::{progress::Progress, Mode},
 };
@@ -50,7 +53,8 @@ impl Tracer {
             Mode::Malloc => Some(self.allocator_of(pid)?),
             Mode::Resident => None,
         };
-        self.attach(pid, alloc.as_ref())?;
+        let tp = self.threadpool(pid, threadpool::for_pid(pid));
+        self.attach(pid, alloc.as_ref(), tp.as_ref())?;
         self.adopted(pid, monotonic_ns(), cgroup)
     }
 
@@ -124,9 +128,36 @@ impl Tracer {
         }
     }
 
-    /// Puts `pid` in `targets` and, in malloc mode, attaches its uprobes;
-    /// undoes both on failure.
-    fn attach(&mut self, pid: u32, alloc: Option<&Allocator>) -> Result<(), CoreError> {
+    /// The threadpool module to probe in `pid`, if any; a process whose
+    /// threadpool cannot be followed is counted (`THREADPOOL_UNPROBED`),
+    /// and warned about when it has libuv (a stripped libuv.so).
+    fn threadpool(&mut self, pid: u32, found: Result<Threadpool, Skip>) -> Option<Threadpool> {
+        if threadpool::disabled() {
+            return None;
+        }
+        match found {
+            Ok(tp) => Some(tp),
+            Err(skip) => {
+                self.threadpool_unprobed += 1;
+                match skip {
+                    Skip::NoLibuv => log::info!("threadpool of PID {pid} not followed: {skip}"),
+                    Skip::Missing { .. } => eprintln!(
+                        "offheap: warning: PID {pid}: threadpool work is not followed to the code that queued it: {skip}"
+                    ),
+                }
+                None
+            }
+        }
+    }
+
+    /// Puts `pid` in `targets` and attaches its uprobes (malloc mode's,
+    /// the threadpool's); undoes both on failure.
+    fn attach(
+        &mut self,
+        pid: u32,
+        alloc: Option<&Allocator>,
+        tp: Option<&Threadpool>,
+    ) -> Result<(), CoreError> {
         self.probes.add_target(pid, self.flags())?;
         let attached = match alloc {
             Some(a) => self.probes.attach_malloc(pid, a).map(|syms| {
@@ -134,11 +165,18 @@ impl Tracer {
             }),
             None => Ok(()),
         };
+        let attached = attached.and_then(|()| match tp {
+            Some(t) => self
+                .probes
+                .attach_threadpool(pid, t)
+                .map(|()| log::info!("threadpool probes in {} ({})", t.module, t.path.display())),
+            None => Ok(()),
+        });
         let attached = attached
             .map_err(CoreError::from)
             .and_then(|()| self.check_signal());
         if let Err(e) = attached {
-            self.probes.detach_malloc(pid);
+            self.probes.detach_uprobes(pid);
             let _ = self.probes.remove_target(pid);
             return Err(e);
         }
@@ -264,14 +302,15 @@ impl Tracer {
         };
         let mut child = spawn::spawn_held(argv)?;
         let pid = child.pid;
-        if let Err(e) = self.attach(pid, alloc.as_ref()) {
+        let tp = self.threadpool(pid, threadpool::for_exec(&exe));
+        if let Err(e) = self.attach(pid, alloc.as_ref(), tp.as_ref()) {
             child.abort();
             return Err(e);
         }
         if let Err(e) = child.release(&spawn::comm_of(&exe)) {
             let _ = spawn::reap(pid);
             let _ = self.probes.remove_target(pid);
-            self.probes.detach_malloc(pid);
+            self.probes.detach_uprobes(pid);
             return Err(e.into());
         }
         // After the exec: the tables, the model's baseline and the modules
@@ -301,7 +340,8 @@ impl Tracer {
             },
             Mode::Resident => None,
         };
-        self.attach(child, alloc.as_ref())?;
+        let tp = self.threadpool(child, threadpool::for_pid(child));
+        self.attach(child, alloc.as_ref(), tp.as_ref())?;
         self.adopted(child, monotonic_ns(), None)
     }
 
@@ -326,9 +366,9 @@ impl Tracer {
     fn forget(&mut self, pid: u32) {
         let _ = self.probes.remove_target(pid);
         self.probes.drop_tables(pid);
+        self.probes.detach_uprobes(pid);
         match &mut self.model {
             Model::Malloc(m) => {
-                self.probes.detach_malloc(pid);
                 m.remove(self.probes.ebpf_mut(), pid);
             }
             Model::Resident(set) => {

@@ -22,7 +22,7 @@ use std::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::programs::MALLOC_FAMILY;
 
-mod loader;
+pub mod loader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocatorError {
@@ -293,6 +293,21 @@ fn past_endbr(data: &[u8], start: u64, len: u64) -> Function {
 
 /// The attach-table functions an ELF file defines.
 pub fn table_functions(path: &Path) -> Result<Functions, AllocatorError> {
+    functions_named(path, |name| {
+        MALLOC_FAMILY
+            .iter()
+            .find(|p| p.symbol == name)
+            .map(|p| p.symbol)
+    })
+}
+
+/// The functions an ELF file defines (in its dynamic symbols or its
+/// .symtab, so static ones too) among those `wanted` knows: it maps a
+/// symbol name to the table's own string.
+pub fn functions_named(
+    path: &Path,
+    wanted: impl Fn(&str) -> Option<&'static str>,
+) -> Result<Functions, AllocatorError> {
     let io = |source| AllocatorError::Io {
         path: path.to_path_buf(),
         source,
@@ -313,10 +328,10 @@ pub fn table_functions(path: &Path) -> Result<Functions, AllocatorError> {
             continue;
         }
         let Ok(name) = sym.name() else { continue };
-        let Some(probe) = MALLOC_FAMILY.iter().find(|p| p.symbol == name) else {
+        let Some(symbol) = wanted(name) else {
             continue;
         };
-        if out.contains_key(probe.symbol) {
+        if out.contains_key(symbol) {
             continue;
         }
         // A uprobe is placed at a file offset: translate the symbol's virtual
@@ -331,7 +346,7 @@ pub fn table_functions(path: &Path) -> Result<Functions, AllocatorError> {
             continue;
         };
         let start = sym.address() - section.address() + file_off;
-        out.insert(probe.symbol, past_endbr(&data, start, sym.size()));
+        out.insert(symbol, past_endbr(&data, start, sym.size()));
     }
     Ok(out)
 }

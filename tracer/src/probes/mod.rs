@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod multi;
 pub mod object;
 pub mod preflight;
+pub mod threadpool;
 pub mod unwind;
 
 use std::collections::BTreeMap;
@@ -197,22 +198,18 @@ impl Probes {
         }
         let mut ebpf = loader.load(object::OBJECT)?;
         // Loaded now, while every map is still in `ebpf` (the core takes
-        // the ring buffers out later).
-        let multi = match cfg.mode {
-            Mode::Malloc => Some(
-                MultiPrograms::load(
-                    &ebpf,
-                    object::OBJECT,
-                    &[
-                        programs::ALLOC_ENTER,
-                        programs::ALLOC_EXIT,
-                        programs::FREE_ENTER,
-                    ],
-                )
-                .map_err(ProbeError::Multi)?,
-            ),
-            Mode::Resident => None,
+        // the ring buffers out later). The threadpool's in every mode.
+        let names: &[&'static str] = match cfg.mode {
+            Mode::Malloc => &[
+                programs::ALLOC_ENTER,
+                programs::ALLOC_EXIT,
+                programs::FREE_ENTER,
+                programs::THREADPOOL_ENTER,
+            ],
+            Mode::Resident => &[programs::THREADPOOL_ENTER],
         };
+        let multi =
+            Some(MultiPrograms::load(&ebpf, object::OBJECT, names).map_err(ProbeError::Multi)?);
         let unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
         Ok(Probes {
             ebpf,
@@ -418,6 +415,45 @@ impl Probes {
         Ok(attached)
     }
 
+    /// Attaches the threadpool probes (`programs::THREADPOOL`) to one
+    /// process's libuv: one uprobe_multi link, each point with its
+    /// `enum threadpool_kind` cookie. The kernel registers the points in
+    /// the order given (bpf_uprobe_multi_link_attach), and each fires from
+    /// its registration: done first, then run, then queue, so that no
+    /// thread is linked before the probe that unlinks it is in place.
+    pub fn attach_threadpool(
+        &mut self,
+        pid: u32,
+        tp: &threadpool::Threadpool,
+    ) -> Result<(), ProbeError> {
+        let multi = self
+            .multi
+            .as_ref()
+            .ok_or(ProbeError::MissingProgram(programs::THREADPOOL_ENTER))?;
+        let mut table = programs::THREADPOOL.to_vec();
+        table.sort_by_key(|p| std::cmp::Reverse(p.kind));
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = table
+            .iter()
+            .filter_map(|p| {
+                tp.functions
+                    .get(p.symbol)
+                    .map(|f| (f.offset, u64::from(p.kind)))
+            })
+            .unzip();
+        let link = multi
+            .attach(
+                programs::THREADPOOL_ENTER,
+                &tp.path,
+                &offsets,
+                &cookies,
+                pid,
+                false,
+            )
+            .map_err(ProbeError::Multi)?;
+        self.uprobe_links.push((pid, link));
+        Ok(())
+    }
+
     /// Loads (or brings up to date: a module mapped since) the unwind
     /// tables of `pid`'s modules and its mapping entries, then makes every
     /// walker forget what it cached about addresses. Call it before the
@@ -476,9 +512,10 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name, source })
     }
 
-    /// Detaches the malloc-family probes of one process (it exited, or
-    /// exec'd another program), in the background (see `Detacher`).
-    pub fn detach_malloc(&mut self, pid: u32) {
+    /// Detaches the uprobes of one process (malloc family, threadpool: it
+    /// exited, or exec'd another program), in the background (see
+    /// `Detacher`).
+    pub fn detach_uprobes(&mut self, pid: u32) {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.uprobe_links)
             .into_iter()
             .partition(|(p, _)| *p == pid);

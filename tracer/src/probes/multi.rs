@@ -218,27 +218,49 @@ impl MultiPrograms {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
                 log: String::new(),
             })?;
-        let mut attr = zeroed_attr();
-        // SAFETY: writing the LINK_CREATE member of a zeroed union.
-        let l = unsafe { &mut attr.link_create };
-        l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-        l.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
-        // SAFETY: the uprobe_multi member of the link_create union.
-        let u = unsafe { &mut l.__bindgen_anon_3.uprobe_multi };
-        u.path = cpath.as_ptr() as u64;
-        u.offsets = offsets.as_ptr() as u64;
-        u.cookies = cookies.as_ptr() as u64;
-        u.cnt = offsets.len().min(cookies.len()) as u32;
-        u.flags = if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
-        u.pid = pid;
-        let fd =
-            sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map_err(|source| MultiError::Syscall {
-                what: what(),
-                source,
-                log: String::new(),
-            })?;
+        let n = offsets.len().min(cookies.len());
+        let flags = if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
+        let fd = link_create(
+            prog.as_fd(),
+            &cpath,
+            &offsets[..n],
+            Some(&cookies[..n]),
+            pid,
+            flags,
+        )
+        .map_err(|source| MultiError::Syscall {
+            what: what(),
+            source,
+            log: String::new(),
+        })?;
         Ok(MultiLink { _fd: fd })
     }
+}
+
+/// BPF_LINK_CREATE of a uprobe_multi link: `prog` at `offsets` of `path`
+/// (with a cookie each, when given), for process `pid` (0: every process).
+pub(super) fn link_create(
+    prog: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    offsets: &[u64],
+    cookies: Option<&[u64]>,
+    pid: u32,
+    flags: u32,
+) -> std::io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut attr.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+    // SAFETY: the uprobe_multi member of the link_create union.
+    let u = unsafe { &mut l.__bindgen_anon_3.uprobe_multi };
+    u.path = path.as_ptr() as u64;
+    u.offsets = offsets.as_ptr() as u64;
+    u.cookies = cookies.map_or(0, |c| c.as_ptr() as u64);
+    u.cnt = offsets.len() as u32;
+    u.flags = flags;
+    u.pid = pid;
+    sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
 }
 
 /// BPF_PROG_LOAD of one program as a uprobe_multi program; on failure, again

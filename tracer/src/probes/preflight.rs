@@ -1,10 +1,10 @@
 //! Checks made before loading anything, so that a missing privilege or kernel
 //! feature is one clear line instead of a verifier or perf_event_open errno.
-use std::{ffi::CString, fs, os::fd::AsRawFd, path::Path};
+use std::{fs, os::fd::AsFd, path::Path};
 
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_prog_type};
 
-use super::multi::{sys_bpf, zeroed_attr};
+use super::multi::{link_create, sys_bpf, zeroed_attr};
 use crate::report::Mode;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,19 +141,7 @@ pub fn probe_uprobe_multi() -> LinkProbe {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return LinkProbe::Unsupported,
         Err(_) => return LinkProbe::Unknown,
     };
-    let path = CString::new("/").expect("no NUL");
-    let offsets = [0u64];
-    let mut attr = zeroed_attr();
-    // SAFETY: writing the LINK_CREATE member of a zeroed union.
-    let l = unsafe { &mut attr.link_create };
-    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-    l.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
-    // SAFETY: the uprobe_multi member of the link_create union.
-    let m = unsafe { &mut l.__bindgen_anon_3.uprobe_multi };
-    m.path = path.as_ptr() as u64;
-    m.offsets = offsets.as_ptr() as u64;
-    m.cnt = 1;
-    link_answer(sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(drop))
+    link_answer(link_create(prog.as_fd(), c"/", &[0], None, 0, 0).map(drop))
 }
 
 /// The meaning of LINK_CREATE's answer to the probe above.
@@ -244,6 +232,8 @@ pub fn ensure_tracefs() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[test]

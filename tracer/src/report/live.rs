@@ -120,6 +120,11 @@ fn stack_name(s: &StackReport) -> String {
     if frames.len() > FRAMES_SHOWN {
         names.push("…".into());
     }
+    // Threadpool work: who queued it (the worker's frames never say).
+    if let Some(q) = super::queued_by(frames) {
+        names.push(super::ASYNC_FRAME.into());
+        names.push(clean(&q.display_name()));
+    }
     let line = names.join(" < ");
     if line.chars().count() > NAME_WIDTH {
         line.chars().take(NAME_WIDTH - 1).chain(['…']).collect()
@@ -255,7 +260,7 @@ impl<W: io::Write + IsTerminal> LiveView<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Frame, Mode};
+    use crate::report::{Frame, FrameKind, Mode};
 
     fn report(t: f64, ab: u64, name: &str) -> Report {
         let mut r = Report::new(Mode::Resident);
@@ -279,6 +284,33 @@ mod tests {
         });
         r.processes.push(p);
         r
+    }
+
+    /// A stack of threadpool work shows the code that queued it.
+    #[test]
+    fn a_threadpool_stack_shows_who_queued_it() {
+        let named = |s: &str, kind| Frame {
+            symbol: Some(s.into()),
+            kind,
+            ..Frame::default()
+        };
+        let s = StackReport {
+            frames: vec![
+                named("AllocForZlib", FrameKind::Native),
+                named("deflateInit2_", FrameKind::Native),
+                named("InitZlib", FrameKind::Native),
+                named("worker", FrameKind::Native),
+                Frame::async_marker(),
+                named("node::ThreadPoolWork::ScheduleWork()", FrameKind::Native),
+                named("JS:~openStreams app.js:5:28", FrameKind::Js),
+            ],
+            ..StackReport::default()
+        };
+        assert_eq!(
+            stack_name(&s),
+            "AllocForZlib < deflateInit2_ < InitZlib < … < [libuv threadpool] < \
+             JS:~openStreams app.js:5:28"
+        );
     }
 
     #[test]

@@ -114,7 +114,14 @@ pub enum FrameKind {
     Js,
     /// JIT code with no perf map entry: shown as `[JIT]` with its address.
     Jit,
+    /// No code: the point where a stack of work run on libuv's threadpool
+    /// (the worker's frames, above) goes on with the stack that queued the
+    /// work (below): the frame `[libuv threadpool]` (`Frame::async_marker`).
+    Async,
 }
+
+/// The name of the `FrameKind::Async` frame.
+pub const ASYNC_FRAME: &str = "[libuv threadpool]";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
@@ -142,6 +149,17 @@ impl Frame {
         }
     }
 
+    /// The frame of `tracer_common::ASYNC_MARKER` in a stack (see
+    /// `FrameKind::Async`).
+    pub fn async_marker() -> Frame {
+        Frame {
+            addr: format!("{:#x}", tracer_common::ASYNC_MARKER),
+            symbol: Some(ASYNC_FRAME.to_string()),
+            kind: FrameKind::Async,
+            ..Frame::default()
+        }
+    }
+
     /// A short human name: symbol, else `module+0x…`, else the address.
     pub fn display_name(&self) -> String {
         match (&self.symbol, &self.module) {
@@ -164,6 +182,22 @@ pub fn telling_frames(frames: &[Frame]) -> &[Frame] {
     };
     let start = frames.iter().position(|f| !machinery(f)).unwrap_or(0);
     &frames[start..]
+}
+
+/// For a stack of threadpool work: the frame that tells who queued the
+/// work, past the `[libuv threadpool]` marker: the first JS frame of the
+/// queuing stack outside node's own library (scripts `node:zlib`,
+/// `node:internal/...`), else its first JS frame, else its first frame.
+/// None for other stacks. One-line summaries show it after the marker, as
+/// the allocating frames cannot say it.
+pub fn queued_by(frames: &[Frame]) -> Option<&Frame> {
+    let at = frames.iter().position(|f| f.kind == FrameKind::Async)?;
+    let queued = &frames[at + 1..];
+    let js = || queued.iter().filter(|f| f.kind == FrameKind::Js);
+    let nodes_own = |f: &&Frame| f.symbol.as_deref().is_some_and(|s| s.contains(" node:"));
+    js().find(|f| !nodes_own(f))
+        .or_else(|| js().next())
+        .or_else(|| queued.first())
 }
 
 /// Which rule attributed a stack's resident bytes (resident mode only).

@@ -138,6 +138,17 @@ impl ResidentMaps {
             .clone()
     }
 
+    /// The stack that queued the threadpool work a record's thread ran
+    /// (`StackKey::async_stack`), when it did. A queuing stack that cannot
+    /// be read is no frames, truncated: the marker still says the work was
+    /// queued.
+    fn queued(&mut self, async_stack: i32) -> Option<(Vec<u64>, bool)> {
+        if async_stack <= 0 {
+            return None;
+        }
+        Some(self.walk(async_stack - 1).unwrap_or((Vec::new(), true)))
+    }
+
     /// Feeds every pending record to the model of its process.
     pub fn drain(&mut self, procs: &mut HashMap<u32, Resident>) -> DrainStats {
         let mut st = DrainStats::default();
@@ -162,8 +173,13 @@ impl ResidentMaps {
                         continue;
                     };
                     let walk = self.walk(ev.stack_id);
+                    let queued = self.queued(ev.async_stack);
                     let p = procs.get_mut(&hdr.tgid).expect("checked");
-                    p.on_fault(&ev, walk.as_ref().map(|(f, t)| (f.as_slice(), *t)));
+                    p.on_fault(
+                        &ev,
+                        walk.as_ref().map(|(f, t)| (f.as_slice(), *t)),
+                        as_slice(&queued),
+                    );
                     st.faults += 1;
                 }
                 resident_event_kind::MAP_STACK | resident_event_kind::FAULT_STACK => {
@@ -173,13 +189,14 @@ impl ResidentMaps {
                     };
                     let fixed = std::mem::size_of::<MapEvent>();
                     let end = (fixed + ev.stack_len as usize).min(rec.len());
+                    let queued = self.queued(ev.async_stack);
                     let p = procs.get_mut(&hdr.tgid).expect("checked");
                     if hdr.kind == resident_event_kind::FAULT_STACK {
-                        p.on_fault_stack(&ev, &rec[fixed..end]);
+                        p.on_fault_stack(&ev, &rec[fixed..end], as_slice(&queued));
                         st.faults += 1;
                         st.fault_stacks += 1;
                     } else {
-                        p.on_map(&ev, &rec[fixed..end]);
+                        p.on_map(&ev, &rec[fixed..end], as_slice(&queued));
                         st.maps += 1;
                     }
                 }
@@ -188,6 +205,10 @@ impl ResidentMaps {
         }
         st
     }
+}
+
+fn as_slice(q: &Option<(Vec<u64>, bool)>) -> Option<(&[u64], bool)> {
+    q.as_ref().map(|(f, t)| (f.as_slice(), *t))
 }
 
 fn read<T: Copy>(b: &[u8]) -> Option<T> {

@@ -254,12 +254,19 @@ impl Resident {
 
     /// A user page fault. `walk` is the kernel's frame-pointer walk (frame 0
     /// is the faulting ip), or None when the stack could not be taken.
-    pub fn on_fault(&mut self, ev: &FaultEvent, walk: Option<(&[u64], bool)>) {
+    /// `queued`: the stack that queued the threadpool work the faulting
+    /// thread ran (`accounting::join_queued`), for each of these records.
+    pub fn on_fault(
+        &mut self,
+        ev: &FaultEvent,
+        walk: Option<(&[u64], bool)>,
+        queued: Option<(&[u64], bool)>,
+    ) {
         let page = ev.address & !(PAGE - 1);
         if !self.wants_first_touch(page) {
             return;
         }
-        let (mut ips, truncated): (Vec<u64>, bool) = match walk {
+        let (mut ips, mut truncated): (Vec<u64>, bool) = match walk {
             Some((w, t)) if !w.is_empty() => (w.to_vec(), t),
             _ => (vec![ev.ip], true),
         };
@@ -272,17 +279,19 @@ impl Resident {
         {
             ips.insert(1.min(ips.len()), ev.sp_word);
         }
+        crate::accounting::join_queued(&mut ips, &mut truncated, queued);
         self.first_touch(page, ips, truncated);
     }
 
     /// A page fault whose frame-pointer walk died at once (in code without
     /// frame pointers), with the raw user stack for the CFI unwinder.
-    pub fn on_fault_stack(&mut self, ev: &MapEvent, stack: &[u8]) {
+    pub fn on_fault_stack(&mut self, ev: &MapEvent, stack: &[u8], queued: Option<(&[u64], bool)>) {
         let page = ev.addr & !(PAGE - 1);
         if !self.wants_first_touch(page) {
             return;
         }
-        let (ips, truncated) = self.unwind(ev, stack);
+        let (mut ips, mut truncated) = self.unwind(ev, stack);
+        crate::accounting::join_queued(&mut ips, &mut truncated, queued);
         self.first_touch(page, ips, truncated);
     }
 
@@ -300,7 +309,7 @@ impl Resident {
 
     /// An anonymous mapping created (mmap) or moved (mremap); `stack` is the
     /// raw user stack copied at the syscall's exit.
-    pub fn on_map(&mut self, ev: &MapEvent, stack: &[u8]) {
+    pub fn on_map(&mut self, ev: &MapEvent, stack: &[u8], queued: Option<(&[u64], bool)>) {
         let start = ev.addr & !(PAGE - 1);
         let end = (ev.addr + ev.len).div_ceil(PAGE) * PAGE;
         if ev.syscall == tracer_common::event_kind::MREMAP {
@@ -315,7 +324,8 @@ impl Resident {
             self.remove_mappings(start, end);
             return;
         }
-        let (frames, truncated) = self.unwind(ev, stack);
+        let (mut frames, mut truncated) = self.unwind(ev, stack);
+        crate::accounting::join_queued(&mut frames, &mut truncated, queued);
         let s = self.intern(frames, Attribution::Mapping, truncated);
         self.stacks[s as usize].events += 1;
         *self.stacks[s as usize]

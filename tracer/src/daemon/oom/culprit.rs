@@ -37,13 +37,19 @@ pub fn describe_stack(s: &StackReport) -> String {
         .iter()
         .skip(LOG_FRAMES)
         .find(|f| f.kind == report::FrameKind::Js);
-    match js {
-        Some(f) => {
+    match (report::queued_by(frames), js) {
+        // Threadpool work: the JS (or native) code that queued it.
+        (Some(q), _) => {
+            names.push("…".into());
+            names.push(report::ASYNC_FRAME.into());
+            names.push(clean(&q.display_name()));
+        }
+        (None, Some(f)) => {
             names.push("…".into());
             names.push(clean(&f.display_name()));
         }
-        None if frames.len() > LOG_FRAMES => names.push("…".into()),
-        None => {}
+        (None, None) if frames.len() > LOG_FRAMES => names.push("…".into()),
+        (None, None) => {}
     }
     if !names.is_empty() {
         out.push_str(" at ");

@@ -14,6 +14,42 @@ fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// A stack of threadpool work says which JS function queued it.
+#[test]
+fn a_threadpool_stack_names_the_code_that_queued_it() {
+    let native = |s: &str| Frame {
+        symbol: Some(s.into()),
+        module: Some("/usr/bin/node".into()),
+        ..Frame::default()
+    };
+    let js = |s: &str| Frame {
+        symbol: Some(s.into()),
+        kind: crate::report::FrameKind::Js,
+        ..Frame::default()
+    };
+    let s = StackReport {
+        bucket: Some(Bucket::NodeNative),
+        live_bytes: 3 << 20,
+        frames: vec![
+            native("AllocForZlib"),
+            native("deflateInit2_"),
+            native("InitZlib"),
+            native("DoThreadPoolWork"),
+            native("worker"),
+            Frame::async_marker(),
+            native("node::ThreadPoolWork::ScheduleWork()"),
+            js("JS:~processChunk node:zlib:480:22"),
+            js("JS:~openDeflateStreams /srv/app.js:5:28"),
+        ],
+        ..StackReport::default()
+    };
+    assert_eq!(
+        describe_stack(&s),
+        "3.0 MiB node_native at AllocForZlib ← deflateInit2_ ← InitZlib ← … ← \
+         [libuv threadpool] ← JS:~openDeflateStreams /srv/app.js:5:28"
+    );
+}
+
 #[test]
 fn armed_disarmed_crossings() {
     let mut w = PreOomWatch::new(90.0);
