@@ -204,3 +204,85 @@ fn record_without_children_reports_the_target_alone() {
     let sizes = symbol_sizes(&r.bin);
     assert_process_sites(process(&r.report, r.parent), &r.sites, &sizes, PARENT);
 }
+
+/// Node's `cluster` (issue 16): `run` follows both workers node forks and
+/// execs, each its own process in the report with its Buffers exact, under
+/// its own JS function (cluster_leak.js: 3 and 5 Buffers of 100003 bytes).
+#[test]
+fn run_follows_node_cluster_workers_with_exact_bytes() {
+    const SIZE: u64 = 100_003;
+    let _lock = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let fixture = workspace().join("tests/fixtures/cluster_leak.js");
+    let mut cmd = Command::new(offheap_bin());
+    cmd.args(["run", "--mode", "malloc", "--no-live", "--format", "json"])
+        .args(["--output", out.to_str().unwrap(), "--"])
+        .args(["/usr/bin/node", "--perf-basic-prof"])
+        .arg(&fixture);
+    let (mut tracer, _, err) = spawn_attached(&mut cmd, T);
+    let lines = Lines::new(tracer.stdout.take().unwrap());
+    let workers: HashMap<String, u32> = (0..2)
+        .map(|_| {
+            let l = lines.starting_with("worker ", T);
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_string(), f[2].parse().unwrap())
+        })
+        .collect();
+    lines.until("ready", T);
+    // Both workers' uprobes held before they allocate.
+    let deadline = std::time::Instant::now() + T;
+    while !workers
+        .values()
+        .all(|w| uprobe_pids_held_by(tracer.id()).contains(w))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offheap never attached to the workers"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Lines: the primary reads its stdin with readline.
+    let mut stdin = tracer.stdin.take().unwrap();
+    let mut line = || {
+        use std::io::Write;
+        stdin.write_all(b"x\n").unwrap();
+        stdin.flush().unwrap();
+    };
+    line();
+    lines.until("done", T);
+    line();
+    let status = tracer.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{:?}", err.rest());
+    let report = read_report(&out);
+    for (n, count) in [("0", 3u64), ("1", 5)] {
+        let p = process(&report, workers[n]);
+        let name = format!("leakWorker{n}");
+        // The Buffers' own mallocs: the stacks under the worker's function
+        // whose blocks are all SIZE bytes (the BackingStore objects node
+        // news beside them are other stacks).
+        let (mut bytes, mut allocs) = (0u64, 0u64);
+        for s in p["stacks"].as_array().unwrap() {
+            let under = s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["symbol"].as_str().is_some_and(|y| y.contains(&name)));
+            let live = s["live_allocs"].as_u64().unwrap();
+            if under && live > 0 && s["live_bytes"].as_u64().unwrap() == live * SIZE {
+                bytes += s["live_bytes"].as_u64().unwrap();
+                allocs += live;
+            }
+        }
+        assert_eq!((bytes, allocs), (count * SIZE, count), "worker {n}: {p}");
+        let other = if n == "0" {
+            "leakWorker1"
+        } else {
+            "leakWorker0"
+        };
+        assert!(
+            !p.to_string().contains(other),
+            "worker {n} has the other worker's function"
+        );
+    }
+}

@@ -154,18 +154,19 @@ static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, _
 
 /* For a pc the tables put in no executable mapping: whether it is in one
  * after all, mapped since userspace last loaded the process's tables (an
- * addon's dlopen: its code runs before userspace hears of the mapping). The
+ * addon's dlopen: its code runs before userspace hears of the mapping); and
+ * for a pc they put in anonymous memory, whether that is code. The
  * kernel's own answer (bpf_find_vma, Linux 5.17), asked only then: the stack
  * ends at a pc only when it is in no mapping, or in one that is not code. A
- * mmap lock the walk cannot take (EBUSY) answers "code", never losing a
- * frame. */
+ * mmap lock the walk cannot take (EBUSY: another thread maps or unmaps)
+ * answers "not code": the stack ends there, marked truncated, rather than
+ * keep a word that may be data (sharp's libvips threads map and unmap all
+ * the time, and stack addresses came through). */
 static __always_inline int mapped_since(__u64 pc)
 {
 	__u64 flags = 0;
 	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
 
-	if (err == -EBUSY)
-		return 1;
 	return err == 0 && (flags & OFFHEAP_VM_EXEC);
 }
 
@@ -179,6 +180,8 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 
 	if (w->leaf) {
 		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
+		if (cls == UNWIND_JIT && !mapped_since(pc))
+			return UNWIND_NONE;
 		return cls == UNWIND_NONE && mapped_since(pc) ? UNWIND_FP : cls;
 	}
 	struct unwind_cache_entry *e =
@@ -190,6 +193,12 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 	int cls = unwind_find(w->tgid, pc, 0, &w->cursor);
 	if (cls == UNWIND_NONE && mapped_since(pc))
 		return UNWIND_FP;
+	/* The tables take all anonymous memory for V8's code (it makes pages
+	 * executable after they were read): a return address there must be in
+	 * code now, not in a thread's stack or a heap (a scanned or garbage
+	 * word). Not cached: the page may become code. */
+	if (cls == UNWIND_JIT && !mapped_since(pc))
+		return UNWIND_NONE;
 	e->pc = pc;
 	e->tgid = w->tgid;
 	e->epoch = w->epoch;
@@ -239,7 +248,7 @@ static __always_inline int fp_step(struct walk_state *w, struct stack_scratch *s
  * addr a return address (the Intel SDM's CALL encodings): E8 rel32;
  * FF /2 with a register (2 bytes, 3 with REX.B), [reg+disp8] (3 bytes),
  * [reg+disp32] or [rip+disp32] (6 bytes). */
-static __always_inline int after_call(__u64 addr)
+__noinline int after_call(__u64 addr)
 {
 	__u8 b[8];
 
