@@ -15,38 +15,9 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(120);
 const NODE: &str = "/usr/bin/node";
 
-/// The addon keeps `count` blocks of `size` bytes from one noinline function.
-const ADDON: &str = r#"
-#include <node_api.h>
-#include <stdlib.h>
-
-static void *kept[4096];
-static int nkept;
-
-__attribute__((noinline)) void addon_leak_block(size_t size) {
-  void *p = malloc(size);
-  if (p && nkept < 4096) kept[nkept++] = p;
-  __asm__ volatile("" ::: "memory");
-}
-
-static napi_value Leak(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  uint32_t count = 0, size = 0;
-  napi_get_value_uint32(env, argv[0], &count);
-  napi_get_value_uint32(env, argv[1], &size);
-  for (uint32_t i = 0; i < count; i++) addon_leak_block(size);
-  return NULL;
-}
-
-NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "leak", NAPI_AUTO_LENGTH, Leak, NULL, &fn);
-  napi_set_named_property(env, exports, "leak", fn);
-  return exports;
-}
-"#;
+/// The addon keeps `count` blocks of `size` bytes from one noinline function
+/// (tests/fixtures/leaky_addon.c).
+const ADDON: &str = include_str!("../fixtures/leaky_addon.c");
 
 /// Waits for "ready", then on each stdin chunk runs the next step; prints
 /// "done" after the leak. The addon is loaded after offheap attached, so its
