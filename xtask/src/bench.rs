@@ -9,14 +9,15 @@
 //! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
 //! (`offheap run --mode ...`), and `traffic` (the traffic probes on a
-//! socket-heavy loop: bench_traffic.rs).
+//! socket-heavy loop: bench_traffic.rs), and the cost per JS frame the walker
+//! decodes (bench_jsframes.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
-use crate::bench_traffic;
+use crate::{bench_jsframes, bench_traffic};
 use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
@@ -59,6 +60,7 @@ enum PartName {
     Malloc,
     Resident,
     Traffic,
+    JsFrames,
 }
 
 /// One part's paired samples (milliseconds).
@@ -216,6 +218,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Traffic) {
         if let Err(e) = bench_traffic::run(&bench.root, &bench.offheap, args.pairs) {
             println!("  traffic: not available: {e:#}");
+        }
+    }
+    if wants(PartName::JsFrames) {
+        if let Err(e) = bench_jsframes::run(&bench.root, &bench.offheap, args.pairs) {
+            println!("  js frames: not available: {e:#}");
         }
     }
     symbench(&bench.root);

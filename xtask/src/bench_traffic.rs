@@ -8,32 +8,19 @@
 //! the loop's slowdown under `offheap run --mode resident` (which also pays
 //! resident mode's fault tracking), in paired rounds. It prints, never
 //! asserts.
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{anyhow, ensure, Context, Result};
 
-use crate::stats::median;
+use crate::{
+    bpf_stats::{self, ProgStats},
+    stats::median,
+};
 
 const WORKLOAD: &str = "bench/traffic-loop.js";
-const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// The programs, as bpftool names them (their full names, from BTF).
 const RECV: &str = "traffic_sock_recv";
 const ACCEPT: &str = "traffic_accept4_exit";
-
-/// run_cnt and run_time_ns of one program, at the last sample.
-#[derive(Clone, Copy, Debug, Default)]
-struct ProgStats {
-    runs: u64,
-    ns: u64,
-}
 
 fn elapsed(stdout: &str) -> Result<f64> {
     stdout
@@ -58,60 +45,27 @@ fn untraced(root: &Path) -> Result<f64> {
     elapsed(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// `bpftool prog show --json`: the two traffic programs' counters now.
-fn sample() -> Option<(ProgStats, ProgStats)> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let find = |name: &str| {
-        v.as_array()?
-            .iter()
-            .find(|p| p["name"] == name)
-            .map(|p| ProgStats {
-                runs: p["run_cnt"].as_u64().unwrap_or(0),
-                ns: p["run_time_ns"].as_u64().unwrap_or(0),
-            })
-    };
-    Some((find(RECV)?, find(ACCEPT)?))
-}
-
 /// One traced run: the loop's time and the programs' last counters.
 fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgStats)>)> {
     let report =
         std::env::temp_dir().join(format!("offheap-bench-traffic-{}.json", std::process::id()));
-    let last: Arc<Mutex<Option<(ProgStats, ProgStats)>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let (last, done) = (Arc::clone(&last), Arc::clone(&done));
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if let Some(s) = sample() {
-                    *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    let out = Command::new(offheap)
-        .current_dir(root)
-        .args([
-            "run",
-            "--mode",
-            "resident",
-            "--no-live",
-            "--format",
-            "json",
-            "--output",
-        ])
-        .arg(&report)
-        .args(["--", "node", WORKLOAD])
-        .output()
-        .context("could not start offheap");
-    done.store(true, Ordering::Relaxed);
-    let _ = poller.join();
+    let (out, stats) = bpf_stats::sampled(&[RECV, ACCEPT], || {
+        Command::new(offheap)
+            .current_dir(root)
+            .args([
+                "run",
+                "--mode",
+                "resident",
+                "--no-live",
+                "--format",
+                "json",
+                "--output",
+            ])
+            .arg(&report)
+            .args(["--", "node", WORKLOAD])
+            .output()
+            .context("could not start offheap")
+    });
     let _ = std::fs::remove_file(&report);
     let out = out?;
     ensure!(
@@ -120,23 +74,13 @@ fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgSt
         out.status
     );
     let ms = elapsed(&String::from_utf8_lossy(&out.stdout))?;
-    let stats = *last.lock().unwrap_or_else(|e| e.into_inner());
-    Ok((ms, stats))
+    Ok((ms, stats.map(|s| (s[0], s[1]))))
 }
 
 /// Runs `pairs` rounds and prints the part's lines.
 pub fn run(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {
     ensure!(root.join(WORKLOAD).exists(), "{WORKLOAD} is missing");
-    let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    let enable = before.trim() == "0";
-    if enable {
-        std::fs::write(STATS, "1").with_context(|| format!("enabling {STATS}"))?;
-    }
-    let result = rounds(root, offheap, pairs);
-    if enable {
-        let _ = std::fs::write(STATS, "0");
-    }
-    result
+    bpf_stats::enabled(|| rounds(root, offheap, pairs))
 }
 
 fn rounds(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {
