@@ -90,8 +90,8 @@ fn module_of(f: &Value) -> &str {
 }
 
 /// The stack of the pixel buffers: libvips' vips_image_write_to_memory
-/// called malloc (its frame 0; the walk past it is garbage without frame
-/// pointers, so nothing more is asserted of it).
+/// called malloc (its frame 0), one stack for the 4 buffers, unwound to the
+/// thread's start.
 fn buffer_stack(report: &Value) -> &Value {
     let found: Vec<&Value> = stacks(report)
         .iter()
@@ -102,6 +102,24 @@ fn buffer_stack(report: &Value) -> &Value {
     assert_eq!(module_of(&s["frames"][0]), LIBVIPS, "{s}");
     assert_eq!(s["bucket"], "native_addon", "{s}");
     assert_eq!(s["addon"], PACKAGE, "{s}");
+    // The whole stack: libvips' C code has neither unwind rows nor frame
+    // pointers (crossed by stack scanning), sharp's own code above it, and
+    // the threadpool thread that ran the work (sharp's AsyncWorker).
+    let modules: Vec<&str> = s["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(module_of)
+        .collect();
+    let sharp = modules
+        .iter()
+        .position(|m| *m == "sharp-linux-x64.node")
+        .unwrap_or_else(|| panic!("no frame of sharp's addon: {s}"));
+    assert!(
+        modules[sharp..].contains(&"node"),
+        "no frame of node above the addon: {s}"
+    );
+    assert_eq!(s["truncated"], false, "{s}");
     s
 }
 
@@ -224,7 +242,7 @@ fn record_malloc_finds_sharps_leak_live_in_native_addon() {
     assert_eq!(o.status.code(), Some(0));
     let text = String::from_utf8_lossy(&o.stdout);
     let line = format!(
-        "    11.9 MiB live in {BUFFERS} allocs (11.9 MiB total in {BUFFERS}), addon {PACKAGE}"
+        "      11.9 MiB live in {BUFFERS} allocs (11.9 MiB total in {BUFFERS}), addon {PACKAGE}"
     );
     assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
 }

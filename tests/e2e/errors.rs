@@ -83,8 +83,12 @@ fn unwritable_output_exits_2_before_tracing() {
         "/proc/offheap-no-such-dir/r.json",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    let line = one_error_line(&o.stderr);
-    assert!(line.contains("/proc/offheap-no-such-dir/r.json"), "{line}");
+    // The path the user gave, and the cause once.
+    assert_eq!(
+        one_error_line(&o.stderr),
+        "offheap: error: cannot write /proc/offheap-no-such-dir/r.json: cannot create a \
+         temporary file in /proc/offheap-no-such-dir: No such file or directory (os error 2)"
+    );
 }
 
 #[test]
@@ -196,5 +200,112 @@ fn a_huge_duration_is_shown_in_exponent_form() {
     assert_eq!(
         one_error_line(&o.stderr),
         "offheap: error: --duration must be a positive number of seconds below 1e9, not 1e300"
+    );
+}
+
+/// The state letter of /proc/PID/stat (after the parenthesized comm).
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn a_zombie_is_refused_as_a_zombie() {
+    let _lock = require_bpf();
+    // Our child, exited and not reaped yet: a zombie until we wait.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state(pid) != Some('Z') {
+        assert!(std::time::Instant::now() < deadline, "{:?}", state(pid));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for mode in ["malloc", "resident"] {
+        let o = offheap(&["record", "--pid", &pid.to_string(), "--mode", mode]);
+        assert_eq!(o.status.code(), Some(2), "{mode}");
+        assert_eq!(
+            one_error_line(&o.stderr),
+            format!(
+                "offheap: error: PID {pid} is a zombie (it exited and waits for its parent \
+                 to reap it): no memory left to trace"
+            )
+        );
+        assert!(o.stdout.is_empty());
+    }
+    child.wait().unwrap();
+}
+
+/// A kernel thread: kthreadd (PID 2) where it is one, else any child of it.
+fn kernel_thread() -> u32 {
+    let is_kthread = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            !s.contains("VmSize:")
+                && (pid == 2 && s.contains("Name:\tkthreadd") || s.contains("PPid:\t2\n"))
+        })
+    };
+    if is_kthread(2) {
+        return 2;
+    }
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .find(|&p| is_kthread(p))
+        .expect("no kernel thread visible in /proc")
+}
+
+#[test]
+fn a_kernel_thread_is_refused_as_a_kernel_thread() {
+    let _lock = require_bpf();
+    let pid = kernel_thread();
+    for mode in ["malloc", "resident"] {
+        let o = offheap(&["record", "--pid", &pid.to_string(), "--mode", mode]);
+        assert_eq!(o.status.code(), Some(2), "{mode}");
+        assert_eq!(
+            one_error_line(&o.stderr),
+            format!("offheap: error: PID {pid} is a kernel thread: it has no user memory to trace")
+        );
+    }
+}
+
+/// The target exits (killed and reaped) while offheap attaches to it: here
+/// while it waits for the target to map an allocator, its system-wide
+/// programs attached.
+#[test]
+fn a_target_that_exits_while_attaching_is_said_so() {
+    let _lock = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = static_sleeper(dir.path());
+    let pid = target.id();
+    let mut tracer = Command::new(offheap_bin())
+        .args(["record", "--pid", &pid.to_string(), "--mode", "malloc"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_attaching(&mut tracer);
+    target.kill().unwrap();
+    target.wait().unwrap();
+    let o = tracer.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        format!("offheap: error: the process exited while attaching (PID {pid})")
+    );
+    assert!(o.stdout.is_empty());
+}
+
+/// A failure with a cause prints the cause once (error types keep it as
+/// their source only; main joins the chain); unwritable_output_exits_2_before_tracing
+/// checks another.
+#[test]
+fn a_cause_is_printed_once() {
+    let o = offheap(&["report", "/proc/offheap-no-such-dir/r.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        one_error_line(&o.stderr),
+        "offheap: error: cannot read /proc/offheap-no-such-dir/r.json: \
+         No such file or directory (os error 2)"
     );
 }

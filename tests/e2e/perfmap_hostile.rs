@@ -257,7 +257,7 @@ fn watch_report_never_shows_a_planted_secret() {
     assert!(!body.contains(&secret), "the secret is in /report");
     assert!(!metrics.contains(&secret));
     assert!(!stderr.contains(&secret));
-    let report: Value = serde_json::from_str(&body).unwrap();
+    let report = parse_report(&body);
     let w = warnings(&report);
     let want = refused_warning("/tmp/perf-1.map", pid);
     assert!(w.contains(&want), "{w:#?}");
@@ -453,7 +453,7 @@ fn a_10_mb_perf_map_line_keeps_the_watch_agent_bounded() {
         let (code, body) = agent.get(&format!("/report?pid={pid}"));
         assert_eq!(code, 200, "{body}");
         assert!(!body.contains(&"x".repeat(1100)));
-        assert_names_bounded(&serde_json::from_str(&body).unwrap());
+        assert_names_bounded(&parse_report(&body));
     }
     let hwm = vm_hwm_kib(agent.child.id());
     eprintln!("watch agent peak RSS: {hwm} KiB");

@@ -136,57 +136,6 @@ fn run_gives_the_command_default_signal_dispositions() {
     assert_eq!(read_report(&out)["processes"][0]["exited"], true);
 }
 
-/// Every BPF program id loaded in the kernel (bpf(2) BPF_PROG_GET_NEXT_ID).
-fn bpf_prog_ids() -> Vec<u32> {
-    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-    // union bpf_attr for the GET_NEXT_ID commands: start_id, next_id, open_flags.
-    let mut attr = [0u32; 3];
-    let mut ids = Vec::new();
-    loop {
-        // SAFETY: bpf(2) reads start_id and writes next_id in our 12-byte attr.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_GET_NEXT_ID,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if r != 0 {
-            return ids; // ENOENT: no next id
-        }
-        ids.push(attr[1]);
-        attr[0] = attr[1];
-    }
-}
-
-/// The BPF programs a process holds (`prog_id:` in the fdinfo of its BPF
-/// program and link descriptors).
-fn progs_held_by(pid: u32) -> Vec<u32> {
-    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .flat_map(|t| {
-            t.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-fn uprobe_events() -> Vec<String> {
-    std::fs::read_to_string("/sys/kernel/tracing/uprobe_events")
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 /// SIGKILL gives offheap no chance to detach: the kernel must, as every
 /// probe hangs on a descriptor of the process (perf events, BPF links), and
 /// nothing is pinned or registered by name. Its programs are then owned by
@@ -207,18 +156,11 @@ fn sigkill_leaves_nothing_attached() {
     );
     signal(&tracer, libc::SIGKILL);
     let _ = tracer.wait();
-    // The kernel frees a program once its last reference is gone, after an
-    // RCU grace period: poll briefly.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let left = loop {
-        let now = bpf_prog_ids();
-        let left: Vec<u32> = ours.iter().copied().filter(|p| now.contains(p)).collect();
-        if left.is_empty() || std::time::Instant::now() > deadline {
-            break left;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(left, Vec::<u32>::new(), "BPF programs left after SIGKILL");
+    assert_eq!(
+        progs_left(&ours),
+        Vec::<u32>::new(),
+        "BPF programs left after SIGKILL"
+    );
     let added: Vec<String> = uprobe_events()
         .into_iter()
         .filter(|l| !events_before.contains(l))
@@ -232,4 +174,60 @@ fn sigkill_leaves_nothing_attached() {
     assert_eq!(target.try_wait().unwrap(), None);
     target.kill().unwrap();
     let _ = target.wait();
+}
+
+/// SIGINT while offheap attaches (here: waiting for a target that maps no
+/// allocator, with its system-wide programs already attached) ends the
+/// attach at once: exit 130 and the one line the README documents, no
+/// report, and every probe detached (the programs it held are freed, no
+/// uprobe_events line added).
+#[test]
+fn sigint_during_attach_exits_130_and_detaches_everything() {
+    let _lock = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = static_sleeper(dir.path());
+    let out = dir.path().join("r.json");
+    let events_before = uprobe_events();
+    let mut tracer = Command::new(offheap_bin())
+        .args(["record", "--pid", &target.id().to_string()])
+        .args(["--mode", "malloc", "--format", "json", "--output"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = Stderr::new(tracer.stderr.take().unwrap());
+    // Attached system-wide (links held), now in the target's attach.
+    wait_attaching(&mut tracer);
+    let held = progs_held_by(tracer.id());
+    let links = links_held_by(tracer.id());
+    let sent = std::time::Instant::now();
+    signal(&tracer, libc::SIGINT);
+    let status = tracer.wait().unwrap();
+    let took = sent.elapsed();
+    let rest = err.rest();
+    target.kill().unwrap();
+    let _ = target.wait();
+    eprintln!(
+        "offheap held {} programs and {links} links; exited {took:?} after SIGINT",
+        held.len()
+    );
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert_eq!(
+        rest,
+        [
+            "offheap: error: interrupted while attaching: every probe attached so far \
+          was detached, nothing was traced"
+        ]
+    );
+    // Before the attach gave up on the target (2 s): the signal ended it.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(!out.exists(), "a report after an interrupted attach");
+    assert!(!held.is_empty());
+    assert_eq!(progs_left(&held), Vec::<u32>::new(), "BPF programs left");
+    let added: Vec<String> = uprobe_events()
+        .into_iter()
+        .filter(|l| !events_before.contains(l))
+        .collect();
+    assert_eq!(added, Vec::<String>::new(), "uprobe_events left");
 }

@@ -36,7 +36,7 @@ fn report_until(agent: &Agent, pid: u32, what: &str, ok: impl Fn(&Value) -> bool
     loop {
         let (code, body) = agent.get(&format!("/report?pid={pid}"));
         if code == 200 {
-            let r: Value = serde_json::from_str(&body).unwrap();
+            let r = parse_report(&body);
             if ok(&r) {
                 return r;
             }
@@ -114,7 +114,7 @@ fn smallest_stacks_are_evicted_from_the_maps_and_counted() {
     out.until("freed", T, |l| l == "freed");
     let ticks = |r: &Value| r["processes"][0]["series"].as_array().unwrap().len();
     let (_, body) = agent.get(&format!("/report?pid={pid}"));
-    let before = ticks(&serde_json::from_str(&body).unwrap());
+    let before = ticks(&parse_report(&body));
     let r = report_until(&agent, pid, "two ticks after the free", |r| {
         ticks(r) >= before + 2
     });

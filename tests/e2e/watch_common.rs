@@ -81,16 +81,23 @@ impl Cgroup {
             .collect()
     }
 
-    /// Starts `node SCRIPT ARGS` inside this cgroup: the shell moves itself
-    /// in, then execs node (same pid), so nothing of node runs outside.
+    /// Starts `node SCRIPT ARGS` inside this cgroup.
     pub fn spawn_node(&self, script: &Path, args: &[String]) -> Child {
+        let mut all = vec![script.display().to_string()];
+        all.extend_from_slice(args);
+        self.spawn(Path::new(NODE), &all)
+    }
+
+    /// Starts `PROGRAM ARGS` inside this cgroup, stdin and stdout piped: the
+    /// shell moves itself in, then execs the program (same pid), so nothing
+    /// of it runs outside.
+    pub fn spawn(&self, program: &Path, args: &[String]) -> Child {
         Command::new("/bin/sh")
             .arg("-c")
             .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
             .arg("sh")
             .arg(&self.dir)
-            .arg(NODE)
-            .arg(script)
+            .arg(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -7,7 +7,6 @@ mod watch_common;
 use std::time::{Duration, Instant};
 
 use offheap_e2e::*;
-use serde_json::Value;
 use watch_common::*;
 
 const EACH: u64 = 256 * 1024;
@@ -140,7 +139,7 @@ fn two_cgroups(mode: &str) {
     for (pid, cg) in [(pa, &cg_a), (pb, &cg_b)] {
         let (code, body) = agent.get(&format!("/report?pid={pid}"));
         assert_eq!(code, 200, "{body}");
-        let r: Value = serde_json::from_str(&body).unwrap();
+        let r = parse_report(&body);
         assert_eq!(r["schema"], "offheap.report.v1");
         assert_eq!(r["processes"].as_array().unwrap().len(), 1);
         assert_eq!(r["processes"][0]["pid"], pid);

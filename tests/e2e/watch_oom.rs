@@ -8,7 +8,6 @@ mod watch_common;
 use std::{os::unix::process::ExitStatusExt, path::Path};
 
 use offheap_e2e::*;
-use serde_json::Value;
 use watch_common::*;
 
 const LIMIT: u64 = 256 << 20;
@@ -43,8 +42,8 @@ fn wait_sampled_high(agent: &Agent, pid: u32) {
     let deadline = std::time::Instant::now() + T;
     loop {
         let (code, body) = agent.get(&format!("/report?pid={pid}"));
-        let ab = serde_json::from_str::<Value>(&body)
-            .ok()
+        let ab = (code == 200)
+            .then(|| parse_report(&body))
             .and_then(|r| r["processes"][0]["buckets"]["array_buffers"].as_u64());
         if code == 200 && ab.is_some_and(|b| b >= LIMIT / 2) {
             return;
@@ -52,10 +51,6 @@ fn wait_sampled_high(agent: &Agent, pid: u32) {
         assert!(std::time::Instant::now() < deadline, "{code} {ab:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -116,7 +111,7 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
         pre_name.starts_with(&want_pre) && pre_name.ends_with(".json"),
         "{pre_name}"
     );
-    let pre_report = json(&pre_json);
+    let pre_report = read_report(&pre_json);
     assert_eq!(pre_report["processes"][0]["pid"], pid);
     assert!(pre_report["oom"].is_null());
     assert!(oom_dir.join(pre_name.replace(".json", ".txt")).is_file());
@@ -151,7 +146,7 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
         "{line}"
     );
 
-    let r = json(path);
+    let r = read_report(path);
     assert_eq!(r["mode"], mode);
     assert_eq!(r["oom"]["pid"], pid, "{}", r["oom"]);
     assert_eq!(r["oom"]["comm"], "node");

@@ -135,7 +135,7 @@ fn fetch_report(agent: &Agent, pid: u32) -> Seen {
     let (code, body) = agent.get(&format!("/report?pid={pid}"));
     let answered = now_secs();
     assert_eq!(code, 200, "{body}");
-    let r: Value = serde_json::from_str(&body).unwrap();
+    let r = parse_report(&body);
     let p = &r["processes"][0];
     let mut values = BTreeMap::new();
     values.insert("rss".to_string(), p["rss_bytes"].as_u64().unwrap());

@@ -59,6 +59,7 @@ enum unwind_class {
 	UNWIND_TABLE = 1,  /* cursor->row is the rule */
 	UNWIND_JIT = 2,    /* anonymous executable memory (V8) */
 	UNWIND_NONE = 3,   /* in no executable mapping of the process */
+	UNWIND_GAP = 4,    /* in a table, but no FDE covers it: frame pointers, a guess */
 };
 
 /* User registers of one frame. */
@@ -169,8 +170,11 @@ __attribute__((noinline)) int unwind_find(__u32 tgid, __u64 pc, int leaf, struct
 		return UNWIND_FP;
 	__u32 at = s.lo - 1;
 	union unwind_entry *e = bpf_map_lookup_elem(table, &at);
-	if (!e || e->row.kind == OFFHEAP_UNWIND_ROW_FP)
+	if (!e)
 		return UNWIND_FP;
+	/* The table's gap rows: cfa 1 (the frame-pointer step has no offset). */
+	if (e->row.kind == OFFHEAP_UNWIND_ROW_FP)
+		return e->row.cfa == 1 ? UNWIND_GAP : UNWIND_FP;
 	c->row = e->row;
 	return UNWIND_TABLE;
 }

@@ -69,7 +69,8 @@ struct walk_state {
 	 * is, and never cached. */
 	__u32 leaf;
 	__u32 reread;  /* the walk copied again at a frame outside its first copy */
-	__u32 _pad;
+	__u16 scans;   /* frames found by scanning (walk.bpf.c's scan_step) */
+	__u16 bp_lost; /* %rbp may not be the frame's since a scan */
 	struct unwind_cursor cursor;
 };
 

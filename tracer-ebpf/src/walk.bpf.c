@@ -53,6 +53,17 @@ static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
 /* How much a walk copies at a frame record outside its copy. */
 #define STACK_REREAD 2048
 
+/* A frame record further than this above the stack pointer is data in
+ * %rbp, not a frame (a heap pointer of code without frame pointers: a
+ * worker thread's stack lies below mm->start_stack, so the stack's end
+ * cannot bound it there). Frames of 1 MiB of locals are not walked. */
+#define FRAME_MAX (1ULL << 20)
+
+/* Stack scanning: how many words above a frame's sp are searched for its
+ * return address, and how many frames of one walk may be found so. */
+#define SCAN_WORDS 64
+#define SCAN_MAX 16
+
 /* Stores ip at ips[at], masked for the verifier, which may not have kept a
  * bound the code checked before (the compiler reloads the index, or drops
  * the mask as redundant: barrier_var stops it). Depth 127 = 0x7f: a store one
@@ -200,7 +211,7 @@ static __always_inline int fp_step(struct walk_state *w, struct stack_scratch *s
 	 * callee's (the x86-64 stack grows down): a %rbp that is misaligned or
 	 * below the stack pointer is data, not a frame (code without frame
 	 * pointers using it, glibc's __libc_start_call_main). */
-	if ((fp & 7) || fp < w->regs.sp)
+	if ((fp & 7) || fp < w->regs.sp || fp - w->regs.sp > FRAME_MAX)
 		return -1;
 	__u64 off = fp - w->base;
 	if (fp < w->base || w->win < 16 || off > w->win - 16) {
@@ -222,6 +233,111 @@ static __always_inline int fp_step(struct walk_state *w, struct stack_scratch *s
 	if (!w->reread && fp + 16 > w->top)
 		w->top = fp + 16;
 	return 0;
+}
+
+/* Whether the 8 bytes before addr end with a call instruction, which makes
+ * addr a return address (the Intel SDM's CALL encodings): E8 rel32;
+ * FF /2 with a register (2 bytes, 3 with REX.B), [reg+disp8] (3 bytes),
+ * [reg+disp32] or [rip+disp32] (6 bytes). */
+static __always_inline int after_call(__u64 addr)
+{
+	__u8 b[8];
+
+	if (addr < 4096 || addr >= (1ULL << 47))
+		return 0;
+	if (bpf_probe_read_user(b, sizeof(b), (const void *)(addr - 8)) < 0)
+		return 0;
+	if (b[3] == 0xe8)
+		return 1;
+	if (b[6] == 0xff && (b[7] & 0xf8) == 0xd0)
+		return 1;
+	if (b[5] == 0x41 && b[6] == 0xff && (b[7] & 0xf8) == 0xd0)
+		return 1;
+	if (b[5] == 0xff && (b[6] & 0xf8) == 0x50 && b[6] != 0x54)
+		return 1;
+	if (b[2] == 0xff && (b[3] == 0x15 || ((b[3] & 0xf8) == 0x90 && b[3] != 0x94)))
+		return 1;
+	return 0;
+}
+
+/* The caller's %rbp among the `n` words at off that a frame scanned over
+ * (scan_step) holds below its return address at `slot`: the function saved
+ * it there if it used %rbp. It is the one that points at a frame record
+ * above: a word there that a call precedes. Sets regs.bp; returns 1 when
+ * found. Global: the verifier checks it once, not once per scanned word. */
+__noinline int saved_bp(struct stack_scratch *sc, __u64 off, int n, __u64 slot)
+{
+	if (!sc)
+		return 0;
+	for (int j = 0; j < SCAN_WORDS; j++) {
+		if (j >= n)
+			return 0;
+		__u32 idx = (off + j * 8) / 8;
+		barrier_var(idx);
+		__u64 v = sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)], ra;
+		if (v <= slot || v - slot > FRAME_MAX || (v & 7))
+			continue;
+		if (bpf_probe_read_user(&ra, sizeof(ra), (const void *)(v + 8)) < 0 || !after_call(ra))
+			continue;
+		sc->walk.regs.bp = v;
+		return 1;
+	}
+	return 0;
+}
+
+/* The caller of a frame that neither a table row nor frame pointers can
+ * step (code with neither .eh_frame nor frame pointers: libvips' C code in
+ * sharp's prebuilt binaries, say): the first word above its sp that is a
+ * return address (after_call), as Breakpad's stack scanning does. %rbp is
+ * then unknown (the frames scanned over may have used it, and saved the
+ * caller's where nothing says): until a row restores it, a step that needs
+ * it is taken only when the return address it finds passes after_call too
+ * (walk_one). A frame whose code keeps a frame record (`record`: frame
+ * pointers, or a row with CFA = rbp + 16) has its return address right
+ * above its caller's %rbp: the word below a candidate must then be a frame
+ * pointer further up the stack (or 0, the outermost), which rules out most
+ * stale return addresses left in locals, and gives %rbp back. Returns 0
+ * with regs.pc and regs.sp set, or -1. A global function, checked once. */
+__noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
+{
+	if (!sc)
+		return -1;
+	struct walk_state *w = &sc->walk;
+
+	if (w->scans >= SCAN_MAX || (sp & 7))
+		return -1;
+	if (sp < w->base || w->win < SCAN_WORDS * 8 || sp - w->base > w->win - SCAN_WORDS * 8) {
+		w->base = sp;
+		w->win = read_window(sc, sp, w->limit, SCAN_WORDS * 8);
+		w->reread = 1;
+	}
+	__u64 off = sp - w->base;
+	for (int i = 0; i < SCAN_WORDS; i++) {
+		__u64 at = off + i * 8;
+		if (at + 8 > w->win || at > OFFHEAP_STACK_WINDOW - 8)
+			return -1;
+		__u32 idx = at / 8;
+		barrier_var(idx);
+		__u64 word = sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+		__u64 slot = w->base + at;
+		__u64 saved = 0;
+		if (record) {
+			if (at < 8)
+				continue;
+			saved = sc->words[(idx - 1) & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+			if (saved && (saved <= slot || saved - slot > FRAME_MAX || (saved & 7)))
+				continue;
+		}
+		if (!after_call(word))
+			continue;
+		w->regs.pc = word;
+		w->regs.sp = slot + 8;
+		w->scans++;
+		w->regs.bp = saved;
+		w->bp_lost = !record && !saved_bp(sc, off, i, slot);
+		return 0;
+	}
+	return -1;
 }
 
 /* One frame of the walk; returns 1 to stop. It finishes the frame recorded
@@ -272,11 +388,27 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 	 * the frames a walk copies first: one bigger copy there cost more than
 	 * the few words it served). */
 	struct unwind_window win = { .words = sc->words, .base = w->base, .len = w->win };
-	int step = cls == UNWIND_TABLE ? unwind_step(cls, &w->cursor, &w->regs, &win)
-				       : fp_step(w, sc);
+	__u64 sp = w->regs.sp;
+	__u8 kind = w->cursor.row.kind;
+	int needs_bp = cls != UNWIND_TABLE || kind == OFFHEAP_UNWIND_ROW_FP ||
+		       kind == OFFHEAP_UNWIND_ROW_RBP || kind == OFFHEAP_UNWIND_ROW_DRAP;
+	/* After a scan %rbp is not this frame's: a step on it would follow
+	 * whatever the code scanned over left there (a heap pointer, whose
+	 * words can be code pointers too). Its frame record is found by
+	 * scanning instead. */
+	int step = w->bp_lost && needs_bp ? -1
+		 : cls == UNWIND_TABLE	  ? unwind_step(cls, &w->cursor, &w->regs, &win)
+					  : fp_step(w, sc);
+	if (step == 0 && cls == UNWIND_TABLE && kind == OFFHEAP_UNWIND_ROW_RSP && w->cursor.row.rbp)
+		w->bp_lost = 0; /* the row restored the caller's %rbp */
 	if (step == 1 || (step >= 0 && !w->regs.pc))
 		return 1;
-	if (step < 0) {
+	/* Frame records: frame-pointer code, or a row with CFA = rbp + 16;
+	 * not code no FDE covers (UNWIND_GAP), whose frame pointers are only
+	 * assumed. */
+	int record = cls == UNWIND_FP || (cls == UNWIND_TABLE && kind == OFFHEAP_UNWIND_ROW_RBP &&
+					  w->cursor.row.cfa == 16);
+	if (step < 0 && scan_step(sc, sp, record) < 0) {
 		w->flags |= OFFHEAP_STACK_TRUNCATED;
 		return 1;
 	}
@@ -309,7 +441,7 @@ static __always_inline int fast_frame(struct walk_ctx *c, struct stack_scratch *
 	__u64 pc = w->regs.pc;
 	__u32 nr = w->nr;
 
-	if (w->leaf || nr == 0 || nr >= OFFHEAP_MAX_STACK_DEPTH)
+	if (w->leaf || w->bp_lost || nr == 0 || nr >= OFFHEAP_MAX_STACK_DEPTH)
 		return -1;
 	struct unwind_cache_entry *e =
 		&cache->e[(stack_hash_step(0, pc) >> 32) & (UNWIND_CACHE - 1)];
@@ -323,7 +455,10 @@ static __always_inline int fast_frame(struct walk_ctx *c, struct stack_scratch *
 		return -1;
 	STORE_IP(sc, nr - 1, pc);
 	w->hash = stack_hash_step(w->hash, pc);
+	__u64 sp = w->regs.sp;
 	int step = fp_step(w, sc);
+	if (step < 0)
+		step = scan_step(sc, sp, 1) < 0 ? -1 : 0;
 	if (step != 0 || !w->regs.pc) {
 		if (step < 0)
 			w->flags |= OFFHEAP_STACK_TRUNCATED;

@@ -102,7 +102,8 @@ pub struct RecordArgs {
     #[arg(long, short)]
     pub pid: u32,
     /// Also trace the processes it forks from now on (node's `cluster`,
-    /// `child_process.fork`, PM2), each from its first instruction.
+    /// `child_process.fork`, PM2), each in its own entry; in malloc mode
+    /// from when its uprobes are attached, a few ms after the fork.
     #[arg(long)]
     pub children: bool,
     #[command(flatten)]

@@ -100,3 +100,6 @@ mod tests {
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 2);
     }
 }
+
+#[cfg(test)]
+mod chains;

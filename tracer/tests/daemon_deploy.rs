@@ -114,6 +114,8 @@ fn agent_arguments_are_accepted_and_agree() {
     let ds = daemonset();
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostPID"], true);
+    // x86-64 only (preflight refuses other machines): never scheduled elsewhere.
+    assert_eq!(spec["nodeSelector"]["kubernetes.io/arch"], "amd64");
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
     let args = strings(&c["args"]);

@@ -8,20 +8,22 @@
 //! Parts: `floor` (a bare counting uprobe on malloc+free of the one PID, libbpf:
 //! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
-//! (`offheap run --mode ...`), and `traffic` (the traffic probes on a
-//! socket-heavy loop: bench_traffic.rs), and the cost per JS frame the walker
-//! decodes (bench_jsframes.rs).
+//! (`offheap run --mode ...`), `traffic` (the traffic probes on a
+//! socket-heavy loop: bench_traffic.rs), `attach` (attach and exit times
+//! of `record --pid` in both modes against bpftrace's time to ready:
+//! bench_attach.rs), and `js-frames` (the walker's cost per JS frame it
+//! decodes: bench_jsframes.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::ValueEnum;
 
-use crate::{bench_jsframes, bench_traffic};
 use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
 use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms, quantile};
+use crate::{bench_attach, bench_jsframes, bench_traffic};
 
 const WORKLOAD: &str = "bench/alloc-loop.js";
 const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
@@ -42,6 +44,9 @@ pub struct BenchArgs {
     /// Workload loop iterations (default: the workload's, ~0.5-1 s untraced).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: Option<u32>,
+    /// Runs of each tracer in the attach part (attach and exit times).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    attach_runs: u32,
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum)]
     only: Vec<PartName>,
@@ -60,6 +65,7 @@ enum PartName {
     Malloc,
     Resident,
     Traffic,
+    Attach,
     JsFrames,
 }
 
@@ -218,6 +224,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Traffic) {
         if let Err(e) = bench_traffic::run(&bench.root, &bench.offheap, args.pairs) {
             println!("  traffic: not available: {e:#}");
+        }
+    }
+    if wants(PartName::Attach) {
+        if let Err(e) = bench_attach::run(&bench.offheap, &bench.libc, args.attach_runs) {
+            println!("  attach: not available: {e:#}");
         }
     }
     if wants(PartName::JsFrames) {

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's chores in Rust, so a fresh Debian machine needs
 //! nothing but cargo and root to build, test, demo and bench offheap.
 mod bench;
+mod bench_attach;
 mod bench_jsframes;
 mod bench_traffic;
 mod bpf_stats;

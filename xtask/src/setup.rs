@@ -226,10 +226,37 @@ fn tracefs_mounted() -> bool {
     Path::new(TRACEFS).join("events").exists()
 }
 
+/// What a fresh clone's setup, build and test run write under target/ (the
+/// debug and release builds, three node versions, npm packages), with room
+/// to spare. (A CI run on a disk with 287 MiB free failed in tar, unclearly.)
+const NEEDED_FREE_BYTES: u64 = 8 << 30;
+
+/// Fails early, in one line, when the disk cannot hold the build: a full
+/// disk otherwise shows up as a truncated download or a linker error.
+fn check_free_space(root: &Path) -> Result<()> {
+    let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Ok(()); // cannot tell: let the build find out
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if free < NEEDED_FREE_BYTES {
+        bail!(
+            "only {} MiB free on the disk of {}: setup, build and tests need about {} GiB",
+            free >> 20,
+            root.display(),
+            NEEDED_FREE_BYTES >> 30
+        );
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     if !is_root() {
         bail!("setup needs root (apt-get, mount, BPF); run it as root, e.g. `sudo -E cargo xtask setup`");
     }
+    check_free_space(&workspace_root())?;
     let mut actions = 0;
 
     let missing = missing_apt_packages();

@@ -301,12 +301,53 @@ pub fn offheap(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Reads a JSON report written by offheap; `parse_report` checks it.
 pub fn read_report(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading report {}: {e}", path.display()));
-    let v: Value = serde_json::from_str(&text).unwrap();
+    parse_report(&text)
+}
+
+/// Parses a JSON report of offheap (a file, stdout, an agent's /report)
+/// and checks what must hold of every report of the suite: its schema, and
+/// no frame outside every mapping (`assert_frames_mapped`).
+pub fn parse_report(text: &str) -> Value {
+    let v: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("not a JSON report ({e}): {:.200}", text));
     assert_eq!(v["schema"], "offheap.report.v1");
+    assert_frames_mapped(&v);
     v
+}
+
+/// Fails when a stack of `report` holds a native frame in no module: an
+/// address outside every mapping of its process, which the walker must
+/// never record (issue 12: such a frame ends the stack, marked
+/// `truncated`). JS and JIT frames have no module (V8's heap or perf map
+/// names them), nor do the report's own markers (address 0x0, a bracketed
+/// name, such as the stack cap's "[N smaller stacks, folded ...]").
+pub fn assert_frames_mapped(report: &Value) {
+    let mut bad = Vec::new();
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    for p in list(&report["processes"]) {
+        for s in list(&p["stacks"]) {
+            for (i, f) in list(&s["frames"]).iter().enumerate() {
+                let native = f["kind"].as_str().unwrap_or("native") == "native";
+                let marker = f["addr"] == "0x0"
+                    && f["symbol"].as_str().is_some_and(|n| n.starts_with('['));
+                if native && !marker && f["module"].as_str().is_none() {
+                    bad.push(format!(
+                        "pid {} ({}): frame {i} {} in no module, of stack {}",
+                        p["pid"], p["comm"], f["addr"], s["frames"]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "frames outside every mapping:\n{}",
+        bad.join("\n")
+    );
 }
 
 pub fn hex(s: &Value) -> u64 {
@@ -325,8 +366,13 @@ pub struct Totals {
 /// Sums the stacks of the report's first process whose first frame lies in
 /// [start, start + len].
 pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
+    process_site_totals(&report["processes"][0], start, len)
+}
+
+/// `site_totals` of one process of a report.
+pub fn process_site_totals(process: &Value, start: u64, len: u64) -> Totals {
     let mut t = Totals::default();
-    for s in report["processes"][0]["stacks"].as_array().unwrap() {
+    for s in process["stacks"].as_array().unwrap() {
         let Some(f0) = s["frames"].as_array().and_then(|f| f.first()) else {
             continue;
         };
@@ -345,6 +391,33 @@ pub fn site_totals(report: &Value, start: u64, len: u64) -> Totals {
 /// live_allocs, total_bytes, total_allocs).
 pub type SiteFigures<'a> = (&'a str, u64, u64, u64, u64);
 
+/// (site, live_bytes, live_allocs, total_bytes, total_allocs) as basic.c
+/// documents them. pvalloc counts whole pages (the tool's definition, like
+/// glibc's); mmap counts what is still mapped after the partial munmap.
+pub const BASIC_SITES: &[SiteFigures] = &[
+    ("site_malloc", 3000, 3, 3000, 3),
+    ("site_malloc_freed", 0, 0, 3108, 4),
+    ("site_calloc", 1000, 1, 1000, 1),
+    // malloc 100 -> realloc 200 -> 5000 -> 300; realloc(NULL, 64); malloc 128
+    // then realloc(q, 0), which frees q and records nothing.
+    ("site_realloc", 364, 2, 100 + 200 + 5000 + 300 + 64 + 128, 6),
+    ("site_reallocarray", 600, 1, 300 + 600, 2),
+    ("site_posix_memalign", 1024, 1, 1024, 1),
+    ("site_aligned_alloc", 2048, 1, 2048, 1),
+    ("site_memalign", 3000, 1, 3000, 1),
+    ("site_valloc", 5000, 1, 5000, 1),
+    ("site_pvalloc", 8192, 1, 8192, 1),
+    ("site_mmap", 12 * 4096, 1, 16 * 4096, 1),
+    ("site_mmap_shared", 0, 0, 0, 0),
+    ("site_mmap_reserve", 0, 0, 0, 0),
+    // mmap 4 pages, then mremap to 8: one mapping, grown under its stack.
+    ("site_mremap", 8 * 4096, 1, 8 * 4096, 1),
+    ("site_syscall_mmap", 2 * 4096, 1, 2 * 4096, 1),
+    ("site_brk", 16 * 4096, 1, 16 * 4096, 1),
+    ("site_churn", 0, 0, 200_000 * 64, 200_000),
+    ("site_thread", 4321, 1, 4321, 1),
+];
+
 /// Asserts the figures of every site at once (each site's stacks are those
 /// whose first frame lies in its function; `sizes` from `symbol_sizes`),
 /// listing every site that differs.
@@ -354,9 +427,19 @@ pub fn assert_site_totals(
     sizes: &HashMap<String, u64>,
     expected: &[SiteFigures<'_>],
 ) {
+    assert_process_sites(&report["processes"][0], sites, sizes, expected)
+}
+
+/// `assert_site_totals` for one process of a report.
+pub fn assert_process_sites(
+    process: &Value,
+    sites: &HashMap<String, u64>,
+    sizes: &HashMap<String, u64>,
+    expected: &[SiteFigures<'_>],
+) {
     let mut failures = Vec::new();
     for &(site, live, live_n, total, total_n) in expected {
-        let got = site_totals(report, sites[site], sizes[site]);
+        let got = process_site_totals(process, sites[site], sizes[site]);
         let want = Totals {
             live_bytes: live,
             live_allocs: live_n,
@@ -367,7 +450,12 @@ pub fn assert_site_totals(
             failures.push(format!("{site}: got {got:?}, want {want:?}"));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "PID {}: {}",
+        process["pid"],
+        failures.join("\n")
+    );
 }
 
 /// Starts a fixture process with stdin and stdout piped and waits for its
@@ -464,4 +552,153 @@ pub fn record_steps(
     let rest = err.rest();
     assert_eq!(status.code(), Some(0), "{rest:?}");
     (read_report(&out), rest, maxrss)
+}
+
+/// Every BPF program id loaded in the kernel (bpf(2) BPF_PROG_GET_NEXT_ID).
+pub fn bpf_prog_ids() -> Vec<u32> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    // union bpf_attr for the GET_NEXT_ID commands: start_id, next_id, open_flags.
+    let mut attr = [0u32; 3];
+    let mut ids = Vec::new();
+    loop {
+        // SAFETY: bpf(2) reads start_id and writes next_id in our 12-byte attr.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_NEXT_ID,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if r != 0 {
+            return ids; // ENOENT: no next id
+        }
+        ids.push(attr[1]);
+        attr[0] = attr[1];
+    }
+}
+
+/// The BPF programs a process holds (`prog_id:` in the fdinfo of its BPF
+/// program and link descriptors).
+pub fn progs_held_by(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+pub fn uprobe_events() -> Vec<String> {
+    std::fs::read_to_string("/sys/kernel/tracing/uprobe_events")
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// How many BPF links a process holds (fds whose fdinfo has `link_id:`):
+/// a link exists once a program is attached.
+pub fn links_held_by(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter(|t| t.lines().any(|l| l.starts_with("link_id:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Stops a `record` with SIGINT, as Ctrl-C does: it must write its report
+/// and exit 0. Returns the rest of its stderr.
+pub fn stop_record(tracer: &mut Child, err: Stderr) -> Vec<String> {
+    signal(tracer, libc::SIGINT);
+    let status = tracer.wait().unwrap();
+    let rest = err.rest();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+    rest
+}
+
+/// Waits until offheap (`tracer`) has attached its system-wide programs
+/// (it holds a BPF link), then 200 ms more, into the attach of its target;
+/// panics if it exits first or takes over 120 s.
+pub fn wait_attaching(tracer: &mut Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while links_held_by(tracer.id()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offheap never attached"
+        );
+        assert_eq!(tracer.try_wait().unwrap(), None, "offheap exited");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(200));
+}
+
+/// The processes whose uprobes a process holds: the `pid:` of its
+/// uprobe_multi links' fdinfo (Linux 6.9+; malloc mode attaches one set of
+/// links per traced process).
+pub fn uprobe_pids_held_by(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter(|t| t.contains("uprobe_multi"))
+                .filter_map(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("pid:"))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Waits until every program in `progs` is freed by the kernel (after its
+/// last reference went, an RCU grace period later); returns those still
+/// loaded after 10 s.
+pub fn progs_left(progs: &[u32]) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = bpf_prog_ids();
+        let left: Vec<u32> = progs.iter().copied().filter(|p| now.contains(p)).collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A static, stripped program that sleeps until killed: it maps no module
+/// that names malloc, so `record --pid` of it waits in the attach (for a
+/// dynamic linker that never maps libc) until it gives up, 2 s later.
+pub fn static_sleeper(dir: &Path) -> Child {
+    let src = dir.join("static_sleeper.c");
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n",
+    )
+    .unwrap();
+    let bin = dir.join("static_sleeper");
+    let o = Command::new("cc")
+        .args(["-static", "-s", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Command::new(&bin).stdin(Stdio::null()).spawn().unwrap()
 }

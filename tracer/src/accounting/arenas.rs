@@ -53,7 +53,7 @@ pub struct ArenaFigures {
 pub enum ArenaError {
     #[error("BPF map allocs is missing from the object")]
     MissingMap,
-    #[error("reading BPF map allocs in batches: {0}")]
+    #[error("reading BPF map allocs in batches")]
     Batch(#[source] std::io::Error),
 }
 

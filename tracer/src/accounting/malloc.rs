@@ -33,7 +33,7 @@ use crate::{
 pub enum ReadError {
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("reading BPF map {0}: {1}")]
+    #[error("reading BPF map {0}")]
     Map(&'static str, #[source] MapError),
 }
 

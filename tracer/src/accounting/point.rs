@@ -43,7 +43,7 @@ impl PointReaders {
                     }
                 }
             }
-            Err(e) => log::warn!("reading the traffic: {e}"),
+            Err(e) => log::warn!("reading the traffic: {}", crate::error::one_line(&e)),
         }
         if mode == Mode::Malloc {
             match self.arenas.read(ebpf, live) {
@@ -55,7 +55,7 @@ impl PointReaders {
                         }
                     }
                 }
-                Err(e) => log::warn!("reading the malloc arenas: {e}"),
+                Err(e) => log::warn!("reading the malloc arenas: {}", crate::error::one_line(&e)),
             }
         }
         Extras(out)

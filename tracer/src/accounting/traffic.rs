@@ -26,7 +26,7 @@ pub struct Interval {
 pub enum TrafficError {
     #[error("BPF map traffic is missing from the object")]
     MissingMap,
-    #[error("reading BPF map traffic: {0}")]
+    #[error("reading BPF map traffic")]
     Map(#[source] MapError),
 }
 

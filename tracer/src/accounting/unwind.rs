@@ -313,6 +313,11 @@ impl Unwinder {
                 let cfa = base.wrapping_add_signed(r.cfa.1);
                 let ra = match r.ra {
                     RegisterRule::Offset(o) => stack.read_u64(cfa.wrapping_add_signed(o))?,
+                    // The outermost frame: glibc's _start and clone3's child
+                    // mark the return address undefined (DWARF 5, 6.4.1: "the
+                    // end of the stack"). A caller of 0 is that end for
+                    // unwind_full, so the stack is not truncated.
+                    RegisterRule::Undefined => 0,
                     _ => return None,
                 };
                 let bp = match r.bp {

@@ -28,7 +28,7 @@ impl Screen {
             return;
         }
         if let Err(e) = self.view.draw(report) {
-            log::warn!("live view stopped: {e}");
+            log::warn!("live view stopped: {}", crate::error::one_line(&e));
             self.broken = true;
         }
     }

@@ -48,7 +48,7 @@ pub async fn trace(mut tracer: Tracer, first: u32, o: &TraceOpts) -> Result<Opti
             }
             Happening::Exec { pid, target: true } => {
                 if let Err(e) = tracer.restart(pid) {
-                    eprintln!("offheap: warning: PID {pid} exec'd a new program that cannot be traced: {e}");
+                    eprintln!("offheap: warning: PID {pid} exec'd a new program that cannot be traced: {}", crate::error::one_line(&e));
                 }
             }
             Happening::Stop(r) => break r,

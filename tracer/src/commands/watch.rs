@@ -25,7 +25,8 @@ pub fn before_runtime(_args: &WatchArgs) {
         Ok(true) => log::info!("entered the host's cgroup namespace"),
         Ok(false) => {}
         Err(e) => eprintln!(
-            "offheap: warning: staying in this cgroup namespace ({e}); cgroup paths may be relative to the container"
+            "offheap: warning: staying in this cgroup namespace ({}); cgroup paths may be relative to the container",
+            crate::error::one_line(&e)
         ),
     }
 }

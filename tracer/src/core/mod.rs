@@ -88,9 +88,9 @@ pub enum CoreError {
     Read(#[from] ReadError),
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
-    #[error("installing the SIGINT/SIGTERM handlers: {0}")]
+    #[error("installing the SIGINT/SIGTERM handlers")]
     Signals(#[source] std::io::Error),
-    #[error("starting the ring buffer thread: {0}")]
+    #[error("starting the ring buffer thread")]
     Drainer(#[source] std::io::Error),
     #[error("no process with PID {0}")]
     NoProcess(u32),
@@ -182,6 +182,9 @@ pub struct Tracer {
     frames: FrameCache,
     targets: BTreeMap<u32, Target>,
     signals: Signals,
+    /// A signal an attach step saw while tracing (a followed child, a
+    /// restart, watch's new target): `next` stops on it.
+    signal_seen: bool,
     deadline: Deadline,
     ticker: Interval,
     started: Instant,
@@ -211,7 +214,7 @@ impl Tracer {
     /// attaches its system-wide programs. Targets come next.
     pub fn start(opts: TraceOptions) -> Result<Tracer, CoreError> {
         let mut signals = Signals::install().map_err(CoreError::Signals)?;
-        preflight::check()?;
+        preflight::check(opts.mode)?;
         let cfg = LoadConfig {
             watch_exec: opts.watch_exec,
             ..LoadConfig::from_env(opts.mode)
@@ -257,6 +260,7 @@ impl Tracer {
             frames: FrameCache::default(),
             targets: BTreeMap::new(),
             signals,
+            signal_seen: false,
             started: Instant::now(),
             evicted: 0,
             held: None,
@@ -300,6 +304,9 @@ impl Tracer {
     /// Waits for what happens next: a signal, the deadline, a target's exec,
     /// exit or fork, an OOM kill, or the next interval.
     pub async fn next(&mut self) -> Happening {
+        if self.signal_seen {
+            return Happening::Stop(StopReason::Signal);
+        }
         if !self.pending.is_empty() {
             return self.pending.remove(0);
         }
@@ -378,7 +385,10 @@ impl Tracer {
                         child,
                     }),
                     Err(e) => {
-                        log::info!("not following child {child} of {tgid}: {e}");
+                        log::info!(
+                            "not following child {child} of {tgid}: {}",
+                            crate::error::one_line(&e)
+                        );
                         None
                     }
                 }

@@ -12,6 +12,7 @@ use super::{
 use crate::{
     accounting,
     classify::stack_classifier,
+    error::one_line,
     probes::Detacher,
     proc,
     report::{
@@ -55,7 +56,7 @@ impl Tracer {
                 t.code = code;
                 self.code_mapped(pid);
             } else if let Err(e) = self.sym.refresh(pid) {
-                log::debug!("refreshing the symbols of PID {pid}: {e}");
+                log::debug!("refreshing the symbols of PID {pid}: {}", one_line(&e));
             }
         }
         let mut stacks = self.collect(true);
@@ -103,7 +104,7 @@ impl Tracer {
                 let all = match m.read(self.probes.ebpf(), &pids) {
                     Ok(a) => a,
                     Err(e) => {
-                        log::warn!("reading the stacks: {e}");
+                        log::warn!("reading the stacks: {}", one_line(&e));
                         return HashMap::new();
                     }
                 };
@@ -140,7 +141,7 @@ impl Tracer {
                 }
                 self.evicted += evict.len() as u64;
                 if let Err(e) = m.evict(self.probes.ebpf_mut(), &keys) {
-                    log::warn!("deleting evicted stacks: {e}");
+                    log::warn!("deleting evicted stacks: {}", one_line(&e));
                 }
                 out
             }
@@ -173,10 +174,15 @@ impl Tracer {
     /// What every report of this moment says besides its processes.
     pub fn meta(&mut self) -> Meta {
         let (mut counters, dropped) = accounting::counters::read(self.probes.ebpf())
-            .map_err(|e| log::warn!("reading the error counters: {e}"))
+            .map_err(|e| log::warn!("reading the error counters: {}", one_line(&e)))
             .unwrap_or_default();
         if self.opts.caps.is_some() {
             counters.insert(STACKS_EVICTED.to_string(), self.evicted);
+        }
+        // What the unwind tables did: a module without one is walked with
+        // frame pointers, so its stacks may end early.
+        for (name, n) in self.probes.unwind_counters().named() {
+            counters.insert(name.to_string(), n);
         }
         Meta {
             mode: self.opts.mode,

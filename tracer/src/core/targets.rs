@@ -7,6 +7,7 @@ use tracer_common::{TARGET_FAULTS, TARGET_FOLLOW, TARGET_MALLOC, TARGET_VM};
 
 use super::{events::lock, interrupted, monotonic_ns, spawn, CoreError, Model, Target, Tracer};
 use crate::{
+    error::one_line,
     probes::allocator::{self, Allocator, AllocatorError},
     proc::{self, Liveness},
     report::{progress::Progress, Mode},
@@ -57,7 +58,7 @@ impl Tracer {
     /// frame pointers (and says so).
     fn load_tables(&mut self, pid: u32) {
         if let Err(e) = self.probes.load_tables(pid) {
-            eprintln!("offheap: warning: unwind tables of PID {pid}: {e}; its stacks follow frame pointers only");
+            eprintln!("offheap: warning: unwind tables of PID {pid}: {}; its stacks follow frame pointers only", one_line(&e));
         }
     }
 
@@ -66,7 +67,7 @@ impl Tracer {
     pub(super) fn code_mapped(&mut self, pid: u32) {
         self.load_tables(pid);
         if let Err(e) = self.sym.refresh(pid) {
-            log::debug!("refreshing the symbols of PID {pid}: {e}");
+            log::debug!("refreshing the symbols of PID {pid}: {}", one_line(&e));
         }
         self.set_v8_config(pid);
     }
@@ -75,7 +76,7 @@ impl Tracer {
     fn set_v8_config(&mut self, pid: u32) {
         if let Some(cfg) = self.sym.v8_config(pid) {
             if let Err(e) = self.probes.set_v8_config(pid, &cfg) {
-                log::warn!("V8 layout of PID {pid}: {e}");
+                log::warn!("V8 layout of PID {pid}: {}", one_line(&e));
             }
             // Resident mode unwinds mmap stacks in userspace: the same words.
             if let Model::Resident(set) = &self.model {
@@ -83,6 +84,16 @@ impl Tracer {
                 lock(set).set_js(pid, Box::new(js));
             }
         }
+    }
+
+    /// `interrupted`, remembered for `next`: the signal it takes must
+    /// still end tracing when the attach was one made while tracing (a
+    /// followed child, a restart, watch's new target), not be lost with the
+    /// failed attach.
+    fn check_signal(&mut self) -> Result<(), CoreError> {
+        let r = interrupted(&mut self.signals);
+        self.signal_seen |= r.is_err();
+        r
     }
 
     /// The allocator of `pid`, waiting for a process that is still in the
@@ -96,7 +107,7 @@ impl Tracer {
                     return Ok(a);
                 }
                 Err(AllocatorError::NotFound(_)) if since.elapsed() < LOADER_WAIT => {
-                    interrupted(&mut self.signals)?;
+                    self.check_signal()?;
                     std::thread::sleep(LOADER_POLL);
                 }
                 Err(AllocatorError::NotFound(_)) => {
@@ -125,7 +136,7 @@ impl Tracer {
         };
         let attached = attached
             .map_err(CoreError::from)
-            .and_then(|()| interrupted(&mut self.signals));
+            .and_then(|()| self.check_signal());
         if let Err(e) = attached {
             self.probes.detach_malloc(pid);
             let _ = self.probes.remove_target(pid);
@@ -233,7 +244,7 @@ impl Tracer {
                 if let Some(s) = step {
                     s.failed();
                 }
-                eprintln!("offheap: warning: {e}");
+                eprintln!("offheap: warning: {}", one_line(&e));
             }
         }
     }

@@ -145,8 +145,9 @@ impl Agent {
         let cgroup = tracked.cgroup.as_ref().map(|c| c.path.clone());
         if let Err(e) = self.tracer.add_pid(pid, cgroup) {
             eprintln!(
-                "offheap: cannot trace PID {pid} ({}): {e}",
-                tracked.info.comm
+                "offheap: cannot trace PID {pid} ({}): {}",
+                tracked.info.comm,
+                crate::error::one_line(&e)
             );
             return;
         }
@@ -215,7 +216,11 @@ impl Agent {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(p.pid, Arc::new(json));
                 }
-                Err(e) => log::warn!("rendering the report of PID {}: {e}", p.pid),
+                Err(e) => log::warn!(
+                    "rendering the report of PID {}: {}",
+                    p.pid,
+                    crate::error::one_line(&e)
+                ),
             }
             reports.insert(p.pid, p.clone());
         }

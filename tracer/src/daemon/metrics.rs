@@ -24,7 +24,7 @@ use crate::report::{verdict::Kind, Bucket, ProcessReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("registering metric: {0}")]
+    #[error("registering metric")]
     Prometheus(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },

@@ -28,7 +28,7 @@ mod loader;
 pub enum AllocatorError {
     #[error("no process with PID {0}")]
     NoProcess(u32),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -58,7 +58,8 @@ pub type Functions = BTreeMap<&'static str, Function>;
 pub struct Module {
     /// The path as the process sees it (e.g. /usr/lib/x86_64-linux-gnu/libc.so.6).
     pub module: String,
-    /// The same file reached from here (through /proc/PID/root for a PID).
+    /// The same file reached from here: for a running process, the
+    /// mapping's /proc/PID/map_files entry (see `for_pid`).
     pub path: PathBuf,
     pub functions: Functions,
 }
@@ -77,6 +78,16 @@ pub struct Allocator {
 }
 
 /// The allocator of a running process, from /proc/PID/maps.
+///
+/// Each module is read, and later probed, through the
+/// `/proc/PID/map_files/START-END` link of one of its mappings: a magic link
+/// to the very file the process mapped (proc(5); root with CAP_SYS_ADMIN),
+/// also when it was deleted or replaced since. Its path inside the target
+/// would not do: the process can replace it by a symlink, and a path walk
+/// through /proc/PID/root resolves an absolute symlink from offheap's root,
+/// onto a host file (path_resolution(7)); the uprobe would then be placed
+/// in that file's inode too, as the kernel resolves the attach path the
+/// same way.
 pub fn for_pid(pid: u32) -> Result<Allocator, AllocatorError> {
     let maps = crate::proc::maps::read(pid).map_err(|e| {
         if e.is_gone() {
@@ -85,12 +96,19 @@ pub fn for_pid(pid: u32) -> Result<Allocator, AllocatorError> {
             AllocatorError::Maps(e)
         }
     })?;
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
     let modules = crate::proc::maps::modules(&maps);
+    let mut mapped = HashMap::new();
+    for m in &maps {
+        if let Some(path) = m.path() {
+            mapped.entry(path.to_string()).or_insert_with(|| {
+                PathBuf::from(format!("/proc/{pid}/map_files/{}", m.map_files_name()))
+            });
+        }
+    }
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    Scan::new(&root)
+    Scan::new(Files::Mapped(mapped))
         .choose(exe.as_deref(), &modules)
         .ok_or(AllocatorError::NotFound(pid))
 }
@@ -100,7 +118,6 @@ pub fn for_pid(pid: u32) -> Result<Allocator, AllocatorError> {
 /// else a library its dynamic linker will load (`loader`), else the libc
 /// mapped here (a forked child resolves the same system libc).
 pub fn for_exec(exe: &Path, ld_preload: Option<&str>) -> Result<Allocator, AllocatorError> {
-    let root = PathBuf::from("/");
     let exe_s = exe.to_string_lossy().into_owned();
     let mut candidates: Vec<String> = vec![exe_s.clone()];
     // ld.so(8): LD_PRELOAD entries are separated by spaces or colons.
@@ -115,11 +132,15 @@ pub fn for_exec(exe: &Path, ld_preload: Option<&str>) -> Result<Allocator, Alloc
         Ok(objects) => candidates.extend(objects),
         // A script, a static executable: what it loads is not known
         // before it runs; its malloc is libc's or its own.
-        Err(e) => log::info!("libraries of {}: {e}", exe.display()),
+        Err(e) => log::info!(
+            "libraries of {}: {}",
+            exe.display(),
+            crate::error::one_line(&e)
+        ),
     }
     let maps = crate::proc::maps::read(std::process::id()).map_err(AllocatorError::Maps)?;
     candidates.extend(crate::proc::maps::modules(&maps));
-    Scan::new(&root)
+    Scan::new(Files::Host)
         .choose(Some(&exe_s), &candidates)
         .ok_or(AllocatorError::NotFound(std::process::id()))
 }
@@ -147,22 +168,35 @@ fn is_cxx_runtime(module: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
+/// Where the files of the modules are reached from here.
+enum Files {
+    /// By their path: this process's own files (a command it will exec).
+    Host,
+    /// Module path -> its /proc/PID/map_files link (`for_pid`).
+    Mapped(HashMap<String, PathBuf>),
+}
+
 /// Modules parsed once each, by the path the process sees.
-struct Scan<'a> {
-    root: &'a Path,
+struct Scan {
+    files: Files,
     parsed: HashMap<String, Option<Functions>>,
 }
 
-impl<'a> Scan<'a> {
-    fn new(root: &'a Path) -> Scan<'a> {
+impl Scan {
+    fn new(files: Files) -> Scan {
         Scan {
-            root,
+            files,
             parsed: HashMap::new(),
         }
     }
 
+    /// The file of `module` from here; empty (unopenable) for a module
+    /// the process does not map.
     fn path(&self, module: &str) -> PathBuf {
-        self.root.join(module.trim_start_matches('/'))
+        match &self.files {
+            Files::Host => PathBuf::from(module),
+            Files::Mapped(m) => m.get(module).cloned().unwrap_or_default(),
+        }
     }
 
     /// The attach-table functions a module defines (None: unreadable).
@@ -326,6 +360,8 @@ impl Allocator {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     #[test]
@@ -342,12 +378,15 @@ mod tests {
     }
 
     #[test]
-    fn running_process_allocator_found_through_proc_root() {
+    fn running_process_allocator_found_through_map_files() {
         let a = for_pid(std::process::id()).unwrap();
         assert!(a
             .path
-            .starts_with(format!("/proc/{}/root", std::process::id())));
+            .starts_with(format!("/proc/{}/map_files/", std::process::id())));
         assert!(is_libc(&a.module));
+        // The link names the file mapped there.
+        let meta = fs::metadata(&a.path).unwrap();
+        assert_eq!(meta.ino(), fs::metadata(&a.module).unwrap().ino());
     }
 
     /// Compiles `source` (file name `file`) with `compiler` and `args` in
@@ -420,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn running_cxx_program_probed_through_proc_root() {
+    fn running_cxx_program_probed_through_map_files() {
         let dir = tempfile::tempdir().unwrap();
         let bin = cxx_program(dir.path(), &[]);
         let mut child = std::process::Command::new(&bin)
@@ -440,7 +479,7 @@ mod tests {
         drop(child.stdin.take());
         assert!(child.wait().unwrap().success());
         let cxx = a.unwrap().cxx.unwrap();
-        assert!(cxx.path.starts_with(format!("/proc/{pid}/root")));
+        assert!(cxx.path.starts_with(format!("/proc/{pid}/map_files/")));
         assert_eq!(
             cxx.functions.keys().copied().collect::<Vec<_>>(),
             cxx_symbols()

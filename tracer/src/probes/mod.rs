@@ -32,31 +32,31 @@ use crate::report::Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("loading the BPF object: {0}")]
+    #[error("loading the BPF object")]
     Load(#[from] EbpfError),
     #[error("BPF program {0} is missing from the object")]
     MissingProgram(&'static str),
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("loading BPF program {name}: {source}")]
+    #[error("loading BPF program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("attaching {what}: {source}")]
+    #[error("attaching {what}")]
     Attach {
         what: String,
         #[source]
         source: ProgramError,
     },
-    #[error("updating BPF map {name}: {source}")]
+    #[error("updating BPF map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("reading the kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
+    #[error("reading the kernel BTF (/sys/kernel/btf/vmlinux)")]
     Btf(#[from] aya::BtfError),
     #[error(transparent)]
     Multi(multi::MultiError),

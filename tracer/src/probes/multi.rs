@@ -29,19 +29,19 @@ use aya_obj::generated::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum MultiError {
-    #[error("parsing the BPF object: {0}")]
+    #[error("parsing the BPF object")]
     Parse(#[source] aya_obj::ParseError),
-    #[error("BPF object BTF: {0}")]
+    #[error("BPF object BTF")]
     Btf(#[source] aya_obj::btf::BtfError),
-    #[error("CO-RE relocations against the kernel BTF: {0}")]
+    #[error("CO-RE relocations against the kernel BTF")]
     Core(#[source] aya_obj::btf::BtfRelocationError),
-    #[error("relocating the BPF object: {0}")]
+    #[error("relocating the BPF object")]
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
     #[error("BPF program {0} is missing from the object")]
     MissingProgram(&'static str),
     #[error("BPF map {0} of the object was not created")]
     MissingMap(String),
-    #[error("{what}: {source}{log}")]
+    #[error("{what}{log}")]
     Syscall {
         what: String,
         #[source]
@@ -92,7 +92,7 @@ fn map_fd(m: &Map) -> RawFd {
     )
 }
 
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
+pub(super) fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
     // SAFETY: bpf(2) with a zero-initialised attr union of the right size;
     // every pointer in it points to memory that outlives the call.
     let r = unsafe {
@@ -111,7 +111,7 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-fn zeroed_attr() -> bpf_attr {
+pub(super) fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a plain C union for which all-zero is valid (and
     // what the kernel requires of unused fields).
     unsafe { std::mem::zeroed() }

@@ -1,6 +1,11 @@
 //! Checks made before loading anything, so that a missing privilege or kernel
 //! feature is one clear line instead of a verifier or perf_event_open errno.
-use std::{fs, path::Path};
+use std::{ffi::CString, fs, os::fd::AsRawFd, path::Path};
+
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_prog_type};
+
+use super::multi::{sys_bpf, zeroed_attr};
+use crate::report::Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -13,7 +18,7 @@ pub enum PreflightError {
     NoBtf,
     #[error("the kernel does not support uprobes (no {UPROBE_PMU}; needs CONFIG_UPROBE_EVENTS=y)")]
     NoUprobes,
-    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed")]
     Tracefs(#[source] std::io::Error),
     #[error(
         "offheap needs Linux {}.{} or later ({what}); this kernel is {release}",
@@ -23,6 +28,13 @@ pub enum PreflightError {
     OldKernel { release: String, what: &'static str },
     #[error("offheap supports x86-64 only (its BPF programs read x86-64 registers); this machine is {0}")]
     Arch(String),
+    #[error(
+        "--mode malloc needs uprobe_multi links (BPF_TRACE_UPROBE_MULTI, Linux {}.{} or later), \
+         which this kernel ({release}) does not support; --mode resident (the default) needs none",
+        UPROBE_MULTI_KERNEL.0,
+        UPROBE_MULTI_KERNEL.1
+    )]
+    NoUprobeMulti { release: String },
 }
 
 /// The oldest kernel with everything the programs use: bpf_loop (5.17),
@@ -30,6 +42,10 @@ pub enum PreflightError {
 /// storage in tracing programs (5.11), BTF-typed raw tracepoints (5.5).
 pub const MIN_KERNEL: (u32, u32) = (5, 17);
 const MIN_KERNEL_WHY: &str = "bpf_loop, 5.17";
+
+/// The first kernel with uprobe_multi links (commit 89ae89f53d20, "bpf: Add
+/// multi uprobe link"), which malloc mode's uprobes are (probes/multi.rs).
+pub const UPROBE_MULTI_KERNEL: (u32, u32) = (6, 6);
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
@@ -46,8 +62,9 @@ const NEEDED_CAPS: [(u32, &str); 4] = [
 ];
 
 /// Runs every check: capabilities, architecture, kernel version, BTF,
-/// uprobes, then mounts tracefs if needed.
-pub fn check() -> Result<(), PreflightError> {
+/// uprobes, uprobe_multi links for malloc mode, then mounts tracefs if
+/// needed.
+pub fn check(mode: Mode) -> Result<(), PreflightError> {
     check_capabilities()?;
     let uts = uname();
     if uts.machine != "x86_64" {
@@ -65,7 +82,87 @@ pub fn check() -> Result<(), PreflightError> {
     if !Path::new(UPROBE_PMU).exists() {
         return Err(PreflightError::NoUprobes);
     }
+    if mode == Mode::Malloc {
+        malloc_mode_supported(&uts.release, probe_uprobe_multi())?;
+    }
     ensure_tracefs().map_err(PreflightError::Tracefs)
+}
+
+/// What the kernel answered when asked for a uprobe_multi link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkProbe {
+    Supported,
+    Unsupported,
+    /// The question could not be asked (an unexpected errno).
+    Unknown,
+}
+
+/// Whether malloc mode can attach its uprobes. The kernel's own answer wins
+/// over its version (a distribution kernel may carry the link type
+/// backported to an older version); the version decides only when the
+/// probe could not be made.
+pub fn malloc_mode_supported(release: &str, probe: LinkProbe) -> Result<(), PreflightError> {
+    let supported = match probe {
+        LinkProbe::Supported => true,
+        LinkProbe::Unsupported => false,
+        LinkProbe::Unknown => kernel_version(release).is_none_or(|v| v >= UPROBE_MULTI_KERNEL),
+    };
+    if supported {
+        Ok(())
+    } else {
+        Err(PreflightError::NoUprobeMulti {
+            release: release.to_string(),
+        })
+    }
+}
+
+/// Asks the kernel for a uprobe_multi link the way libbpf probes the
+/// feature: a two-instruction program loaded for BPF_TRACE_UPROBE_MULTI,
+/// linked at offset 0 of "/". A kernel with the link type accepts the
+/// attach type and then refuses the path, a directory, with EBADF
+/// (kernel/trace/bpf_trace.c, bpf_uprobe_multi_link_attach: !d_is_reg);
+/// one without it refuses the program or the link with EINVAL (link_create
+/// takes no other attach type than BPF_PERF_EVENT or BPF_TRACE_KPROBE_MULTI
+/// for a kprobe program). Nothing is attached either way.
+pub fn probe_uprobe_multi() -> LinkProbe {
+    // r0 = 0; exit (BPF_ALU64|BPF_MOV|BPF_K, BPF_JMP|BPF_EXIT).
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the PROG_LOAD member of a zeroed union.
+    let u = unsafe { &mut attr.__bindgen_anon_3 };
+    u.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+    u.expected_attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+    u.insns = insns.as_ptr() as u64;
+    u.insn_cnt = insns.len() as u32;
+    u.license = license.as_ptr() as u64;
+    let prog = match sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return LinkProbe::Unsupported,
+        Err(_) => return LinkProbe::Unknown,
+    };
+    let path = CString::new("/").expect("no NUL");
+    let offsets = [0u64];
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut attr.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+    // SAFETY: the uprobe_multi member of the link_create union.
+    let m = unsafe { &mut l.__bindgen_anon_3.uprobe_multi };
+    m.path = path.as_ptr() as u64;
+    m.offsets = offsets.as_ptr() as u64;
+    m.cnt = 1;
+    link_answer(sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(drop))
+}
+
+/// The meaning of LINK_CREATE's answer to the probe above.
+fn link_answer(r: std::io::Result<()>) -> LinkProbe {
+    match r.map_err(|e| e.raw_os_error()) {
+        Err(Some(libc::EBADF)) | Ok(()) => LinkProbe::Supported,
+        Err(Some(libc::EINVAL | libc::EOPNOTSUPP)) => LinkProbe::Unsupported,
+        Err(_) => LinkProbe::Unknown,
+    }
 }
 
 fn check_capabilities() -> Result<(), PreflightError> {
@@ -152,6 +249,51 @@ mod tests {
     #[test]
     fn reads_own_capabilities() {
         assert!(effective_capabilities().is_some());
+    }
+
+    #[test]
+    fn malloc_mode_needs_uprobe_multi() {
+        use LinkProbe::*;
+        // The kernel's answer wins over the version, both ways.
+        assert!(malloc_mode_supported("6.18.44-fc-v669", Supported).is_ok());
+        assert!(malloc_mode_supported("5.14.0-427.el9.x86_64", Supported).is_ok());
+        let e = malloc_mode_supported("6.8.0-40-generic", Unsupported).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--mode malloc needs uprobe_multi links (BPF_TRACE_UPROBE_MULTI, Linux 6.6 or later), \
+             which this kernel (6.8.0-40-generic) does not support; --mode resident (the default) \
+             needs none"
+        );
+        // Without an answer, the version decides; an unreadable one does not refuse.
+        assert!(malloc_mode_supported("6.6.0", Unknown).is_ok());
+        assert!(matches!(
+            malloc_mode_supported("6.5.13", Unknown),
+            Err(PreflightError::NoUprobeMulti { .. })
+        ));
+        assert!(malloc_mode_supported("5.17.1", Unknown).is_err());
+        assert!(malloc_mode_supported("weird", Unknown).is_ok());
+    }
+
+    #[test]
+    fn link_create_answers() {
+        let os = |n| Err(std::io::Error::from_raw_os_error(n));
+        assert_eq!(link_answer(os(libc::EBADF)), LinkProbe::Supported);
+        assert_eq!(link_answer(Ok(())), LinkProbe::Supported);
+        assert_eq!(link_answer(os(libc::EINVAL)), LinkProbe::Unsupported);
+        assert_eq!(link_answer(os(libc::EOPNOTSUPP)), LinkProbe::Unsupported);
+        assert_eq!(link_answer(os(libc::EPERM)), LinkProbe::Unknown);
+    }
+
+    /// This machine's kernel (6.18) has uprobe_multi links: the probe must
+    /// say so itself (the version would let malloc mode through anyway).
+    /// Root, like every BPF test, and under the e2e tests' lock
+    /// (tests/e2e/common bpf_lock: one BPF test at a time on the machine).
+    #[test]
+    fn this_kernel_has_uprobe_multi() {
+        let lock = fs::File::create(std::env::temp_dir().join("offheap-e2e.lock")).unwrap();
+        // SAFETY: flock on an fd we own; released when it closes.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        assert_eq!(probe_uprobe_multi(), LinkProbe::Supported);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use super::kube::{parse_kube_path, PodInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: unexpected content {content:?}")]
     Parse { path: PathBuf, content: String },
@@ -22,8 +22,8 @@ pub enum CgroupError {
     NoMemoryCgroup(u32),
     #[error("no mounted cgroup hierarchy holds {0} (is /sys/fs/cgroup mounted?)")]
     NotMounted(String),
-    #[error("entering the host cgroup namespace (/proc/1/ns/cgroup): {0}")]
-    Setns(io::Error),
+    #[error("entering the host cgroup namespace (/proc/1/ns/cgroup)")]
+    Setns(#[source] io::Error),
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {

@@ -34,7 +34,7 @@ pub struct Mapping {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read /proc/{pid}/maps: {source}")]
+#[error("cannot read /proc/{pid}/maps")]
 pub struct MapsError {
     pub pid: u32,
     #[source]

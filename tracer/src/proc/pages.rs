@@ -17,7 +17,7 @@ const CHUNK: u64 = 65536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]

@@ -46,9 +46,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
-    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps): {source}")]
+    #[error("process {pid} is gone or unreadable (/proc/{pid}/maps)")]
     NoProcess { pid: u32, source: std::io::Error },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -185,7 +185,7 @@ impl Symbolizer {
                 proc.js = Some(v8::JsProcess::new(pid, meta, &entries, &path));
                 return;
             }
-            Some((path, Err(e))) => format!("{path}: {e}"),
+            Some((path, Err(e))) => format!("{path}: {}", crate::error::one_line(&*e)),
             None => {
                 // A node (or libnode) module without any metadata: stripped.
                 let Some(path) = proc
@@ -389,7 +389,10 @@ impl Symbolizer {
                 Some(m)
             }
             Err(e) => {
-                self.warn(format!("module {path} of pid {pid}: {e}"));
+                self.warn(format!(
+                    "module {path} of pid {pid}: {}",
+                    crate::error::one_line(&e)
+                ));
                 None
             }
         }
@@ -401,7 +404,8 @@ impl Symbolizer {
         if !self.procs.contains_key(&pid) {
             if let Err(e) = self.capture(pid) {
                 self.warn(format!(
-                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({e})"
+                    "pid {pid}: no memory map captured before it exited, its frames stay unnamed ({})",
+                    crate::error::one_line(&e)
                 ));
                 return vec![Frame::unknown(addr)];
             }
@@ -447,6 +451,21 @@ impl Symbolizer {
         let entry = mapped.entry.clone();
         let module = mapped.module.clone();
         if entry.is_anon() {
+            // V8's copy of its embedded builtins (short builtin calls remap
+            // them next to the JIT code): the same code as node's text,
+            // named there.
+            if let Some(text) = proc
+                .js
+                .as_ref()
+                .and_then(|js| remapped_builtin(&js.config, addr))
+            {
+                if let Some(mut frames) = self.lookup(pid, text) {
+                    for f in &mut frames {
+                        f.addr = format!("{addr:#x}");
+                    }
+                    return Some(frames);
+                }
+            }
             return Some(vec![self.js_frame(pid, addr).unwrap_or_else(|| Frame {
                 symbol: Some(JIT_SYMBOL.to_string()),
                 kind: FrameKind::Jit,
@@ -539,3 +558,13 @@ const _: fn() = || {
     fn send<T: Send>() {}
     send::<Symbolizer>();
 };
+
+/// The address in node's own text of `addr` when it lies in V8's remapped
+/// copy of the embedded builtins (the same bytes at another address).
+fn remapped_builtin(cfg: &tracer_common::V8ProcConfig, addr: u64) -> Option<u64> {
+    (cfg.remap_start < cfg.remap_end
+        && (cfg.remap_start..cfg.remap_end).contains(&addr)
+        && cfg.builtins_start < cfg.builtins_end)
+        .then(|| cfg.builtins_start + (addr - cfg.remap_start))
+        .filter(|a| *a < cfg.builtins_end)
+}

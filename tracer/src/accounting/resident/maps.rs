@@ -21,7 +21,7 @@ use crate::accounting::unwind::UnwindError;
 pub enum ResidentError {
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("BPF map {name}: {source}")]
+    #[error("BPF map {name}")]
     Map {
         name: &'static str,
         #[source]

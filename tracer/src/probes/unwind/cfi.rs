@@ -46,6 +46,14 @@ impl Rule {
         rbp: 0,
         cfa: 0,
     };
+    /// Code no FDE covers: frame pointers are assumed, and the walker
+    /// knows it is a guess (`cfa` 1 marks it; the frame-pointer step has no
+    /// offset), so it does not trust a frame record there when it scans.
+    pub const GAP: Rule = Rule {
+        kind: kind::FP,
+        rbp: 0,
+        cfa: 1,
+    };
     const STOP: Rule = Rule {
         kind: kind::STOP,
         rbp: 0,
@@ -389,7 +397,7 @@ fn flatten(mut fdes: Vec<FdeRows>) -> Vec<Row> {
         } else if start > covered_to && !out.is_empty() {
             out.push(Row {
                 pc: covered_to,
-                rule: Rule::FP,
+                rule: Rule::GAP,
             });
         }
         out.extend(rows.into_iter().filter(|r| r.pc >= start && r.pc < end));
@@ -398,7 +406,7 @@ fn flatten(mut fdes: Vec<FdeRows>) -> Vec<Row> {
     if !out.is_empty() {
         out.push(Row {
             pc: covered_to,
-            rule: Rule::FP,
+            rule: Rule::GAP,
         });
     }
     merge(out)
@@ -421,7 +429,7 @@ fn merge(rows: Vec<Row>) -> Vec<Row> {
             if last.rule == r.rule {
                 continue;
             }
-        } else if r.rule == Rule::FP {
+        } else if r.rule == Rule::FP || r.rule == Rule::GAP {
             // Before the first row is the frame-pointer step anyway.
             continue;
         }

@@ -60,16 +60,24 @@ pub struct ElfFile {
 
 impl ElfFile {
     pub fn open(path: &Path) -> Result<ElfFile, UnwindError> {
+        let file = File::open(path).map_err(|source| UnwindError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ElfFile::of_file(&file, path)
+    }
+
+    /// The ELF file open as `file`, named `path` in errors.
+    pub fn of_file(file: &File, path: &Path) -> Result<ElfFile, UnwindError> {
         let io = |source| UnwindError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         // SAFETY: a private read-only mapping; a file truncated under us could
         // SIGBUS, the accepted risk of every tool that maps binaries (perf,
         // gdb). A file deleted or replaced keeps its old inode mapped.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map = unsafe { Mmap::map(file) }.map_err(io)?;
         let obj = object::File::parse(&*map).map_err(|source| UnwindError::Elf {
             path: path.to_path_buf(),
             source,

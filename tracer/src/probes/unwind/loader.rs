@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -18,7 +18,7 @@ use super::{
     table::{NoTable, Table},
     UnwindError,
 };
-use crate::symbols::MapEntry;
+use crate::{proc::root::Root, symbols::MapEntry};
 
 /// Flags of every table array: sized per module under one outer map, and
 /// written through mmap in one copy (a syscall per row would cost ~0.2 s
@@ -259,16 +259,21 @@ impl UnwindTables {
     /// mapping's value. None: no table (frame pointers), counted.
     fn module_for(&mut self, pid: u32, m: &MapEntry) -> Option<(Arc<ModuleId>, UnwindMapping)> {
         // The process's own view of the file: map_files works for deleted
-        // files and inside containers; /proc/PID/root is the fallback
-        // (never the host's path).
+        // files and inside containers; else its path opened inside the
+        // process's root (proc::root: a symlink the process planted cannot
+        // lead onto the host, as a walk through /proc/PID/root would).
         let by_map = PathBuf::from(format!("/proc/{pid}/map_files/{}", m.map_files_name()));
         let elf = ElfFile::open(&by_map)
-            .or_else(|_| {
-                let p = m.path().unwrap_or_default().trim_start_matches('/');
-                ElfFile::open(&PathBuf::from(format!("/proc/{pid}/root")).join(p))
+            .ok()
+            .or_else(|| {
+                let path = Path::new(m.path().filter(|_| !m.deleted)?);
+                let file = Root::of_process(pid).ok()?.open(path).ok()?;
+                ElfFile::of_file(&file, path).ok()
             })
-            .map_err(|_| self.counters.modules_failed += 1)
-            .ok()?;
+            .or_else(|| {
+                self.counters.modules_failed += 1;
+                None
+            })?;
         let svma = elf.vaddr_of_offset(m.offset)?;
         let id = Arc::new(elf.id.clone());
         if !self.modules.contains_key(&id) {

@@ -105,19 +105,19 @@ pub use table::{NoTable, Table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnwindError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not an ELF file: {source}")]
+    #[error("{path} is not an ELF file")]
     Elf {
         path: PathBuf,
         #[source]
         source: object::Error,
     },
-    #[error("reading the executable mappings of PID {pid}: {source}")]
+    #[error("reading the executable mappings of PID {pid}")]
     Maps {
         pid: u32,
         #[source]
@@ -125,7 +125,7 @@ pub enum UnwindError {
     },
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("BPF map {what}: {source}")]
+    #[error("BPF map {what}")]
     Map {
         what: &'static str,
         #[source]
@@ -133,6 +133,6 @@ pub enum UnwindError {
     },
     #[error("an unwind table of 2^32 entries or more")]
     TableTooLarge,
-    #[error("mapping an unwind table: {0}")]
+    #[error("mapping an unwind table")]
     Mmap(#[source] std::io::Error),
 }

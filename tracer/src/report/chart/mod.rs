@@ -52,7 +52,7 @@ pub enum ChartError {
     #[error("nothing to chart: the report has no process")]
     NoProcess,
     /// plotters writing into a String: only a layout error can get here.
-    #[error("drawing the chart: {0}")]
+    #[error("drawing the chart")]
     Draw(#[source] plotters::drawing::DrawingAreaErrorKind<std::io::Error>),
 }
 

@@ -9,7 +9,7 @@ use super::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeapError {
-    #[error("cannot read {len} bytes at {addr:#x}: {source}")]
+    #[error("cannot read {len} bytes at {addr:#x}")]
     Read {
         addr: u64,
         len: usize,

@@ -45,7 +45,7 @@ impl fmt::Display for V8Version {
 /// Why a module's V8 cannot be walked; the caller names the module.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error("not a usable ELF file: {0}")]
+    #[error("not a usable ELF file")]
     Elf(#[source] object::Error),
     #[error("no V8 postmortem metadata (no v8dbg_* symbols in .symtab: a stripped node)")]
     NoMetadata,

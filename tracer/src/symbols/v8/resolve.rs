@@ -77,7 +77,7 @@ impl JsFrame {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("JS frame {sfi:#x}: {source}")]
+    #[error("JS frame {sfi:#x}")]
     Heap {
         sfi: u64,
         #[source]
