@@ -327,7 +327,10 @@ fn compare(major: u32, mode: &str) {
     if malloc {
         // 4 streams each: the same deflate state whichever tier made them.
         let z = per("deflateInterpreted");
-        assert!(z > 0, "node {major}: no zlib bytes under deflateInterpreted");
+        assert!(
+            z > 0,
+            "node {major}: no zlib bytes under deflateInterpreted"
+        );
         assert_eq!(per("deflateBaseline"), z, "node {major}");
         assert_eq!(per("deflateOptimized"), z, "node {major}");
     }
@@ -352,17 +355,24 @@ fn compare(major: u32, mode: &str) {
     let exact = |k: &(String, String, String)| {
         malloc
             || (k.1 == "mapping"
-                && FUNCTIONS
-                    .iter()
-                    .any(|(f, _, _)| !f.starts_with("deflate") && k.2.starts_with(&format!("{f} "))))
+                && FUNCTIONS.iter().any(|(f, _, _)| {
+                    !f.starts_with("deflate") && k.2.starts_with(&format!("{f} "))
+                }))
     };
     let mut named: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     let keys: std::collections::BTreeSet<_> = theirs.keys().chain(ours.keys()).collect();
     for k in keys {
         let a = ours.get(k).copied().unwrap_or(0);
         let b = theirs.get(k).copied().unwrap_or(0);
-        let shared = unnamed.get(&(k.0.clone(), k.1.clone())).copied().unwrap_or(0);
-        let extra = if k.2.contains("js_tiers.js") { 0 } else { shared };
+        let shared = unnamed
+            .get(&(k.0.clone(), k.1.clone()))
+            .copied()
+            .unwrap_or(0);
+        let extra = if k.2.contains("js_tiers.js") {
+            0
+        } else {
+            shared
+        };
         if !exact(k) {
             let e = named.entry((k.0.clone(), k.2.clone())).or_default();
             e.0 += a;
@@ -384,13 +394,20 @@ fn compare(major: u32, mode: &str) {
             failures.push(format!("{k:?}: {a} decoded, {b} from the perf map"));
         }
     }
-    let fixture_keys = theirs.keys().filter(|k| k.2.contains("js_tiers.js")).count();
+    let fixture_keys = theirs
+        .keys()
+        .filter(|k| k.2.contains("js_tiers.js"))
+        .count();
     eprintln!(
         "node {major} {mode}: {} JS functions on the leak stacks, {fixture_keys} of the fixture's, \
          compared with the perf map's names",
         theirs.len()
     );
-    assert!(failures.is_empty(), "node {major} {mode}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "node {major} {mode}:\n{}",
+        failures.join("\n")
+    );
     assert_eq!(plain.report["dropped_events"], 0);
     assert_eq!(perf.report["dropped_events"], 0);
 }
@@ -454,7 +471,12 @@ fn unwalkable_node(mode: &str, make: &[&str], why: &str) {
         .iter()
         .filter(|l| l.contains("JS frames will be unnamed"))
         .collect();
-    assert_eq!(warned, [&format!("offheap: warning: {msg}")], "{:?}", run.stderr);
+    assert_eq!(
+        warned,
+        [&format!("offheap: warning: {msg}")],
+        "{:?}",
+        run.stderr
+    );
     let warnings = run.report["warnings"].as_array().unwrap();
     assert_eq!(
         warnings.iter().filter(|w| w.as_str() == Some(&msg)).count(),
@@ -473,7 +495,11 @@ fn unwalkable_node(mode: &str, make: &[&str], why: &str) {
         .filter(|s| leak_kind(s) == Some("addon"))
         .map(|s| s["live_bytes"].as_u64().unwrap())
         .sum();
-    let each = if mode == "malloc" { ADDON_BYTES } else { ADDON_RESIDENT };
+    let each = if mode == "malloc" {
+        ADDON_BYTES
+    } else {
+        ADDON_RESIDENT
+    };
     assert_eq!(addon_bytes, 3 * each, "the addon's blocks");
     // The fixture ran its tiers all the same.
     assert_eq!(run.status.len(), FUNCTIONS.len(), "{:?}", run.status);

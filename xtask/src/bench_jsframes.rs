@@ -9,7 +9,7 @@
 //! the cost of one JS frame. It prints, never asserts.
 use std::{path::Path, process::Command};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use serde_json::Value;
 
 use crate::{bpf_stats, stats::median};
@@ -30,21 +30,24 @@ fn traced(root: &Path, offheap: &Path, depth: u32) -> Result<(f64, u64)> {
         "offheap-bench-js-{}-{depth}.json",
         std::process::id()
     ));
-    let (out, stats) = bpf_stats::sampled(&[PROG], || {
+    let out = bpf_stats::sampled(
+        &[PROG],
         Command::new(offheap)
             .current_dir(root)
             .args(["run", "--mode", "malloc", "--no-live", "--format", "json"])
             .arg("--output")
             .arg(&report)
             .args(["--", "node", WORKLOAD])
-            .args([depth.to_string(), ALLOCS.to_string()])
-            .output()
-            .context("could not start offheap")
-    });
+            .args([depth.to_string(), ALLOCS.to_string()]),
+    );
     let text = std::fs::read_to_string(&report);
     let _ = std::fs::remove_file(&report);
-    let out = out?;
-    ensure!(out.status.success(), "offheap run exited with {}", out.status);
+    let (out, stats) = out?;
+    ensure!(
+        out.status.success(),
+        "offheap run exited with {}",
+        out.status
+    );
     let v: Value = serde_json::from_str(&text?)?;
     let per_event = stats
         .and_then(|s| s[0].per_event())
@@ -90,15 +93,17 @@ fn rounds(root: &Path, offheap: &Path, pairs: u32) -> Result<()> {
     for i in 1..=pairs {
         // A round whose counters bpftool missed (it lists every program of
         // the machine, which can outlast a short trace) is skipped.
-        let (s, fs, d, fd) =
-            match (traced(root, offheap, SHALLOW), traced(root, offheap, DEEP)) {
-                (Ok((s, fs)), Ok((d, fd))) => (s, fs, d, fd),
-                (Err(e), _) | (_, Err(e)) => {
-                    println!("bench: round {i}/{pairs}: js frames: skipped: {e:#}");
-                    continue;
-                }
-            };
-        ensure!(fd > fs, "the deep stack has {fd} JS frames, the shallow one {fs}");
+        let (s, fs, d, fd) = match (traced(root, offheap, SHALLOW), traced(root, offheap, DEEP)) {
+            (Ok((s, fs)), Ok((d, fd))) => (s, fs, d, fd),
+            (Err(e), _) | (_, Err(e)) => {
+                println!("bench: round {i}/{pairs}: js frames: skipped: {e:#}");
+                continue;
+            }
+        };
+        ensure!(
+            fd > fs,
+            "the deep stack has {fd} JS frames, the shallow one {fs}"
+        );
         let f = (d - s) / (fd - fs) as f64;
         println!(
             "bench: round {i}/{pairs}: js frames: {s:.0} ns per malloc at {fs} JS frames, {d:.0} ns \

@@ -49,7 +49,8 @@ fn untraced(root: &Path) -> Result<f64> {
 fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgStats)>)> {
     let report =
         std::env::temp_dir().join(format!("offheap-bench-traffic-{}.json", std::process::id()));
-    let (out, stats) = bpf_stats::sampled(&[RECV, ACCEPT], || {
+    let out = bpf_stats::sampled(
+        &[RECV, ACCEPT],
         Command::new(offheap)
             .current_dir(root)
             .args([
@@ -62,12 +63,10 @@ fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgSt
                 "--output",
             ])
             .arg(&report)
-            .args(["--", "node", WORKLOAD])
-            .output()
-            .context("could not start offheap")
-    });
+            .args(["--", "node", WORKLOAD]),
+    );
     let _ = std::fs::remove_file(&report);
-    let out = out?;
+    let (out, stats) = out?;
     ensure!(
         out.status.success(),
         "offheap run exited with {}",

@@ -3,7 +3,7 @@
 //! and each program's run_cnt and run_time_ns sampled with bpftool while
 //! the tracer holds it (the counters go with the program).
 use std::{
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -43,9 +43,28 @@ pub fn enabled<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
+/// The ids of the BPF programs `pid` holds (the `prog_id:` of its bpf-prog
+/// file descriptors, /proc/PID/fdinfo): other tracers on the machine load
+/// programs of the same names.
+fn prog_ids(pid: u32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
 /// `bpftool prog show --json`: the counters of the programs named `names`
-/// (as bpftool names them: their full names, from BTF), all or none.
-fn sample(names: &[&str]) -> Option<Vec<ProgStats>> {
+/// (as bpftool names them: their full names, from BTF) that `pid` holds,
+/// all or none.
+fn sample(names: &[&str], pid: u32) -> Option<Vec<ProgStats>> {
+    let ids = prog_ids(pid);
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .stderr(Stdio::null())
@@ -57,7 +76,7 @@ fn sample(names: &[&str]) -> Option<Vec<ProgStats>> {
         .map(|name| {
             v.as_array()?
                 .iter()
-                .find(|p| p["name"] == *name)
+                .find(|p| p["name"] == *name && p["id"].as_u64().is_some_and(|i| ids.contains(&i)))
                 .map(|p| ProgStats {
                     runs: p["run_cnt"].as_u64().unwrap_or(0),
                     ns: p["run_time_ns"].as_u64().unwrap_or(0),
@@ -66,9 +85,15 @@ fn sample(names: &[&str]) -> Option<Vec<ProgStats>> {
         .collect()
 }
 
-/// Runs `f` (which runs the tracer) while sampling the programs every 50 ms;
-/// returns its result and the last sample taken.
-pub fn sampled<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Option<Vec<ProgStats>>) {
+/// Runs `cmd` (the tracer) to its end while sampling its programs every
+/// 50 ms; returns its output and the last sample taken.
+pub fn sampled(names: &[&str], cmd: &mut Command) -> Result<(Output, Option<Vec<ProgStats>>)> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("could not start offheap")?;
+    let pid = child.id();
     let last: Arc<Mutex<Option<Vec<ProgStats>>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -77,16 +102,16 @@ pub fn sampled<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Option<Vec<ProgS
         std::thread::spawn(move || {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             while !done.load(Ordering::Relaxed) {
-                if let Some(s) = sample(&names) {
+                if let Some(s) = sample(&names, pid) {
                     *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
-    let out = f();
+    let out = child.wait_with_output();
     done.store(true, Ordering::Relaxed);
     let _ = poller.join();
     let stats = last.lock().unwrap_or_else(|e| e.into_inner()).take();
-    (out, stats)
+    Ok((out.context("waiting for offheap")?, stats))
 }

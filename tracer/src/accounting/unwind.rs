@@ -362,7 +362,10 @@ impl Unwinder {
             }
             // The caller's %rbp is the frame pointer of the function its
             // return address is in: what V8's frame decoder reads from.
-            let word = self.js.as_mut().and_then(|j| j.word(next.ip, next.bp, stack));
+            let word = self
+                .js
+                .as_mut()
+                .and_then(|j| j.word(next.ip, next.bp, stack));
             frames.push(word.unwrap_or(next.ip));
             regs = next;
         }
