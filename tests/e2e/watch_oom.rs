@@ -165,7 +165,7 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
     );
     // The top stack names the JS function, with the script's path and its
     // line (leakTick starts on line 6 of SCRIPT), though node is gone.
-    let leak_tick: Vec<&Value> = p["stacks"][0]["frames"]
+    let leak_tick: Vec<&serde_json::Value> = p["stacks"][0]["frames"]
         .as_array()
         .unwrap()
         .iter()
