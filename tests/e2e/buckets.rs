@@ -15,10 +15,6 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(120);
 const NODE: &str = "/usr/bin/node";
 
-/// The addon keeps `count` blocks of `size` bytes from one noinline function
-/// (tests/fixtures/leaky_addon.c).
-const ADDON: &str = include_str!("../fixtures/leaky_addon.c");
-
 /// Waits for "ready", then on each stdin chunk runs the next step; prints
 /// "done" after the leak. The addon is loaded after offheap attached, so its
 /// module must be picked up while the process runs (dlopen).
@@ -66,21 +62,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn build_addon(dir: &Path) -> PathBuf {
-    let src = write(dir, "leaky.c", ADDON);
-    let out = dir.join("leaky.node");
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
-        .arg("-I/usr/include/node")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
 /// The report of `record --pid` in malloc mode around one step of the process.
 fn trace_steps(pid: u32, lines: &Lines, stdin: &mut std::process::ChildStdin, dir: &Path) -> Value {
     record_steps(pid, lines, stdin, dir, &[]).0
@@ -117,7 +98,8 @@ fn symbols(stack: &Value) -> Vec<String> {
 fn addon_leak_lands_in_native_addon_with_its_function_and_module() {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
-    let addon = build_addon(dir.path());
+    // It keeps `count` blocks of `size` bytes from one noinline function.
+    let addon = build_leaky_addon(dir.path());
     let script = write(dir.path(), "driver.js", ADDON_DRIVER);
     let (mut node, lines) = spawn_node(&[], &script, &[addon.to_str().unwrap()], dir.path());
     lines.until("ready", T);

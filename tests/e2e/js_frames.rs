@@ -75,22 +75,6 @@ fn node_versions() -> Vec<(u32, PathBuf)> {
     out
 }
 
-/// tests/fixtures/leaky_addon.c as a .node in `dir` (N-API: one build runs
-/// on every node version).
-fn build_addon(dir: &Path) -> PathBuf {
-    let out = dir.join("leaky.node");
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
-        .arg("-I/usr/include/node")
-        .arg(workspace().join("tests/fixtures/leaky_addon.c"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
 struct Run {
     pid: u32,
     report: Value,
@@ -294,7 +278,7 @@ fn check_tiers(major: u32, mode: &str, run: &Run) -> BTreeMap<String, u64> {
 fn compare(major: u32, mode: &str) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
-    let addon = build_addon(dir.path());
+    let addon = build_leaky_addon(dir.path());
     let node = node_versions()
         .into_iter()
         .find(|(m, _)| *m == major)
@@ -448,7 +432,7 @@ fn node22_resident() {
 fn unwalkable_node(mode: &str, make: &[&str], why: &str) {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
-    let addon = build_addon(dir.path());
+    let addon = build_leaky_addon(dir.path());
     // Named `node`, as a node binary is recognized (proc/maps.rs is_node).
     let bin = dir.path().join("node");
     let mut cmd = Command::new(make[0]);
