@@ -15,39 +15,6 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(120);
 const NODE: &str = "/usr/bin/node";
 
-/// The addon keeps `count` blocks of `size` bytes from one noinline function.
-const ADDON: &str = r#"
-#include <node_api.h>
-#include <stdlib.h>
-
-static void *kept[4096];
-static int nkept;
-
-__attribute__((noinline)) void addon_leak_block(size_t size) {
-  void *p = malloc(size);
-  if (p && nkept < 4096) kept[nkept++] = p;
-  __asm__ volatile("" ::: "memory");
-}
-
-static napi_value Leak(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  uint32_t count = 0, size = 0;
-  napi_get_value_uint32(env, argv[0], &count);
-  napi_get_value_uint32(env, argv[1], &size);
-  for (uint32_t i = 0; i < count; i++) addon_leak_block(size);
-  return NULL;
-}
-
-NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "leak", NAPI_AUTO_LENGTH, Leak, NULL, &fn);
-  napi_set_named_property(env, exports, "leak", fn);
-  return exports;
-}
-"#;
-
 /// Waits for "ready", then on each stdin chunk runs the next step; prints
 /// "done" after the leak. The addon is loaded after offheap attached, so its
 /// module must be picked up while the process runs (dlopen).
@@ -95,10 +62,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn build_addon(dir: &Path) -> PathBuf {
-    build_napi_addon(dir, "leaky", ADDON)
-}
-
 /// The report of `record --pid` in malloc mode around one step of the process.
 fn trace_steps(pid: u32, lines: &Lines, stdin: &mut std::process::ChildStdin, dir: &Path) -> Value {
     record_steps(pid, lines, stdin, dir, &[]).0
@@ -122,7 +85,8 @@ fn spawn_node(args: &[&str], script: &Path, extra: &[&str], dir: &Path) -> (Chil
 fn addon_leak_lands_in_native_addon_with_its_function_and_module() {
     let _lock = require_bpf();
     let dir = tempfile::tempdir().unwrap();
-    let addon = build_addon(dir.path());
+    // It keeps `count` blocks of `size` bytes from one noinline function.
+    let addon = build_leaky_addon(dir.path());
     let script = write(dir.path(), "driver.js", ADDON_DRIVER);
     let (mut node, lines) = spawn_node(&[], &script, &[addon.to_str().unwrap()], dir.path());
     lines.until("ready", T);

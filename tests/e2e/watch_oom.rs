@@ -13,13 +13,15 @@ use watch_common::*;
 const LIMIT: u64 = 256 << 20;
 
 /// Leaks 1 MiB Buffers, touched by fill(), up to an RSS of argv[2] bytes,
-/// says "high", then (on the next stdin line) leaks without end.
+/// says "high", then (on the next stdin line) leaks without end. Node runs
+/// with no flags: the post-mortem names the JS function that leaks,
+/// leakTick, from V8's heap (resolved while node lived).
 const SCRIPT: &str = r#"
 const MiB = 1 << 20;
 const high = Number(process.argv[2]);
 const keep = [];
 function leak(until, then) {
-  const t = setInterval(() => {
+  const t = setInterval(function leakTick() {
     for (let i = 0; i < 4; i++) keep.push(Buffer.alloc(MiB).fill(7));
     if (process.memoryUsage.rss() >= until) { clearInterval(t); then(); }
   }, 5);
@@ -161,6 +163,17 @@ fn oom_kill_writes_a_postmortem(mode: &str) {
         "{}",
         p["stacks"][0]
     );
+    // The top stack names the JS function, with the script's path and its
+    // line (leakTick starts on line 6 of SCRIPT), though node is gone.
+    let leak_tick: Vec<&serde_json::Value> = p["stacks"][0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "js" && f["symbol"].as_str().unwrap().contains("leakTick "))
+        .collect();
+    assert_eq!(leak_tick.len(), 1, "{}", p["stacks"][0]);
+    assert_eq!(leak_tick[0]["file"], script.to_str().unwrap());
+    assert_eq!(leak_tick[0]["line"], 6);
     let ab = p["buckets"]["array_buffers"].as_u64().unwrap();
     eprintln!(
         "array_buffers {ab} of a {LIMIT} limit; buckets {}",

@@ -12,8 +12,9 @@
 //! socket-heavy loop: bench_traffic.rs), `threadpool` (the threadpool
 //! probes on a zlib-heavy loop: bench_threadpool.rs), `attach` (attach
 //! and exit times of `record --pid` in both modes against bpftrace's time to
-//! ready: bench_attach.rs), and `unwind` (the walker's cost per frame and the
-//! unwind tables' memory: bench_unwind.rs).
+//! ready: bench_attach.rs), `unwind` (the walker's cost per frame and the
+//! unwind tables' memory: bench_unwind.rs), and `js-frames` (the walker's
+//! cost per JS frame it decodes: bench_jsframes.rs).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -24,7 +25,7 @@ use crate::floor::{self, PerPidCounter};
 use crate::proc::{cargo, run_cmd, workspace_root};
 use crate::setup;
 use crate::stats::{median, parse_bpftrace_count, parse_elapsed_ms, quantile};
-use crate::{bench_attach, bench_threadpool, bench_traffic, bench_unwind};
+use crate::{bench_attach, bench_jsframes, bench_threadpool, bench_traffic, bench_unwind};
 
 const WORKLOAD: &str = "bench/alloc-loop.js";
 const MALLOC_GOAL_VS_FLOOR: f64 = 1.3;
@@ -69,6 +70,7 @@ enum PartName {
     Threadpool,
     Attach,
     Unwind,
+    JsFrames,
 }
 
 /// One part's paired samples (milliseconds).
@@ -241,6 +243,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if wants(PartName::Unwind) {
         if let Err(e) = bench_unwind::run(&bench.root, &bench.offheap, args.pairs.min(5)) {
             println!("  unwind: not available: {e:#}");
+        }
+    }
+    if wants(PartName::JsFrames) {
+        if let Err(e) = bench_jsframes::run(&bench.root, &bench.offheap, args.pairs) {
+            println!("  js frames: not available: {e:#}");
         }
     }
     symbench(&bench.root);

@@ -2,6 +2,7 @@
 //! nothing but cargo and root to build, test, demo and bench offheap.
 mod bench;
 mod bench_attach;
+mod bench_jsframes;
 mod bench_threadpool;
 mod bench_traffic;
 mod bench_unwind;

@@ -71,6 +71,22 @@ pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
     compile_fixture("cc", &format!("{name}.c"), &["-pthread"], dir.join(name))
 }
 
+/// tests/fixtures/leaky_addon.c built as `leaky.node` in `dir` (N-API:
+/// one build runs on every node version).
+pub fn build_leaky_addon(dir: &Path) -> PathBuf {
+    let out = dir.join("leaky.node");
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
+        .arg("-I/usr/include/node")
+        .arg(workspace().join("tests/fixtures/leaky_addon.c"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running cc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
 /// The C++ runtime a C++ fixture is built against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CxxRuntime {

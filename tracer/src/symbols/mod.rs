@@ -161,31 +161,52 @@ impl Symbolizer {
         }
         self.open_perf_map(pid, &mut proc);
         proc.find_addons(pid);
-        proc.js = self.open_js(pid, &proc.maps);
+        self.open_js(pid, &mut proc);
         self.procs.insert(pid, proc);
         Ok(())
     }
 
     /// The JS frame decoding of a process whose modules include V8 (node or
-    /// libnode), or None; says once why a V8 module cannot be walked.
-    fn open_js(&mut self, pid: u32, maps: &[Mapped]) -> Option<v8::JsProcess> {
-        if !v8::decoding_enabled() {
-            return None;
+    /// libnode). When node's V8 cannot be walked (its v8dbg_* metadata was
+    /// stripped, or describes a layout the decoder does not know), says so
+    /// once for the process, on stderr and in its reports' warnings: its JS
+    /// frames then stay unnamed unless node writes a perf map.
+    fn open_js(&mut self, pid: u32, proc: &mut Process) {
+        if proc.js.is_some() || !v8::decoding_enabled() {
+            return;
         }
-        let (path, meta) = maps.iter().find_map(|m| {
+        let found = proc.maps.iter().find_map(|m| {
             let v8 = m.module.as_ref()?.v8.clone()?;
             Some((m.entry.path()?.to_string(), v8))
-        })?;
-        match meta {
-            Ok(meta) => {
-                let entries: Vec<MapEntry> = maps.iter().map(|m| m.entry.clone()).collect();
-                Some(v8::JsProcess::new(pid, meta, &entries, &path))
+        });
+        let why = match found {
+            Some((path, Ok(meta))) => {
+                let entries: Vec<MapEntry> = proc.maps.iter().map(|m| m.entry.clone()).collect();
+                proc.js = Some(v8::JsProcess::new(pid, meta, &entries, &path));
+                return;
             }
-            Err(e) => {
-                self.warn(format!("pid {pid}: {path}: {}", crate::error::one_line(&e)));
-                None
+            Some((path, Err(e))) => format!("{path}: {}", crate::error::one_line(&*e)),
+            None => {
+                // A node (or libnode) module without any metadata: stripped.
+                let Some(path) = proc
+                    .maps
+                    .iter()
+                    .filter(|m| m.entry.is_node() && m.module.is_some())
+                    .find_map(|m| m.entry.path())
+                else {
+                    return;
+                };
+                format!("{path}: {}", v8::MetadataError::NoMetadata)
             }
+        };
+        let msg = format!(
+            "pid {pid}: {why}: its JS frames will be unnamed ({JIT_SYMBOL}); to name them, \
+             run node with --perf-basic-prof --interpreted-frames-native-stack (NODE_OPTIONS)"
+        );
+        if !self.warned.contains(&msg) {
+            eprintln!("offheap: warning: {msg}");
         }
+        self.warn_about(proc, msg);
     }
 
     /// The config of the BPF V8 frame decoder for `pid` (the `v8_procs`
@@ -238,9 +259,7 @@ impl Symbolizer {
         proc.runs_node |= new.iter().any(|m| m.entry.is_node());
         proc.maps = new;
         proc.find_addons(pid);
-        if proc.js.is_none() {
-            proc.js = self.open_js(pid, &proc.maps);
-        }
+        self.open_js(pid, &mut proc);
         match proc.perf.as_mut() {
             Some(p) => {
                 p.reload();

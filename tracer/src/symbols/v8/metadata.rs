@@ -47,17 +47,17 @@ impl fmt::Display for V8Version {
 pub enum MetadataError {
     #[error("not a usable ELF file")]
     Elf(#[source] object::Error),
-    #[error("no V8 postmortem metadata (no v8dbg_* symbols in .symtab)")]
+    #[error("no V8 postmortem metadata (no v8dbg_* symbols in .symtab: a stripped node)")]
     NoMetadata,
     #[error(
-        "V8 {version} lacks metadata {}: JS frames fall back to the perf map or [JIT]",
+        "V8 {version} lacks metadata {}",
         missing.join(", ")
     )]
     Missing {
         version: V8Version,
         missing: Vec<&'static str>,
     },
-    #[error("V8 {version} uses a layout offheap cannot walk ({what}): JS frames fall back to the perf map or [JIT]")]
+    #[error("V8 {version} uses a layout offheap cannot walk ({what})")]
     Unsupported { version: V8Version, what: String },
 }
 

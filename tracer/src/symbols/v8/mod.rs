@@ -9,10 +9,11 @@
 //! (offheap.h, "V8"; `tracer_common::V8ProcConfig`, 144 bytes), at most
 //! `OFFHEAP_MAX_TARGETS` entries. Userspace writes it when it adds a target,
 //! right after `Symbolizer::capture(pid)`: `Symbolizer::v8_config(pid)`
-//! gives the value (None: the process runs no V8 offheap can walk, and the
-//! report's warnings say once why, e.g. "pid 42: /usr/bin/node: V8 11.3.244.8
-//! lacks metadata off_fp_function: JS frames fall back to the perf map or
-//! [JIT]"). Delete the entry with the target (exit, exec). The decoder itself
+//! gives the value (None: the process runs no V8 offheap can walk, and
+//! stderr and the report's warnings say once why, e.g. "pid 42:
+//! /usr/bin/node: V8 11.3.244.8 lacks metadata off_fp_function: its JS frames
+//! will be unnamed ([JIT]); to name them, run node with --perf-basic-prof
+//! --interpreted-frames-native-stack (NODE_OPTIONS)"). Delete the entry with the target (exit, exec). The decoder itself
 //! writes the entry's learned-map fields (`bytecode_array_map`,
 //! `js_function_maps`): userspace writes them as 0.
 //!
