@@ -251,6 +251,9 @@ fn run_follows_node_cluster_workers_with_exact_bytes() {
     };
     line();
     lines.until("done", T);
+    // A tick (1 s) reads the workers' JS frames while they live: a worker
+    // ended before that would keep unnamed ones.
+    std::thread::sleep(Duration::from_millis(2500));
     line();
     let status = tracer.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{:?}", err.rest());

@@ -63,6 +63,8 @@ static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
  * return address, and how many frames of one walk may be found so. */
 #define SCAN_WORDS 64
 #define SCAN_MAX 16
+/* Words this close to the stack pointer are stack addresses (scan_step). */
+#define STACK_NEAR (8ULL << 20)
 
 /* Stores ip at ips[at], masked for the verifier, which may not have kept a
  * bound the code checked before (the compiler reloads the index, or drops
@@ -158,15 +160,17 @@ static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, _
  * for a pc they put in anonymous memory, whether that is code. The
  * kernel's own answer (bpf_find_vma, Linux 5.17), asked only then: the stack
  * ends at a pc only when it is in no mapping, or in one that is not code. A
- * mmap lock the walk cannot take (EBUSY: another thread maps or unmaps)
- * answers "not code": the stack ends there, marked truncated, rather than
- * keep a word that may be data (sharp's libvips threads map and unmap all
- * the time, and stack addresses came through). */
+ * mmap lock the walk cannot take (EBUSY: another thread maps or unmaps, or
+ * the fault being traced holds it) answers "code", never losing a frame
+ * (answering "not code" cut JIT frames off resident mode's fault stacks);
+ * stack scanning keeps its own words out (scan_step). */
 static __always_inline int mapped_since(__u64 pc)
 {
 	__u64 flags = 0;
 	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
 
+	if (err == -EBUSY)
+		return 1;
 	return err == 0 && (flags & OFFHEAP_VM_EXEC);
 }
 
@@ -337,6 +341,11 @@ __noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
 			if (saved && (saved <= slot || saved - slot > FRAME_MAX || (saved & 7)))
 				continue;
 		}
+		/* A word pointing into the thread's own stack is data, never a
+		 * return address (thread stacks are 8 MiB; it passed after_call
+		 * when the bytes before it happened to look like a call). */
+		if (word - (sp - STACK_NEAR) < 2 * STACK_NEAR)
+			continue;
 		if (!after_call(word))
 			continue;
 		w->regs.pc = word;
