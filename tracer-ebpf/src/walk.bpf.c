@@ -162,10 +162,14 @@ static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, _
  * ends at a pc only when it is in no mapping, or in one that is not code. A
  * mmap lock the walk cannot take (EBUSY: another thread maps or unmaps, or
  * the fault being traced holds it) answers "code", never losing a frame
- * (answering "not code" cut JIT frames off resident mode's fault stacks);
- * stack scanning keeps its own words out (scan_step). */
-static __always_inline int mapped_since(__u64 pc)
+ * (answering "not code" cut JIT frames off resident mode's fault stacks),
+ * except for an address within 8 MiB of the stack pointer: the stack itself
+ * (a word a step or a scan took for a return address). */
+static __always_inline int mapped_since(__u64 pc, __u64 sp)
 {
+	/* An address this close to the stack pointer is the stack itself. */
+	if (pc - (sp - STACK_NEAR) < 2 * STACK_NEAR)
+		return 0;
 	__u64 flags = 0;
 	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
 
@@ -184,9 +188,9 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 
 	if (w->leaf) {
 		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
-		if (cls == UNWIND_JIT && !mapped_since(pc))
+		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
 			return UNWIND_NONE;
-		return cls == UNWIND_NONE && mapped_since(pc) ? UNWIND_FP : cls;
+		return cls == UNWIND_NONE && mapped_since(pc, w->regs.sp) ? UNWIND_FP : cls;
 	}
 	struct unwind_cache_entry *e =
 		&cache->e[(stack_hash_step(0, pc) >> 32) & (UNWIND_CACHE - 1)];
@@ -195,13 +199,13 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 		return e->cls;
 	}
 	int cls = unwind_find(w->tgid, pc, 0, &w->cursor);
-	if (cls == UNWIND_NONE && mapped_since(pc))
+	if (cls == UNWIND_NONE && mapped_since(pc, w->regs.sp))
 		return UNWIND_FP;
 	/* The tables take all anonymous memory for V8's code (it makes pages
 	 * executable after they were read): a return address there must be in
 	 * code now, not in a thread's stack or a heap (a scanned or garbage
 	 * word). Not cached: the page may become code. */
-	if (cls == UNWIND_JIT && !mapped_since(pc))
+	if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
 		return UNWIND_NONE;
 	e->pc = pc;
 	e->tgid = w->tgid;
