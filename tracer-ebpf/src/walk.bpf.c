@@ -161,10 +161,13 @@ static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, _
  * kernel's own answer (bpf_find_vma, Linux 5.17), asked only then: the stack
  * ends at a pc only when it is in no mapping, or in one that is not code. A
  * mmap lock the walk cannot take (EBUSY: another thread maps or unmaps, or
- * the fault being traced holds it) answers "code", never losing a frame
- * (answering "not code" cut JIT frames off resident mode's fault stacks),
- * except for an address within 8 MiB of the stack pointer: the stack itself
- * (a word a step or a scan took for a return address). */
+ * the fault being traced holds it) is answered by the bytes before pc: a
+ * return address follows a call (after_call), and JIT code's do (answering
+ * "not code" cut JIT frames off resident mode's fault stacks; "code" let
+ * heap words and small integers through). An address within 8 MiB of the
+ * stack pointer is the stack itself. */
+__noinline int after_call(__u64 addr);
+
 static __always_inline int mapped_since(__u64 pc, __u64 sp)
 {
 	/* An address this close to the stack pointer is the stack itself. */
@@ -174,7 +177,7 @@ static __always_inline int mapped_since(__u64 pc, __u64 sp)
 	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
 
 	if (err == -EBUSY)
-		return 1;
+		return after_call(pc);
 	return err == 0 && (flags & OFFHEAP_VM_EXEC);
 }
 
