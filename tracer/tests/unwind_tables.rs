@@ -153,8 +153,10 @@ fn compare(
     );
     let same = match (compact, full) {
         (Step::Caller(f), Some(r)) => f.pc == r.ip && f.sp == r.sp && f.bp == r.bp,
-        // The outermost frame: no return address in the CFI either.
+        // The outermost frame: no return address in the CFI either (the
+        // userspace unwinder ends the stack there with a pc of 0).
         (Step::End, None) => true,
+        (Step::End, Some(r)) => r.ip == 0,
         _ => false,
     };
     (!same).then(|| {
