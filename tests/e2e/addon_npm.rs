@@ -84,11 +84,6 @@ fn stacks(report: &Value) -> &Vec<Value> {
     report["processes"][0]["stacks"].as_array().unwrap()
 }
 
-fn module_of(f: &Value) -> &str {
-    let m = f["module"].as_str().unwrap_or("");
-    m.rsplit('/').next().unwrap_or(m)
-}
-
 /// The stacks of the pixel buffers: libvips' vips_image_write_to_memory
 /// called malloc (their frame 0), unwound to the worker thread's start and
 /// joined to the JS stack that queued the work (issue 13): one stack per
@@ -102,7 +97,7 @@ fn buffer_stacks(report: &Value) -> [u64; 4] {
     assert!(!found.is_empty(), "no stack of vips_image_write_to_memory");
     let mut sum = [0u64; 4];
     for s in found {
-        assert_eq!(module_of(&s["frames"][0]), LIBVIPS, "{s}");
+        assert_eq!(module_file(&s["frames"][0]), LIBVIPS, "{s}");
         assert_eq!(s["bucket"], "native_addon", "{s}");
         assert_eq!(s["addon"], PACKAGE, "{s}");
         // The whole stack: libvips' C code has neither unwind rows nor
@@ -110,7 +105,7 @@ fn buffer_stacks(report: &Value) -> [u64; 4] {
         // above it, node's threadpool thread that ran the work (sharp's
         // AsyncWorker), then the queuing side.
         let frames = s["frames"].as_array().unwrap();
-        let modules: Vec<&str> = frames.iter().map(module_of).collect();
+        let modules: Vec<&str> = frames.iter().map(module_file).collect();
         let sharp = modules
             .iter()
             .position(|m| *m == "sharp-linux-x64.node")
@@ -170,7 +165,7 @@ fn run_malloc_counts_sharps_buffers_as_its_addon() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|f| module_of(f) == "sharp-linux-x64.node")
+                .any(|f| module_file(f) == "sharp-linux-x64.node")
         })
         .collect::<Vec<_>>();
     assert!(!in_node_file.is_empty());
@@ -279,7 +274,7 @@ fn record_resident_puts_sharps_pages_in_native_addon() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| module_of(f) == LIBVIPS),
+            .any(|f| module_file(f) == LIBVIPS),
         "{top}"
     );
 }

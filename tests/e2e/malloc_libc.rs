@@ -19,11 +19,6 @@ fn symbols(s: &Value) -> Vec<&str> {
         .collect()
 }
 
-fn module_name(f: &Value) -> &str {
-    let m = f["module"].as_str().unwrap_or("");
-    m.rsplit('/').next().unwrap_or(m)
-}
-
 /// The stacks through `site` (one per call site in main: gcc unrolls
 /// main's loops); each must have frame 0 in libc.so.6 named `libc_fn`, the
 /// site as frame 1, and go on to main, unwound to the end.
@@ -39,7 +34,7 @@ fn site_stacks<'a>(report: &'a Value, site: &str, libc_fn: &str) -> Vec<&'a Valu
         let names = symbols(s);
         assert_eq!(names[1], site, "{names:?}");
         assert_eq!(names[0], libc_fn, "{names:?}");
-        assert_eq!(module_name(&f[0]), "libc.so.6", "{s}");
+        assert_eq!(module_file(&f[0]), "libc.so.6", "{s}");
         assert_eq!(names[2], "main", "{names:?}");
         assert_eq!(s["truncated"], false, "{s}");
     }

@@ -129,11 +129,6 @@ fn symbols(s: &Value) -> Vec<&str> {
         .collect()
 }
 
-fn module_name(f: &Value) -> &str {
-    let m = f["module"].as_str().unwrap_or("");
-    m.rsplit('/').next().unwrap_or(m)
-}
-
 /// Where the chain starts in a stack's frames: CHAIN at [i, i + 5), each
 /// frame in libnofp.so. None when the stack does not hold the whole chain.
 fn chain_at(s: &Value) -> Option<usize> {
@@ -141,7 +136,7 @@ fn chain_at(s: &Value) -> Option<usize> {
     let i = f.iter().position(|f| f["symbol"] == CHAIN[0])?;
     let whole = CHAIN.iter().enumerate().all(|(k, name)| {
         f.get(i + k)
-            .is_some_and(|f| f["symbol"] == *name && module_name(f) == "libnofp.so")
+            .is_some_and(|f| f["symbol"] == *name && module_file(f) == "libnofp.so")
     });
     whole.then_some(i)
 }
@@ -150,7 +145,7 @@ fn chain_at(s: &Value) -> Option<usize> {
 fn chain_stacks(report: &Value) -> Vec<&Value> {
     let with_lib: Vec<&Value> = stacks(report)
         .iter()
-        .filter(|s| frames(s).iter().any(|f| module_name(f) == "libnofp.so"))
+        .filter(|s| frames(s).iter().any(|f| module_file(f) == "libnofp.so"))
         .collect();
     for s in &with_lib {
         assert!(chain_at(s).is_some(), "a broken chain: {:?}", symbols(s));
@@ -282,7 +277,7 @@ fn malloc_mode_walks_a_chain_without_frame_pointers_from_a_c_fixture() {
         "{s}"
     );
     assert_eq!(s["truncated"], false, "{s}");
-    assert_eq!(module_name(&frames(s)[5]), "nofp_main", "{s}");
+    assert_eq!(module_file(&frames(s)[5]), "nofp_main", "{s}");
     assert_eq!(figures(&chain), [3 * 4242, 3, 3 * 4242, 3]);
 }
 
@@ -373,7 +368,7 @@ fn resident_mode_charges_mapping_and_first_touch_through_the_chain() {
     let f = frames(maps[0]);
     let i = chain_at(maps[0]).unwrap();
     assert!(
-        f[..i].iter().all(|f| module_name(f) == "libc.so.6"),
+        f[..i].iter().all(|f| module_file(f) == "libc.so.6"),
         "{:?}",
         symbols(maps[0])
     );

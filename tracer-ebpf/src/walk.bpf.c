@@ -255,6 +255,21 @@ static __always_inline int fp_step(struct walk_state *w, struct stack_scratch *s
 	return 0;
 }
 
+/* Word idx of the walk's copy, the index masked for the verifier (which
+ * may not keep a bound checked before: barrier_var keeps the mask). */
+static __always_inline __u64 copy_word(const struct stack_scratch *sc, __u32 idx)
+{
+	barrier_var(idx);
+	return sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+}
+
+/* Whether pc is in V8's embedded builtins, in node's text or V8's copy. */
+static __always_inline int in_v8_builtins(const struct v8_proc_config *v8, __u64 pc)
+{
+	return (pc >= v8->builtins_start && pc < v8->builtins_end) ||
+	       (pc >= v8->remap_start && pc < v8->remap_end);
+}
+
 /* Whether the 8 bytes before addr end with a call instruction, which makes
  * addr a return address (the Intel SDM's CALL encodings): E8 rel32;
  * FF /2 with a register (2 bytes, 3 with REX.B), [reg+disp8] (3 bytes),
@@ -292,9 +307,7 @@ __noinline int saved_bp(struct stack_scratch *sc, __u64 off, int n, __u64 slot)
 	for (int j = 0; j < SCAN_WORDS; j++) {
 		if (j >= n)
 			return 0;
-		__u32 idx = (off + j * 8) / 8;
-		barrier_var(idx);
-		__u64 v = sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)], ra;
+		__u64 v = copy_word(sc, (off + j * 8) / 8), ra;
 		if (v <= slot || v - slot > FRAME_MAX || (v & 7))
 			continue;
 		if (bpf_probe_read_user(&ra, sizeof(ra), (const void *)(v + 8)) < 0 || !after_call(ra))
@@ -337,14 +350,13 @@ __noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
 		if (at + 8 > w->win || at > OFFHEAP_STACK_WINDOW - 8)
 			return -1;
 		__u32 idx = at / 8;
-		barrier_var(idx);
-		__u64 word = sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+		__u64 word = copy_word(sc, idx);
 		__u64 slot = w->base + at;
 		__u64 saved = 0;
 		if (record) {
 			if (at < 8)
 				continue;
-			saved = sc->words[(idx - 1) & (OFFHEAP_STACK_WINDOW / 8 - 1)];
+			saved = copy_word(sc, idx - 1);
 			if (saved && (saved <= slot || saved - slot > FRAME_MAX || (saved & 7)))
 				continue;
 		}
@@ -395,8 +407,7 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 	/* A JS frame replaces its pc (without a branch on the result: see
 	 * v8.bpf.h's v8_where). */
 	__u64 pc = w->regs.pc;
-	int in_v8 = v8 && (cls == UNWIND_JIT || (pc >= v8->builtins_start && pc < v8->builtins_end) ||
-			   (pc >= v8->remap_start && pc < v8->remap_end));
+	int in_v8 = v8 && (cls == UNWIND_JIT || in_v8_builtins(v8, pc));
 	__u64 word = in_v8 ? v8_frame(v8, pc, w->regs.bp, (const void *)sc->words,
 				      v8_where(w->regs.bp, w->base, w->win, cls == UNWIND_JIT))
 			   : 0;
@@ -474,9 +485,7 @@ static __always_inline int fast_frame(struct walk_ctx *c, struct stack_scratch *
 	    e->cls != UNWIND_FP)
 		return -1;
 	struct v8_proc_config *v8 = c->v8;
-	if (v8 && pc >= v8->builtins_start && pc < v8->builtins_end)
-		return -1;
-	if (v8 && pc >= v8->remap_start && pc < v8->remap_end)
+	if (v8 && in_v8_builtins(v8, pc))
 		return -1;
 	STORE_IP(sc, nr - 1, pc);
 	w->hash = stack_hash_step(w->hash, pc);

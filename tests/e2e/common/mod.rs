@@ -74,17 +74,31 @@ pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
 /// tests/fixtures/leaky_addon.c built as `leaky.node` in `dir` (N-API:
 /// one build runs on every node version).
 pub fn build_leaky_addon(dir: &Path) -> PathBuf {
-    let out = dir.join("leaky.node");
+    compile_addon(
+        &workspace().join("tests/fixtures/leaky_addon.c"),
+        dir.join("leaky.node"),
+    )
+}
+
+/// An N-API addon from C source `src`, as node-gyp would build it minus
+/// its optimisation (frame pointers kept), into `out`.
+fn compile_addon(src: &Path, out: PathBuf) -> PathBuf {
     let o = Command::new("cc")
         .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
         .arg("-I/usr/include/node")
-        .arg(workspace().join("tests/fixtures/leaky_addon.c"))
+        .arg(src)
         .arg("-o")
         .arg(&out)
         .output()
         .expect("running cc");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
+}
+
+/// The file name of a report frame's module ("" when it has none).
+pub fn module_file(f: &Value) -> &str {
+    let m = f["module"].as_str().unwrap_or("");
+    m.rsplit('/').next().unwrap_or(m)
 }
 
 /// The C++ runtime a C++ fixture is built against.
@@ -496,17 +510,7 @@ pub fn assert_process_sites(
 pub fn build_napi_addon(dir: &Path, name: &str, source: &str) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).unwrap();
-    let out = dir.join(format!("{name}.node"));
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"])
-        .arg("-I/usr/include/node")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    compile_addon(&src, dir.join(format!("{name}.node")))
 }
 
 /// Starts a fixture process with stdin and stdout piped and waits for its
