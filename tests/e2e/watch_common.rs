@@ -268,9 +268,15 @@ impl Agent {
         http_get(&self.addr, path)
     }
 
-    /// Waits for the agent's "tracing PID N" line.
+    /// Waits for the agent's "tracing PID N (COMM)" line of the program `pid`
+    /// runs now. The agent may have found the pid as the shell that moved
+    /// itself into the cgroup, before its `exec` (then it traces the shell,
+    /// and re-adds the pid when it reads the exec event): only the line
+    /// with the current comm says the new image is traced.
     pub fn wait_tracing(&mut self, pid: u32) {
-        let want = format!("offheap: tracing PID {pid} ");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_else(|e| panic!("comm of {pid}: {e}"));
+        let want = format!("offheap: tracing PID {pid} ({}),", comm.trim_end());
         let failed = format!("offheap: cannot trace PID {pid} ");
         // Targets start in any order: the line may have come already.
         self.err.drain();
