@@ -92,10 +92,7 @@ pub enum RenderError {
     /// The view has nothing to show: a flame graph of no bytes, a diff as a
     /// profile.
     #[error("cannot render {format}: {why}")]
-    Nothing {
-        format: &'static str,
-        why: String,
-    },
+    Nothing { format: &'static str, why: String },
     #[error(transparent)]
     Chart(#[from] chart::ChartError),
 }

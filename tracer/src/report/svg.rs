@@ -111,11 +111,12 @@ pub fn render(report: &Report, value: ValueKind) -> Result<Vec<u8>, RenderError>
     let mut sorted: Vec<String> = lines.into_iter().map(|(k, v)| format!("{k} {v}")).collect();
     sorted.sort();
     let mut out = Vec::new();
-    flamegraph::from_lines(&mut opts, sorted.iter().map(String::as_str), &mut out)
-        .map_err(|source| RenderError::Io {
+    flamegraph::from_lines(&mut opts, sorted.iter().map(String::as_str), &mut out).map_err(
+        |source| RenderError::Io {
             format: "svg",
             source,
-        })?;
+        },
+    )?;
     Ok(out)
 }
 
