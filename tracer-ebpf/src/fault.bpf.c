@@ -214,10 +214,12 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
 /* The current thread's user stack by the walker (walk.bpf.c), stored in
- * hashed_stacks: its id; or -1 when the walk stopped within two frames
- * without reaching the stack's end (code the tables do not cover yet), or
- * could not be stored (hashed_stacks full): the caller sends a raw copy
- * instead. `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
+ * hashed_stacks: its id; or -1 when the walk met code the tables do not
+ * cover yet (it stopped within two frames without reaching the stack's end,
+ * or it stepped a file's code on a guess: a process whose tables are still
+ * being loaded, a module mapped a moment ago), or the stack could not be
+ * stored (hashed_stacks full): the caller sends a raw copy for the
+ * userspace CFI unwinder instead, which reads the modules itself. `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
  * here: the tracepoints run their programs with preemption off. */
 static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
 					    enum walk_start start, __u64 *sp_word)
@@ -236,6 +238,8 @@ static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
 	if (walk_user_stack(sc, cache, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
 			    stack_limit(), &span, sp_word, start) < 3 &&
 	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
+		return -1;
+	if (sc->walk.guessed)
 		return -1;
 	id = intern_stack(&sc->stack);
 	return id < 0 ? -1 : id;

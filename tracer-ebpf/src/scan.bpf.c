@@ -130,11 +130,28 @@ __noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
 }
 
 /* bpf_find_vma's callback: the flags of the mapping found. */
-static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, __u64 *flags)
+struct vma_facts {
+	__u64 flags; /* vm_flags */
+	__u64 file;  /* a file is mapped there */
+};
+
+static long vma_facts_cb(struct task_struct *task, struct vm_area_struct *vma,
+			 struct vma_facts *f)
 {
-	*flags = vma->vm_flags;
+	f->flags = vma->vm_flags;
+	f->file = vma->vm_file != NULL;
 	return 0;
 }
+
+/* mapped_since's answers. */
+enum mapped {
+	MAPPED_NOT_CODE = 0,
+	/* Code: anonymous (V8's JIT code), or not known which (EBUSY). */
+	MAPPED_CODE = 1,
+	/* Code of a file the tables do not cover yet (a module mapped since
+	 * they were loaded): frame pointers are only a guess there. */
+	MAPPED_FILE_CODE = 2,
+};
 
 /* For a pc the tables put in no executable mapping: whether it is in one
  * after all, mapped since userspace last loaded the process's tables (an
@@ -154,10 +171,12 @@ static __always_inline int mapped_since(__u64 pc, __u64 sp)
 	/* An address this close to the stack pointer is the stack itself. */
 	if (pc - (sp - STACK_NEAR) < 2 * STACK_NEAR)
 		return 0;
-	__u64 flags = 0;
-	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
+	struct vma_facts f = {};
+	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_facts_cb, &f, 0);
 
 	if (err == -EBUSY)
-		return after_call(pc);
-	return err == 0 && (flags & OFFHEAP_VM_EXEC);
+		return after_call(pc) ? MAPPED_CODE : MAPPED_NOT_CODE;
+	if (err || !(f.flags & OFFHEAP_VM_EXEC))
+		return MAPPED_NOT_CODE;
+	return f.file ? MAPPED_FILE_CODE : MAPPED_CODE;
 }

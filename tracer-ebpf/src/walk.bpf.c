@@ -140,10 +140,22 @@ __noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, 
 
 #include "scan.bpf.c"
 
+/* A pc no table entry covers: mapped since the tables were loaded, it is
+ * taken with frame pointers (and not cached: the tables come). In a file's
+ * code that is a guess (glibc has none), which the walk records
+ * (w->guessed); V8's new JIT code keeps them. */
+static __always_inline int unmapped_class(struct walk_state *w, __u64 pc)
+{
+	int m = mapped_since(pc, w->regs.sp);
+
+	if (m == MAPPED_FILE_CODE)
+		w->guessed = 1;
+	return m ? UNWIND_FP : UNWIND_NONE;
+}
+
 /* How the frame recorded last unwinds (enum unwind_class; for TABLE, its row
  * is in w->cursor.row). Return addresses come from the unwind cache when
- * they can (see UNWIND_CACHE). A pc mapped since the tables were loaded is
- * taken with frame pointers, and not cached: the tables come. */
+ * they can (see UNWIND_CACHE); a pc no entry covers, see unmapped_class. */
 static __always_inline int frame_class(struct walk_state *w, struct unwind_cache *cache)
 {
 	__u64 pc = w->regs.pc;
@@ -152,7 +164,7 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
 		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
 			return UNWIND_NONE;
-		return cls == UNWIND_NONE && mapped_since(pc, w->regs.sp) ? UNWIND_FP : cls;
+		return cls == UNWIND_NONE ? unmapped_class(w, pc) : cls;
 	}
 	struct unwind_cache_entry *e =
 		&cache->e[(stack_hash_step(0, pc) >> 32) & (UNWIND_CACHE - 1)];
@@ -161,8 +173,8 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 		return e->cls;
 	}
 	int cls = unwind_find(w->tgid, pc, 0, &w->cursor);
-	if (cls == UNWIND_NONE && mapped_since(pc, w->regs.sp))
-		return UNWIND_FP;
+	if (cls == UNWIND_NONE)
+		return unmapped_class(w, pc);
 	/* The tables take all anonymous memory for V8's code (it makes pages
 	 * executable after they were read): a return address there must be in
 	 * code now, not in a thread's stack or a heap (a scanned or garbage

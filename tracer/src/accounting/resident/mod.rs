@@ -335,7 +335,16 @@ impl Resident {
         }
         let (mut frames, mut truncated) = match stack {
             MapStack::Walked(f, t) => (f.to_vec(), t),
-            MapStack::Raw(bytes) => self.unwind(ev, bytes),
+            MapStack::Raw(bytes) => {
+                // The walker starts at the stub's caller (glibc's mmap and
+                // mremap are stubs that push nothing, fault.bpf.c): so does
+                // this, or one site would get two stacks.
+                let (mut f, t) = self.unwind(ev, bytes);
+                if f.len() > 1 {
+                    f.remove(0);
+                }
+                (f, t)
+            }
         };
         crate::accounting::join_queued(&mut frames, &mut truncated, queued);
         let s = self.intern(frames, Attribution::Mapping, truncated);
