@@ -268,29 +268,37 @@ impl Agent {
         http_get(&self.addr, path)
     }
 
-    /// Waits for the agent's "tracing PID N (COMM)" line of the program `pid`
-    /// runs now. The agent may have found the pid as the shell that moved
-    /// itself into the cgroup, before its `exec` (then it traces the shell,
-    /// and re-adds the pid when it reads the exec event): only the line
-    /// with the current comm says the new image is traced.
+    /// Waits until the agent traces the program `pid` runs now: its latest
+    /// "tracing PID N (COMM)," line names the COMM that /proc/N/comm has.
+    /// The agent may first trace the shell that moved itself into the cgroup
+    /// (it re-adds the pid when it reads the exec event), and a pid may be
+    /// waited for before its exec (its comm is the test thread's then).
     pub fn wait_tracing(&mut self, pid: u32) {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_else(|e| panic!("comm of {pid}: {e}"));
-        let want = format!("offheap: tracing PID {pid} ({}),", comm.trim_end());
+        let want = format!("offheap: tracing PID {pid} (");
         let failed = format!("offheap: cannot trace PID {pid} ");
-        // Targets start in any order: the line may have come already.
-        self.err.drain();
-        let earlier = self
-            .err
-            .seen
-            .iter()
-            .find(|l| l.starts_with(&want) || l.starts_with(&failed))
-            .cloned();
-        let line = earlier.unwrap_or_else(|| {
-            self.err
-                .until(&want, T, |l| l.starts_with(&want) || l.starts_with(&failed))
-        });
-        assert!(line.starts_with(&want), "{line}");
+        let deadline = Instant::now() + T;
+        loop {
+            let latest = self
+                .err
+                .drain()
+                .iter()
+                .rev()
+                .find(|l| l.starts_with(&want) || l.starts_with(&failed))
+                .cloned();
+            if let Some(l) = latest {
+                assert!(l.starts_with(&want), "{l}");
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if l[want.len()..].starts_with(&format!("{}),", comm.trim_end())) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PID {pid} never traced as its current program; stderr: {:#?}",
+                self.err.seen
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then the exit status (0 expected).
