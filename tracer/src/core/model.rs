@@ -213,6 +213,7 @@ impl Tracer {
             counters,
             dropped_events: dropped,
             agent: Some(cost::measure()),
+            warnings: self.warnings.clone(),
         }
     }
 
