@@ -18,8 +18,8 @@ const SENDS: [usize; 7] = [1, 100, 1000, 4096, 65536, 100_003, 7];
 
 /// What `run --mode resident` of the TCP sink reported after SENDS came
 /// in (each read entirely by the server), with `env` set for offheap:
-/// the report and offheap's stderr (its attached line included).
-fn trace_sink(env: &[(&str, &str)]) -> (serde_json::Value, Vec<String>) {
+/// the report, offheap's stderr (its attached line included) and node's pid.
+fn trace_sink(env: &[(&str, &str)]) -> (serde_json::Value, Vec<String>, i32) {
     let _bpf = require_bpf();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("traffic.json");
@@ -62,12 +62,12 @@ fn trace_sink(env: &[(&str, &str)]) -> (serde_json::Value, Vec<String>) {
     // SAFETY: kill(2) of the traced node, which outlives `run` on SIGINT.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(status.code(), Some(0), "{rest:?}");
-    (read_report(&report), rest)
+    (read_report(&report), rest, pid)
 }
 
 #[test]
 fn connections_and_bytes_received_are_counted_exactly() {
-    let (r, _) = trace_sink(&[]);
+    let (r, _, _) = trace_sink(&[]);
     let total: usize = SENDS.iter().sum();
     let series = r["processes"][0]["series"].as_array().unwrap();
     let sum = |field: &str| -> u64 {
@@ -90,7 +90,7 @@ fn connections_and_bytes_received_are_counted_exactly() {
 /// and in the report, and its points carry no traffic (no data, not zero).
 #[test]
 fn without_the_sock_recv_length_tracepoint_traffic_is_unavailable_not_zero() {
-    let (r, stderr) = trace_sink(&[("OFFHEAP_HIDE_TRACEPOINTS", "sock_recv_length")]);
+    let (r, stderr, pid) = trace_sink(&[("OFFHEAP_HIDE_TRACEPOINTS", "sock_recv_length")]);
     let warnings: Vec<&String> = stderr.iter().filter(|l| l.contains("warning")).collect();
     assert_eq!(
         warnings,
@@ -100,12 +100,17 @@ fn without_the_sock_recv_length_tracepoint_traffic_is_unavailable_not_zero() {
         ],
         "{stderr:?}"
     );
+    // First, then the symbolizer's own (node runs without a perf map).
     assert_eq!(
         r["warnings"],
         serde_json::json!([
             "traffic unavailable: this kernel has no sock_recv_length tracepoint (Linux 6.3 \
              or later), so the series carries no traffic figures and the verdict cannot tell \
-             memory that tracks load from a leak"
+             memory that tracks load from a leak",
+            format!(
+                "pid {pid}: no perf map /tmp/perf-{pid}.map found, JS frames show as [JIT]; \
+                 run node with --perf-basic-prof"
+            )
         ])
     );
     let series = r["processes"][0]["series"].as_array().unwrap();

@@ -241,6 +241,7 @@ impl Tracer {
         preflight::check(opts.mode)?;
         let cfg = LoadConfig {
             watch_exec: opts.watch_exec,
+            early_tables: pid,
             ..LoadConfig::from_env(opts.mode)
         };
         let mut sym = Symbolizer::new();

@@ -98,6 +98,10 @@ pub struct LoadConfig {
     /// Lifecycle's `watch_exec` knob: report every exec and OOM victim on
     /// the host, not only those of targets (`watch`).
     pub watch_exec: bool,
+    /// A process whose unwind tables are loaded while the programs verify
+    /// (`record --pid`'s target): building node's and putting them in place
+    /// takes ~40 ms, half of it an RCU grace period (`unwind::loader`).
+    pub early_tables: Option<u32>,
 }
 
 impl LoadConfig {
@@ -113,6 +117,7 @@ impl LoadConfig {
             max_stack_stats: tracer_common::MAX_STACK_STATS,
             stack_hash_bits: STACK_HASH_BITS,
             watch_exec: false,
+            early_tables: None,
         };
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         if let Some(n) = env("OFFHEAP_MAX_ALLOCS").filter(|n| *n > 0) {
@@ -225,9 +230,20 @@ impl Probes {
         // Every program of the mode is verified at once, each in its own
         // thread (the verifier runs in the caller's): the uprobe_multi ones
         // here, the system-wide ones in `load_hooks`.
+        // The tables' maps are taken out first (the programs were relocated
+        // against their fds already).
+        let mut unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
         let (multi, hooks) = std::thread::scope(|s| {
             let multi = s.spawn(|| MultiPrograms::load(&fds, object::OBJECT, names, &btf));
+            let tables = cfg.early_tables.map(|pid| {
+                let unwind = &mut unwind;
+                // A failure is for add_pid's own load_tables to tell.
+                s.spawn(move || unwind.add_process(pid).map(drop).ok())
+            });
             let hooks = load_hooks(&mut ebpf, &hooks, &btf);
+            if let Some(t) = tables {
+                t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            }
             let multi = multi
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -235,7 +251,6 @@ impl Probes {
         });
         hooks?;
         let multi = Some(multi.map_err(ProbeError::Multi)?);
-        let unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
         Ok(Probes {
             ebpf,
             multi,
