@@ -114,8 +114,9 @@ fn without_the_sock_recv_length_tracepoint_traffic_is_unavailable_not_zero() {
         ])
     );
     let series = r["processes"][0]["series"].as_array().unwrap();
-    // 0.5 s intervals over the 7 clients and the 1.5 s of quiet.
-    assert!(series.len() >= 3, "{series:?}");
+    // The check below is about points, so there must be some (how many
+    // depends on the machine's speed).
+    assert!(!series.is_empty(), "{r}");
     for p in series {
         for field in ["accepted_connections", "received_bytes"] {
             assert_eq!(p.get(field), None, "{field} in {p}");
