@@ -9,11 +9,14 @@
  *   keeps the first one per page (first-touch attribution) and checks
  *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
  *   madvise or a brk shrink stop counting without any bookkeeping here.
- * - resident_mmap_exit / resident_mremap_exit (syscalls/sys_exit_*): one
- *   map_event per anonymous mapping created or moved, with a raw copy of the
- *   user stack. Allocator-made mappings are created inside glibc, which has
- *   no frame pointers, so bpf_get_stackid yields one frame there; userspace
- *   unwinds the copy with .eh_frame CFI instead (accounting/unwind.rs).
+ * - resident_map_exit (syscalls/sys_exit_mmap and sys_exit_mremap): one
+ *   map_event per anonymous mapping created or moved, with the same walker's
+ *   stack (its hashed_stacks id).
+ * - Either walk that dies within two frames met code the unwind tables do
+ *   not cover yet (a module mapped since they were loaded, or past their
+ *   cap): the event then carries a raw copy of the user stack instead, which
+ *   userspace unwinds with .eh_frame CFI (accounting/unwind.rs), so that no
+ *   stack is lost.
  *
  * Program names carry a `resident_` prefix: malloc mode (vm.bpf.c) attaches
  * its own programs to the same syscall tracepoints.
@@ -99,7 +102,7 @@ static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u3
 	e->stack_base = base;
 	e->stack_len = 0;
 	e->async_stack = thread_async_stack();
-	e->_pad = 0;
+	e->stack_id = -1;
 	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
 		/* The page of sp itself is unreadable when the fault is the stack
 		 * growing into it: the record then carries the registers only. */
@@ -210,6 +213,38 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
  * syscall's caller, the right first toucher. */
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
+/* The current thread's user stack by the walker (walk.bpf.c), stored in
+ * hashed_stacks: its id; or -1 when the walk met code the tables do not
+ * cover yet (it stopped within two frames without reaching the stack's end,
+ * or it stepped a file's code on a guess: a process whose tables are still
+ * being loaded, a module mapped a moment ago), or the stack could not be
+ * stored (hashed_stacks full): the caller sends a raw copy for the
+ * userspace CFI unwinder instead, which reads the modules itself. `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
+ * here: the tracepoints run their programs with preemption off. */
+static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
+					    enum walk_start start, __u64 *sp_word)
+{
+	__u32 zero = 0;
+	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
+	struct unwind_cache *cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
+	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
+	 * of ~63, on the hottest path of resident mode. */
+	__u64 span = STACK_FIRST_COPY;
+	long id;
+
+	*sp_word = 0;
+	if (!sc || !cache)
+		return -1;
+	if (walk_user_stack(sc, cache, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
+			    stack_limit(), &span, sp_word, start) < 3 &&
+	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
+		return -1;
+	if (sc->walk.guessed)
+		return -1;
+	id = intern_stack(&sc->stack);
+	return id < 0 ? -1 : id;
+}
+
 static __always_inline int send_fault_stack(void *ctx, __u32 tgid, __u64 address,
 					    __u64 error_code)
 {
@@ -235,9 +270,7 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	struct pt_regs *regs;
 	struct fault_page_key key;
 	struct fault_config *cfg;
-	struct stack_scratch *sc;
-	struct unwind_cache *cache;
-	__u64 ip, sp_word, span;
+	__u64 sp_word;
 	__u32 zero = 0;
 	__u8 one = 1;
 	long id;
@@ -270,30 +303,10 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	if (bpf_map_lookup_elem(&fault_pages, &key))
 		return 0;
 	bpf_map_update_elem(&fault_pages, &key, &one, BPF_ANY);
-	/* A walk that dies within two frames started in code without frame
-	 * pointers (glibc's malloc writing a fresh arena page, a syscall
-	 * wrapper): send the raw stack for the CFI unwinder instead. The same
-	 * when the stack cannot be stored (hashed_stacks full), so that no
-	 * stack is lost. */
-	regs = user_regs();
-	sc = bpf_map_lookup_elem(&stack_scratch, &zero);
-	cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
-	if (!sc || !cache)
-		return send_fault_stack(ctx, tgid, address, error_code);
 	/* The user registers: for a kernel-mode fault, where the syscall that
 	 * wrote the page was made. */
-	ip = PT_REGS_IP(regs);
-	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
-	 * of ~63, on the hottest path of resident mode. */
-	span = STACK_FIRST_COPY;
-	/* A walk that stopped within two frames and could not finish there met
-	 * code the tables do not cover (a module loaded since, or over their
-	 * cap): the raw stack goes to the userspace CFI unwinder instead. */
-	if (walk_user_stack(sc, cache, tgid, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(),
-			    &span, &sp_word, WALK_AT_IP) < 3 &&
-	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
-		return send_fault_stack(ctx, tgid, address, error_code);
-	id = intern_stack(&sc->stack);
+	regs = user_regs();
+	id = walked_stack_id(tgid, regs, WALK_AT_IP, &sp_word);
 	if (id < 0)
 		return send_fault_stack(ctx, tgid, address, error_code);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
@@ -305,7 +318,7 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	e->hdr.tgid = tgid;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->address = address;
-	e->ip = ip;
+	e->ip = PT_REGS_IP(regs);
 	e->error_code = error_code;
 	e->stack_id = id;
 	e->sp_word = sp_word;
@@ -334,8 +347,21 @@ int BPF_PROG(resident_kernel_fault_enter, unsigned long address, struct pt_regs 
 	return on_fault(ctx, address, error_code, 1);
 }
 
-SEC("tracepoint/syscalls/sys_exit_mmap")
-int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
+/* The stack of a mapping syscall: the walker's from the user registers at
+ * the syscall (WALK_AT_CALL: glibc's mmap and mremap are stubs that push
+ * nothing, see walk.bpf.c), or the raw copy when that walk died at once. */
+static __always_inline struct map_event *capture_map(__u32 tgid, __u32 syscall)
+{
+	__u64 sp_word;
+	long id = walked_stack_id(tgid, user_regs(), WALK_AT_CALL, &sp_word);
+	struct map_event *e = capture(tgid, syscall, id < 0 ? OFFHEAP_STACK_COPY_PAGES : 0);
+
+	if (e)
+		e->stack_id = id;
+	return e;
+}
+
+static __always_inline int on_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct map_event *e;
@@ -343,10 +369,6 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	__u32 flags;
 	int arena;
 
-	if (!is_fault_target(tgid))
-		return 0;
-	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
-		return 0;
 	/* The syscall arguments are still in the saved registers at exit: the
 	 * x86-64 syscall path only writes the return value back (rax). */
 	regs = user_regs();
@@ -358,7 +380,7 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 			send_exec_map(tgid, ctx->ret, regs->rsi);
 		return 0;
 	}
-	e = capture(tgid, OFFHEAP_EV_MMAP, OFFHEAP_STACK_COPY_PAGES);
+	e = capture_map(tgid, OFFHEAP_EV_MMAP);
 	if (!e)
 		return 0;
 	e->addr = ctx->ret;
@@ -374,19 +396,14 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_mremap")
-int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
+static __always_inline int on_mremap_exit(struct offheap_sys_exit_ctx *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct map_event *e;
 	struct pt_regs *regs;
 
-	if (!is_fault_target(tgid))
-		return 0;
-	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
-		return 0;
 	regs = user_regs();
-	e = capture(tgid, OFFHEAP_EV_MREMAP, OFFHEAP_STACK_COPY_PAGES);
+	e = capture_map(tgid, OFFHEAP_EV_MREMAP);
 	if (!e)
 		return 0;
 	e->addr = ctx->ret;
@@ -400,4 +417,26 @@ int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
 	if (in_tracked_mapping(tgid, e->old_addr))
 		mark_range(tgid, e->addr, e->addr + e->len, 0);
 	return 0;
+}
+
+/* One program for syscalls/sys_exit_mmap and sys_exit_mremap (their records
+ * have one layout): the walker it carries is verified once, not twice
+ * (~30k instructions processed each). */
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int resident_map_exit(struct offheap_sys_exit_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
+		return 0;
+	switch (ctx->syscall_nr) {
+	case OFFHEAP_NR_MMAP:
+		return on_mmap_exit(ctx);
+	case OFFHEAP_NR_MREMAP:
+		return on_mremap_exit(ctx);
+	default:
+		return 0;
+	}
 }

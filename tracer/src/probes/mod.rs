@@ -577,7 +577,8 @@ fn mode_hooks(mode: Mode, traffic: bool) -> Vec<&'static Hook> {
         .collect()
 }
 
-/// Loads (verifies) the programs of `hooks`, each in its own thread.
+/// Loads (verifies) the programs of `hooks`, each in its own thread, each
+/// once (a program may serve several hooks: resident_map_exit).
 fn load_hooks(ebpf: &mut Ebpf, hooks: &[&'static Hook], btf: &Btf) -> Result<(), ProbeError> {
     let mut found: Vec<(&'static Hook, &mut Program)> = Vec::with_capacity(hooks.len());
     for (name, prog) in ebpf.programs_mut() {

@@ -111,6 +111,15 @@ pub struct Measure {
     pub buckets: Buckets,
 }
 
+/// The stack of a mapping event: the BPF walker's frames and whether it was
+/// truncated, or (when that walk died at once, in code the unwind tables do
+/// not cover yet) the raw user stack for the CFI unwinder.
+#[derive(Clone, Copy, Debug)]
+pub enum MapStack<'a> {
+    Walked(&'a [u64], bool),
+    Raw(&'a [u8]),
+}
+
 /// The resident-mode model of one process.
 pub struct Resident {
     pid: u32,
@@ -307,9 +316,9 @@ impl Resident {
         self.clear_baseline(page, page + PAGE);
     }
 
-    /// An anonymous mapping created (mmap) or moved (mremap); `stack` is the
-    /// raw user stack copied at the syscall's exit.
-    pub fn on_map(&mut self, ev: &MapEvent, stack: &[u8], queued: Option<(&[u64], bool)>) {
+    /// An anonymous mapping created (mmap) or moved (mremap), with its stack
+    /// at the syscall's exit.
+    pub fn on_map(&mut self, ev: &MapEvent, stack: MapStack<'_>, queued: Option<(&[u64], bool)>) {
         let start = ev.addr & !(PAGE - 1);
         let end = (ev.addr + ev.len).div_ceil(PAGE) * PAGE;
         if ev.syscall == tracer_common::event_kind::MREMAP {
@@ -324,7 +333,19 @@ impl Resident {
             self.remove_mappings(start, end);
             return;
         }
-        let (mut frames, mut truncated) = self.unwind(ev, stack);
+        let (mut frames, mut truncated) = match stack {
+            MapStack::Walked(f, t) => (f.to_vec(), t),
+            MapStack::Raw(bytes) => {
+                // The walker starts at the stub's caller (glibc's mmap and
+                // mremap are stubs that push nothing, fault.bpf.c): so does
+                // this, or one site would get two stacks.
+                let (mut f, t) = self.unwind(ev, bytes);
+                if f.len() > 1 {
+                    f.remove(0);
+                }
+                (f, t)
+            }
+        };
         crate::accounting::join_queued(&mut frames, &mut truncated, queued);
         let s = self.intern(frames, Attribution::Mapping, truncated);
         self.stacks[s as usize].events += 1;
