@@ -14,7 +14,6 @@ use crate::{
     },
     proc::{self, Liveness},
     report::{progress::Progress, Mode},
-    symbols::Symbolizer,
 };
 
 /// How long `add_pid` waits for a process still in the dynamic loader to
@@ -51,6 +50,8 @@ impl Tracer {
             Liveness::Gone => return Err(CoreError::NoProcess(pid)),
         }
         let since = Instant::now();
+        // What start_for_pid read ahead, if the process still maps the
+        // same files (see `prefetch`).
         let (alloc, tp) = match self.prefetched.take().and_then(|p| p.take(pid)) {
             Some((alloc, tp)) => (alloc, Some(tp)),
             None => (None, None),
@@ -71,9 +72,12 @@ impl Tracer {
         Ok(())
     }
 
-    /// The unwind tables of `pid`'s modules.
+    /// The unwind tables of `pid`'s modules. A failure leaves its stacks to
+    /// frame pointers (and says so).
     fn load_tables(&mut self, pid: u32) {
-        load_tables(&mut self.probes, pid);
+        if let Err(e) = self.probes.load_tables(pid) {
+            eprintln!("offheap: warning: unwind tables of PID {pid}: {}; its stacks follow frame pointers only", one_line(&e));
+        }
     }
 
     /// `pid` mapped code (an addon's dlopen, V8 code pages): its tables,
@@ -223,22 +227,13 @@ impl Tracer {
             }
             Model::Resident(set) => lock(set).add(pid).map_err(CoreError::from),
         };
-        // The model first (resident mode: its baseline). Then the unwind
-        // tables (~50 ms for node's) and the symbols (~50 ms: node's symbol
-        // tables), at the same time: both only read the process's files,
-        // and the tables spend most of their time in the kernel.
-        let (probes, sym) = (&mut self.probes, &mut self.sym);
-        let captured = std::thread::scope(|s| {
-            let capture = s.spawn(|| capture_symbols(sym, pid));
-            load_tables(probes, pid);
-            capture
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        });
+        // The model first (resident mode: its baseline), then the unwind
+        // tables (~50 ms for node's), then the symbols.
+        self.load_tables(pid);
         let info = proc::snapshot(pid);
         match (modelled, info, if_gone) {
             (Ok(()), Some(info), _) => {
-                captured.report();
+                self.capture_symbols(pid);
                 self.set_v8_config(pid);
                 self.insert_target(pid, info, since_ns, cgroup);
                 Ok(())
@@ -279,6 +274,31 @@ impl Tracer {
                 code: super::code_digest(pid),
             },
         );
+    }
+
+    /// Captures a process's modules now, while it lives (names survive its
+    /// exit); a failure leaves frames with their addresses, and is said.
+    fn capture_symbols(&mut self, pid: u32) {
+        let big = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .is_ok_and(|m| m.len() >= SLOW_EXE_BYTES)
+            && !self.sym.is_captured(pid);
+        let step = big.then(|| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            Progress::new(format!("reading the symbols of {}", exe.display()))
+        });
+        match self.sym.capture(pid) {
+            Ok(()) => {
+                if let Some(s) = step {
+                    s.done();
+                }
+            }
+            Err(e) => {
+                if let Some(s) = step {
+                    s.failed();
+                }
+                eprintln!("offheap: warning: {}", one_line(&e));
+            }
+        }
     }
 
     /// Starts `argv` held before its exec, attaches its probes, then lets it
@@ -369,55 +389,5 @@ impl Tracer {
                 lock(set).remove(pid);
             }
         }
-    }
-}
-
-/// The unwind tables of `pid`'s modules. A failure leaves its stacks to
-/// frame pointers (and says so).
-fn load_tables(probes: &mut crate::probes::Probes, pid: u32) {
-    if let Err(e) = probes.load_tables(pid) {
-        eprintln!("offheap: warning: unwind tables of PID {pid}: {}; its stacks follow frame pointers only", one_line(&e));
-    }
-}
-
-/// A process's modules captured (`capture_symbols`), to be told.
-struct Captured {
-    step: Option<Progress>,
-    result: Result<(), crate::symbols::SymbolError>,
-}
-
-impl Captured {
-    /// Ends the step on stderr; a failure leaves frames with their
-    /// addresses, and is said.
-    fn report(self) {
-        match self.result {
-            Ok(()) => {
-                if let Some(s) = self.step {
-                    s.done();
-                }
-            }
-            Err(e) => {
-                if let Some(s) = self.step {
-                    s.failed();
-                }
-                eprintln!("offheap: warning: {}", one_line(&e));
-            }
-        }
-    }
-}
-
-/// Captures a process's modules now, while it lives (names survive its
-/// exit); a big executable's first capture is a step on stderr.
-fn capture_symbols(sym: &mut Symbolizer, pid: u32) -> Captured {
-    let big = std::fs::metadata(format!("/proc/{pid}/exe"))
-        .is_ok_and(|m| m.len() >= SLOW_EXE_BYTES)
-        && !sym.is_captured(pid);
-    let step = big.then(|| {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        Progress::new(format!("reading the symbols of {}", exe.display()))
-    });
-    Captured {
-        step,
-        result: sym.capture(pid),
     }
 }
