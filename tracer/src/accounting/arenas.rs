@@ -185,9 +185,7 @@ fn for_each_alloc(ebpf: &Ebpf, mut f: impl FnMut(&AllocKey, &AllocInfo)) -> Resu
     let mut cursor: u32 = 0;
     let mut first = true;
     loop {
-        // SAFETY: bpf_attr is a plain C union; all-zero is valid and what
-        // the kernel requires of unused fields.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        let mut attr: bpf_attr = crate::probes::sys::zeroed_attr();
         let mut next: u32 = 0;
         attr.batch.in_batch = if first {
             0
@@ -199,17 +197,9 @@ fn for_each_alloc(ebpf: &Ebpf, mut f: impl FnMut(&AllocKey, &AllocInfo)) -> Resu
         attr.batch.values = values.as_mut_ptr() as u64;
         attr.batch.count = BATCH;
         attr.batch.map_fd = fd as u32;
-        // SAFETY: bpf(2) with an attr of the right size whose pointers
-        // point to buffers of `count` keys and values that outlive the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                std::mem::size_of::<bpf_attr>(),
-            )
-        };
-        let err = (r < 0).then(std::io::Error::last_os_error);
+        // The pointers in attr point to buffers of `count` keys and values
+        // that outlive the call.
+        let err = crate::probes::sys::bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr).err();
         // SAFETY: the kernel wrote back the number of entries it filled.
         let n = unsafe { attr.batch.count } as usize;
         for (k, v) in keys.iter().zip(&values).take(n) {

@@ -12,7 +12,9 @@ use crate::report::{Mode, SeriesPoint};
 /// The readers whose state lasts from one interval to the next.
 #[derive(Debug, Default)]
 pub struct PointReaders {
-    traffic: Traffic,
+    /// None when traffic is not counted (`Probes::traffic`): the points'
+    /// traffic fields stay None, which says "no data", never zero.
+    traffic: Option<Traffic>,
     arenas: Arenas,
 }
 
@@ -29,13 +31,22 @@ impl Extras {
 }
 
 impl PointReaders {
+    /// Readers of every figure; `traffic`: whether traffic is counted.
+    pub fn new(traffic: bool) -> PointReaders {
+        PointReaders {
+            traffic: traffic.then(Traffic::default),
+            arenas: Arenas::default(),
+        }
+    }
+
     /// Reads this interval's figures of every pid of `live`. A reader that
     /// fails leaves its fields empty (None) and says why in the log.
     pub fn read(&mut self, ebpf: &mut Ebpf, mode: Mode, live: &[u32]) -> Extras {
         let mut out: HashMap<u32, SeriesPoint> =
             live.iter().map(|&p| (p, SeriesPoint::default())).collect();
-        match self.traffic.interval(ebpf, live) {
-            Ok(t) => {
+        match self.traffic.as_mut().map(|t| t.interval(ebpf, live)) {
+            None => {}
+            Some(Ok(t)) => {
                 for (pid, i) in t {
                     if let Some(p) = out.get_mut(&pid) {
                         p.accepted_connections = Some(i.accepted_connections);
@@ -43,7 +54,7 @@ impl PointReaders {
                     }
                 }
             }
-            Err(e) => log::warn!("reading the traffic: {}", crate::error::one_line(&e)),
+            Some(Err(e)) => log::warn!("reading the traffic: {}", crate::error::one_line(&e)),
         }
         if mode == Mode::Malloc {
             match self.arenas.read(ebpf, live) {

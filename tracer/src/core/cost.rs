@@ -29,25 +29,33 @@ fn cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
-/// The sum of `memlock:` over this process's BPF map fds (fdinfo of a map
-/// has `map_type:`; memlock is the map's memory footprint as the kernel
-/// accounts it, bpf_map_memory_footprint: whole for preallocated maps, what
-/// is in use for BPF_F_NO_PREALLOC hash maps).
+/// The sum of `memlock:` over the BPF maps this process holds fds of, each
+/// map once (by its `map_id:`; the fdinfo of a map has both,
+/// kernel/bpf/syscall.c bpf_map_show_fdinfo). memlock is the map's memory
+/// as the kernel accounts it (the map type's map_mem_usage): whole for
+/// preallocated maps, what is in use for BPF_F_NO_PREALLOC hash maps, data
+/// pages plus the consumer/producer pages for a ring buffer. The ring
+/// buffers count too: `record`'s report takes this before its drain thread
+/// closes the `events` ring (core::Tracer::finish).
 pub fn bpf_map_bytes() -> u64 {
     let Ok(dir) = fs::read_dir("/proc/self/fdinfo") else {
         return 0;
     };
+    let mut seen = std::collections::HashSet::new();
     dir.flatten()
         .filter_map(|e| fs::read_to_string(e.path()).ok())
-        .filter(|info| info.lines().any(|l| l.starts_with("map_type:")))
-        .filter_map(|info| memlock(&info))
+        .filter_map(|info| {
+            let id = field(&info, "map_id:")?;
+            let memlock = field(&info, "memlock:")?;
+            seen.insert(id).then_some(memlock)
+        })
         .sum()
 }
 
-fn memlock(fdinfo: &str) -> Option<u64> {
+fn field(fdinfo: &str, name: &str) -> Option<u64> {
     fdinfo
         .lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -60,8 +68,9 @@ mod tests {
         let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t1\n\
                     key_size:\t4\nvalue_size:\t8\nmax_entries:\t4096\nmap_flags:\t0x0\n\
                     map_extra:\t0x0\nmemlock:\t362944\nmap_id:\t10\n";
-        assert_eq!(memlock(info), Some(362944));
-        assert_eq!(memlock("pos:\t0\n"), None);
+        assert_eq!(field(info, "memlock:"), Some(362944));
+        assert_eq!(field(info, "map_id:"), Some(10));
+        assert_eq!(field("pos:\t0\n", "memlock:"), None);
         let c = measure();
         assert!(c.rss_bytes > 0 && c.cpu_seconds > 0.0, "{c:?}");
     }

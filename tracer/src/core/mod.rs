@@ -11,6 +11,7 @@ pub mod caps;
 pub mod cost;
 pub mod events;
 mod model;
+mod prefetch;
 pub mod spawn;
 pub mod symcache;
 mod targets;
@@ -201,6 +202,11 @@ pub struct Tracer {
     pending: Vec<Happening>,
     /// A series point's figures besides RSS and buckets (traffic...).
     point_readers: PointReaders,
+    /// What `start_for_pid` read ahead for `add_pid`.
+    prefetched: Option<prefetch::Prefetched>,
+    /// What every report says about this tracer (a feature the kernel
+    /// lacks).
+    warnings: Vec<String>,
 }
 
 /// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns() that stamps records.
@@ -219,13 +225,51 @@ impl Tracer {
     /// runs the preflight checks, loads the object sized for the mode and
     /// attaches its system-wide programs. Targets come next.
     pub fn start(opts: TraceOptions) -> Result<Tracer, CoreError> {
+        Tracer::start_reading(opts, None)
+    }
+
+    /// `start` for a front end whose first target is the running process
+    /// `pid` (`record --pid`): what `add_pid` reads of its files is read
+    /// while the kernel verifies the programs (see `prefetch`).
+    pub fn start_for_pid(opts: TraceOptions, pid: u32) -> Result<Tracer, CoreError> {
+        Tracer::start_reading(opts, Some(pid))
+    }
+
+    fn start_reading(opts: TraceOptions, pid: Option<u32>) -> Result<Tracer, CoreError> {
+        let started = Instant::now();
         let mut signals = Signals::install().map_err(CoreError::Signals)?;
         preflight::check(opts.mode)?;
         let cfg = LoadConfig {
             watch_exec: opts.watch_exec,
+            early_tables: pid,
             ..LoadConfig::from_env(opts.mode)
         };
-        let mut probes = Probes::load(&cfg)?;
+        let mut sym = Symbolizer::new();
+        let (probes, prefetched) = std::thread::scope(|s| {
+            let ahead = pid.map(|pid| {
+                let sym = &mut sym;
+                s.spawn(move || prefetch::Prefetched::read(pid, opts.mode, sym))
+            });
+            let probes = Probes::load(&cfg);
+            let prefetched =
+                ahead.and_then(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            (probes, prefetched)
+        });
+        let mut probes = probes?;
+        log::debug!("BPF object loaded in {:?}", started.elapsed());
+        let mut warnings = Vec::new();
+        if !probes.traffic() {
+            let (major, minor) = preflight::SOCK_RECV_LENGTH_KERNEL;
+            eprintln!(
+                "offheap: warning: traffic is not counted: this kernel has no sock_recv_length \
+                 tracepoint (Linux {major}.{minor} or later)"
+            );
+            warnings.push(format!(
+                "traffic unavailable: this kernel has no sock_recv_length tracepoint (Linux \
+                 {major}.{minor} or later), so the series carries no traffic figures and the \
+                 verdict cannot tell memory that tracks load from a leak"
+            ));
+        }
         interrupted(&mut signals)?;
         probes.attach_mode()?;
         interrupted(&mut signals)?;
@@ -254,6 +298,7 @@ impl Tracer {
             Model::Malloc(_) => None,
         };
         let (drainer, rx) = Drainer::start(ring, resident).map_err(CoreError::Drainer)?;
+        let traffic = probes.traffic();
         Ok(Tracer {
             deadline: Deadline::after(None),
             ticker: wait::ticker(opts.interval),
@@ -262,7 +307,8 @@ impl Tracer {
             rx,
             model,
             probes,
-            sym: Symbolizer::new(),
+            sym,
+            prefetched,
             frames: FrameCache::default(),
             targets: BTreeMap::new(),
             signals,
@@ -272,7 +318,8 @@ impl Tracer {
             threadpool_unprobed: 0,
             held: None,
             pending: Vec::new(),
-            point_readers: PointReaders::default(),
+            point_readers: PointReaders::new(traffic),
+            warnings,
         })
     }
 

@@ -213,6 +213,7 @@ impl Tracer {
             counters,
             dropped_events: dropped,
             agent: Some(cost::measure()),
+            warnings: self.warnings.clone(),
         }
     }
 
@@ -278,6 +279,9 @@ impl Tracer {
         }
         // Nothing counts any more: detach while the report is built.
         let detaching = self.probes.detach();
+        // The maps as they were while tracing: the drain thread holds the
+        // events ring buffer, closed with it.
+        let map_bytes = cost::bpf_map_bytes();
         // The drain thread stops; what it did not take is taken here.
         drop(self.drainer.take());
         self.apply_queued();
@@ -292,7 +296,10 @@ impl Tracer {
         }
         let raws = self.final_processes()?;
         let child_status = self.held.as_ref().and_then(|c| spawn::reap(c.pid));
-        let meta = self.meta();
+        let mut meta = self.meta();
+        if let Some(a) = meta.agent.as_mut() {
+            a.bpf_map_bytes = map_bytes;
+        }
         let report = assemble(meta, raws, &mut self.frames.with(&mut self.sym));
         Ok(Finished {
             report,

@@ -49,13 +49,27 @@ impl Tracer {
             Liveness::KernelThread => return Err(CoreError::KernelThread(pid)),
             Liveness::Gone => return Err(CoreError::NoProcess(pid)),
         }
-        let alloc = match self.opts.mode {
-            Mode::Malloc => Some(self.allocator_of(pid)?),
-            Mode::Resident => None,
+        let since = Instant::now();
+        // What start_for_pid read ahead, if the process still maps the
+        // same files (see `prefetch`).
+        let (alloc, tp) = match self.prefetched.take().and_then(|p| p.take(pid)) {
+            Some((alloc, tp)) => (alloc, Some(tp)),
+            None => (None, None),
         };
-        let tp = self.threadpool(pid, threadpool::for_pid(pid));
+        let alloc = match (self.opts.mode, alloc) {
+            (Mode::Malloc, Some(a)) => {
+                a.check_required()?;
+                Some(a)
+            }
+            (Mode::Malloc, None) => Some(self.allocator_of(pid)?),
+            (Mode::Resident, _) => None,
+        };
+        let found = tp.unwrap_or_else(|| threadpool::for_pid(pid));
+        let tp = self.threadpool(pid, found);
         self.attach(pid, alloc.as_ref(), tp.as_ref())?;
-        self.adopted(pid, monotonic_ns(), cgroup)
+        self.adopted(pid, monotonic_ns(), cgroup)?;
+        log::debug!("PID {pid} added in {:?}", since.elapsed());
+        Ok(())
     }
 
     /// The unwind tables of `pid`'s modules. A failure leaves its stacks to

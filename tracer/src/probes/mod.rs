@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod multi;
 pub mod object;
 pub mod preflight;
+pub(crate) mod sys;
 pub mod threadpool;
 pub mod unwind;
 
@@ -14,8 +15,8 @@ use std::collections::BTreeMap;
 use aya::{
     maps::HashMap as BpfHashMap,
     programs::{
-        tp_btf::BtfTracePointLink, trace_point::TracePointLink, BtfTracePoint, ProgramError,
-        TracePoint,
+        tp_btf::BtfTracePointLink, trace_point::TracePointLink, BtfTracePoint, Program,
+        ProgramError, TracePoint,
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
@@ -97,6 +98,10 @@ pub struct LoadConfig {
     /// Lifecycle's `watch_exec` knob: report every exec and OOM victim on
     /// the host, not only those of targets (`watch`).
     pub watch_exec: bool,
+    /// A process whose unwind tables are loaded while the programs verify
+    /// (`record --pid`'s target): building node's and putting them in place
+    /// takes ~40 ms, half of it an RCU grace period (`unwind::loader`).
+    pub early_tables: Option<u32>,
 }
 
 impl LoadConfig {
@@ -112,6 +117,7 @@ impl LoadConfig {
             max_stack_stats: tracer_common::MAX_STACK_STATS,
             stack_hash_bits: STACK_HASH_BITS,
             watch_exec: false,
+            early_tables: None,
         };
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         if let Some(n) = env("OFFHEAP_MAX_ALLOCS").filter(|n| *n > 0) {
@@ -156,6 +162,9 @@ impl LoadConfig {
 pub struct Probes {
     ebpf: Ebpf,
     mode: Mode,
+    /// Whether the traffic programs run (`programs::TRAFFIC`): the kernel
+    /// has their tracepoints.
+    traffic: bool,
     /// Malloc mode's programs, loaded for uprobe_multi links.
     multi: Option<MultiPrograms>,
     /// The unwind tables of every target's modules (the walker's).
@@ -178,8 +187,8 @@ pub(crate) fn page_size() -> u64 {
 }
 
 impl Probes {
-    /// Creates the maps (sized for `cfg.mode`) and parses the programs;
-    /// nothing is verified or attached yet.
+    /// Creates the maps (sized for `cfg.mode`) and loads (verifies) the
+    /// mode's programs; nothing is attached yet.
     pub fn load(cfg: &LoadConfig) -> Result<Probes, ProbeError> {
         let page = page_size();
         let max_free_allocs = i64::from(cfg.max_allocs / 4);
@@ -196,6 +205,10 @@ impl Probes {
         for (name, n) in cfg.map_sizes() {
             loader.map_max_entries(name, n);
         }
+        // The kernel's BTF, parsed once (~9 ms here) for aya's CO-RE
+        // relocations, the uprobe_multi programs' and the tp_btf programs.
+        let btf = Btf::from_sys_fs()?;
+        loader.btf(Some(&btf));
         let mut ebpf = loader.load(object::OBJECT)?;
         // Loaded now, while every map is still in `ebpf` (the core takes
         // the ring buffers out later). The threadpool's in every mode.
@@ -208,14 +221,42 @@ impl Probes {
             ],
             Mode::Resident => &[programs::THREADPOOL_ENTER],
         };
-        let multi =
-            Some(MultiPrograms::load(&ebpf, object::OBJECT, names).map_err(ProbeError::Multi)?);
-        let unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
+        let traffic = programs::TRAFFIC.iter().all(|h| match h.attach {
+            Attach::BtfTracePoint(event) => preflight::has_btf_tracepoint(&btf, event),
+            Attach::TracePoint(..) => true,
+        });
+        let hooks = mode_hooks(cfg.mode, traffic);
+        let fds = multi::map_fds(&ebpf);
+        // Every program of the mode is verified at once, each in its own
+        // thread (the verifier runs in the caller's): the uprobe_multi ones
+        // here, the system-wide ones in `load_hooks`.
+        // The tables' maps are taken out first (the programs were relocated
+        // against their fds already).
+        let mut unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
+        let (multi, hooks) = std::thread::scope(|s| {
+            let multi = s.spawn(|| MultiPrograms::load(&fds, object::OBJECT, names, &btf));
+            let tables = cfg.early_tables.map(|pid| {
+                let unwind = &mut unwind;
+                // A failure is for add_pid's own load_tables to tell.
+                s.spawn(move || unwind.add_process(pid).map(drop).ok())
+            });
+            let hooks = load_hooks(&mut ebpf, &hooks, &btf);
+            if let Some(t) = tables {
+                t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            }
+            let multi = multi
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (multi, hooks)
+        });
+        hooks?;
+        let multi = Some(multi.map_err(ProbeError::Multi)?);
         Ok(Probes {
             ebpf,
             multi,
             unwind,
             mode: cfg.mode,
+            traffic,
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
             btf_links: Vec::new(),
@@ -235,7 +276,14 @@ impl Probes {
         self.mode
     }
 
-    /// Loads (verifies) and attaches the system-wide programs of the mode:
+    /// Whether traffic is counted: false on a kernel without the
+    /// `sock_recv_length` tracepoint (before Linux 6.3), where the traffic
+    /// programs are left out and the series carries no traffic.
+    pub fn traffic(&self) -> bool {
+        self.traffic
+    }
+
+    /// Attaches the system-wide programs of the mode (loaded by `load`):
     /// the lifecycle programs, and the mapping tracepoints (malloc mode) or
     /// the fault and mapping tracepoints (resident mode). Every one filters
     /// on `targets` first.
@@ -244,71 +292,41 @@ impl Probes {
             what: "tracefs".into(),
             source: ProgramError::IOError(e),
         })?;
-        let mode_hooks: &[Hook] = match self.mode {
-            Mode::Malloc => &programs::MALLOC_VM,
-            Mode::Resident => &programs::RESIDENT,
-        };
-        let btf = Btf::from_sys_fs()?;
-        for hook in programs::LIFECYCLE
-            .iter()
-            .chain(mode_hooks)
-            .chain(&programs::TRAFFIC)
-        {
+        for hook in mode_hooks(self.mode, self.traffic) {
+            let name = hook.program;
+            let prog = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?;
             match hook.attach {
                 Attach::TracePoint(category, event) => {
-                    self.attach_tracepoint(hook.program, category, event)?
+                    let prog: &mut TracePoint = prog
+                        .try_into()
+                        .map_err(|_| ProbeError::MissingProgram(name))?;
+                    let link = prog
+                        .attach(category, event)
+                        .and_then(|id| prog.take_link(id))
+                        .map_err(|source| ProbeError::Attach {
+                            what: format!("{name} to {category}/{event}"),
+                            source,
+                        })?;
+                    self.tracepoint_links.push(link);
                 }
-                Attach::BtfTracePoint(event) => self.attach_btf(hook.program, event, &btf)?,
+                Attach::BtfTracePoint(event) => {
+                    let prog: &mut BtfTracePoint = prog
+                        .try_into()
+                        .map_err(|_| ProbeError::MissingProgram(name))?;
+                    let link =
+                        prog.attach()
+                            .and_then(|id| prog.take_link(id))
+                            .map_err(|source| ProbeError::Attach {
+                                what: format!("{name} to {event}"),
+                                source,
+                            })?;
+                    self.btf_links.push(link);
+                }
             }
         }
-        Ok(())
-    }
-
-    /// Loads (once: a program may serve several tracepoints) and attaches
-    /// one tracepoint program; its link lives as long as self.
-    fn attach_tracepoint(
-        &mut self,
-        name: &'static str,
-        category: &str,
-        event: &str,
-    ) -> Result<(), ProbeError> {
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(ProbeError::MissingProgram(name))?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-        }
-        let link = prog
-            .attach(category, event)
-            .and_then(|id| prog.take_link(id))
-            .map_err(|source| ProbeError::Attach {
-                what: format!("{name} to {category}/{event}"),
-                source,
-            })?;
-        self.tracepoint_links.push(link);
-        Ok(())
-    }
-
-    /// Loads and attaches one BTF raw tracepoint program.
-    fn attach_btf(&mut self, name: &'static str, event: &str, btf: &Btf) -> Result<(), ProbeError> {
-        let prog: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(ProbeError::MissingProgram(name))?;
-        prog.load(event, btf)
-            .map_err(|source| ProbeError::Program { name, source })?;
-        let link = prog
-            .attach()
-            .and_then(|id| prog.take_link(id))
-            .map_err(|source| ProbeError::Attach {
-                what: format!("{name} to {event}"),
-                source,
-            })?;
-        self.btf_links.push(link);
         Ok(())
     }
 
@@ -542,6 +560,67 @@ impl Probes {
             .send(Links::Btf(std::mem::take(&mut self.btf_links)));
         std::mem::take(&mut self.detacher)
     }
+}
+
+/// The system-wide programs of `mode` (with the traffic ones or not),
+/// attached by `Probes::attach_mode`.
+fn mode_hooks(mode: Mode, traffic: bool) -> Vec<&'static Hook> {
+    let mode_hooks: &'static [Hook] = match mode {
+        Mode::Malloc => &programs::MALLOC_VM,
+        Mode::Resident => &programs::RESIDENT,
+    };
+    let traffic: &'static [Hook] = if traffic { &programs::TRAFFIC } else { &[] };
+    programs::LIFECYCLE
+        .iter()
+        .chain(mode_hooks)
+        .chain(traffic)
+        .collect()
+}
+
+/// Loads (verifies) the programs of `hooks`, each in its own thread, each
+/// once (a program may serve several hooks: resident_map_exit).
+fn load_hooks(ebpf: &mut Ebpf, hooks: &[&'static Hook], btf: &Btf) -> Result<(), ProbeError> {
+    let mut found: Vec<(&'static Hook, &mut Program)> = Vec::with_capacity(hooks.len());
+    for (name, prog) in ebpf.programs_mut() {
+        if let Some(hook) = hooks.iter().find(|h| h.program == name) {
+            found.push((hook, prog));
+        }
+    }
+    if let Some(h) = hooks
+        .iter()
+        .find(|h| !found.iter().any(|(f, _)| f.program == h.program))
+    {
+        return Err(ProbeError::MissingProgram(h.program));
+    }
+    std::thread::scope(|s| {
+        let threads: Vec<_> = found
+            .into_iter()
+            .map(|(hook, prog)| s.spawn(move || load_hook(hook, prog, btf)))
+            .collect();
+        // The scope joins every thread, also after the first error.
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    })
+}
+
+fn load_hook(hook: &'static Hook, prog: &mut Program, btf: &Btf) -> Result<(), ProbeError> {
+    let name = hook.program;
+    let loaded = match hook.attach {
+        Attach::TracePoint(..) => {
+            let prog: &mut TracePoint = prog
+                .try_into()
+                .map_err(|_| ProbeError::MissingProgram(name))?;
+            prog.load()
+        }
+        Attach::BtfTracePoint(event) => {
+            let prog: &mut BtfTracePoint = prog
+                .try_into()
+                .map_err(|_| ProbeError::MissingProgram(name))?;
+            prog.load(event, btf)
+        }
+    };
+    loaded.map_err(|source| ProbeError::Program { name, source })
 }
 
 /// Links on their way out (dropped, never read).

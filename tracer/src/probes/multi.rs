@@ -51,6 +51,13 @@ pub enum MultiError {
     },
 }
 
+/// The fd of every map of `ebpf`, by name (for `MultiPrograms::load`).
+pub fn map_fds(ebpf: &Ebpf) -> HashMap<String, RawFd> {
+    ebpf.maps()
+        .map(|(n, m)| (n.to_string(), map_fd(m)))
+        .collect()
+}
+
 /// The fd of any aya map.
 fn map_fd(m: &Map) -> RawFd {
     macro_rules! fd {
@@ -93,29 +100,13 @@ fn map_fd(m: &Map) -> RawFd {
 }
 
 pub(super) fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
-    // SAFETY: bpf(2) with a zero-initialised attr union of the right size;
-    // every pointer in it points to memory that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let r = super::sys::bpf(cmd, attr)?;
     // SAFETY: the commands used here (BTF_LOAD, PROG_LOAD, LINK_CREATE)
     // return a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-pub(super) fn zeroed_attr() -> bpf_attr {
-    // SAFETY: bpf_attr is a plain C union for which all-zero is valid (and
-    // what the kernel requires of unused fields).
-    unsafe { std::mem::zeroed() }
-}
+pub(super) use super::sys::zeroed_attr;
 
 /// The malloc-family programs, loaded for uprobe_multi links.
 pub struct MultiPrograms {
@@ -130,12 +121,16 @@ pub struct MultiLink {
 }
 
 impl MultiPrograms {
-    /// Loads `names` from `object` against the maps of `ebpf`, which aya
-    /// loaded from the same object (call it before any map is taken out).
+    /// Loads `names` from `object` against `maps` (`map_fds`: the maps aya
+    /// created from the same object), CO-RE relocated against the kernel's
+    /// `kernel_btf`. The programs are verified at the same time, one thread
+    /// each: the verifier runs in the loading thread (~30 ms for each
+    /// program with a stack walk here).
     pub fn load(
-        ebpf: &Ebpf,
+        maps: &HashMap<String, RawFd>,
         object: &[u8],
         names: &[&'static str],
+        kernel_btf: &aya::Btf,
     ) -> Result<MultiPrograms, MultiError> {
         let mut obj = aya_obj::Object::parse(object).map_err(MultiError::Parse)?;
         let features = aya::features();
@@ -160,24 +155,22 @@ impl MultiPrograms {
                 })?);
             }
         }
-        let kernel_btf = aya::Btf::from_sys_fs().map_err(MultiError::Btf)?;
-        obj.relocate_btf(&kernel_btf).map_err(MultiError::Core)?;
+        obj.relocate_btf(kernel_btf).map_err(MultiError::Core)?;
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-        let fds: HashMap<&str, RawFd> = ebpf.maps().map(|(n, m)| (n, map_fd(m))).collect();
         let defs: Vec<(String, aya_obj::Map)> = obj.maps.drain().collect();
-        let mut maps = Vec::with_capacity(defs.len());
+        let mut relocated = Vec::with_capacity(defs.len());
         for (name, def) in &defs {
-            let fd = *fds
+            let fd = *maps
                 .get(name.as_str())
                 .ok_or_else(|| MultiError::MissingMap(name.clone()))?;
-            maps.push((name.as_str(), fd, def));
+            relocated.push((name.as_str(), fd, def));
         }
-        obj.relocate_maps(maps.into_iter(), &text_sections)
+        obj.relocate_maps(relocated.into_iter(), &text_sections)
             .map_err(MultiError::Relocate)?;
         obj.relocate_calls(&text_sections)
             .map_err(MultiError::Relocate)?;
         obj.sanitize_functions(features);
-        let mut progs = HashMap::new();
+        let mut found = Vec::with_capacity(names.len());
         for &name in names {
             let p = obj
                 .programs
@@ -187,8 +180,22 @@ impl MultiPrograms {
                 .functions
                 .get(&p.function_key())
                 .ok_or(MultiError::MissingProgram(name))?;
-            let fd = load_program(name, p, f, btf_fd.as_ref())?;
-            progs.insert(name, fd);
+            found.push((name, p, f));
+        }
+        let btf = btf_fd.as_ref();
+        let loaded = std::thread::scope(|s| {
+            let threads: Vec<_> = found
+                .into_iter()
+                .map(|(name, p, f)| s.spawn(move || (name, load_program(name, p, f, btf))))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect::<Vec<_>>()
+        });
+        let mut progs = HashMap::new();
+        for (name, fd) in loaded {
+            progs.insert(name, fd?);
         }
         Ok(MultiPrograms {
             progs,

@@ -47,6 +47,15 @@ const MIN_KERNEL_WHY: &str = "bpf_loop, 5.17";
 /// multi uprobe link"), which malloc mode's uprobes are (probes/multi.rs).
 pub const UPROBE_MULTI_KERNEL: (u32, u32) = (6, 6);
 
+/// The first kernel with the `sock_recv_length` tracepoint (net/socket.c,
+/// "sock: add tracepoint for send recv length"), which the traffic
+/// counters attach to (traffic.bpf.c).
+pub const SOCK_RECV_LENGTH_KERNEL: (u32, u32) = (6, 3);
+
+/// Test knob: BTF raw tracepoints (comma-separated event names) to treat as
+/// missing from the kernel, to exercise what offheap does on an older one.
+pub const HIDE_TRACEPOINTS_ENV: &str = "OFFHEAP_HIDE_TRACEPOINTS";
+
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -86,6 +95,25 @@ pub fn check(mode: Mode) -> Result<(), PreflightError> {
         malloc_mode_supported(&uts.release, probe_uprobe_multi())?;
     }
     ensure_tracefs().map_err(PreflightError::Tracefs)
+}
+
+/// Whether the kernel has the BTF raw tracepoint `event`: the typedef
+/// `btf_trace_<event>` that the kernel's tracepoint macros define for every
+/// tracepoint (include/trace/bpf_probe.h) and that a tp_btf program is
+/// loaded against (kernel/bpf/btf.c, bpf_check_attach_target). A name in
+/// `$OFFHEAP_HIDE_TRACEPOINTS` counts as missing.
+pub fn has_btf_tracepoint(btf: &aya::Btf, event: &str) -> bool {
+    let hidden =
+        std::env::var(HIDE_TRACEPOINTS_ENV).is_ok_and(|v| v.split(',').any(|h| h.trim() == event));
+    !hidden && btf_defines_tracepoint(btf, event)
+}
+
+fn btf_defines_tracepoint(btf: &aya::Btf, event: &str) -> bool {
+    btf.id_by_type_name_kind(
+        &format!("btf_trace_{event}"),
+        aya_obj::btf::BtfKind::Typedef,
+    )
+    .is_ok()
 }
 
 /// What the kernel answered when asked for a uprobe_multi link.

@@ -46,6 +46,8 @@ pub struct Meta {
     pub counters: BTreeMap<String, u64>,
     pub dropped_events: u64,
     pub agent: Option<AgentCost>,
+    /// Said in the report's `warnings`, first.
+    pub warnings: Vec<String>,
 }
 
 pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize) -> Report {
@@ -54,7 +56,7 @@ pub fn assemble(meta: Meta, processes: Vec<RawProcess>, sym: &mut dyn Symbolize)
     report.counters = meta.counters;
     report.dropped_events = meta.dropped_events;
     report.agent = meta.agent;
-    let mut warnings = Vec::new();
+    let mut warnings = meta.warnings;
     for p in processes {
         let pid = p.pid;
         let mut p = assemble_process(p, sym);

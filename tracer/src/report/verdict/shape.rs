@@ -155,7 +155,17 @@ pub fn shape(series: &[SeriesPoint]) -> Shape {
     }
     let back = peak - last;
     let back_share = back as f64 / rise as f64;
-    if let Some((rates, unit)) = traffic_rates(series) {
+    let rates = traffic_rates(series);
+    // Without traffic figures (a kernel without the traffic tracepoint, an
+    // older report) load cannot be told from a leak: said, not guessed.
+    let no_traffic = |s: Shape| match &rates {
+        Some(_) => s,
+        None => Shape {
+            detail: format!("{}; no traffic data", s.detail),
+            ..s
+        },
+    };
+    if let Some((rates, unit)) = &rates {
         let busiest = rates.iter().cloned().fold(0.0, f64::max);
         let quiet = rates
             .iter()
@@ -191,7 +201,7 @@ pub fn shape(series: &[SeriesPoint]) -> Shape {
         }
     }
     if back_share >= 0.5 {
-        return shape(
+        return no_traffic(shape(
             ShapeKind::GivesBack,
             format!(
                 "rose {} by {:.1} s, then gave back {:.0}% of it",
@@ -199,7 +209,7 @@ pub fn shape(series: &[SeriesPoint]) -> Shape {
                 series[peak_i].t_secs,
                 back_share * 100.0
             ),
-        );
+        ));
     }
     let ups: Vec<(usize, u64)> = m
         .windows(2)
@@ -214,7 +224,7 @@ pub fn shape(series: &[SeriesPoint]) -> Shape {
         .max_by_key(|(_, d)| *d)
         .unwrap_or((0, 0));
     let secs = series[series.len() - 1].t_secs - series[0].t_secs;
-    if big * 2 >= total_up {
+    no_traffic(if big * 2 >= total_up {
         shape(
             ShapeKind::Bursty,
             format!(
@@ -234,7 +244,7 @@ pub fn shape(series: &[SeriesPoint]) -> Shape {
                 signed_bytes((delta(first, last) as f64 / secs.max(1e-3)) as i64)
             ),
         )
-    }
+    })
 }
 
 #[cfg(test)]
@@ -293,6 +303,14 @@ mod tests {
         let d = shape(&series(&[10, 30, 50, 70, 70, 70, 70], &t)).detail;
         assert!(d.contains("rose 60.0 MiB under traffic"), "{d}");
         assert!(d.contains("still holds 60.0 MiB (100%) 2 s after"), "{d}");
+        // Without traffic figures the shape says so; with them it does not.
+        let d = shape(&series(&[10, 20, 30, 40, 50, 60, 70], &[])).detail;
+        assert_eq!(
+            d,
+            "grew in 6 of 6 intervals, +10.0 MiB/s on average; no traffic data"
+        );
+        let d = shape(&series(&[10, 20, 30, 40, 50, 60, 70], &busy)).detail;
+        assert!(!d.contains("no traffic data"), "{d}");
     }
 
     #[test]
