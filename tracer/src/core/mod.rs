@@ -196,6 +196,8 @@ pub struct Tracer {
     evicted: u64,
     /// Targets whose threadpool is not followed (threadpool::Skip).
     threadpool_unprobed: u64,
+    /// The kernel has the uprobe_multi links the threadpool probes are.
+    threadpool_links: bool,
     /// `run`'s command, reaped at the end for its exit status.
     held: Option<HeldChild>,
     /// Lifecycle records that arrived while a front end was not waiting.
@@ -238,7 +240,7 @@ impl Tracer {
     fn start_reading(opts: TraceOptions, pid: Option<u32>) -> Result<Tracer, CoreError> {
         let started = Instant::now();
         let mut signals = Signals::install().map_err(CoreError::Signals)?;
-        preflight::check(opts.mode)?;
+        let features = preflight::check(opts.mode)?;
         let cfg = LoadConfig {
             watch_exec: opts.watch_exec,
             early_tables: pid,
@@ -258,6 +260,19 @@ impl Tracer {
         let mut probes = probes?;
         log::debug!("BPF object loaded in {:?}", started.elapsed());
         let mut warnings = Vec::new();
+        if !features.uprobe_multi {
+            // Resident mode only: malloc mode refused to start without them.
+            let (major, minor) = preflight::UPROBE_MULTI_KERNEL;
+            eprintln!(
+                "offheap: warning: threadpool work is not followed to the code that queued it: \
+                 this kernel has no uprobe_multi links (Linux {major}.{minor} or later)"
+            );
+            warnings.push(format!(
+                "threadpool link unavailable: this kernel has no uprobe_multi links (Linux \
+                 {major}.{minor} or later), so memory allocated on libuv's threadpool is not \
+                 joined to the stack that queued its work"
+            ));
+        }
         if !probes.traffic() {
             let (major, minor) = preflight::SOCK_RECV_LENGTH_KERNEL;
             eprintln!(
@@ -316,6 +331,7 @@ impl Tracer {
             started: Instant::now(),
             evicted: 0,
             threadpool_unprobed: 0,
+            threadpool_links: features.uprobe_multi,
             held: None,
             pending: Vec::new(),
             point_readers: PointReaders::new(traffic),

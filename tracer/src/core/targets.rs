@@ -146,7 +146,7 @@ impl Tracer {
     /// threadpool cannot be followed is counted (`THREADPOOL_UNPROBED`),
     /// and warned about when it has libuv (a stripped libuv.so).
     fn threadpool(&mut self, pid: u32, found: Result<Threadpool, Skip>) -> Option<Threadpool> {
-        if threadpool::disabled() {
+        if threadpool::disabled() || !self.threadpool_links {
             return None;
         }
         match found {

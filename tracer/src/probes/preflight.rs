@@ -35,7 +35,36 @@ pub enum PreflightError {
         UPROBE_MULTI_KERNEL.1
     )]
     NoUprobeMulti { release: String },
+    #[error(
+        "offheap needs the oom/mark_victim tracepoint with the victim's memory fields (Linux \
+         6.9, or a stable kernel with commit 72ba14deb40a); this kernel ({release}) lacks {missing}"
+    )]
+    OldMarkVictim { release: String, missing: String },
 }
+
+/// What the kernel offers beyond the minimum, for the modes that can do
+/// without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// uprobe_multi links: resident mode probes libuv's threadpool with
+    /// them, and goes without that link on a kernel that lacks them.
+    pub uprobe_multi: bool,
+}
+
+/// The fields of oom/mark_victim that lifecycle.bpf.c reads (CO-RE: a
+/// kernel without one refuses to load the program).
+const MARK_VICTIM_FIELDS: [&str; 9] = [
+    "pid",
+    "comm",
+    "total_vm",
+    "anon_rss",
+    "file_rss",
+    "shmem_rss",
+    "uid",
+    "pgtables",
+    "oom_score_adj",
+];
+const MARK_VICTIM_FORMAT: &str = "/sys/kernel/tracing/events/oom/mark_victim/format";
 
 /// The oldest kernel with everything the programs use: bpf_loop (5.17),
 /// bpf_task_pt_regs (5.15), attach cookies on uprobes (5.15), task-local
@@ -71,9 +100,9 @@ const NEEDED_CAPS: [(u32, &str); 4] = [
 ];
 
 /// Runs every check: capabilities, architecture, kernel version, BTF,
-/// uprobes, uprobe_multi links for malloc mode, then mounts tracefs if
-/// needed.
-pub fn check(mode: Mode) -> Result<(), PreflightError> {
+/// uprobes, uprobe_multi links (required in malloc mode), tracefs (mounted
+/// if needed), and the fields of oom/mark_victim.
+pub fn check(mode: Mode) -> Result<Features, PreflightError> {
     check_capabilities()?;
     let uts = uname();
     if uts.machine != "x86_64" {
@@ -91,10 +120,41 @@ pub fn check(mode: Mode) -> Result<(), PreflightError> {
     if !Path::new(UPROBE_PMU).exists() {
         return Err(PreflightError::NoUprobes);
     }
+    let probe = probe_uprobe_multi();
     if mode == Mode::Malloc {
-        malloc_mode_supported(&uts.release, probe_uprobe_multi())?;
+        malloc_mode_supported(&uts.release, probe)?;
     }
-    ensure_tracefs().map_err(PreflightError::Tracefs)
+    ensure_tracefs().map_err(PreflightError::Tracefs)?;
+    // A format that cannot be read leaves the answer to the program load.
+    if let Ok(format) = fs::read_to_string(MARK_VICTIM_FORMAT) {
+        let missing = missing_fields(&format, &MARK_VICTIM_FIELDS);
+        if !missing.is_empty() {
+            return Err(PreflightError::OldMarkVictim {
+                release: uts.release,
+                missing: missing.join(", "),
+            });
+        }
+    }
+    Ok(Features {
+        uprobe_multi: malloc_mode_supported(&uts.release, probe).is_ok(),
+    })
+}
+
+/// The names in `fields` that a tracepoint's format file (tracefs
+/// events/CATEGORY/EVENT/format: `field:TYPE NAME;` lines) does not define.
+fn missing_fields<'a>(format: &str, fields: &[&'a str]) -> Vec<&'a str> {
+    let defined: Vec<&str> = format
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("field:"))
+        .filter_map(|f| f.split(';').next())
+        .filter_map(|decl| decl.rsplit([' ', '\t']).next())
+        .map(|name| name.split('[').next().unwrap_or(name))
+        .collect();
+    fields
+        .iter()
+        .copied()
+        .filter(|f| !defined.contains(f))
+        .collect()
 }
 
 /// Whether the kernel has the BTF raw tracepoint `event`: the typedef
@@ -312,6 +372,43 @@ mod tests {
         // SAFETY: flock on an fd we own; released when it closes.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         assert_eq!(probe_uprobe_multi(), LinkProbe::Supported);
+    }
+
+    #[test]
+    fn mark_victim_fields_from_the_format() {
+        // Linux 6.18's format (tracefs), and 6.1's before the fields were
+        // added: pid only.
+        let new = "name: mark_victim\nID: 609\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n\
+            \tfield:__data_loc char[] comm;\toffset:12;\tsize:4;\tsigned:0;\n\
+            \tfield:unsigned long total_vm;\toffset:16;\tsize:8;\tsigned:0;\n\
+            \tfield:unsigned long anon_rss;\toffset:24;\tsize:8;\tsigned:0;\n\
+            \tfield:unsigned long file_rss;\toffset:32;\tsize:8;\tsigned:0;\n\
+            \tfield:unsigned long shmem_rss;\toffset:40;\tsize:8;\tsigned:0;\n\
+            \tfield:uid_t uid;\toffset:48;\tsize:4;\tsigned:0;\n\
+            \tfield:unsigned long pgtables;\toffset:56;\tsize:8;\tsigned:0;\n\
+            \tfield:short oom_score_adj;\toffset:64;\tsize:2;\tsigned:1;\n";
+        assert!(missing_fields(new, &MARK_VICTIM_FIELDS).is_empty());
+        let old = "name: mark_victim\nID: 480\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n";
+        assert_eq!(
+            missing_fields(old, &MARK_VICTIM_FIELDS),
+            [
+                "comm",
+                "total_vm",
+                "anon_rss",
+                "file_rss",
+                "shmem_rss",
+                "uid",
+                "pgtables",
+                "oom_score_adj"
+            ]
+        );
+        // This machine's kernel has them all.
+        let here = fs::read_to_string(MARK_VICTIM_FORMAT).unwrap();
+        assert!(missing_fields(&here, &MARK_VICTIM_FIELDS).is_empty());
     }
 
     #[test]
