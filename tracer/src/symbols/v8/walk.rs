@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracer_common::{V8ProcConfig, MAX_STACK_DEPTH};
 
 use super::{
-    frame::decode_frame,
+    frame::{decode_copied_frame, decode_frame},
     memory::{Memory, ProcessMemory},
 };
 use crate::{
@@ -74,7 +74,11 @@ pub fn reference_walk(
 /// stack and `accounting::unwind` walks it with CFI). The BPF decoder never
 /// sees those frames; this one turns them into the same words, from the
 /// copy (the frame's slots lie just below its frame pointer, inside it) and
-/// the live process (the JSFunction and its map, in V8's heap).
+/// the live process (the JSFunction and its map, in V8's heap). The copy is
+/// decoded when userspace drains it, after the process ran on: a scavenge
+/// may have moved a young JSFunction since, so its forwarding pointer is
+/// followed (`decode_copied_frame`); without that, node 22 lost a third of
+/// its runs of tests/e2e/js_frames.rs's resident test.
 pub struct RawStackFrames {
     pub config: V8ProcConfig,
     pid: u32,
@@ -144,7 +148,7 @@ impl JsFrameDecoder for RawStackFrames {
             window,
             process: ProcessMemory { pid: self.pid },
         };
-        decode_frame(&self.config, &mem, pc, fp, jit)
+        decode_copied_frame(&self.config, &mem, pc, fp, jit)
     }
 
     fn maps_changed(&mut self, exec_maps: &[MapEntry]) {
