@@ -148,14 +148,36 @@ struct mark_ctx {
 	__u64 end;
 };
 
+/* Clears the touched bits of the pages of [lo, hi) (bytes in the granule):
+ * a new mapping there has none resident yet (its earlier pages were unmapped
+ * or replaced). */
+static __always_inline void clear_touched(struct fault_skip_range *r, __u32 lo, __u32 hi)
+{
+	__u32 p0 = lo >> 12, p1 = (hi + 4095) >> 12;
+	__u32 w;
+
+	for (w = 0; w < OFFHEAP_GRANULE_PAGES / 64; w++) {
+		__u32 a = w * 64, b = a + 64;
+		__u64 mask;
+
+		if (p1 <= a || p0 >= b)
+			continue;
+		a = p0 > a ? p0 - a : 0;
+		b = p1 < b ? p1 - w * 64 : 64;
+		mask = (b - a == 64 ? ~0ULL : ((1ULL << (b - a)) - 1)) << a;
+		__sync_fetch_and_and(&r->touched[w], ~mask);
+	}
+}
+
 static long mark_granule(__u64 i, void *arg)
 {
 	struct mark_ctx *c = arg;
 	struct fault_page_key key = {};
-	struct fault_skip_range v, *r;
+	struct fault_skip_range *r;
 	__u64 g = (c->start >> OFFHEAP_GRANULE_SHIFT) + i;
 	__u64 gs = g << OFFHEAP_GRANULE_SHIFT;
 	__u64 ge = gs + (1ULL << OFFHEAP_GRANULE_SHIFT);
+	__u32 lo, hi, new_lo, new_hi;
 
 	key.tgid = c->tgid;
 	key.page = g;
@@ -163,16 +185,33 @@ static long mark_granule(__u64 i, void *arg)
 		bpf_map_delete_elem(&fault_skip, &key);
 		return 0;
 	}
-	v.lo = (c->start > gs ? c->start : gs) - gs;
-	v.hi = (c->end < ge ? c->end : ge) - gs;
+	new_lo = lo = (c->start > gs ? c->start : gs) - gs;
+	new_hi = hi = (c->end < ge ? c->end : ge) - gs;
 	r = bpf_map_lookup_elem(&fault_skip, &key);
-	if (r && r->hi >= v.lo && r->lo <= v.hi) {
-		if (r->lo < v.lo)
-			v.lo = r->lo;
-		if (r->hi > v.hi)
-			v.hi = r->hi;
+	if (!r) {
+		/* A new entry: no page touched yet. */
+		struct fault_skip_range v = {};
+
+		v.lo = lo;
+		v.hi = hi;
+		if (!bpf_map_update_elem(&fault_skip, &key, &v, BPF_NOEXIST))
+			return 0;
+		/* Another CPU made it meanwhile: merge into theirs. */
+		r = bpf_map_lookup_elem(&fault_skip, &key);
+		if (!r)
+			return 0;
 	}
-	bpf_map_update_elem(&fault_skip, &key, &v, BPF_ANY);
+	/* Updated in place, so that the pages other CPUs mark meanwhile stay
+	 * marked; [lo, hi) in one 8-byte store, which a fault on another CPU
+	 * reads whole. */
+	if (r->hi >= lo && r->lo <= hi) {
+		if (r->lo < lo)
+			lo = r->lo;
+		if (r->hi > hi)
+			hi = r->hi;
+	}
+	*(volatile __u64 *)&r->lo = (__u64)hi << 32 | lo;
+	clear_touched(r, new_lo, new_hi);
 	return 0;
 }
 
@@ -190,11 +229,12 @@ static __always_inline void mark_range(__u32 tgid, __u64 start, __u64 end, __u32
 	bpf_loop(n, mark_granule, &c, 0);
 }
 
+/* Whether addr lies in a tracked mapping; if so, marks its page touched. */
 static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 {
 	struct fault_page_key key = {};
 	struct fault_skip_range *r;
-	__u64 off;
+	__u64 off, page;
 
 	key.tgid = tgid;
 	key.page = addr >> OFFHEAP_GRANULE_SHIFT;
@@ -202,7 +242,12 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 	if (!r)
 		return 0;
 	off = addr & ((1ULL << OFFHEAP_GRANULE_SHIFT) - 1);
-	return off >= r->lo && off < r->hi;
+	if (off < r->lo || off >= r->hi)
+		return 0;
+	page = off >> 12;
+	__sync_fetch_and_or(&r->touched[(page >> 6) & (OFFHEAP_GRANULE_PAGES / 64 - 1)],
+			    1ULL << (page & 63));
+	return 1;
 }
 
 /* Kernel-mode faults on user addresses are the kernel writing into user
