@@ -117,7 +117,7 @@ pub use frame::{decode_frame, proc_config, JsFrameTag, Tier};
 pub use heap::{Heap, HeapError};
 pub use memory::{Memory, ProcessMemory};
 pub use metadata::{MetadataError, StringTags, V8Metadata, V8Version};
-pub use process::JsProcess;
+pub use process::{JsObserver, JsProcess};
 pub use resolve::{JsFrame, JsFunction, ResolveError, ResolveStats, V8Resolver};
 pub use script::LineEnds;
 pub use walk::{reference_walk, RawStackFrames, WalkedFrame};

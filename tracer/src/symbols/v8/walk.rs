@@ -10,6 +10,7 @@ use tracer_common::{V8ProcConfig, MAX_STACK_DEPTH};
 use super::{
     frame::{decode_copied_frame, decode_frame},
     memory::{Memory, ProcessMemory},
+    process::JsObserver,
 };
 use crate::{
     accounting::unwind::{JsFrameDecoder, StackWindow},
@@ -86,6 +87,8 @@ pub struct RawStackFrames {
     /// JIT code (the decoder's `jit`).
     exec: Vec<(u64, u64, bool)>,
     reread: Option<Instant>,
+    /// Resolves the words of new stacks while the process lives.
+    observer: Option<JsObserver>,
 }
 
 /// How often a pc in no known executable mapping makes the maps be read
@@ -102,7 +105,15 @@ impl RawStackFrames {
             pid,
             exec: Vec::new(),
             reread: None,
+            observer: None,
         }
+    }
+
+    /// Resolves the JS words of the stacks the model first meets through
+    /// `observer` (`JsFrameDecoder::observe`).
+    pub fn observing(mut self, observer: Option<JsObserver>) -> RawStackFrames {
+        self.observer = observer;
+        self
     }
 
     /// Whether pc is JIT code, None when it is in no executable mapping known.
@@ -149,6 +160,12 @@ impl JsFrameDecoder for RawStackFrames {
             process: ProcessMemory { pid: self.pid },
         };
         decode_copied_frame(&self.config, &mem, pc, fp, jit)
+    }
+
+    fn observe(&mut self, words: &[u64]) {
+        if let Some(o) = &self.observer {
+            o.observe(words);
+        }
     }
 
     fn maps_changed(&mut self, exec_maps: &[MapEntry]) {
