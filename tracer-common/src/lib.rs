@@ -645,7 +645,9 @@ pub struct MapEvent {
     pub stack_base: u64,
     /// As `StackKey::async_stack`, for the thread.
     pub async_stack: i32,
-    pub _pad: u32,
+    /// A mmap's stack as the walker took it at the syscall (`hashed_stacks`
+    /// id), or -1.
+    pub stack_id: i32,
 }
 
 const _: () = assert!(core::mem::size_of::<FaultEvent>() == 56);

@@ -55,7 +55,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         size_of::<MapEvent>(),
     ));
     v.extend(layout! {
-        "map_event" MapEvent { hdr, addr, len, old_addr, old_len, flags, prot, syscall, stack_len, ip, sp, bp, stack_base, async_stack, _pad }
+        "map_event" MapEvent { hdr, addr, len, old_addr, old_len, flags, prot, syscall, stack_len, ip, sp, bp, stack_base, async_stack, stack_id }
     }
     .into_iter()
     .filter(|(e, _)| !e.starts_with("sizeof")));

@@ -432,7 +432,9 @@ struct map_event {
 	__u64 bp;
 	__u64 stack_base;  /* user address of stack[0]: sp rounded down to its page */
 	__s32 async_stack; /* as struct stack_key's, for the thread */
-	__u32 _pad;
+	/* MAP_STACK of a mmap: the walker's stack, taken at the syscall
+	 * (hashed_stacks id; JS frames decoded while they are live), or -1. */
+	__s32 stack_id;
 	__u8 stack[OFFHEAP_STACK_COPY_BYTES];
 };
 

@@ -68,6 +68,13 @@ struct offheap_sys_exit_ctx {
 	__s64 ret;
 };
 
+/* A glibc thread arena (see OFFHEAP_GLIBC_HEAP_MAX): first-touch pages. */
+static __always_inline int arena_mapping(__u32 prot, __u32 flags, __u64 len)
+{
+	return prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
+	       (len == OFFHEAP_GLIBC_HEAP_MAX || len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
+}
+
 static __always_inline int is_fault_target(__u32 tgid)
 {
 	return target_flags(tgid) & OFFHEAP_TARGET_FAULTS;
@@ -99,7 +106,7 @@ static __always_inline struct map_event *capture(__u32 tgid, __u32 syscall, __u3
 	e->stack_base = base;
 	e->stack_len = 0;
 	e->async_stack = thread_async_stack();
-	e->_pad = 0;
+	e->stack_id = -1;
 	for (i = 0; i < OFFHEAP_STACK_COPY_PAGES && i < pages; i++) {
 		/* The page of sp itself is unreadable when the fault is the stack
 		 * growing into it: the record then carries the registers only. */
@@ -410,11 +417,21 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	e->len = regs->rsi;
 	e->prot = regs->rdx;
 	e->flags = flags;
+	arena = arena_mapping(e->prot, flags, e->len);
+	/* The walker's stack too, taken now: its JS frames are decoded while
+	 * they are live. Userspace decodes the raw copy's later, when a GC may
+	 * have moved the JSFunctions it points to (a scavenge moves young ones
+	 * and the old copies' pages get reused); it unwinds the copy only when
+	 * the walk did not reach the outermost frame. */
+	if (!arena) {
+		struct stack_key key;
+
+		take_syscall_stack(&key, tgid);
+		e->stack_id = key.stack_id;
+	}
 	e->old_addr = 0;
 	e->old_len = 0;
 	send(ctx, e);
-	arena = e->prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
-		(e->len == OFFHEAP_GLIBC_HEAP_MAX || e->len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
 	mark_range(tgid, e->addr, e->addr + e->len, arena);
 	return 0;
 }
