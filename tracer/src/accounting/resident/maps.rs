@@ -217,7 +217,9 @@ impl ResidentMaps {
                         st.faults += 1;
                         st.fault_stacks += 1;
                     } else {
-                        p.on_map(&ev, &rec[fixed..end], as_slice(&queued));
+                        let walk = self.walk(ev.stack_id);
+                        let walk = walk.as_ref().map(|(f, t)| (f.as_slice(), *t));
+                        p.on_map(&ev, walk, &rec[fixed..end], as_slice(&queued));
                         st.maps += 1;
                     }
                 }

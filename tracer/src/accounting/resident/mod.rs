@@ -316,9 +316,17 @@ impl Resident {
         self.clear_baseline(page, page + PAGE);
     }
 
-    /// An anonymous mapping created (mmap) or moved (mremap); `stack` is the
-    /// raw user stack copied at the syscall's exit.
-    pub fn on_map(&mut self, ev: &MapEvent, stack: &[u8], queued: Option<(&[u64], bool)>) {
+    /// An anonymous mapping created (mmap) or moved (mremap); `walk` is the
+    /// walker's stack taken at the syscall (frame 0 its return address,
+    /// JS frames decoded live; whether truncated), `stack` the raw user
+    /// stack copied there, unwound when the walk stopped early.
+    pub fn on_map(
+        &mut self,
+        ev: &MapEvent,
+        walk: Option<(&[u64], bool)>,
+        stack: &[u8],
+        queued: Option<(&[u64], bool)>,
+    ) {
         let start = ev.addr & !(PAGE - 1);
         let end = (ev.addr + ev.len).div_ceil(PAGE) * PAGE;
         if ev.syscall == tracer_common::event_kind::MREMAP {
@@ -333,7 +341,14 @@ impl Resident {
             self.remove_mappings(start, end);
             return;
         }
-        let (mut frames, mut truncated) = self.unwind(ev, stack);
+        let (mut frames, mut truncated) = match walk {
+            // The syscall's own address first, as the raw unwind has it.
+            Some((w, false)) if !w.is_empty() => (
+                std::iter::once(ev.ip).chain(w.iter().copied()).collect(),
+                false,
+            ),
+            _ => self.unwind(ev, stack),
+        };
         crate::accounting::join_queued(&mut frames, &mut truncated, queued);
         let s = self.intern(frames, Attribution::Mapping, truncated);
         self.stacks[s as usize].events += 1;
