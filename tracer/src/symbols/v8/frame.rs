@@ -180,6 +180,20 @@ fn current_address(cfg: &V8ProcConfig, mem: &dyn Memory, mut obj: u64) -> Option
     None
 }
 
+/// Where a frame is read: on the live stack of a thread stopped in the
+/// kernel (the BPF decoder's case, and the reference walk's), or from a copy
+/// of it taken earlier (resident mode's raw stacks, decoded when userspace
+/// drains them: the process ran on since, and a GC may have moved the
+/// JSFunction whose address the copy holds; its forwarding pointer is then
+/// followed, `current_address`). A live frame needs none of this: V8 moves
+/// objects only with every thread of the isolate at a safepoint, and a
+/// thread in the kernel is at none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    Live,
+    Copied,
+}
+
 /// The `ips[]` word of the frame whose frame pointer is `fp` and whose code
 /// holds `pc` (for a frame record read at F, pc is [F+8] and fp is [F]), or
 /// None when it is not a JS frame. `jit`: the walker found pc in anonymous
@@ -192,34 +206,7 @@ pub fn decode_frame(
     pc: u64,
     fp: u64,
     jit: bool,
-) -> Option<u64> {
-    decode(cfg, mem, pc, fp, jit, false)
-}
-
-/// `decode_frame` for a frame copied earlier (resident mode's raw stacks,
-/// decoded when userspace drains them): the process ran on since, and a GC
-/// may have moved the JSFunction whose address the copy holds. Its slot is
-/// then followed to where the object is now (`current_address`). The BPF
-/// decoder needs none of this: it reads the live frame while its thread is
-/// stopped in the kernel, where V8 cannot move objects (a GC moves them
-/// only with every thread of the isolate at a safepoint).
-pub fn decode_copied_frame(
-    cfg: &V8ProcConfig,
-    mem: &dyn Memory,
-    pc: u64,
-    fp: u64,
-    jit: bool,
-) -> Option<u64> {
-    decode(cfg, mem, pc, fp, jit, true)
-}
-
-fn decode(
-    cfg: &V8ProcConfig,
-    mem: &dyn Memory,
-    pc: u64,
-    fp: u64,
-    jit: bool,
-    moved: bool,
+    taken: Taken,
 ) -> Option<u64> {
     let base = if pc >= cfg.builtins_start && pc < cfg.builtins_end {
         Some(cfg.builtins_start)
@@ -253,7 +240,7 @@ fn decode(
         return None;
     }
     let mut jsf = untag(slot(&frame, cfg.fp_function))?;
-    if moved {
+    if taken == Taken::Copied {
         jsf = current_address(cfg, mem, jsf)?;
     }
     let mut func = [0u8; V8_JS_FUNCTION_BYTES as usize];
@@ -275,7 +262,9 @@ fn decode(
     // is followed all the same.)
     let array = slot(&frame, cfg.fp_bytecode_array);
     let array = match untag(array) {
-        Some(a) if moved => current_address(cfg, mem, a).map_or(array, |a| a | HEAP_OBJECT_TAG),
+        Some(a) if taken == Taken::Copied => {
+            current_address(cfg, mem, a).map_or(array, |a| a | HEAP_OBJECT_TAG)
+        }
         _ => array,
     };
     let bytecode = interp || object_type(cfg, mem, array) == Some(cfg.type_bytecode_array);
@@ -353,16 +342,28 @@ mod tests {
             bytecode_offset: None,
         }
         .encode();
-        assert_eq!(decode_copied_frame(&cfg, &mem, 0x1234, fp, true), want);
-        assert_eq!(decode_frame(&cfg, &mem, 0x1234, fp, true), None);
+        assert_eq!(
+            decode_frame(&cfg, &mem, 0x1234, fp, true, Taken::Copied),
+            want
+        );
+        assert_eq!(
+            decode_frame(&cfg, &mem, 0x1234, fp, true, Taken::Live),
+            None
+        );
         // Three moves (scavenge, scavenge, compaction) at most; a loop of
         // forwards or a zeroed old copy is no function.
         let mut looped = Words(mem.0.clone());
         looped.0.insert(new, old);
-        assert_eq!(decode_copied_frame(&cfg, &looped, 0x1234, fp, true), None);
+        assert_eq!(
+            decode_frame(&cfg, &looped, 0x1234, fp, true, Taken::Copied),
+            None
+        );
         let mut zeroed = Words(mem.0.clone());
         zeroed.0.insert(old, 0);
-        assert_eq!(decode_copied_frame(&cfg, &zeroed, 0x1234, fp, true), None);
+        assert_eq!(
+            decode_frame(&cfg, &zeroed, 0x1234, fp, true, Taken::Copied),
+            None
+        );
     }
 
     #[test]

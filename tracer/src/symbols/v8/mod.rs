@@ -113,7 +113,7 @@ mod resolve;
 mod script;
 mod walk;
 
-pub use frame::{decode_frame, proc_config, JsFrameTag, Tier};
+pub use frame::{decode_frame, proc_config, JsFrameTag, Taken, Tier};
 pub use heap::{Heap, HeapError};
 pub use memory::{Memory, ProcessMemory};
 pub use metadata::{MetadataError, StringTags, V8Metadata, V8Version};
