@@ -4,12 +4,15 @@
 //! - `mapping`: an anonymous mapping created while tracing (a large malloc
 //!   served by mmap, a V8 heap page, an addon's own mmap) serves one
 //!   allocation, so all its resident pages are charged to the stack that
-//!   created it, unwound from the raw stack copy (`unwind.rs`).
+//!   created it: the walker's, taken at the mmap (JS frames decoded live),
+//!   or, when that walk stopped early, the raw stack copy of the same moment
+//!   unwound here (`unwind.rs`).
 //! - `first_touch`: pages anywhere else (the brk `[heap]`, glibc's per-thread
 //!   arenas, mappings that existed before tracing) are charged to the stack of
 //!   the first fault on that page.
 //!
-//! What is resident is never inferred from events: every interval the model
+//! What is resident is never inferred from events (but for a process that
+//! exited before its first sample, `exited.rs`): every interval the model
 //! asks the kernel (/proc/PID/pagemap) which of the attributed pages are still
 //! present, so munmap, madvise(DONTNEED/FREE/REMOVE), brk shrink, swap-out and
 //! mremap all stop counting without being modelled. Pages resident before
