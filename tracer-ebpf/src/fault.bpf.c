@@ -421,8 +421,8 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	/* The walker's stack too, taken now: its JS frames are decoded while
 	 * they are live. Userspace decodes the raw copy's later, when a GC may
 	 * have moved the JSFunctions it points to (a scavenge moves young ones
-	 * and the old copies' pages get reused); it unwinds the copy only when
-	 * the walk did not reach the outermost frame. */
+	 * and the old copies' pages get reused): it puts the walk's JS words
+	 * into its unwind of the copy (accounting/resident/live_js.rs). */
 	if (!arena) {
 		struct stack_key key;
 

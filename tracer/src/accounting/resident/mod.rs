@@ -4,9 +4,8 @@
 //! - `mapping`: an anonymous mapping created while tracing (a large malloc
 //!   served by mmap, a V8 heap page, an addon's own mmap) serves one
 //!   allocation, so all its resident pages are charged to the stack that
-//!   created it: the walker's, taken at the mmap (JS frames decoded live),
-//!   or, when that walk stopped early, the raw stack copy of the same moment
-//!   unwound here (`unwind.rs`).
+//!   created it, unwound from the raw stack copy (`unwind.rs`), with the JS
+//!   frames the walker decoded live at the same moment (`live_js.rs`).
 //! - `first_touch`: pages anywhere else (the brk `[heap]`, glibc's per-thread
 //!   arenas, mappings that existed before tracing) are charged to the stack of
 //!   the first fault on that page.
@@ -26,6 +25,7 @@
 //! first touched (first_touch) by that stack.
 mod evict;
 mod exited;
+mod live_js;
 mod maps;
 mod output;
 mod set;
@@ -319,10 +319,10 @@ impl Resident {
         self.clear_baseline(page, page + PAGE);
     }
 
-    /// An anonymous mapping created (mmap) or moved (mremap); `walk` is the
-    /// walker's stack taken at the syscall (frame 0 its return address,
-    /// JS frames decoded live; whether truncated), `stack` the raw user
-    /// stack copied there, unwound when the walk stopped early.
+    /// An anonymous mapping created (mmap) or moved (mremap); `stack` is the
+    /// raw user stack copied at the syscall's exit, `walk` the walker's
+    /// stack taken there too (frame 0 its return address; its JS frames
+    /// decoded live), whose JS words replace the copy's (`live_js`).
     pub fn on_map(
         &mut self,
         ev: &MapEvent,
@@ -344,14 +344,10 @@ impl Resident {
             self.remove_mappings(start, end);
             return;
         }
-        let (mut frames, mut truncated) = match walk {
-            // The syscall's own address first, as the raw unwind has it.
-            Some((w, false)) if !w.is_empty() => (
-                std::iter::once(ev.ip).chain(w.iter().copied()).collect(),
-                false,
-            ),
-            _ => self.unwind(ev, stack),
-        };
+        let (mut frames, mut truncated) = self.unwind(ev, stack);
+        if let Some((w, _)) = walk {
+            live_js::merge(&mut frames, ev.ip, w);
+        }
         crate::accounting::join_queued(&mut frames, &mut truncated, queued);
         let s = self.intern(frames, Attribution::Mapping, truncated);
         self.stacks[s as usize].events += 1;
