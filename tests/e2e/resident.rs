@@ -257,3 +257,82 @@ fn run_node_buffer_leak_is_attributed_to_the_array_buffer_allocator() {
     let rec = p["reconciliation"].as_str().unwrap();
     assert!(rec.contains(", within 5%)"), "{rec}");
 }
+
+/// On a byte on stdin, one named JS function retains 20 Buffers of 1 MiB,
+/// then the script lives 2 s more and exits; node runs without
+/// --perf-basic-prof. (The byte comes once offheap says it is attached:
+/// from then on the walker has the V8 layout it needs for JS frames, read
+/// from node's symbols. The 2 s leave several intervals to resolve the JS
+/// frames while the process lives: its heap is unreadable after the exit.)
+const MAPPING_LEAK: &str = r#"
+const keep = [];
+function leakMappings() { for (let i = 0; i < 20; i++) keep.push(Buffer.alloc(1 << 20).fill(1)); }
+process.stdin.once("data", () => { leakMappings(); setTimeout(() => process.exit(0), 2000); });
+"#;
+
+/// Mappings' stacks come from the one BPF walker (issue 12), as faults' and
+/// malloc mode's do, not from a bounded raw copy unwound in userspace: from
+/// glibc's mmap stub through its malloc (no frame pointers: the unwind
+/// tables), node's C++, the JS function (V8's frames decoded in the
+/// kernel) and libuv's loop, to the process's entry point, not truncated.
+/// Each Buffer is one glibc mmap chunk (1 MiB is above the 128 KiB mmap
+/// threshold): 1 MiB and the chunk's header, rounded up to a page
+/// (malloc.c sysmalloc_mmap), so exactly 20 x (1 MiB + 4 KiB) resident.
+#[test]
+fn mapping_stacks_are_walked_in_the_kernel_to_the_entry_point() {
+    let _bpf = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mappings.js");
+    std::fs::write(&script, MAPPING_LEAK).unwrap();
+    let out = dir.path().join("r.json");
+    let mut tracer = Command::new(offheap_bin())
+        .args(["run", "--mode", "resident", "--interval", "0.2"])
+        .args(["--format", "json", "-o"])
+        .arg(&out)
+        .args(["--", "node"])
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Stderr::new(tracer.stderr.take().unwrap());
+    err.wait_attached(T);
+    poke(tracer.stdin.as_mut().unwrap());
+    let st = tracer.wait().unwrap();
+    assert!(st.success(), "offheap: {st}; {:?}", err.rest());
+    let report = read_report(&out);
+    let leaks: Vec<&Value> = report_stacks(&report)
+        .iter()
+        .filter(|s| s["attribution"] == "mapping")
+        .filter(|s| {
+            frame_symbols(s)
+                .iter()
+                .any(|f| f.starts_with("JS:") && f.contains("leakMappings"))
+        })
+        .collect();
+    let bytes: u64 = leaks
+        .iter()
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .sum();
+    let mappings: Vec<(u64, Vec<String>)> = report_stacks(&report)
+        .iter()
+        .filter(|s| s["attribution"] == "mapping")
+        .map(|s| (s["live_bytes"].as_u64().unwrap(), frame_symbols(s)))
+        .collect();
+    assert_eq!(bytes, 20 * (MIB + PAGE), "mapping stacks: {mappings:#?}");
+    for s in &leaks {
+        let f = frame_symbols(s);
+        assert_eq!(s["truncated"], false, "{f:#?}");
+        assert_eq!(f.last().map(String::as_str), Some("_start"), "{f:#?}");
+        for want in [
+            "sysmalloc",
+            "node::NodeArrayBufferAllocator::Allocate",
+            "uv_run",
+        ] {
+            assert!(f.iter().any(|x| x.starts_with(want)), "no {want} in {f:#?}");
+        }
+        assert_eq!(s["bucket"], "array_buffers", "{f:#?}");
+    }
+    assert_frames_mapped(&report);
+}

@@ -197,12 +197,13 @@ pub mod programs {
 
     /// fault.bpf.c: resident mode. The syscall exits stay perf tracepoints:
     /// a raw sys_exit would run for every syscall of the host, in the
-    /// DaemonSet's mode.
+    /// DaemonSet's mode. One program serves both (loaded once: it carries
+    /// the stack walker).
     pub const RESIDENT: [Hook; 4] = [
         btf("resident_fault_enter", "page_fault_user"),
         btf("resident_kernel_fault_enter", "page_fault_kernel"),
-        perf("resident_mmap_exit", "syscalls", "sys_exit_mmap"),
-        perf("resident_mremap_exit", "syscalls", "sys_exit_mremap"),
+        perf("resident_map_exit", "syscalls", "sys_exit_mmap"),
+        perf("resident_map_exit", "syscalls", "sys_exit_mremap"),
     ];
 
     /// threadpool.bpf.c: the uprobe program of libuv's threadpool
@@ -645,8 +646,7 @@ pub struct MapEvent {
     pub stack_base: u64,
     /// As `StackKey::async_stack`, for the thread.
     pub async_stack: i32,
-    /// A mmap's stack as the walker took it at the syscall (`hashed_stacks`
-    /// id), or -1.
+    /// hashed_stacks id of the BPF walk; < 0: the raw copy follows instead.
     pub stack_id: i32,
 }
 

@@ -43,8 +43,11 @@ struct task_struct {
 	struct mm_struct *mm;
 };
 
+struct file;
+
 struct vm_area_struct {
 	unsigned long vm_flags;   /* in an anonymous union since 6.3: CO-RE finds it */
+	struct file *vm_file;     /* NULL for anonymous memory */
 };
 
 /* A socket's address family (traffic.bpf.c): include/net/sock.h. */

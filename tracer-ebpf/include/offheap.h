@@ -412,10 +412,12 @@ struct fault_event {
 	__u32 _pad;
 };
 
-/* A mapping created (mmap) or moved (mremap) by a target, with the raw user
- * stack at the syscall's exit for the userspace CFI unwinder: allocator-made
- * mappings come from glibc, which has no frame pointers. Variable length:
- * only the fixed part and `stack_len` bytes of stack[] are sent. */
+/* A mapping created (mmap) or moved (mremap) by a target, with the stack at
+ * the syscall's exit: the BPF walker's (stack_id), or when that walk died at
+ * once (code the unwind tables do not cover yet), a raw copy of the user
+ * stack for the userspace CFI unwinder. The same for FAULT_STACK, a fault
+ * whose walk died so. Variable length: only the fixed part and `stack_len`
+ * bytes of stack[] are sent. */
 struct map_event {
 	struct event_header hdr;
 	/* FAULT_STACK: addr is the faulting address, flags the error code. */
@@ -432,9 +434,7 @@ struct map_event {
 	__u64 bp;
 	__u64 stack_base;  /* user address of stack[0]: sp rounded down to its page */
 	__s32 async_stack; /* as struct stack_key's, for the thread */
-	/* MAP_STACK of a mmap: the walker's stack, taken at the syscall
-	 * (hashed_stacks id; JS frames decoded while they are live), or -1. */
-	__s32 stack_id;
+	__s32 stack_id;    /* hashed_stacks id of the walk; < 0: stack[] has the copy */
 	__u8 stack[OFFHEAP_STACK_COPY_BYTES];
 };
 

@@ -9,11 +9,14 @@
  *   keeps the first one per page (first-touch attribution) and checks
  *   residency itself in /proc/PID/pagemap, so pages given back by munmap,
  *   madvise or a brk shrink stop counting without any bookkeeping here.
- * - resident_mmap_exit / resident_mremap_exit (syscalls/sys_exit_*): one
- *   map_event per anonymous mapping created or moved, with a raw copy of the
- *   user stack. Allocator-made mappings are created inside glibc, which has
- *   no frame pointers, so bpf_get_stackid yields one frame there; userspace
- *   unwinds the copy with .eh_frame CFI instead (accounting/unwind.rs).
+ * - resident_map_exit (syscalls/sys_exit_mmap and sys_exit_mremap): one
+ *   map_event per anonymous mapping created or moved, with the same walker's
+ *   stack (its hashed_stacks id).
+ * - Either walk that dies within two frames met code the unwind tables do
+ *   not cover yet (a module mapped since they were loaded, or past their
+ *   cap): the event then carries a raw copy of the user stack instead, which
+ *   userspace unwinds with .eh_frame CFI (accounting/unwind.rs), so that no
+ *   stack is lost.
  *
  * Program names carry a `resident_` prefix: malloc mode (vm.bpf.c) attaches
  * its own programs to the same syscall tracepoints.
@@ -67,13 +70,6 @@ struct offheap_sys_exit_ctx {
 	__s32 _pad;
 	__s64 ret;
 };
-
-/* A glibc thread arena (see OFFHEAP_GLIBC_HEAP_MAX): first-touch pages. */
-static __always_inline int arena_mapping(__u32 prot, __u32 flags, __u64 len)
-{
-	return prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
-	       (len == OFFHEAP_GLIBC_HEAP_MAX || len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
-}
 
 static __always_inline int is_fault_target(__u32 tgid)
 {
@@ -262,6 +258,38 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
  * syscall's caller, the right first toucher. */
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
+/* The current thread's user stack by the walker (walk.bpf.c), stored in
+ * hashed_stacks: its id; or -1 when the walk met code the tables do not
+ * cover yet (it stopped within two frames without reaching the stack's end,
+ * or it stepped a file's code on a guess: a process whose tables are still
+ * being loaded, a module mapped a moment ago), or the stack could not be
+ * stored (hashed_stacks full): the caller sends a raw copy for the
+ * userspace CFI unwinder instead, which reads the modules itself. `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
+ * here: the tracepoints run their programs with preemption off. */
+static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
+					    enum walk_start start, __u64 *sp_word)
+{
+	__u32 zero = 0;
+	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
+	struct unwind_cache *cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
+	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
+	 * of ~63, on the hottest path of resident mode. */
+	__u64 span = STACK_FIRST_COPY;
+	long id;
+
+	*sp_word = 0;
+	if (!sc || !cache)
+		return -1;
+	if (walk_user_stack(sc, cache, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
+			    stack_limit(), &span, sp_word, start) < 3 &&
+	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
+		return -1;
+	if (sc->walk.guessed)
+		return -1;
+	id = intern_stack(&sc->stack);
+	return id < 0 ? -1 : id;
+}
+
 static __always_inline int send_fault_stack(void *ctx, __u32 tgid, __u64 address,
 					    __u64 error_code)
 {
@@ -287,9 +315,7 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	struct pt_regs *regs;
 	struct fault_page_key key;
 	struct fault_config *cfg;
-	struct stack_scratch *sc;
-	struct unwind_cache *cache;
-	__u64 ip, sp_word, span;
+	__u64 sp_word;
 	__u32 zero = 0;
 	__u8 one = 1;
 	long id;
@@ -322,30 +348,10 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	if (bpf_map_lookup_elem(&fault_pages, &key))
 		return 0;
 	bpf_map_update_elem(&fault_pages, &key, &one, BPF_ANY);
-	/* A walk that dies within two frames started in code without frame
-	 * pointers (glibc's malloc writing a fresh arena page, a syscall
-	 * wrapper): send the raw stack for the CFI unwinder instead. The same
-	 * when the stack cannot be stored (hashed_stacks full), so that no
-	 * stack is lost. */
-	regs = user_regs();
-	sc = bpf_map_lookup_elem(&stack_scratch, &zero);
-	cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
-	if (!sc || !cache)
-		return send_fault_stack(ctx, tgid, address, error_code);
 	/* The user registers: for a kernel-mode fault, where the syscall that
 	 * wrote the page was made. */
-	ip = PT_REGS_IP(regs);
-	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
-	 * of ~63, on the hottest path of resident mode. */
-	span = STACK_FIRST_COPY;
-	/* A walk that stopped within two frames and could not finish there met
-	 * code the tables do not cover (a module loaded since, or over their
-	 * cap): the raw stack goes to the userspace CFI unwinder instead. */
-	if (walk_user_stack(sc, cache, tgid, ip, PT_REGS_SP(regs), PT_REGS_FP(regs), stack_limit(),
-			    &span, &sp_word, WALK_AT_IP) < 3 &&
-	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
-		return send_fault_stack(ctx, tgid, address, error_code);
-	id = intern_stack(&sc->stack);
+	regs = user_regs();
+	id = walked_stack_id(tgid, regs, WALK_AT_IP, &sp_word);
 	if (id < 0)
 		return send_fault_stack(ctx, tgid, address, error_code);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
@@ -357,7 +363,7 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	e->hdr.tgid = tgid;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->address = address;
-	e->ip = ip;
+	e->ip = PT_REGS_IP(regs);
 	e->error_code = error_code;
 	e->stack_id = id;
 	e->sp_word = sp_word;
@@ -386,8 +392,21 @@ int BPF_PROG(resident_kernel_fault_enter, unsigned long address, struct pt_regs 
 	return on_fault(ctx, address, error_code, 1);
 }
 
-SEC("tracepoint/syscalls/sys_exit_mmap")
-int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
+/* The stack of a mapping syscall: the walker's from the user registers at
+ * the syscall (WALK_AT_CALL: glibc's mmap and mremap are stubs that push
+ * nothing, see walk.bpf.c), or the raw copy when that walk died at once. */
+static __always_inline struct map_event *capture_map(__u32 tgid, __u32 syscall)
+{
+	__u64 sp_word;
+	long id = walked_stack_id(tgid, user_regs(), WALK_AT_CALL, &sp_word);
+	struct map_event *e = capture(tgid, syscall, id < 0 ? OFFHEAP_STACK_COPY_PAGES : 0);
+
+	if (e)
+		e->stack_id = id;
+	return e;
+}
+
+static __always_inline int on_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct map_event *e;
@@ -395,10 +414,6 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 	__u32 flags;
 	int arena;
 
-	if (!is_fault_target(tgid))
-		return 0;
-	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
-		return 0;
 	/* The syscall arguments are still in the saved registers at exit: the
 	 * x86-64 syscall path only writes the return value back (rax). */
 	regs = user_regs();
@@ -410,45 +425,30 @@ int resident_mmap_exit(struct offheap_sys_exit_ctx *ctx)
 			send_exec_map(tgid, ctx->ret, regs->rsi);
 		return 0;
 	}
-	e = capture(tgid, OFFHEAP_EV_MMAP, OFFHEAP_STACK_COPY_PAGES);
+	e = capture_map(tgid, OFFHEAP_EV_MMAP);
 	if (!e)
 		return 0;
 	e->addr = ctx->ret;
 	e->len = regs->rsi;
 	e->prot = regs->rdx;
 	e->flags = flags;
-	arena = arena_mapping(e->prot, flags, e->len);
-	/* The walker's stack too, taken now: its JS frames are decoded while
-	 * they are live. Userspace decodes the raw copy's later, when a GC may
-	 * have moved the JSFunctions it points to (a scavenge moves young ones
-	 * and the old copies' pages get reused): it puts the walk's JS words
-	 * into its unwind of the copy (accounting/resident/live_js.rs). */
-	if (!arena) {
-		struct stack_key key;
-
-		take_syscall_stack(&key, tgid);
-		e->stack_id = key.stack_id;
-	}
 	e->old_addr = 0;
 	e->old_len = 0;
 	send(ctx, e);
+	arena = e->prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
+		(e->len == OFFHEAP_GLIBC_HEAP_MAX || e->len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
 	mark_range(tgid, e->addr, e->addr + e->len, arena);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_mremap")
-int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
+static __always_inline int on_mremap_exit(struct offheap_sys_exit_ctx *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct map_event *e;
 	struct pt_regs *regs;
 
-	if (!is_fault_target(tgid))
-		return 0;
-	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
-		return 0;
 	regs = user_regs();
-	e = capture(tgid, OFFHEAP_EV_MREMAP, OFFHEAP_STACK_COPY_PAGES);
+	e = capture_map(tgid, OFFHEAP_EV_MREMAP);
 	if (!e)
 		return 0;
 	e->addr = ctx->ret;
@@ -462,4 +462,26 @@ int resident_mremap_exit(struct offheap_sys_exit_ctx *ctx)
 	if (in_tracked_mapping(tgid, e->old_addr))
 		mark_range(tgid, e->addr, e->addr + e->len, 0);
 	return 0;
+}
+
+/* One program for syscalls/sys_exit_mmap and sys_exit_mremap (their records
+ * have one layout): the walker it carries is verified once, not twice
+ * (~30k instructions processed each). */
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int resident_map_exit(struct offheap_sys_exit_ctx *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!is_fault_target(tgid))
+		return 0;
+	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
+		return 0;
+	switch (ctx->syscall_nr) {
+	case OFFHEAP_NR_MMAP:
+		return on_mmap_exit(ctx);
+	case OFFHEAP_NR_MREMAP:
+		return on_mremap_exit(ctx);
+	default:
+		return 0;
+	}
 }

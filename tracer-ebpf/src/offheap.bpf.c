@@ -71,6 +71,9 @@ struct walk_state {
 	__u32 reread;  /* the walk copied again at a frame outside its first copy */
 	__u16 scans;   /* frames found by scanning (walk.bpf.c's scan_step) */
 	__u16 bp_lost; /* %rbp may not be the frame's since a scan */
+	/* A frame in a file's code that no table covered yet was stepped with
+	 * frame pointers (walk.bpf.c's unmapped_class). */
+	__u32 guessed;
 	struct unwind_cursor cursor;
 };
 

@@ -59,13 +59,6 @@ static __always_inline __u64 stack_hash_step(__u64 h, __u64 ip)
  * cannot bound it there). Frames of 1 MiB of locals are not walked. */
 #define FRAME_MAX (1ULL << 20)
 
-/* Stack scanning: how many words above a frame's sp are searched for its
- * return address, and how many frames of one walk may be found so. */
-#define SCAN_WORDS 64
-#define SCAN_MAX 16
-/* Words this close to the stack pointer are stack addresses (scan_step). */
-#define STACK_NEAR (8ULL << 20)
-
 /* Stores ip at ips[at], masked for the verifier, which may not have kept a
  * bound the code checked before (the compiler reloads the index, or drops
  * the mask as redundant: barrier_var stops it). Depth 127 = 0x7f: a store one
@@ -145,46 +138,24 @@ __noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, 
 	return len;
 }
 
+#include "scan.bpf.c"
 
-
-/* bpf_find_vma's callback: the flags of the mapping found. */
-static long vma_flags_cb(struct task_struct *task, struct vm_area_struct *vma, __u64 *flags)
+/* A pc no table entry covers: mapped since the tables were loaded, it is
+ * taken with frame pointers (and not cached: the tables come). In a file's
+ * code that is a guess (glibc has none), which the walk records
+ * (w->guessed); V8's new JIT code keeps them. */
+static __always_inline int unmapped_class(struct walk_state *w, __u64 pc)
 {
-	*flags = vma->vm_flags;
-	return 0;
-}
+	int m = mapped_since(pc, w->regs.sp);
 
-/* For a pc the tables put in no executable mapping: whether it is in one
- * after all, mapped since userspace last loaded the process's tables (an
- * addon's dlopen: its code runs before userspace hears of the mapping); and
- * for a pc they put in anonymous memory, whether that is code. The
- * kernel's own answer (bpf_find_vma, Linux 5.17), asked only then: the stack
- * ends at a pc only when it is in no mapping, or in one that is not code. A
- * mmap lock the walk cannot take (EBUSY: another thread maps or unmaps, or
- * the fault being traced holds it) is answered by the bytes before pc: a
- * return address follows a call (after_call), and JIT code's do (answering
- * "not code" cut JIT frames off resident mode's fault stacks; "code" let
- * heap words and small integers through). An address within 8 MiB of the
- * stack pointer is the stack itself. */
-__noinline int after_call(__u64 addr);
-
-static __always_inline int mapped_since(__u64 pc, __u64 sp)
-{
-	/* An address this close to the stack pointer is the stack itself. */
-	if (pc - (sp - STACK_NEAR) < 2 * STACK_NEAR)
-		return 0;
-	__u64 flags = 0;
-	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_flags_cb, &flags, 0);
-
-	if (err == -EBUSY)
-		return after_call(pc);
-	return err == 0 && (flags & OFFHEAP_VM_EXEC);
+	if (m == MAPPED_FILE_CODE)
+		w->guessed = 1;
+	return m ? UNWIND_FP : UNWIND_NONE;
 }
 
 /* How the frame recorded last unwinds (enum unwind_class; for TABLE, its row
  * is in w->cursor.row). Return addresses come from the unwind cache when
- * they can (see UNWIND_CACHE). A pc mapped since the tables were loaded is
- * taken with frame pointers, and not cached: the tables come. */
+ * they can (see UNWIND_CACHE); a pc no entry covers, see unmapped_class. */
 static __always_inline int frame_class(struct walk_state *w, struct unwind_cache *cache)
 {
 	__u64 pc = w->regs.pc;
@@ -193,7 +164,7 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
 		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
 			return UNWIND_NONE;
-		return cls == UNWIND_NONE && mapped_since(pc, w->regs.sp) ? UNWIND_FP : cls;
+		return cls == UNWIND_NONE ? unmapped_class(w, pc) : cls;
 	}
 	struct unwind_cache_entry *e =
 		&cache->e[(stack_hash_step(0, pc) >> 32) & (UNWIND_CACHE - 1)];
@@ -202,8 +173,8 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 		return e->cls;
 	}
 	int cls = unwind_find(w->tgid, pc, 0, &w->cursor);
-	if (cls == UNWIND_NONE && mapped_since(pc, w->regs.sp))
-		return UNWIND_FP;
+	if (cls == UNWIND_NONE)
+		return unmapped_class(w, pc);
 	/* The tables take all anonymous memory for V8's code (it makes pages
 	 * executable after they were read): a return address there must be in
 	 * code now, not in a thread's stack or a heap (a scanned or garbage
@@ -255,126 +226,11 @@ static __always_inline int fp_step(struct walk_state *w, struct stack_scratch *s
 	return 0;
 }
 
-/* Word idx of the walk's copy, the index masked for the verifier (which
- * may not keep a bound checked before: barrier_var keeps the mask). */
-static __always_inline __u64 copy_word(const struct stack_scratch *sc, __u32 idx)
-{
-	barrier_var(idx);
-	return sc->words[idx & (OFFHEAP_STACK_WINDOW / 8 - 1)];
-}
-
 /* Whether pc is in V8's embedded builtins, in node's text or V8's copy. */
 static __always_inline int in_v8_builtins(const struct v8_proc_config *v8, __u64 pc)
 {
 	return (pc >= v8->builtins_start && pc < v8->builtins_end) ||
 	       (pc >= v8->remap_start && pc < v8->remap_end);
-}
-
-/* Whether the 8 bytes before addr end with a call instruction, which makes
- * addr a return address (the Intel SDM's CALL encodings): E8 rel32;
- * FF /2 with a register (2 bytes, 3 with REX.B), [reg+disp8] (3 bytes),
- * [reg+disp32] or [rip+disp32] (6 bytes). */
-__noinline int after_call(__u64 addr)
-{
-	__u8 b[8];
-
-	if (addr < 4096 || addr >= (1ULL << 47))
-		return 0;
-	if (bpf_probe_read_user(b, sizeof(b), (const void *)(addr - 8)) < 0)
-		return 0;
-	if (b[3] == 0xe8)
-		return 1;
-	if (b[6] == 0xff && (b[7] & 0xf8) == 0xd0)
-		return 1;
-	if (b[5] == 0x41 && b[6] == 0xff && (b[7] & 0xf8) == 0xd0)
-		return 1;
-	if (b[5] == 0xff && (b[6] & 0xf8) == 0x50 && b[6] != 0x54)
-		return 1;
-	if (b[2] == 0xff && (b[3] == 0x15 || ((b[3] & 0xf8) == 0x90 && b[3] != 0x94)))
-		return 1;
-	return 0;
-}
-
-/* The caller's %rbp among the `n` words at off that a frame scanned over
- * (scan_step) holds below its return address at `slot`: the function saved
- * it there if it used %rbp. It is the one that points at a frame record
- * above: a word there that a call precedes. Sets regs.bp; returns 1 when
- * found. Global: the verifier checks it once, not once per scanned word. */
-__noinline int saved_bp(struct stack_scratch *sc, __u64 off, int n, __u64 slot)
-{
-	if (!sc)
-		return 0;
-	for (int j = 0; j < SCAN_WORDS; j++) {
-		if (j >= n)
-			return 0;
-		__u64 v = copy_word(sc, (off + j * 8) / 8), ra;
-		if (v <= slot || v - slot > FRAME_MAX || (v & 7))
-			continue;
-		if (bpf_probe_read_user(&ra, sizeof(ra), (const void *)(v + 8)) < 0 || !after_call(ra))
-			continue;
-		sc->walk.regs.bp = v;
-		return 1;
-	}
-	return 0;
-}
-
-/* The caller of a frame that neither a table row nor frame pointers can
- * step (code with neither .eh_frame nor frame pointers: libvips' C code in
- * sharp's prebuilt binaries, say): the first word above its sp that is a
- * return address (after_call), as Breakpad's stack scanning does. %rbp is
- * then unknown (the frames scanned over may have used it, and saved the
- * caller's where nothing says): until a row restores it, a step that needs
- * it is taken only when the return address it finds passes after_call too
- * (walk_one). A frame whose code keeps a frame record (`record`: frame
- * pointers, or a row with CFA = rbp + 16) has its return address right
- * above its caller's %rbp: the word below a candidate must then be a frame
- * pointer further up the stack (or 0, the outermost), which rules out most
- * stale return addresses left in locals, and gives %rbp back. Returns 0
- * with regs.pc and regs.sp set, or -1. A global function, checked once. */
-__noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
-{
-	if (!sc)
-		return -1;
-	struct walk_state *w = &sc->walk;
-
-	if (w->scans >= SCAN_MAX || (sp & 7))
-		return -1;
-	if (sp < w->base || w->win < SCAN_WORDS * 8 || sp - w->base > w->win - SCAN_WORDS * 8) {
-		w->base = sp;
-		w->win = read_window(sc, sp, w->limit, SCAN_WORDS * 8);
-		w->reread = 1;
-	}
-	__u64 off = sp - w->base;
-	for (int i = 0; i < SCAN_WORDS; i++) {
-		__u64 at = off + i * 8;
-		if (at + 8 > w->win || at > OFFHEAP_STACK_WINDOW - 8)
-			return -1;
-		__u32 idx = at / 8;
-		__u64 word = copy_word(sc, idx);
-		__u64 slot = w->base + at;
-		__u64 saved = 0;
-		if (record) {
-			if (at < 8)
-				continue;
-			saved = copy_word(sc, idx - 1);
-			if (saved && (saved <= slot || saved - slot > FRAME_MAX || (saved & 7)))
-				continue;
-		}
-		/* A word pointing into the thread's own stack is data, never a
-		 * return address (thread stacks are 8 MiB; it passed after_call
-		 * when the bytes before it happened to look like a call). */
-		if (word - (sp - STACK_NEAR) < 2 * STACK_NEAR)
-			continue;
-		if (!after_call(word))
-			continue;
-		w->regs.pc = word;
-		w->regs.sp = slot + 8;
-		w->scans++;
-		w->regs.bp = saved;
-		w->bp_lost = !record && !saved_bp(sc, off, i, slot);
-		return 0;
-	}
-	return -1;
 }
 
 /* One frame of the walk; returns 1 to stop. It finishes the frame recorded

@@ -6,7 +6,8 @@
 //! never asserts: a benchmark on a shared 2-core machine is not a test.
 //!
 //! Parts: `floor` (a bare counting uprobe on malloc+free of the one PID, libbpf:
-//! what any uprobe tool pays), `bpftrace-floor` (the same with bpftrace, which
+//! what any uprobe tool pays; it also runs `floor+return`, the same with a return
+//! probe on malloc, what exact accounting pays at least), `bpftrace-floor` (the same with bpftrace, which
 //! cannot narrow to one PID; see floor.rs), `malloc` and `resident`
 //! (`offheap run --mode ...`), `traffic` (the traffic probes on a
 //! socket-heavy loop: bench_traffic.rs), `threadpool` (the threadpool
@@ -162,8 +163,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut parts: Vec<Part<'_>> = Vec::new();
     if let Some(counter) = &counter {
         parts.push(Part::new("floor", move |b: &Bench| {
-            let out = counter.run(&b.root, &b.libc, &b.node_args())?;
+            let out = counter.run(&b.root, &b.libc, &b.node_args(), false)?;
             counted("floor", &out)
+        }));
+        // Not a goal's reference: what the return probe alone adds, which
+        // exact accounting cannot do without (malloc mode's alloc_exit).
+        parts.push(Part::new("floor+return", move |b: &Bench| {
+            let out = counter.run(&b.root, &b.libc, &b.node_args(), true)?;
+            counted("floor+return", &out)
         }));
     }
     if wants(PartName::BpftraceFloor) {
@@ -182,7 +189,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .position(|p| p.name == name)
             .map(|i| interleaved.remove(i))
     };
-    let (floor, bt_floor, malloc) = (take("floor"), take("bpftrace-floor"), take("malloc"));
+    let (floor, floor_ret, bt_floor, malloc) = (
+        take("floor"),
+        take("floor+return"),
+        take("bpftrace-floor"),
+        take("malloc"),
+    );
     let resident = if wants(PartName::Resident) {
         let part = Part::new("resident", |b: &Bench| b.offheap_run("resident"));
         rounds(&bench, vec![part], args.resident_pairs).pop()
@@ -192,7 +204,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     println!();
     println!("bench summary: medians of paired runs, loop time measured inside node");
-    for p in [&floor, &bt_floor, &malloc, &resident]
+    for p in [&floor, &floor_ret, &bt_floor, &malloc, &resident]
         .into_iter()
         .flatten()
     {
@@ -218,6 +230,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 median(&per_round).unwrap_or(f64::NAN),
             );
         }
+    }
+    if let (Some(m), Some(fr)) = (
+        malloc.as_ref().and_then(Paired::ratio),
+        floor_ret.as_ref().and_then(Paired::ratio),
+    ) {
+        println!(
+            "  malloc slowdown / floor+return slowdown: {m:.2}x / {fr:.2}x = {:.2}  (no goal: the \
+             floor of exact accounting, which must see malloc's return value)",
+            m / fr
+        );
     }
     if let Some(r) = resident.as_ref().and_then(Paired::ratio) {
         println!(
@@ -452,7 +474,7 @@ fn report_summary(json: &str) -> Result<String> {
 fn counted(name: &str, stdout: &str) -> Result<f64> {
     let ms = elapsed(stdout.as_bytes())?;
     match parse_bpftrace_count(stdout) {
-        Some(n) if n > 0 => println!("bench: {name}: counted {n} malloc+free calls"),
+        Some(n) if n > 0 => println!("bench: {name}: counted {n} probe hits"),
         _ => bail!("it counted no malloc/free calls: its probes did not fire"),
     }
     Ok(ms)

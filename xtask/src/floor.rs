@@ -61,10 +61,19 @@ impl PerPidCounter {
     }
 
     /// Runs node with `node_args` from `root` under the counter; returns its stdout
-    /// (the workload's lines, then `@n: <calls>`).
-    pub fn run(&self, root: &Path, libc: &Path, node_args: &[String]) -> Result<String> {
+    /// (the workload's lines, then `@n: <calls>`). `with_return`: a return probe on
+    /// malloc as well (FLOOR_RETURN=1, see floor.c): what a tool that learns each
+    /// block's address pays at least, since only malloc's return value has it.
+    pub fn run(
+        &self,
+        root: &Path,
+        libc: &Path,
+        node_args: &[String],
+        with_return: bool,
+    ) -> Result<String> {
         let out = Command::new(&self.bin)
             .current_dir(root)
+            .env("FLOOR_RETURN", if with_return { "1" } else { "0" })
             .arg(&self.obj)
             .arg(libc)
             .arg("node")

@@ -21,10 +21,18 @@ pub enum SpawnError {
     IsDirectory(PathBuf),
     #[error("argument contains a NUL byte: {0:?}")]
     Nul(String),
-    #[error("{0}: {1}")]
-    Os(&'static str, std::io::Error),
-    #[error("cannot execute {0}: {1}")]
-    Exec(String, std::io::Error),
+    #[error("{call}")]
+    Os {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot execute {cmd}")]
+    Exec {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A forked child, held before exec.
@@ -89,7 +97,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(SpawnError::Os("pipe2", std::io::Error::last_os_error()));
+        return Err(SpawnError::Os {
+            call: "pipe2",
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: pipe2 returned two fresh descriptors that we now own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -110,7 +121,10 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild, SpawnError> {
     // on memory prepared before fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(SpawnError::Os("fork", std::io::Error::last_os_error()));
+        return Err(SpawnError::Os {
+            call: "fork",
+            source: std::io::Error::last_os_error(),
+        });
     }
     if pid == 0 {
         // Child.
@@ -181,10 +195,10 @@ impl HeldChild {
             }
         };
         if n == std::mem::size_of::<i32>() as isize {
-            return Err(SpawnError::Exec(
-                cmd.into(),
-                std::io::Error::from_raw_os_error(err),
-            ));
+            return Err(SpawnError::Exec {
+                cmd: cmd.into(),
+                source: std::io::Error::from_raw_os_error(err),
+            });
         }
         Ok(())
     }

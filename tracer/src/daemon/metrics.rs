@@ -26,8 +26,16 @@ use crate::report::{verdict::Kind, Bucket, ProcessReport};
 pub enum MetricsError {
     #[error("registering metric")]
     Prometheus(#[from] prometheus::Error),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: String, reason: String },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    #[error("cannot listen on {addr}: not an IP address")]
+    NotIp { addr: String },
+    #[error("starting the metrics server's thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Who a process is, for labels. Empty strings when unknown (not in a pod).
@@ -317,16 +325,15 @@ impl Drop for MetricsServer {
 /// from a dedicated thread: scrapes must keep working while the tracing loop
 /// is busy.
 pub fn serve(addr: &str, state: Arc<MetricsState>) -> Result<MetricsServer, MetricsError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| MetricsError::Listen {
+    let server = tiny_http::Server::http(addr).map_err(|source| MetricsError::Listen {
         addr: addr.to_string(),
-        reason: e.to_string(),
+        source,
     })?;
     let bound = server
         .server_addr()
         .to_ip()
-        .ok_or_else(|| MetricsError::Listen {
+        .ok_or_else(|| MetricsError::NotIp {
             addr: addr.to_string(),
-            reason: "not an IP address".into(),
         })?;
     let server = Arc::new(server);
     let s = Arc::clone(&server);
@@ -345,10 +352,7 @@ pub fn serve(addr: &str, state: Arc<MetricsState>) -> Result<MetricsServer, Metr
                 let _ = req.respond(resp);
             }
         })
-        .map_err(|e| MetricsError::Listen {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(MetricsError::Thread)?;
     Ok(MetricsServer {
         addr: bound,
         server,

@@ -191,6 +191,26 @@ fn samples() -> Vec<Box<dyn std::error::Error + Send + Sync>> {
         Box::new(RenderError::Chart(ChartError::Draw(
             plotters::drawing::DrawingAreaErrorKind::LayoutError,
         ))),
+        Box::new(RenderError::Json(
+            serde_json::from_str::<u8>("x").unwrap_err(),
+        )),
+        Box::new(RenderError::Io {
+            format: "pprof",
+            source: io(libc::ENOMEM),
+        }),
+        Box::new(MetricsError::Listen {
+            addr: "0.0.0.0:9464".into(),
+            source: Box::new(io(libc::EADDRINUSE)),
+        }),
+        Box::new(MetricsError::Thread(io(libc::EAGAIN))),
+        Box::new(crate::core::spawn::SpawnError::Os {
+            call: "fork",
+            source: io(libc::EAGAIN),
+        }),
+        Box::new(crate::core::spawn::SpawnError::Exec {
+            cmd: "/tmp/x".into(),
+            source: io(libc::ENOEXEC),
+        }),
         Box::new(crate::commands::report::ReportFileError::Open {
             path: p("/r.json"),
             source: io(libc::ENOENT),

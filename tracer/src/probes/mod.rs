@@ -264,8 +264,8 @@ impl Probes {
         Ok(())
     }
 
-    /// Loads and attaches one tracepoint program; its link lives as long as
-    /// self.
+    /// Loads (once: a program may serve several tracepoints) and attaches
+    /// one tracepoint program; its link lives as long as self.
     fn attach_tracepoint(
         &mut self,
         name: &'static str,
@@ -277,8 +277,10 @@ impl Probes {
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .ok_or(ProbeError::MissingProgram(name))?;
-        prog.load()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
         let link = prog
             .attach(category, event)
             .and_then(|id| prog.take_link(id))

@@ -2,8 +2,7 @@
 use super::{RenderError, Report};
 
 pub fn render(report: &Report) -> Result<Vec<u8>, RenderError> {
-    let mut out = serde_json::to_vec_pretty(report)
-        .map_err(|e| RenderError::Encode("json", e.to_string()))?;
+    let mut out = serde_json::to_vec_pretty(report).map_err(RenderError::Json)?;
     out.push(b'\n');
     Ok(out)
 }

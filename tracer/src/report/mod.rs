@@ -79,8 +79,20 @@ impl ValueKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("encoding the report as {0}: {1}")]
-    Encode(&'static str, String),
+    #[error("encoding the report as JSON")]
+    Json(#[source] serde_json::Error),
+    /// Compressing the pprof profile, or writing a flame graph (inferno
+    /// writes through io::Write).
+    #[error("encoding the report as {format}")]
+    Io {
+        format: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The view has nothing to show: a flame graph of no bytes, a diff as a
+    /// profile.
+    #[error("cannot render {format}: {why}")]
+    Nothing { format: &'static str, why: String },
     #[error(transparent)]
     Chart(#[from] chart::ChartError),
 }

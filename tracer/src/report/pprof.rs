@@ -378,7 +378,10 @@ pub fn render(report: &Report) -> Result<Vec<u8>, RenderError> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
     gz.write_all(&raw)
         .and_then(|_| gz.finish())
-        .map_err(|e| RenderError::Encode("pprof", e.to_string()))
+        .map_err(|source| RenderError::Io {
+            format: "pprof",
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -82,10 +82,10 @@ pub fn render(report: &Report, value: ValueKind) -> Result<Vec<u8>, RenderError>
         }
     }
     if lines.is_empty() {
-        return Err(RenderError::Encode(
-            "svg",
-            format!("no stack has any {} bytes to draw", value.as_str()),
-        ));
+        return Err(RenderError::Nothing {
+            format: "svg",
+            why: format!("no stack has any {} bytes to draw", value.as_str()),
+        });
     }
     let mut palette = PaletteMap::default();
     for (name, b) in &owner {
@@ -111,8 +111,12 @@ pub fn render(report: &Report, value: ValueKind) -> Result<Vec<u8>, RenderError>
     let mut sorted: Vec<String> = lines.into_iter().map(|(k, v)| format!("{k} {v}")).collect();
     sorted.sort();
     let mut out = Vec::new();
-    flamegraph::from_lines(&mut opts, sorted.iter().map(String::as_str), &mut out)
-        .map_err(|e| RenderError::Encode("svg", e.to_string()))?;
+    flamegraph::from_lines(&mut opts, sorted.iter().map(String::as_str), &mut out).map_err(
+        |source| RenderError::Io {
+            format: "svg",
+            source,
+        },
+    )?;
     Ok(out)
 }
 

@@ -14,7 +14,7 @@ use tracer_common::{
     MapEvent, StackIps, STACK_TRUNCATED,
 };
 
-use super::{procfs::ProcError, Resident};
+use super::{procfs::ProcError, MapStack, Resident};
 use crate::accounting::unwind::UnwindError;
 
 #[derive(Debug, thiserror::Error)]
@@ -211,15 +211,18 @@ impl ResidentMaps {
                     let fixed = std::mem::size_of::<MapEvent>();
                     let end = (fixed + ev.stack_len as usize).min(rec.len());
                     let queued = self.queued(ev.async_stack);
+                    let walk = self.walk(ev.stack_id);
                     let p = procs.get_mut(&hdr.tgid).expect("checked");
                     if hdr.kind == resident_event_kind::FAULT_STACK {
                         p.on_fault_stack(&ev, &rec[fixed..end], as_slice(&queued));
                         st.faults += 1;
                         st.fault_stacks += 1;
                     } else {
-                        let walk = self.walk(ev.stack_id);
-                        let walk = walk.as_ref().map(|(f, t)| (f.as_slice(), *t));
-                        p.on_map(&ev, walk, &rec[fixed..end], as_slice(&queued));
+                        let stack = match &walk {
+                            Some((f, t)) => MapStack::Walked(f, *t),
+                            None => MapStack::Raw(&rec[fixed..end]),
+                        };
+                        p.on_map(&ev, stack, as_slice(&queued));
                         st.maps += 1;
                     }
                 }

@@ -4,8 +4,7 @@
 //! - `mapping`: an anonymous mapping created while tracing (a large malloc
 //!   served by mmap, a V8 heap page, an addon's own mmap) serves one
 //!   allocation, so all its resident pages are charged to the stack that
-//!   created it, unwound from the raw stack copy (`unwind.rs`), with the JS
-//!   frames the walker decoded live at the same moment (`live_js.rs`).
+//!   created it, unwound from the raw stack copy (`unwind.rs`).
 //! - `first_touch`: pages anywhere else (the brk `[heap]`, glibc's per-thread
 //!   arenas, mappings that existed before tracing) are charged to the stack of
 //!   the first fault on that page.
@@ -25,7 +24,6 @@
 //! first touched (first_touch) by that stack.
 mod evict;
 mod exited;
-mod live_js;
 mod maps;
 mod output;
 mod set;
@@ -114,6 +112,15 @@ pub struct Measure {
     /// Still-resident preexisting bytes per kind index.
     pub preexisting: Vec<u64>,
     pub buckets: Buckets,
+}
+
+/// The stack of a mapping event: the BPF walker's frames and whether it was
+/// truncated, or (when that walk died at once, in code the unwind tables do
+/// not cover yet) the raw user stack for the CFI unwinder.
+#[derive(Clone, Copy, Debug)]
+pub enum MapStack<'a> {
+    Walked(&'a [u64], bool),
+    Raw(&'a [u8]),
 }
 
 /// The resident-mode model of one process.
@@ -319,17 +326,9 @@ impl Resident {
         self.clear_baseline(page, page + PAGE);
     }
 
-    /// An anonymous mapping created (mmap) or moved (mremap); `stack` is the
-    /// raw user stack copied at the syscall's exit, `walk` the walker's
-    /// stack taken there too (frame 0 its return address; its JS frames
-    /// decoded live), whose JS words replace the copy's (`live_js`).
-    pub fn on_map(
-        &mut self,
-        ev: &MapEvent,
-        walk: Option<(&[u64], bool)>,
-        stack: &[u8],
-        queued: Option<(&[u64], bool)>,
-    ) {
+    /// An anonymous mapping created (mmap) or moved (mremap), with its stack
+    /// at the syscall's exit.
+    pub fn on_map(&mut self, ev: &MapEvent, stack: MapStack<'_>, queued: Option<(&[u64], bool)>) {
         let start = ev.addr & !(PAGE - 1);
         let end = (ev.addr + ev.len).div_ceil(PAGE) * PAGE;
         if ev.syscall == tracer_common::event_kind::MREMAP {
@@ -344,10 +343,19 @@ impl Resident {
             self.remove_mappings(start, end);
             return;
         }
-        let (mut frames, mut truncated) = self.unwind(ev, stack);
-        if let Some((w, _)) = walk {
-            live_js::merge(&mut frames, ev.ip, w);
-        }
+        let (mut frames, mut truncated) = match stack {
+            MapStack::Walked(f, t) => (f.to_vec(), t),
+            MapStack::Raw(bytes) => {
+                // The walker starts at the stub's caller (glibc's mmap and
+                // mremap are stubs that push nothing, fault.bpf.c): so does
+                // this, or one site would get two stacks.
+                let (mut f, t) = self.unwind(ev, bytes);
+                if f.len() > 1 {
+                    f.remove(0);
+                }
+                (f, t)
+            }
+        };
         crate::accounting::join_queued(&mut frames, &mut truncated, queued);
         let s = self.intern(frames, Attribution::Mapping, truncated);
         self.stacks[s as usize].events += 1;

@@ -11,7 +11,10 @@ use crate::report::{
 
 /// A rendering that cannot be made, as an io::Error of the writer.
 fn refuse(what: &'static str, why: &str) -> io::Error {
-    io::Error::other(RenderError::Encode(what, why.to_string()))
+    io::Error::other(RenderError::Nothing {
+        format: what,
+        why: why.to_string(),
+    })
 }
 
 fn render_text(d: &DiffReport, opts: &RenderOptions, out: &mut dyn Write) -> io::Result<()> {
