@@ -233,6 +233,18 @@ fn dump_leak_stacks(report: &Value, kind: &str) {
     }
 }
 
+/// Keeps a failing run's report (the test's directory goes) and says where.
+fn keep_report(report: &Value, what: &str) {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("js_frames-{what}-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_vec_pretty(report).unwrap()).unwrap();
+    eprintln!(
+        "report kept: {}; counters: {}",
+        path.display(),
+        report["counters"]
+    );
+}
+
 /// The line of `function <name>(` in the fixture (1-based).
 fn fixture_line(name: &str) -> u32 {
     let text = std::fs::read_to_string(workspace().join("tests/fixtures/js_tiers.js")).unwrap();
@@ -303,6 +315,7 @@ fn compare(major: u32, mode: &str) {
             if let Some(w) = want {
                 if per(&name) != w {
                     dump_leak_stacks(&plain.report, kind);
+                    keep_report(&plain.report, &format!("node{major}-{mode}"));
                 }
                 assert_eq!(per(&name), w, "node {major} {mode}: {name}");
             }

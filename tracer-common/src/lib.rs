@@ -588,6 +588,22 @@ pub struct FaultConfig {
     pub _pad: u32,
 }
 
+/// Log2 of the bytes of one `fault_skip` granule (offheap.h).
+pub const GRANULE_SHIFT: u32 = 21;
+/// Pages of one granule: bits of `FaultSkipRange::touched`.
+pub const GRANULE_PAGES: usize = 1 << (GRANULE_SHIFT - 12);
+
+/// Value of `fault_skip` (key: `FaultPageKey` with page = the granule
+/// number): the tracked part [lo, hi) of the granule, in bytes, and the
+/// pages that faulted there (bit p of `touched`: page p of the granule).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultSkipRange {
+    pub lo: u32,
+    pub hi: u32,
+    pub touched: [u64; GRANULE_PAGES / 64],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FaultPageKey {
@@ -861,6 +877,8 @@ mod pod {
         ProcEvent,
         OomEvent,
         FaultConfig,
+        FaultPageKey,
+        FaultSkipRange,
         HistKey,
         WorkKey,
         V8ProcConfig,

@@ -35,6 +35,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         "vm_args" VmArgs { addr, len, old_len, flags, prot, syscall, _pad, stack }
         "fault_event" FaultEvent { hdr, address, ip, error_code, stack_id, sp_word, async_stack, _pad }
         "fault_page_key" FaultPageKey { tgid, _pad, page }
+        "fault_skip_range" FaultSkipRange { lo, hi, touched }
         "fault_config" FaultConfig { sample_every, _pad }
         "hist_key" HistKey { stack, bucket }
         "work_key" WorkKey { tgid, _pad, work }
@@ -117,6 +118,8 @@ fn rust_constants() -> Vec<(String, u64)> {
             FAULT_EVENTS_BYTES.into(),
         ),
         ("OFFHEAP_MAX_FAULT_PAGES".into(), MAX_FAULT_PAGES.into()),
+        ("OFFHEAP_GRANULE_SHIFT".into(), GRANULE_SHIFT.into()),
+        ("OFFHEAP_GRANULE_PAGES".into(), GRANULE_PAGES as u64),
         ("OFFHEAP_STACK_COPY_PAGES".into(), STACK_COPY_PAGES as u64),
         ("OFFHEAP_STACK_COPY_BYTES".into(), STACK_COPY_BYTES as u64),
         ("OFFHEAP_EV_FAULT".into(), resident_event_kind::FAULT.into()),

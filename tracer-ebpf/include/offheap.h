@@ -364,8 +364,12 @@ enum resident_event_kind {
  * attribution): faults there need no stack, the mapping's creation stack is
  * charged. One [lo, hi) byte range per granule, merged when contiguous; a
  * miss only costs a stack walk. Key: struct fault_page_key with page = the
- * granule number (address >> 21). */
+ * granule number (address >> 21). Each entry also marks the pages of the
+ * granule that faulted since a mapping covered them (`touched`): the pages a
+ * process made resident there, known after its exit, when its pagemap can no
+ * longer be read (a command shorter than one interval). */
 #define OFFHEAP_GRANULE_SHIFT 21
+#define OFFHEAP_GRANULE_PAGES (1 << (OFFHEAP_GRANULE_SHIFT - 12))
 #define OFFHEAP_MAX_SKIP_GRANULES 65536
 /* glibc thread arenas: PROT_NONE + MAP_NORESERVE mappings of HEAP_MAX_SIZE
  * (64 MiB on 64-bit) or twice it (malloc/arena.c:new_heap). Shared memory:
@@ -383,6 +387,9 @@ struct fault_config {
 struct fault_skip_range {
 	__u32 lo;
 	__u32 hi;
+	/* Bit p: page p of the granule faulted while a mapping covered it
+	 * (set by the fault programs, cleared for a new mapping's pages). */
+	__u64 touched[OFFHEAP_GRANULE_PAGES / 64];
 };
 
 struct fault_page_key {

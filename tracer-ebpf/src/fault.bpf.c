@@ -151,14 +151,36 @@ struct mark_ctx {
 	__u64 end;
 };
 
+/* Clears the touched bits of the pages of [lo, hi) (bytes in the granule):
+ * a new mapping there has none resident yet (its earlier pages were unmapped
+ * or replaced). */
+static __always_inline void clear_touched(struct fault_skip_range *r, __u32 lo, __u32 hi)
+{
+	__u32 p0 = lo >> 12, p1 = (hi + 4095) >> 12;
+	__u32 w;
+
+	for (w = 0; w < OFFHEAP_GRANULE_PAGES / 64; w++) {
+		__u32 a = w * 64, b = a + 64;
+		__u64 mask;
+
+		if (p1 <= a || p0 >= b)
+			continue;
+		a = p0 > a ? p0 - a : 0;
+		b = p1 < b ? p1 - w * 64 : 64;
+		mask = (b - a == 64 ? ~0ULL : ((1ULL << (b - a)) - 1)) << a;
+		__sync_fetch_and_and(&r->touched[w], ~mask);
+	}
+}
+
 static long mark_granule(__u64 i, void *arg)
 {
 	struct mark_ctx *c = arg;
 	struct fault_page_key key = {};
-	struct fault_skip_range v, *r;
+	struct fault_skip_range *r;
 	__u64 g = (c->start >> OFFHEAP_GRANULE_SHIFT) + i;
 	__u64 gs = g << OFFHEAP_GRANULE_SHIFT;
 	__u64 ge = gs + (1ULL << OFFHEAP_GRANULE_SHIFT);
+	__u32 lo, hi, new_lo, new_hi;
 
 	key.tgid = c->tgid;
 	key.page = g;
@@ -166,16 +188,33 @@ static long mark_granule(__u64 i, void *arg)
 		bpf_map_delete_elem(&fault_skip, &key);
 		return 0;
 	}
-	v.lo = (c->start > gs ? c->start : gs) - gs;
-	v.hi = (c->end < ge ? c->end : ge) - gs;
+	new_lo = lo = (c->start > gs ? c->start : gs) - gs;
+	new_hi = hi = (c->end < ge ? c->end : ge) - gs;
 	r = bpf_map_lookup_elem(&fault_skip, &key);
-	if (r && r->hi >= v.lo && r->lo <= v.hi) {
-		if (r->lo < v.lo)
-			v.lo = r->lo;
-		if (r->hi > v.hi)
-			v.hi = r->hi;
+	if (!r) {
+		/* A new entry: no page touched yet. */
+		struct fault_skip_range v = {};
+
+		v.lo = lo;
+		v.hi = hi;
+		if (!bpf_map_update_elem(&fault_skip, &key, &v, BPF_NOEXIST))
+			return 0;
+		/* Another CPU made it meanwhile: merge into theirs. */
+		r = bpf_map_lookup_elem(&fault_skip, &key);
+		if (!r)
+			return 0;
 	}
-	bpf_map_update_elem(&fault_skip, &key, &v, BPF_ANY);
+	/* Updated in place, so that the pages other CPUs mark meanwhile stay
+	 * marked; [lo, hi) in one 8-byte store, which a fault on another CPU
+	 * reads whole. */
+	if (r->hi >= lo && r->lo <= hi) {
+		if (r->lo < lo)
+			lo = r->lo;
+		if (r->hi > hi)
+			hi = r->hi;
+	}
+	*(volatile __u64 *)&r->lo = (__u64)hi << 32 | lo;
+	clear_touched(r, new_lo, new_hi);
 	return 0;
 }
 
@@ -193,11 +232,12 @@ static __always_inline void mark_range(__u32 tgid, __u64 start, __u64 end, __u32
 	bpf_loop(n, mark_granule, &c, 0);
 }
 
+/* Whether addr lies in a tracked mapping; if so, marks its page touched. */
 static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 {
 	struct fault_page_key key = {};
 	struct fault_skip_range *r;
-	__u64 off;
+	__u64 off, page;
 
 	key.tgid = tgid;
 	key.page = addr >> OFFHEAP_GRANULE_SHIFT;
@@ -205,7 +245,12 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 	if (!r)
 		return 0;
 	off = addr & ((1ULL << OFFHEAP_GRANULE_SHIFT) - 1);
-	return off >= r->lo && off < r->hi;
+	if (off < r->lo || off >= r->hi)
+		return 0;
+	page = off >> 12;
+	__sync_fetch_and_or(&r->touched[(page >> 6) & (OFFHEAP_GRANULE_PAGES / 64 - 1)],
+			    1ULL << (page & 63));
+	return 1;
 }
 
 /* Kernel-mode faults on user addresses are the kernel writing into user
@@ -215,14 +260,17 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 
 /* The current thread's user stack by the walker (walk.bpf.c), stored in
  * hashed_stacks: its id; or -1 when the walk met code the tables do not
- * cover yet (it stopped within two frames without reaching the stack's end,
- * or it stepped a file's code on a guess: a process whose tables are still
- * being loaded, a module mapped a moment ago), or the stack could not be
- * stored (hashed_stacks full): the caller sends a raw copy for the
- * userspace CFI unwinder instead, which reads the modules itself. `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
+ * cover yet (it stopped within two frames without reaching the stack's end;
+ * or, when `strict`, it stepped a file's code on a guess: a process whose
+ * tables are still being loaded, a module mapped a moment ago), or the
+ * stack could not be stored (hashed_stacks full): the caller sends a raw
+ * copy for the userspace CFI unwinder instead, which reads the modules
+ * itself. Mappings are strict: they are few, and their bytes are exact.
+ * Faults are not: they are many, and a raw copy is 8 KiB of the ring (a
+ * process whose tables could not be loaded at all would flood it). `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
  * here: the tracepoints run their programs with preemption off. */
 static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
-					    enum walk_start start, __u64 *sp_word)
+					    enum walk_start start, int strict, __u64 *sp_word)
 {
 	__u32 zero = 0;
 	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
@@ -239,7 +287,7 @@ static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
 			    stack_limit(), &span, sp_word, start) < 3 &&
 	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
 		return -1;
-	if (sc->walk.guessed)
+	if (strict && sc->walk.guessed)
 		return -1;
 	id = intern_stack(&sc->stack);
 	return id < 0 ? -1 : id;
@@ -306,7 +354,7 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	/* The user registers: for a kernel-mode fault, where the syscall that
 	 * wrote the page was made. */
 	regs = user_regs();
-	id = walked_stack_id(tgid, regs, WALK_AT_IP, &sp_word);
+	id = walked_stack_id(tgid, regs, WALK_AT_IP, 0, &sp_word);
 	if (id < 0)
 		return send_fault_stack(ctx, tgid, address, error_code);
 	e = bpf_ringbuf_reserve(&fault_events, sizeof(*e), 0);
@@ -353,7 +401,7 @@ int BPF_PROG(resident_kernel_fault_enter, unsigned long address, struct pt_regs 
 static __always_inline struct map_event *capture_map(__u32 tgid, __u32 syscall)
 {
 	__u64 sp_word;
-	long id = walked_stack_id(tgid, user_regs(), WALK_AT_CALL, &sp_word);
+	long id = walked_stack_id(tgid, user_regs(), WALK_AT_CALL, 1, &sp_word);
 	struct map_event *e = capture(tgid, syscall, id < 0 ? OFFHEAP_STACK_COPY_PAGES : 0);
 
 	if (e)

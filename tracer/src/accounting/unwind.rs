@@ -66,6 +66,9 @@ pub trait JsFrameDecoder: Send {
     fn word(&mut self, pc: u64, fp: u64, window: StackWindow<'_>) -> Option<u64>;
     /// The process's executable mappings, read again.
     fn maps_changed(&mut self, exec_maps: &[crate::proc::Mapping]);
+    /// A stack first met (its JS words may be resolved now, while the
+    /// process lives: it may exit before the next interval).
+    fn observe(&mut self, _words: &[u64]) {}
 }
 
 /// One executable file mapping of the process.
@@ -240,6 +243,13 @@ impl Unwinder {
         js.maps_changed(&exec);
         self.js = Some(js);
         Ok(())
+    }
+
+    /// A stack first met: its JS words go to the decoder (`observe`).
+    pub fn observe_js(&mut self, words: &[u64]) {
+        if let Some(js) = self.js.as_mut() {
+            js.observe(words);
+        }
     }
 
     fn region(&self, addr: u64) -> Option<&Region> {

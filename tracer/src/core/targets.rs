@@ -98,7 +98,8 @@ impl Tracer {
             }
             // Resident mode unwinds mmap stacks in userspace: the same words.
             if let Model::Resident(set) = &self.model {
-                let js = crate::symbols::v8::RawStackFrames::new(pid, cfg);
+                let js = crate::symbols::v8::RawStackFrames::new(pid, cfg)
+                    .observing(self.sym.js_observer(pid));
                 lock(set).set_js(pid, Box::new(js));
             }
         }
@@ -321,6 +322,9 @@ impl Tracer {
             child.abort();
             return Err(e);
         }
+        // Its executable's symbols now, while it waits: captured after its
+        // exec, a short command is then named before it can exit.
+        self.sym.preload(&exe);
         if let Err(e) = child.release(&spawn::comm_of(&exe)) {
             let _ = spawn::reap(pid);
             let _ = self.probes.remove_target(pid);

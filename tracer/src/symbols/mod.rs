@@ -73,6 +73,18 @@ struct StatKey {
     mtime_nsec: i64,
 }
 
+impl StatKey {
+    fn of(m: &std::fs::Metadata) -> StatKey {
+        StatKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+}
+
 struct Mapped {
     entry: MapEntry,
     module: Option<Arc<Module>>,
@@ -215,6 +227,13 @@ impl Symbolizer {
         self.procs.get(&pid)?.js.as_ref().map(|j| j.config)
     }
 
+    /// A handle that resolves the JS words of `pid` into the frames this
+    /// symbolizer names them with, from another thread (the resident
+    /// drain, as stacks arrive), when it runs V8 offheap can walk.
+    pub fn js_observer(&self, pid: u32) -> Option<v8::JsObserver> {
+        self.procs.get(&pid)?.js.as_ref().map(|j| j.observer())
+    }
+
     /// Resolves the JS frames of a stack of `pid` now, while the process
     /// lives: call it when the stack is first seen (v8/mod.rs).
     pub fn observe_stack(&mut self, pid: u32, words: &[u64]) {
@@ -355,47 +374,54 @@ impl Symbolizer {
                 }
             },
         };
-        let meta = file.metadata().ok()?;
-        let key = StatKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
+        self.load_module(&file, &opened, root)
+            .map_err(|e| self.warn(format!("module {path} of pid {pid}: {e}")))
+            .ok()
+    }
+
+    /// Parses the module of an executable that is about to be exec'd (`run`
+    /// holds its command before exec), so that capturing the process after
+    /// its exec finds it cached: a short command may be gone before node's
+    /// symbols are parsed (0.8 s in a debug build), and its frames then
+    /// stayed unnamed. A file that cannot be parsed is left to the capture.
+    pub fn preload(&mut self, exe: &Path) {
+        if let Ok(file) = File::open(exe) {
+            let _ = self.load_module(&file, exe, None);
+        }
+    }
+
+    /// The module of an open file: from the cache (same file, or same
+    /// build id), else parsed. Err: why it cannot be parsed, one line.
+    fn load_module(
+        &mut self,
+        file: &File,
+        opened: &Path,
+        root: Option<&Root>,
+    ) -> Result<Arc<Module>, String> {
+        let key = StatKey::of(&file.metadata().map_err(|e| e.to_string())?);
         if let Some(m) = self.by_stat.get(&key) {
-            return Some(m.clone());
+            return Ok(m.clone());
         }
         // SAFETY: read-only private mapping, dropped at the end of this block;
         // see module::map for the truncation caveat.
-        let build_id = unsafe { memmap2::Mmap::map(&file) }
+        let build_id = unsafe { memmap2::Mmap::map(file) }
             .ok()
             .and_then(|d| module::read_build_id(&d));
         if let Some(m) = build_id.as_ref().and_then(|b| self.by_build_id.get(b)) {
             let m = m.clone();
             self.by_stat.insert(key, m.clone());
-            return Some(m);
+            return Ok(m);
         }
         // Separate debug files: the host's, then the container's.
         let host = Root::host().ok();
         let roots: Vec<&Root> = host.iter().chain(root).collect();
-        match Module::load(&file, &opened, &roots) {
-            Ok(m) => {
-                let m = Arc::new(m);
-                self.by_stat.insert(key, m.clone());
-                if let Some(b) = &m.build_id {
-                    self.by_build_id.insert(b.clone(), m.clone());
-                }
-                Some(m)
-            }
-            Err(e) => {
-                self.warn(format!(
-                    "module {path} of pid {pid}: {}",
-                    crate::error::one_line(&e)
-                ));
-                None
-            }
+        let m =
+            Arc::new(Module::load(file, opened, &roots).map_err(|e| crate::error::one_line(&e))?);
+        self.by_stat.insert(key, m.clone());
+        if let Some(b) = &m.build_id {
+            self.by_build_id.insert(b.clone(), m.clone());
         }
+        Ok(m)
     }
 
     /// All frames for one address of a process, innermost first. A JS frame
@@ -537,7 +563,7 @@ impl Symbolize for Symbolizer {
         let unresolved: Vec<String> = self
             .procs
             .iter()
-            .filter_map(|(pid, p)| p.js.as_ref().map(|j| (pid, j.unresolved)))
+            .filter_map(|(pid, p)| p.js.as_ref().map(|j| (pid, j.unresolved())))
             .filter(|(_, n)| *n > 0)
             .map(|(pid, n)| {
                 format!(

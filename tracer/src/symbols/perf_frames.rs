@@ -23,7 +23,7 @@ impl Symbolizer {
         let Some(perf) = proc.perf.as_mut() else {
             if proc.runs_node {
                 // With V8's frames decoded (v8/), only V8's other code lacks names.
-                let msg = if proc.js.as_ref().is_some_and(|j| j.seen) {
+                let msg = if proc.js.as_ref().is_some_and(|j| j.seen()) {
                     format!(
                         "pid {pid}: no perf map {} found: V8 code that is not a JS function \
                          (stubs, regexps) shows as {JIT_SYMBOL}; run node with --perf-basic-prof to name it",

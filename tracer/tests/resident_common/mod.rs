@@ -86,7 +86,11 @@ impl Tracer {
         classify: &mut dyn FnMut(u32, &[u64]) -> Bucket,
     ) -> RawProcess {
         self.drain();
-        self.procs.get_mut(&pid).unwrap().finish(classify)
+        let maps = &self.maps;
+        self.procs
+            .get_mut(&pid)
+            .unwrap()
+            .finish(classify, &mut |g| maps.skip_range(pid, g))
     }
 }
 

@@ -10,8 +10,8 @@ use aya::{
     Ebpf,
 };
 use tracer_common::{
-    maps, resident_event_kind, EventHeader, FaultConfig, FaultEvent, MapEvent, StackIps,
-    STACK_TRUNCATED,
+    maps, resident_event_kind, EventHeader, FaultConfig, FaultEvent, FaultPageKey, FaultSkipRange,
+    MapEvent, StackIps, STACK_TRUNCATED,
 };
 
 use super::{procfs::ProcError, MapStack, Resident};
@@ -51,6 +51,8 @@ pub struct ResidentMaps {
     ring: RingBuf<MapData>,
     stacks: BpfHashMap<MapData, i32, StackIps>,
     config: Array<MapData, FaultConfig>,
+    /// Granules of tracked mappings, with their touched pages.
+    skip: BpfHashMap<MapData, FaultPageKey, FaultSkipRange>,
     sample_every: u32,
     /// A stack's id never changes hands (nothing deletes from
     /// hashed_stacks), so frames can be cached for the session.
@@ -81,10 +83,17 @@ impl ResidentMaps {
                 source,
             }
         })?;
+        let skip = BpfHashMap::try_from(take(ebpf, maps::FAULT_SKIP)?).map_err(|source| {
+            ResidentError::Map {
+                name: maps::FAULT_SKIP,
+                source,
+            }
+        })?;
         Ok(ResidentMaps {
             ring,
             stacks,
             config,
+            skip,
             sample_every: 1,
             frames: HashMap::new(),
         })
@@ -119,6 +128,18 @@ impl ResidentMaps {
     /// tokio's AsyncFd).
     pub fn ring_fd(&self) -> RawFd {
         self.ring.as_raw_fd()
+    }
+
+    /// The `fault_skip` entry of granule `g` (address >> GRANULE_SHIFT) of
+    /// `pid`. Nothing deletes a process's entries at its exit: they stay
+    /// until the LRU evicts them, read here at the end of the trace.
+    pub fn skip_range(&self, pid: u32, g: u64) -> Option<FaultSkipRange> {
+        let key = FaultPageKey {
+            tgid: pid,
+            _pad: 0,
+            page: g,
+        };
+        self.skip.get(&key, 0).ok()
     }
 
     /// The frames of a stack id and whether its walk was truncated.

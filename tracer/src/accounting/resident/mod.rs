@@ -9,7 +9,8 @@
 //!   arenas, mappings that existed before tracing) are charged to the stack of
 //!   the first fault on that page.
 //!
-//! What is resident is never inferred from events: every interval the model
+//! What is resident is never inferred from events (but for a process that
+//! exited before its first sample, `exited.rs`): every interval the model
 //! asks the kernel (/proc/PID/pagemap) which of the attributed pages are still
 //! present, so munmap, madvise(DONTNEED/FREE/REMOVE), brk shrink, swap-out and
 //! mremap all stop counting without being modelled. Pages resident before
@@ -22,6 +23,7 @@
 //! at any sample, and `total_allocs` the mappings created (mapping) or pages
 //! first touched (first_touch) by that stack.
 mod evict;
+mod exited;
 mod maps;
 mod output;
 mod set;
@@ -33,6 +35,7 @@ use std::{
 
 use crate::proc::pages as procfs;
 pub use crate::proc::pages::{Pagemap, ProcError, PAGE};
+pub use exited::SkipLookup;
 pub use maps::{DrainStats, ResidentError, ResidentMaps};
 pub use set::ResidentSet;
 use tracer_common::{FaultEvent, MapEvent};
@@ -140,6 +143,9 @@ pub struct Resident {
     /// Pages each first-touch page stands for (the kernel's 1-in-N sampling).
     weight: u64,
     exited: bool,
+    /// It exited before its first sample: the last sample is the pages it
+    /// touched (`count_touched`), not a pagemap read.
+    touched_only: bool,
 }
 
 impl Resident {
@@ -203,6 +209,7 @@ impl Resident {
             shallow_unwinds: 0,
             weight: u64::from(sample_every.max(1)),
             exited: false,
+            touched_only: false,
         })
     }
 
@@ -224,6 +231,9 @@ impl Resident {
             self.stacks[*i as usize].truncated |= truncated;
             return *i;
         }
+        // A new stack: its JS words are resolved now, while the process
+        // lives (the symbolizer names them from that after its exit).
+        self.unwinder.observe_js(&key.0);
         let i = self.stacks.len() as u32;
         self.stacks.push(Stack {
             ips: key.0.clone(),

@@ -3,7 +3,7 @@
 //! reconciliation with RSS.
 use std::collections::VecDeque;
 
-use super::{procfs, Classifier, Measure, Resident, PAGE};
+use super::{procfs, Classifier, Measure, Resident, SkipLookup, PAGE};
 use crate::accounting::dist;
 use crate::report::raw::{RawProcess, RawStack};
 use crate::report::{Attribution, PreexistingLine};
@@ -62,8 +62,16 @@ impl Resident {
 
     /// Takes a last sample (if the process still lives) and returns the raw
     /// per-stack model, with the preexisting lines and the reconciliation.
-    pub fn finish(&mut self, classify: &mut Classifier<'_>) -> RawProcess {
-        self.sample(classify);
+    /// A process that exited before its first sample gets the pages it
+    /// touched instead (`count_touched`; `skip` reads `fault_skip`).
+    pub fn finish(
+        &mut self,
+        classify: &mut Classifier<'_>,
+        skip: &mut SkipLookup<'_>,
+    ) -> RawProcess {
+        if !self.sample(classify) && self.last.is_none() && self.exited {
+            self.count_touched(skip, classify);
+        }
         let m = self.last.clone().unwrap_or_default();
         // Per file while the process lives; after its exit only the total of
         // the last sample is known.
@@ -106,13 +114,11 @@ impl Resident {
             exited: self.exited,
             stacks,
             series: self.series.clone(),
-            reconciliation: Some(reconcile(
-                &m,
-                pre_anon,
-                file_bytes,
-                self.exited,
-                self.weight,
-            )),
+            reconciliation: Some(if self.touched_only {
+                touched_note(&m, self.weight)
+            } else {
+                reconcile(&m, pre_anon, file_bytes, self.exited, self.weight)
+            }),
             preexisting,
             cgroup: None,
             limits: None,
@@ -125,6 +131,21 @@ fn growth(h: &VecDeque<(f64, u64)>) -> Option<f64> {
     let (t0, p0) = *h.front()?;
     let (t1, p1) = *h.back()?;
     (t1 > t0).then(|| (p1 as f64 - p0 as f64) * PAGE as f64 / (t1 - t0))
+}
+
+/// The reconciliation line of a process that exited before its first
+/// sample: no RSS was read, the stacks hold the pages it touched.
+fn touched_note(m: &Measure, weight: u64) -> String {
+    let sampling = if weight > 1 {
+        format!("; first-touch pages sampled 1 in {weight}, each counted {weight} times")
+    } else {
+        String::new()
+    };
+    format!(
+        "exited before its first sample: no RSS read; stacks {:.1} MiB are the pages it \
+         touched (faults seen by the tracer, unmapped ones included){sampling}",
+        m.attributed_bytes as f64 / (1 << 20) as f64,
+    )
 }
 
 fn reconcile(m: &Measure, pre_anon: u64, file: u64, exited: bool, weight: u64) -> String {

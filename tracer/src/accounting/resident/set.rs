@@ -109,9 +109,13 @@ impl ResidentSet {
         self.drain();
         let mut pids: Vec<u32> = self.procs.keys().copied().collect();
         pids.sort_unstable();
+        let maps = &self.maps;
         pids.into_iter()
             .filter_map(|pid| self.procs.remove(&pid))
-            .map(|mut p| p.finish(classify))
+            .map(|mut p| {
+                let pid = p.pid();
+                p.finish(classify, &mut |g| maps.skip_range(pid, g))
+            })
             .collect()
     }
 }

@@ -11,7 +11,7 @@ use tracer_common::{
 };
 
 use super::{
-    memory::{is_heap_object, is_smi, untag, Memory},
+    memory::{is_heap_object, is_smi, untag, Memory, HEAP_OBJECT_TAG, HEAP_OBJECT_TAG_MASK},
     metadata::V8Metadata,
 };
 
@@ -151,6 +151,49 @@ fn slot(frame: &[u8], off: i16) -> u64 {
     u64::from_le_bytes(frame[i..i + 8].try_into().unwrap_or_default())
 }
 
+/// Forwarding pointers followed at most: a young object moved by one
+/// scavenge, then again (promoted) by the next, was seen on node 22.
+const MAX_FORWARDS: usize = 3;
+
+/// Where the heap object that was at `obj` (untagged) is now. A GC that
+/// moves an object (a scavenge copying a young JSFunction, a compaction)
+/// leaves in its old copy's map word the address of the new copy: V8's
+/// `MapWord::FromForwardingAddress` stores `object.ptr() - kHeapObjectTag`
+/// (src/objects/map-word-inl.h, without V8_EXTERNAL_CODE_SPACE, which needs
+/// pointer compression: node builds have neither), a word with the low two
+/// bits clear (`kForwardingTag`), where a live object has its map, tagged
+/// 0b01. The old copy keeps it until its page is reused: a stale address
+/// whose page was reused holds another object's map, as it did before.
+fn current_address(cfg: &V8ProcConfig, mem: &dyn Memory, mut obj: u64) -> Option<u64> {
+    for _ in 0..MAX_FORWARDS {
+        let word = mem.read_u64(obj + u64::from(cfg.off_map)).ok()?;
+        if word & HEAP_OBJECT_TAG_MASK != 0 {
+            return Some(obj);
+        }
+        // Not a forwarding pointer either (a zeroed or garbage word): V8
+        // aligns objects to 8 bytes (kObjectAlignment).
+        if word == 0 || word == obj || word & 7 != 0 {
+            return None;
+        }
+        obj = word;
+    }
+    None
+}
+
+/// Where a frame is read: on the live stack of a thread stopped in the
+/// kernel (the BPF decoder's case, and the reference walk's), or from a copy
+/// of it taken earlier (resident mode's raw stacks, decoded when userspace
+/// drains them: the process ran on since, and a GC may have moved the
+/// JSFunction whose address the copy holds; its forwarding pointer is then
+/// followed, `current_address`). A live frame needs none of this: V8 moves
+/// objects only with every thread of the isolate at a safepoint, and a
+/// thread in the kernel is at none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    Live,
+    Copied,
+}
+
 /// The `ips[]` word of the frame whose frame pointer is `fp` and whose code
 /// holds `pc` (for a frame record read at F, pc is [F+8] and fp is [F]), or
 /// None when it is not a JS frame. `jit`: the walker found pc in anonymous
@@ -163,6 +206,7 @@ pub fn decode_frame(
     pc: u64,
     fp: u64,
     jit: bool,
+    taken: Taken,
 ) -> Option<u64> {
     let base = if pc >= cfg.builtins_start && pc < cfg.builtins_end {
         Some(cfg.builtins_start)
@@ -195,7 +239,10 @@ pub fn decode_frame(
     if !jit && !is_smi(offset_slot) {
         return None;
     }
-    let jsf = untag(slot(&frame, cfg.fp_function))?;
+    let mut jsf = untag(slot(&frame, cfg.fp_function))?;
+    if taken == Taken::Copied {
+        jsf = current_address(cfg, mem, jsf)?;
+    }
     let mut func = [0u8; V8_JS_FUNCTION_BYTES as usize];
     mem.read(jsf, &mut func).ok()?;
     let word = |off: u16| {
@@ -211,9 +258,16 @@ pub fn decode_frame(
     // Ignition and Sparkplug frames hold the BytecodeArray; Ignition's then
     // has the offset as a Smi where Sparkplug's has the feedback vector
     // (InterpreterFrameConstants, BaselineFrameConstants).
-    let bytecode = interp
-        || object_type(cfg, mem, slot(&frame, cfg.fp_bytecode_array))
-            == Some(cfg.type_bytecode_array);
+    // (A BytecodeArray is allocated old and rarely moves; a copied frame's
+    // is followed all the same.)
+    let array = slot(&frame, cfg.fp_bytecode_array);
+    let array = match untag(array) {
+        Some(a) if taken == Taken::Copied => {
+            current_address(cfg, mem, a).map_or(array, |a| a | HEAP_OBJECT_TAG)
+        }
+        _ => array,
+    };
+    let bytecode = interp || object_type(cfg, mem, array) == Some(cfg.type_bytecode_array);
     let (tier, offset) = match (bytecode, is_smi(offset_slot)) {
         (true, true) => {
             let raw = (offset_slot >> 32) as i32;
@@ -237,6 +291,80 @@ pub fn decode_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Words of a fake process.
+    struct Words(std::collections::HashMap<u64, u64>);
+
+    impl Memory for Words {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            for (i, chunk) in buf.chunks_mut(8).enumerate() {
+                let a = addr + 8 * i as u64;
+                let w = self.0.get(&(a & !7)).copied().unwrap_or(0);
+                let b = w.to_le_bytes();
+                let off = (a & 7) as usize;
+                chunk.copy_from_slice(&b[off..off + chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    /// A TurboFan frame whose JSFunction a scavenge moved after the stack
+    /// was copied (its old copy's map word forwards to the new one): the
+    /// copied frame's decoder finds the function where it is now; the live
+    /// frames' decoder (the BPF twin) never sees a forwarded object.
+    #[test]
+    fn a_copied_frame_follows_its_moved_function() {
+        let cfg = V8ProcConfig {
+            fp_context: -8,
+            fp_function: -16,
+            fp_bytecode_array: -24,
+            fp_bytecode_offset: -32,
+            off_map: 0,
+            off_instance_type: 12,
+            off_shared: 24,
+            type_js_function_first: 2066,
+            type_js_function_last: 2082,
+            type_bytecode_array: 180,
+            ..V8ProcConfig::default()
+        };
+        let (fp, old, new, map, sfi) = (0x7ff0_0000_1000u64, 0x1000, 0x2000, 0x3000, 0x4000);
+        let mut w = std::collections::HashMap::new();
+        w.insert(fp - 8, 0x5001); // context: a heap object
+        w.insert(fp - 16, old + 1);
+        w.insert(old, new); // forwarded: the new copy's address, untagged
+        w.insert(new, map + 1);
+        w.insert(new + 24, sfi + 1);
+        w.insert(map + 8, 2070 << 32); // instance type at map + 12
+        let mem = Words(w);
+        let want = JsFrameTag {
+            sfi,
+            tier: Tier::Optimized,
+            bytecode_offset: None,
+        }
+        .encode();
+        assert_eq!(
+            decode_frame(&cfg, &mem, 0x1234, fp, true, Taken::Copied),
+            want
+        );
+        assert_eq!(
+            decode_frame(&cfg, &mem, 0x1234, fp, true, Taken::Live),
+            None
+        );
+        // Three moves (scavenge, scavenge, compaction) at most; a loop of
+        // forwards or a zeroed old copy is no function.
+        let mut looped = Words(mem.0.clone());
+        looped.0.insert(new, old);
+        assert_eq!(
+            decode_frame(&cfg, &looped, 0x1234, fp, true, Taken::Copied),
+            None
+        );
+        let mut zeroed = Words(mem.0.clone());
+        zeroed.0.insert(old, 0);
+        assert_eq!(
+            decode_frame(&cfg, &zeroed, 0x1234, fp, true, Taken::Copied),
+            None
+        );
+    }
 
     #[test]
     fn tags_round_trip_and_saturate() {

@@ -113,11 +113,11 @@ mod resolve;
 mod script;
 mod walk;
 
-pub use frame::{decode_frame, proc_config, JsFrameTag, Tier};
+pub use frame::{decode_frame, proc_config, JsFrameTag, Taken, Tier};
 pub use heap::{Heap, HeapError};
 pub use memory::{Memory, ProcessMemory};
 pub use metadata::{MetadataError, StringTags, V8Metadata, V8Version};
-pub use process::JsProcess;
+pub use process::{JsObserver, JsProcess};
 pub use resolve::{JsFrame, JsFunction, ResolveError, ResolveStats, V8Resolver};
 pub use script::LineEnds;
 pub use walk::{reference_walk, RawStackFrames, WalkedFrame};

@@ -1,7 +1,10 @@
 //! One traced process's JS frames: its decoder config (for `v8_procs`), its
 //! resolver, and the frames resolved so far, kept so that they still name
 //! the stacks after the process died (an OOM post-mortem).
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use tracer_common::V8ProcConfig;
 
@@ -22,15 +25,40 @@ const MAX_KEPT_FRAMES: usize = 1 << 18;
 pub struct JsProcess {
     /// The value of `v8_procs[tgid]` (the BPF decoder's config).
     pub config: V8ProcConfig,
+    /// Shared with the resident drain's raw-stack decoder (`observer`).
+    state: Arc<Mutex<Resolution>>,
+}
+
+/// What resolving a process's JS words keeps.
+struct Resolution {
     resolver: V8Resolver,
     /// `ips[]` word -> frame, resolved when the word was first seen.
     frames: HashMap<u64, Frame>,
     /// Words that could not be resolved (the process was gone, or the SFI
     /// was no longer there).
-    pub unresolved: u64,
+    unresolved: u64,
     /// Whether any JS word was seen: then the stacks come from a walker
     /// that decodes JS frames, and what stays JIT code is V8's other code.
-    pub seen: bool,
+    seen: bool,
+}
+
+/// Resolves the JS words of a process's stacks as another thread sees
+/// them (`JsProcess::observer`): the resident drain, when it unwinds or
+/// first meets a stack, so that a process that exits before the next
+/// interval keeps its JS names.
+#[derive(Clone)]
+pub struct JsObserver(Arc<Mutex<Resolution>>);
+
+impl JsObserver {
+    /// `JsProcess::observe`, from the drain thread.
+    pub fn observe(&self, words: &[u64]) {
+        lock(&self.0).observe(words);
+    }
+}
+
+fn lock(m: &Mutex<Resolution>) -> std::sync::MutexGuard<'_, Resolution> {
+    // A panic while resolving leaves nothing half-written that matters.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl JsProcess {
@@ -40,16 +68,44 @@ impl JsProcess {
         let builtins = meta.builtins_in(exec_maps, path);
         JsProcess {
             config: proc_config(&meta, &builtins),
-            resolver: V8Resolver::new(meta, Box::new(ProcessMemory { pid })),
-            frames: HashMap::new(),
-            unresolved: 0,
-            seen: false,
+            state: Arc::new(Mutex::new(Resolution {
+                resolver: V8Resolver::new(meta, Box::new(ProcessMemory { pid })),
+                frames: HashMap::new(),
+                unresolved: 0,
+                seen: false,
+            })),
         }
+    }
+
+    /// A handle that resolves words into this process's frames.
+    pub fn observer(&self) -> JsObserver {
+        JsObserver(Arc::clone(&self.state))
     }
 
     /// Resolves the JS words of a stack now (call when the stack is first
     /// seen: the GC may move or free the functions later).
     pub fn observe(&mut self, words: &[u64]) {
+        lock(&self.state).observe(words);
+    }
+
+    /// The frame of a JS word: as first resolved, else resolved now.
+    pub fn frame(&mut self, word: u64) -> Frame {
+        lock(&self.state).frame(word)
+    }
+
+    /// Words that could not be resolved.
+    pub fn unresolved(&self) -> u64 {
+        lock(&self.state).unresolved
+    }
+
+    /// Whether any JS word was seen.
+    pub fn seen(&self) -> bool {
+        lock(&self.state).seen
+    }
+}
+
+impl Resolution {
+    fn observe(&mut self, words: &[u64]) {
         for &w in words {
             if JsFrameTag::decode(w).is_none() {
                 continue;
@@ -64,8 +120,7 @@ impl JsProcess {
         }
     }
 
-    /// The frame of a JS word: as first resolved, else resolved now.
-    pub fn frame(&mut self, word: u64) -> Frame {
+    fn frame(&mut self, word: u64) -> Frame {
         match self.frames.get(&word) {
             Some(f) => f.clone(),
             None => {

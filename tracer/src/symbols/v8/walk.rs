@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tracer_common::{V8ProcConfig, MAX_STACK_DEPTH};
 
 use super::{
-    frame::decode_frame,
+    frame::{decode_frame, Taken},
     memory::{Memory, ProcessMemory},
+    process::JsObserver,
 };
 use crate::{
     accounting::unwind::{JsFrameDecoder, StackWindow},
@@ -55,7 +56,7 @@ pub fn reference_walk(
         let (Ok(next), Ok(ret)) = (mem.read_u64(fp), mem.read_u64(fp + 8)) else {
             break;
         };
-        let word = decode_frame(cfg, mem, ret, next, jit(ret)).unwrap_or(ret);
+        let word = decode_frame(cfg, mem, ret, next, jit(ret), Taken::Live).unwrap_or(ret);
         out.push(WalkedFrame {
             pc: ret,
             fp: next,
@@ -70,11 +71,19 @@ pub fn reference_walk(
 }
 
 /// The JS frames of stacks that userspace unwinds from a raw copy (resident
-/// mode's mmap stacks: glibc has no frame pointers, so the kernel copies the
-/// stack and `accounting::unwind` walks it with CFI). The BPF decoder never
-/// sees those frames; this one turns them into the same words, from the
-/// copy (the frame's slots lie just below its frame pointer, inside it) and
-/// the live process (the JSFunction and its map, in V8's heap).
+/// mode's mmap and fault stacks whose walk in the kernel stopped early: the
+/// kernel copies the stack and `accounting::unwind` walks it with CFI). The
+/// BPF decoder never sees those frames; this one turns them into the same
+/// words, from the copy (the frame's slots lie just below its frame
+/// pointer, inside it) and the live process (the JSFunction and its map, in
+/// V8's heap). The copy is decoded when userspace drains it, after the
+/// process ran on: a scavenge may have moved a young JSFunction since, so
+/// its forwarding pointer is followed (`Taken::Copied`). That is not
+/// enough when the old copy's page was reused meanwhile, which is why a
+/// mapping's stack is the walker's when its walk is whole: decoding every
+/// mmap's copy here, node 22 lost a third of its runs of
+/// tests/e2e/js_frames.rs's resident test, and 1 in 10 with the forwarding
+/// pointers followed (node 20).
 pub struct RawStackFrames {
     pub config: V8ProcConfig,
     pid: u32,
@@ -82,6 +91,8 @@ pub struct RawStackFrames {
     /// JIT code (the decoder's `jit`).
     exec: Vec<(u64, u64, bool)>,
     reread: Option<Instant>,
+    /// Resolves the words of new stacks while the process lives.
+    observer: Option<JsObserver>,
 }
 
 /// How often a pc in no known executable mapping makes the maps be read
@@ -98,7 +109,15 @@ impl RawStackFrames {
             pid,
             exec: Vec::new(),
             reread: None,
+            observer: None,
         }
+    }
+
+    /// Resolves the JS words of the stacks the model first meets through
+    /// `observer` (`JsFrameDecoder::observe`).
+    pub fn observing(mut self, observer: Option<JsObserver>) -> RawStackFrames {
+        self.observer = observer;
+        self
     }
 
     /// Whether pc is JIT code, None when it is in no executable mapping known.
@@ -144,7 +163,13 @@ impl JsFrameDecoder for RawStackFrames {
             window,
             process: ProcessMemory { pid: self.pid },
         };
-        decode_frame(&self.config, &mem, pc, fp, jit)
+        decode_frame(&self.config, &mem, pc, fp, jit, Taken::Copied)
+    }
+
+    fn observe(&mut self, words: &[u64]) {
+        if let Some(o) = &self.observer {
+            o.observe(words);
+        }
     }
 
     fn maps_changed(&mut self, exec_maps: &[MapEntry]) {
