@@ -81,8 +81,9 @@ const RESIDENT_EVENTS_BYTES: u32 = 256 << 10;
 /// Resident mode's LRU sets: pages already reported (`fault_pages`, of
 /// sampled pages: 65536 of them stand for 2 GiB first touched at 1 in 8;
 /// an evicted page is only reported again), and granules of tracked mappings
-/// (`fault_skip`, 2 MiB each: 64 GiB of mappings). Preallocated, ~88 B an
-/// entry: 8.4 MiB together, half of the defaults in offheap.h.
+/// (`fault_skip`, 2 MiB each: 64 GiB of mappings). Preallocated, ~88 B a
+/// `fault_pages` entry and ~152 B a `fault_skip` one (its touched-page
+/// bits): 10.25 MiB together, half of the defaults in offheap.h.
 const RESIDENT_FAULT_PAGES: u32 = 65536;
 const RESIDENT_FAULT_SKIP: u32 = 32768;
 
