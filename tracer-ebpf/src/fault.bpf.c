@@ -14,9 +14,10 @@
  *   stack (its hashed_stacks id).
  * - Either walk that dies within two frames met code the unwind tables do
  *   not cover yet (a module mapped since they were loaded, or past their
- *   cap): the event then carries a raw copy of the user stack instead, which
- *   userspace unwinds with .eh_frame CFI (accounting/unwind.rs), so that no
- *   stack is lost.
+ *   cap), and so did a mapping's walk that stepped such code on a guess
+ *   (walked_stack_id): the event then carries a raw copy of the user stack
+ *   instead, which userspace unwinds with .eh_frame CFI
+ *   (accounting/unwind.rs), so that no stack is lost.
  *
  * Program names carry a `resident_` prefix: malloc mode (vm.bpf.c) attaches
  * its own programs to the same syscall tracepoints.
