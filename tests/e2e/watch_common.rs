@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
@@ -167,17 +167,8 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(r: impl Read + Send + 'static) -> Stream {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         Stream {
-            rx,
+            rx: line_channel(r),
             seen: Vec::new(),
         }
     }

@@ -2,6 +2,21 @@
 //! stderr, its attach, its stop), signals, HTTP.
 use super::*;
 
+/// The lines of `r`, read on a thread of their own, as a channel: waits on
+/// a child's output can then time out.
+pub fn line_channel(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Reads a child's stdout line by line on a thread, so waits can time out.
 pub struct Lines {
     rx: mpsc::Receiver<String>,
@@ -9,15 +24,7 @@ pub struct Lines {
 
 impl Lines {
     pub fn new(out: ChildStdout) -> Lines {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_channel(out);
         Lines { rx }
     }
 
@@ -95,15 +102,7 @@ pub struct Stderr {
 
 impl Stderr {
     pub fn new(err: std::process::ChildStderr) -> Stderr {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_channel(err);
         Stderr {
             rx,
             seen: Vec::new(),

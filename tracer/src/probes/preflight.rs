@@ -395,16 +395,7 @@ mod tests {
             \tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n";
         assert_eq!(
             missing_fields(old, &MARK_VICTIM_FIELDS),
-            [
-                "comm",
-                "total_vm",
-                "anon_rss",
-                "file_rss",
-                "shmem_rss",
-                "uid",
-                "pgtables",
-                "oom_score_adj"
-            ]
+            MARK_VICTIM_FIELDS[1..]
         );
         // This machine's kernel has them all.
         let here = fs::read_to_string(MARK_VICTIM_FORMAT).unwrap();
