@@ -37,15 +37,7 @@ fn traced(root: &Path, offheap: &Path, depth: u32) -> Result<(f64, u64)> {
         .arg(&report)
         .args(["--", "node", WORKLOAD])
         .args([depth.to_string(), ALLOCS.to_string()]);
-    let (out, stats) = bpf_stats::sampled(&[PROG], || cmd.output());
-    let text = std::fs::read_to_string(&report);
-    let _ = std::fs::remove_file(&report);
-    let out = out?;
-    ensure!(
-        out.status.success(),
-        "offheap run exited with {}",
-        out.status
-    );
+    let (_, text, stats) = bpf_stats::traced_run(&mut cmd, &report, &[PROG])?;
     let v: Value = serde_json::from_str(&text?)?;
     let per_event = stats
         .and_then(|s| {

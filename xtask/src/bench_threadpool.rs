@@ -12,7 +12,7 @@
 //! It prints, never asserts.
 use std::path::Path;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 
 use crate::bpf_stats::{self, ProgStats};
 use crate::stats::median;
@@ -51,16 +51,7 @@ fn traced(root: &Path, offheap: &Path, probes: bool) -> Result<(u64, f64, Option
     if !probes {
         cmd.env("OFFHEAP_NO_THREADPOOL", "1");
     }
-    let (out, last) = bpf_stats::sampled(&[PROGRAM], || {
-        cmd.output().context("could not start offheap")
-    });
-    let _ = std::fs::remove_file(&report);
-    let out = out?;
-    ensure!(
-        out.status.success(),
-        "offheap run exited with {}",
-        out.status
-    );
+    let (out, _, last) = bpf_stats::traced_run(&mut cmd, &report, &[PROGRAM])?;
     let (items, ms) = parse(&String::from_utf8_lossy(&out.stdout))?;
     // Every copy of the program (one object per tracer run).
     let stats = last.map(|m| {

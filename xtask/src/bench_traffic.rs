@@ -10,7 +10,7 @@
 //! asserts.
 use std::path::Path;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 
 use crate::bpf_stats::{self, ProgStats};
 use crate::stats::median;
@@ -37,18 +37,8 @@ fn untraced(root: &Path) -> Result<f64> {
 fn traced(root: &Path, offheap: &Path) -> Result<(f64, Option<(ProgStats, ProgStats)>)> {
     let report =
         std::env::temp_dir().join(format!("offheap-bench-traffic-{}.json", std::process::id()));
-    let (out, last) = bpf_stats::sampled(&[RECV, ACCEPT], || {
-        bpf_stats::resident_run(offheap, root, &report, WORKLOAD)
-            .output()
-            .context("could not start offheap")
-    });
-    let _ = std::fs::remove_file(&report);
-    let out = out?;
-    ensure!(
-        out.status.success(),
-        "offheap run exited with {}",
-        out.status
-    );
+    let mut cmd = bpf_stats::resident_run(offheap, root, &report, WORKLOAD);
+    let (out, _, last) = bpf_stats::traced_run(&mut cmd, &report, &[RECV, ACCEPT])?;
     let ms = elapsed(&String::from_utf8_lossy(&out.stdout))?;
     let stats = last.and_then(|m| Some((*m.get(RECV)?, *m.get(ACCEPT)?)));
     Ok((ms, stats))

@@ -145,25 +145,14 @@ fn traced_walk(offheap: &Path, bin: &Path, depth: u32) -> Result<(f64, usize)> {
         .unwrap_or_default();
     let report =
         std::env::temp_dir().join(format!("offheap-bench-unwind-{}.json", std::process::id()));
-    let (out, sample) = bpf_stats::sampled(&[ALLOC_ENTER], || {
-        Command::new(offheap)
-            .args(["run", "--mode", "malloc", "--no-live", "--format", "json"])
-            .arg("--output")
-            .arg(&report)
-            .arg("--")
-            .arg(bin)
-            .args([depth.to_string(), CALLS.to_string()])
-            .output()
-            .context("could not start offheap")
-    });
-    let out = out?;
-    let json = std::fs::read_to_string(&report);
-    let _ = std::fs::remove_file(&report);
-    ensure!(
-        out.status.success(),
-        "offheap run exited with {}",
-        out.status
-    );
+    let mut cmd = Command::new(offheap);
+    cmd.args(["run", "--mode", "malloc", "--no-live", "--format", "json"])
+        .arg("--output")
+        .arg(&report)
+        .arg("--")
+        .arg(bin)
+        .args([depth.to_string(), CALLS.to_string()]);
+    let (_, json, sample) = bpf_stats::traced_run(&mut cmd, &report, &[ALLOC_ENTER])?;
     let after = sample
         .and_then(|s| s.get(ALLOC_ENTER).copied())
         .ok_or_else(|| anyhow!("{ALLOC_ENTER} was never seen loaded"))?;

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -90,6 +90,26 @@ pub fn sampled<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Option<Sample>) 
     let _ = poller.join();
     let s = last.lock().unwrap_or_else(|e| e.into_inner()).take();
     (out, s)
+}
+
+/// Runs `cmd`, an `offheap run` that writes its report to `report`, while
+/// `sampled` watches the programs `names`: its output (it must have exited
+/// 0), the report's text (the file is removed) and the last sample.
+pub fn traced_run(
+    cmd: &mut Command,
+    report: &Path,
+    names: &[&str],
+) -> Result<(Output, std::io::Result<String>, Option<Sample>)> {
+    let (out, last) = sampled(names, || cmd.output().context("could not start offheap"));
+    let text = std::fs::read_to_string(report);
+    let _ = std::fs::remove_file(report);
+    let out = out?;
+    ensure!(
+        out.status.success(),
+        "offheap run exited with {}",
+        out.status
+    );
+    Ok((out, text, last))
 }
 
 /// `offheap run --mode resident -- node WORKLOAD` in `root`, the report
