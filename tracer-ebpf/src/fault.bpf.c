@@ -259,8 +259,8 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
  * syscall's caller, the right first toucher. */
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
-/* The current thread's user stack by the walker (walk.bpf.c), stored in
- * hashed_stacks: its id; or -1 when the walk met code the tables do not
+/* The current thread's user stack by the walker (walk.bpf.c's
+ * walk_current), stored in hashed_stacks: its id; or -1 when the walk met code the tables do not
  * cover yet (it stopped within two frames without reaching the stack's end;
  * or, when `strict`, it stepped a file's code on a guess: a process whose
  * tables are still being loaded, a module mapped a moment ago), or the
@@ -268,25 +268,18 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
  * copy for the userspace CFI unwinder instead, which reads the modules
  * itself. Mappings are strict: they are few, and their bytes are exact.
  * Faults are not: they are many, and a raw copy is 8 KiB of the ring (a
- * process whose tables could not be loaded at all would flood it). `*sp_word`: as walk_user_stack's. The per-CPU scratch is safe
- * here: the tracepoints run their programs with preemption off. */
+ * process whose tables could not be loaded at all would flood it).
+ * `*sp_word`: as walk_user_stack's. The walk of walk.bpf.c, not
+ * bpf_get_stackid: ~4 ns a frame instead of ~63, on the hottest path of
+ * resident mode. */
 static __always_inline long walked_stack_id(__u32 tgid, struct pt_regs *regs,
 					    enum walk_start start, int strict, __u64 *sp_word)
 {
-	__u32 zero = 0;
-	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
-	struct unwind_cache *cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
-	/* The walk of walk.bpf.c, not bpf_get_stackid: ~4 ns a frame instead
-	 * of ~63, on the hottest path of resident mode. */
-	__u64 span = STACK_FIRST_COPY;
+	__u32 nr;
+	struct stack_scratch *sc = walk_current(tgid, regs, start, &nr, sp_word);
 	long id;
 
-	*sp_word = 0;
-	if (!sc || !cache)
-		return -1;
-	if (walk_user_stack(sc, cache, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
-			    stack_limit(), &span, sp_word, start) < 3 &&
-	    (sc->stack.flags & OFFHEAP_STACK_TRUNCATED))
+	if (!sc || (nr < 3 && (sc->stack.flags & OFFHEAP_STACK_TRUNCATED)))
 		return -1;
 	if (strict && sc->walk.guessed)
 		return -1;

@@ -448,27 +448,45 @@ static __always_inline __u32 walk_user_stack(struct stack_scratch *sc, struct un
  * to size it on (tracepoints: any thread). */
 #define STACK_FIRST_COPY 4096
 
-/* Fills key with the user stack of the current task at a syscall made by a
- * leaf libc stub (WALK_AT_CALL). For tracepoint programs only: they run with
- * preemption off (perf_syscall_enter/exit and the page-fault tracepoints
- * disable it around the BPF run), so the per-CPU scratch is theirs for the
- * whole walk. */
-static __always_inline void take_syscall_stack(struct stack_key *key, __u32 tgid)
+/* Walks the current task's user stack from its user registers `regs` in the
+ * per-CPU scratch and cache, and returns the scratch (the stack in
+ * sc->stack, the walk's state in sc->walk), or NULL without them. For
+ * tracepoint programs only: they run with preemption off
+ * (perf_syscall_enter/exit and the page-fault tracepoints disable it around
+ * the BPF run), so the scratch is theirs for the whole walk. `*nr`: the
+ * stack's depth (set when the scratch is returned); `sp_word`: as
+ * walk_user_stack's. */
+static __always_inline struct stack_scratch *walk_current(__u32 tgid, struct pt_regs *regs,
+							  enum walk_start start, __u32 *nr,
+							  __u64 *sp_word)
 {
 	__u32 zero = 0;
 	struct stack_scratch *sc = bpf_map_lookup_elem(&stack_scratch, &zero);
 	struct unwind_cache *cache = bpf_map_lookup_elem(&unwind_cache_cpu, &zero);
-	struct pt_regs *regs = user_regs();
-	__u64 span = STACK_FIRST_COPY, sp_word;
+	__u64 span = STACK_FIRST_COPY;
+
+	*sp_word = 0;
+	if (!sc || !cache)
+		return NULL;
+	*nr = walk_user_stack(sc, cache, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs),
+			      PT_REGS_FP(regs), stack_limit(), &span, sp_word, start);
+	return sc;
+}
+
+/* Fills key with the user stack of the current task at a syscall made by a
+ * leaf libc stub (WALK_AT_CALL), from a tracepoint program. */
+static __always_inline void take_syscall_stack(struct stack_key *key, __u32 tgid)
+{
+	__u64 sp_word;
+	__u32 nr;
+	struct stack_scratch *sc = walk_current(tgid, user_regs(), WALK_AT_CALL, &nr, &sp_word);
 
 	key->tgid = tgid;
 	key->stack_id = -1;
-	if (!sc || !cache) {
+	if (!sc) {
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
 		return;
 	}
-	walk_user_stack(sc, cache, tgid, PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
-			stack_limit(), &span, &sp_word, WALK_AT_CALL);
 	long id = intern_stack(&sc->stack);
 	if (id < 0)
 		count(OFFHEAP_CTR_STACK_ID_FAILED);
