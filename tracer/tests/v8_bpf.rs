@@ -239,8 +239,10 @@ fn traced_run(node: &Node, obj: &Path, script: &Path, decode: bool, window: bool
             .collect();
         assert_eq!(frames.len() as u64, s.js);
         stacks.push(frames);
-        // The tracer's drain does this when a stack is first seen.
-        sym.observe_stack(pid, &s.ips[..s.nr as usize]);
+        // Resident mode's drain does this when a stack is first seen.
+        sym.js_observer(pid)
+            .expect("node's V8 layout")
+            .observe(&s.ips[..s.nr as usize]);
         words.push(s.ips[..s.nr as usize].to_vec());
     }
     drop(ring);

@@ -234,14 +234,6 @@ impl Symbolizer {
         self.procs.get(&pid)?.js.as_ref().map(|j| j.observer())
     }
 
-    /// Resolves the JS frames of a stack of `pid` now, while the process
-    /// lives: call it when the stack is first seen (v8/mod.rs).
-    pub fn observe_stack(&mut self, pid: u32, words: &[u64]) {
-        if let Some(js) = self.procs.get_mut(&pid).and_then(|p| p.js.as_mut()) {
-            js.observe(words);
-        }
-    }
-
     /// Re-reads the maps of a captured (or new) process and opens only the
     /// modules mapped since (an addon loaded by `require` -> dlopen(3)).
     /// Mappings that went away are kept unless new ones overlap them, so that

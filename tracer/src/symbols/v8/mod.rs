@@ -74,10 +74,11 @@
 //! frame with the slots from the copy, 255-290 ns without. Native frames:
 //! a few compares (pc outside V8's code).
 //!
-//! **Resolution, before the process can die.** Call
-//! `Symbolizer::observe_stack(pid, &ips)` when a stack id is first seen (the
-//! drain): the JS words are resolved then, and kept by word for the
-//! process's lifetime in the Symbolizer, so `symbolize(pid, word)` names them
+//! **Resolution, before the process can die.** Resident mode's drain
+//! resolves the JS words of each stack as it arrives (`Symbolizer::
+//! js_observer`); malloc mode's, when a tick's report first symbolizes the
+//! stack (within one interval). Words are kept for the process's lifetime in
+//! the Symbolizer, so `symbolize(pid, word)` names them
 //! after an exit (an OOM post-mortem) until `forget(pid)`. Resolution reads
 //! the SFI (name, script, start position), the Script (name, line ends:
 //! V8's when it computed them, else computed from its source) and, for an
