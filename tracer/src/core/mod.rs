@@ -361,11 +361,6 @@ impl Tracer {
         !self.targets.is_empty() && self.targets.values().all(|t| t.exited)
     }
 
-    /// The cgroup a target was added with.
-    pub fn cgroup_of(&self, pid: u32) -> Option<&str> {
-        self.targets.get(&pid)?.cgroup.as_deref()
-    }
-
     /// The comm of a target, as last seen while it lived.
     pub fn comm_of(&self, pid: u32) -> Option<&str> {
         self.targets.get(&pid).map(|t| t.info.comm.as_str())

@@ -268,17 +268,6 @@ impl Probes {
         }
     }
 
-    /// Every tgid in `targets` now, with its flags: the lifecycle program
-    /// adds the children of targets traced with `TARGET_FOLLOW`.
-    pub fn target_pids(&mut self) -> Result<Vec<(u32, u32)>, ProbeError> {
-        Ok(self
-            .targets()?
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (k, v.flags))
-            .collect())
-    }
-
     /// Attaches the malloc-family probes to one process's allocator, from
     /// the attach table (`programs::MALLOC_FAMILY`): one uprobe_multi link
     /// per program and module (see `multi`; the malloc module, then the

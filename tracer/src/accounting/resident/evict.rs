@@ -6,11 +6,6 @@ use super::{Classifier, Resident, Stack};
 use crate::report::{Attribution, Bucket};
 
 impl Resident {
-    /// How many stacks the model holds (aggregates of evicted ones included).
-    pub fn stack_count(&self) -> usize {
-        self.stacks.len()
-    }
-
     /// Bounds the model to about `max` stacks, so that a long-running agent's
     /// memory stays bounded: the stacks with the fewest resident pages (as of
     /// the last sample) are folded into one aggregate per bucket and

@@ -97,13 +97,6 @@ impl ResidentSet {
         }
     }
 
-    /// Every process as of its last sample (see `Resident::snapshot`).
-    pub fn snapshot_all(&self) -> Vec<RawProcess> {
-        let mut out: Vec<RawProcess> = self.procs.values().map(|p| p.snapshot()).collect();
-        out.sort_unstable_by_key(|p| p.pid);
-        out
-    }
-
     /// Final models of every process (removed from the set).
     pub fn finish_all(&mut self, classify: &mut Classifier<'_>) -> Vec<RawProcess> {
         self.drain();
