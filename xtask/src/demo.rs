@@ -21,23 +21,16 @@ pub fn run(mode: TraceMode, duration: u32, offheap: Option<PathBuf>) -> Result<(
     ensure!(offheap.exists(), "{} was not built", offheap.display());
     ensure!(leak.exists(), "{} is missing", leak.display());
 
-    // --perf-basic-prof makes node write /tmp/perf-PID.map, so JIT-compiled JS
-    // frames get their function names in the report.
-    let node_options = match std::env::var("NODE_OPTIONS") {
-        Ok(existing) if !existing.is_empty() => format!("{existing} --perf-basic-prof"),
-        _ => "--perf-basic-prof".to_string(),
-    };
     println!(
         "demo: tracing node demo/leak.js for {duration} s in {} mode (it leaks Buffers, \
          zlib streams and a JS Map every 100 ms)",
         mode.as_str()
     );
-    // With --perf-basic-prof, V8 also drops an isolate-*-v8.log into the working
-    // directory (and --logfile is not allowed in NODE_OPTIONS): run from the temp
-    // directory so the workspace stays clean.
+    // No node flags: the JS functions are named from V8's own frames (what a
+    // production pod gets), and node leaves no /tmp/perf-PID.map or isolate
+    // log behind, as --perf-basic-prof did.
     let mut cmd = std::process::Command::new(&offheap);
-    cmd.current_dir(std::env::temp_dir())
-        .env("NODE_OPTIONS", node_options)
+    cmd.current_dir(&root)
         // The leaking program ends itself soon after tracing stops, so the
         // demo leaves nothing running behind it.
         .env("LEAK_SECONDS", (duration + 2).to_string())
