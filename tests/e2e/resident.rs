@@ -298,6 +298,11 @@ fn mapping_stacks_are_walked_in_the_kernel_to_the_entry_point() {
         .unwrap();
     let mut err = Stderr::new(tracer.stderr.take().unwrap());
     err.wait_attached(T);
+    // A second first: a mapping made right after the attach got a stack
+    // truncated at uv__io_poll (3 of 3 runs with the poke 0.2 s after it, none
+    // with 0.7 s; no frame was stepped on a guess then). Not understood yet,
+    // noted on issue 12; this test is about the walker's stacks once settled.
+    std::thread::sleep(Duration::from_secs(1));
     poke(tracer.stdin.as_mut().unwrap());
     let st = tracer.wait().unwrap();
     assert!(st.success(), "offheap: {st}; {:?}", err.rest());
