@@ -423,3 +423,42 @@ fn resident_mode_charges_an_addons_mapping_through_the_chain() {
     assert_eq!(f[i + CHAIN.len()]["module"], addon.to_str().unwrap(), "{s}");
     assert_eq!(s["bucket"], "native_addon", "{s}");
 }
+
+/// Malloc mode in code no unwind table covers yet: a library dlopen'd once
+/// the trace is attached and called at once (tests/fixtures/guess_main.c),
+/// whose guess_alloc leaves a made-up frame record in %rbp
+/// (guess_lib.c). The walker can only guess frame pointers there; the
+/// guess finds guess_junk, which no call precedes, so it scans for the
+/// caller instead. The block's one stack is guess_alloc, main and glibc's
+/// start code to `_start`, and guess_junk is no frame of it (before the
+/// check, the stack was guess_alloc <- guess_junk, and ended there).
+#[test]
+fn malloc_mode_a_guessed_step_to_no_return_address_scans_for_the_caller() {
+    let _lock = require_bpf();
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libguess.so");
+    let src = workspace().join("tests/fixtures/guess_lib.c");
+    cc(&["-O2", "-g", "-fPIC", "-shared"], &src, &[], &lib);
+    let main = build_fixture("guess_main", dir.path());
+    let steps = [("x".to_string(), "done ".to_string())];
+    let (report, _) = trace(Command::new(&main).arg(&lib), "malloc", &steps, &[]);
+    let with_lib: Vec<&Value> = stacks(&report)
+        .iter()
+        .filter(|s| frames(s).iter().any(|f| module_file(f) == "libguess.so"))
+        .collect();
+    assert_eq!(with_lib.len(), 1, "{with_lib:#?}");
+    let s = with_lib[0];
+    assert_eq!(
+        symbols(s),
+        [
+            "guess_alloc",
+            "main",
+            "__libc_start_call_main",
+            "__libc_start_main",
+            "_start"
+        ],
+        "{s}"
+    );
+    assert_eq!(s["truncated"], false, "{s}");
+    assert_eq!(figures(&with_lib), [7777, 1, 7777, 1]);
+}

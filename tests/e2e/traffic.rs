@@ -58,9 +58,10 @@ fn trace_sink(env: &[(&str, &str)]) -> (serde_json::Value, Vec<String>, i32) {
     sleep(Duration::from_millis(1500));
     signal(&offheap, libc::SIGINT);
     let status = offheap.wait().unwrap();
-    let rest = err.rest();
     // SAFETY: kill(2) of the traced node, which outlives `run` on SIGINT.
+    // First: node holds offheap's stderr, whose end `rest` waits for.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    let rest = err.rest();
     assert_eq!(status.code(), Some(0), "{rest:?}");
     (read_report(&report), rest, pid)
 }

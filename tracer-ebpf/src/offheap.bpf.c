@@ -74,6 +74,8 @@ struct walk_state {
 	/* A frame in a file's code that no table covered yet was stepped with
 	 * frame pointers (walk.bpf.c's unmapped_class). */
 	__u32 guessed;
+	/* The frame walk_one steps now is such code (its step is checked). */
+	__u32 guess;
 	struct unwind_cursor cursor;
 };
 

@@ -142,14 +142,16 @@ __noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, 
 
 /* A pc no table entry covers: mapped since the tables were loaded, it is
  * taken with frame pointers (and not cached: the tables come). In a file's
- * code that is a guess (glibc has none), which the walk records
- * (w->guessed); V8's new JIT code keeps them. */
+ * code that is a guess (glibc has none): the walk records it (w->guessed),
+ * and walk_one checks the step (w->guess); V8's new JIT code keeps them. */
 static __always_inline int unmapped_class(struct walk_state *w, __u64 pc)
 {
 	int m = mapped_since(pc, w->regs.sp);
 
-	if (m == MAPPED_FILE_CODE)
+	if (m == MAPPED_FILE_CODE) {
 		w->guessed = 1;
+		w->guess = 1;
+	}
 	return m ? UNWIND_FP : UNWIND_NONE;
 }
 
@@ -253,6 +255,7 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 
 	if (nr == 0 || nr > OFFHEAP_MAX_STACK_DEPTH)
 		return 1;
+	w->guess = 0;
 	int cls = frame_class(w, cache);
 	if (cls == UNWIND_NONE) {
 		/* Not code of the process: the walk went wrong before it. */
@@ -295,6 +298,15 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 		w->bp_lost = 0; /* the row restored the caller's %rbp */
 	if (step == 1 || (step >= 0 && !w->regs.pc))
 		return 1;
+	/* A step on a guess (frame pointers assumed where no FDE says how the
+	 * code unwinds) must have found a return address: one a call precedes.
+	 * Else %rbp was data, and the caller is searched for by scanning. Code
+	 * without frame pointers leaves anything in %rbp: glibc's
+	 * __libc_start_call_main, before the tables of a process that just
+	 * started were loaded, led to a word in no module (tests/fixtures/
+	 * guess_lib.c makes such a %rbp). */
+	if (step == 0 && (w->guess || cls == UNWIND_GAP) && !after_call(w->regs.pc))
+		step = -1;
 	/* Frame records: frame-pointer code, or a row with CFA = rbp + 16;
 	 * not code no FDE covers (UNWIND_GAP), whose frame pointers are only
 	 * assumed. */
