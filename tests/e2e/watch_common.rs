@@ -90,9 +90,14 @@ impl Cgroup {
 
     /// Starts `PROGRAM ARGS` inside this cgroup, stdin and stdout piped: the
     /// shell moves itself in, then execs the program (same pid), so nothing
-    /// of it runs outside.
+    /// of it runs outside. glibc's mmap threshold is pinned at its default
+    /// of 128 KiB: a free of a bigger mmap'd chunk raises it to that chunk's
+    /// size (malloc/malloc.c, free's dynamic threshold; not once set by
+    /// the tunable), after which a Buffer the tests count as a mapping of
+    /// its own may come from the heap.
     pub fn spawn(&self, program: &Path, args: &[String]) -> Child {
         Command::new("/bin/sh")
+            .env("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
             .arg("-c")
             .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
             .arg("sh")

@@ -32,15 +32,20 @@ fn series(metric: &str, pid: u32, bucket: Option<&str>) -> String {
     }
 }
 
-/// Polls /metrics until `ok` accepts it; panics with the last scrape.
-fn scrape_until(agent: &Agent, what: &str, ok: impl Fn(&str) -> bool) -> String {
+/// Polls /metrics until `ok` accepts it; panics with the last scrape and
+/// the agent's stderr.
+fn scrape_until(agent: &mut Agent, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + T;
     loop {
         let (code, body) = agent.get("/metrics");
         if code == 200 && ok(&body) {
             return body;
         }
-        assert!(Instant::now() < deadline, "{what}; last /metrics:\n{body}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}; last /metrics:\n{body}\nagent stderr: {:#?}",
+            agent.err.drain()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -100,7 +105,7 @@ fn two_cgroups(mode: &str) {
     };
     let what =
         format!("array_buffers of {pa} ({count_a} Buffers) and {pb} ({count_b}), {per} bytes each");
-    let m = scrape_until(&agent, &what, |m| {
+    let m = scrape_until(&mut agent, &what, |m| {
         in_range(m, pa, count_a) && in_range(m, pb, count_b)
     });
     eprintln!(

@@ -157,6 +157,10 @@ pub mod programs {
         /// detached without the serialized grace period of a perf
         /// tracepoint.
         BtfTracePoint(&'static str),
+        /// A raw tracepoint, named at attach: one program can serve
+        /// several, and is verified once (tp_btf names its tracepoint at
+        /// load).
+        RawTracePoint(&'static str),
     }
 
     /// One system-wide program and where it attaches.
@@ -170,6 +174,13 @@ pub mod programs {
         Hook {
             program,
             attach: Attach::BtfTracePoint(name),
+        }
+    }
+
+    const fn raw(program: &'static str, name: &'static str) -> Hook {
+        Hook {
+            program,
+            attach: Attach::RawTracePoint(name),
         }
     }
 
@@ -195,13 +206,14 @@ pub mod programs {
         btf("vm_sys_exit", "sys_exit"),
     ];
 
-    /// fault.bpf.c: resident mode. The syscall exits stay perf tracepoints:
-    /// a raw sys_exit would run for every syscall of the host, in the
-    /// DaemonSet's mode. One program serves both (loaded once: it carries
-    /// the stack walker).
+    /// fault.bpf.c: resident mode. One program serves both page faults,
+    /// and one both syscall exits (each loaded once: each carries the
+    /// stack walker). The syscall exits stay perf tracepoints: a raw
+    /// sys_exit would run for every syscall of the host, in the DaemonSet's
+    /// mode.
     pub const RESIDENT: [Hook; 4] = [
-        btf("resident_fault_enter", "page_fault_user"),
-        btf("resident_kernel_fault_enter", "page_fault_kernel"),
+        raw("resident_fault_enter", "page_fault_user"),
+        raw("resident_fault_enter", "page_fault_kernel"),
         perf("resident_map_exit", "syscalls", "sys_exit_mmap"),
         perf("resident_map_exit", "syscalls", "sys_exit_mremap"),
     ];

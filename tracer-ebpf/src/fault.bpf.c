@@ -2,8 +2,8 @@
 /*
  * Resident mode: which code made a target's pages resident.
  *
- * - resident_fault_enter (tp_btf page_fault_user) and
- *   resident_kernel_fault_enter (page_fault_kernel, on user addresses): one
+ * - resident_fault_enter (raw tracepoints page_fault_user and
+ *   page_fault_kernel, on user addresses): one
  *   fault_event per page fault of a target, with a frame-pointer stack walked
  *   by walk.bpf.c and stored by hash in hashed_stacks. Userspace
  *   keeps the first one per page (first-touch attribution) and checks
@@ -24,6 +24,7 @@
  */
 
 #define OFFHEAP_PF_PROT 0x1   /* arch/x86/include/asm/trap_pf.h X86_PF_PROT */
+#define OFFHEAP_PF_USER 0x4   /* X86_PF_USER: the fault was in user mode */
 #define OFFHEAP_PF_INSTR 0x10 /* X86_PF_INSTR: instruction fetch */
 #define OFFHEAP_MAX_MARK_GRANULES 4096 /* 8 GiB per mapping; beyond, walks */
 #define OFFHEAP_MAX_ERRNO 4095 /* include/linux/err.h: IS_ERR_VALUE */
@@ -370,23 +371,21 @@ static __always_inline int on_fault(void *ctx, __u64 address, __u64 error_code, 
 	return 0;
 }
 
-/* BTF-typed raw tracepoints (TP_PROTO(unsigned long address, struct pt_regs
- * *regs, unsigned long error_code), arch/x86/include/asm/trace/exceptions.h):
- * cheaper per fault than the perf tracepoint, and detached without the
- * grace period perf_trace_event_unreg waits for under event_mutex (~80 ms
- * per event here, serialized). */
-SEC("tp_btf/page_fault_user")
+/* One raw tracepoint program for page_fault_user and page_fault_kernel
+ * (TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long
+ * error_code), arch/x86/include/asm/trace/exceptions.h): a raw tracepoint is
+ * named at attach, so the walker it carries is verified once for both
+ * (~35 ms of BPF_PROG_LOAD each, as two tp_btf programs). Cheaper per fault
+ * than the perf tracepoint, and detached without the grace period
+ * perf_trace_event_unreg waits for under event_mutex (~80 ms per event
+ * here, serialized). Which one fired is the error code's: the CPU sets
+ * X86_PF_USER for a fault in user mode, the one trace_page_fault_entries
+ * (arch/x86/mm/fault.c) sends to page_fault_user. */
+SEC("raw_tp")
 int BPF_PROG(resident_fault_enter, unsigned long address, struct pt_regs *regs,
 	     unsigned long error_code)
 {
-	return on_fault(ctx, address, error_code, 0);
-}
-
-SEC("tp_btf/page_fault_kernel")
-int BPF_PROG(resident_kernel_fault_enter, unsigned long address, struct pt_regs *regs,
-	     unsigned long error_code)
-{
-	return on_fault(ctx, address, error_code, 1);
+	return on_fault(ctx, address, error_code, !(error_code & OFFHEAP_PF_USER));
 }
 
 /* The stack of a mapping syscall: the walker's from the user registers at

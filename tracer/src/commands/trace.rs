@@ -46,7 +46,9 @@ pub async fn trace(mut tracer: Tracer, first: u32, o: &TraceOpts) -> Result<Opti
                     s.draw(tracer.report());
                 }
             }
-            Happening::Exec { pid, target: true } => {
+            Happening::Exec {
+                pid, target: true, ..
+            } => {
                 if let Err(e) = tracer.restart(pid) {
                     eprintln!("offheap: warning: PID {pid} exec'd a new program that cannot be traced: {}", crate::error::one_line(&e));
                 }

@@ -134,6 +134,8 @@ pub enum Happening {
     Exec {
         pid: u32,
         target: bool,
+        /// When (CLOCK_MONOTONIC).
+        ts_ns: u64,
     },
     /// Target `pid` exited; its data stays for the report until `remove`.
     Exited {
@@ -372,8 +374,11 @@ impl Tracer {
         if self.signal_seen {
             return Happening::Stop(StopReason::Signal);
         }
-        if !self.pending.is_empty() {
-            return self.pending.remove(0);
+        while !self.pending.is_empty() {
+            let h = self.pending.remove(0);
+            if let Some(h) = self.recheck(h) {
+                return h;
+            }
         }
         loop {
             tokio::select! {
@@ -396,6 +401,30 @@ impl Tracer {
         }
     }
 
+    /// What an exec of `pid` at `ts_ns` (CLOCK_MONOTONIC) means now.
+    fn exec_happening(&self, pid: u32, ts_ns: u64) -> Option<Happening> {
+        let (pid, target) = match self.targets.get(&pid) {
+            // Found (or spawned) after this exec: already right.
+            Some(t) if ts_ns < t.since_ns => return None,
+            Some(_) => (pid, true),
+            None if self.opts.watch_exec => (pid, false),
+            None => return None,
+        };
+        Some(Happening::Exec { pid, target, ts_ns })
+    }
+
+    /// A happening queued by `apply_queued`, as of now: an exec is judged
+    /// again, as the front end may have added its process since (a process
+    /// whose two execs, the shell's and its program's, were queued at one
+    /// tick was added on the first, then reset on the second, and what it
+    /// mapped in between was lost).
+    fn recheck(&self, h: Happening) -> Option<Happening> {
+        match h {
+            Happening::Exec { pid, ts_ns, .. } => self.exec_happening(pid, ts_ns),
+            h => Some(h),
+        }
+    }
+
     /// Applies one ring record; returns what a front end must hear of.
     fn on_event(&mut self, ev: RingEvent) -> Option<Happening> {
         let life = match ev {
@@ -414,19 +443,7 @@ impl Tracer {
             RingEvent::Life(l) => l,
         };
         match life {
-            LifecycleEvent::Exec { tgid, ts_ns, .. } => match self.targets.get(&tgid) {
-                // Found (or spawned) after this exec: already right.
-                Some(t) if ts_ns < t.since_ns => None,
-                Some(_) => Some(Happening::Exec {
-                    pid: tgid,
-                    target: true,
-                }),
-                None if self.opts.watch_exec => Some(Happening::Exec {
-                    pid: tgid,
-                    target: false,
-                }),
-                None => None,
-            },
+            LifecycleEvent::Exec { tgid, ts_ns, .. } => self.exec_happening(tgid, ts_ns),
             LifecycleEvent::Exit {
                 tgid, wait_status, ..
             } => {

@@ -109,7 +109,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     loop {
         match agent.tracer.next().await {
             Happening::Tick => agent.tick(),
-            Happening::Exec { pid, target } => {
+            Happening::Exec { pid, target, .. } => {
                 // A target's new program may not be one to trace.
                 if target {
                     agent.remove(pid);

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use aya::{
     maps::HashMap as BpfHashMap,
     programs::{
-        tp_btf::BtfTracePointLink, trace_point::TracePointLink, BtfTracePoint, Program,
-        ProgramError, TracePoint,
+        raw_trace_point::RawTracePointLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+        BtfTracePoint, Program, ProgramError, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
@@ -85,6 +85,7 @@ pub struct Probes {
     uprobe_links: Vec<(u32, MultiLink)>,
     tracepoint_links: Vec<TracePointLink>,
     btf_links: Vec<BtfTracePointLink>,
+    raw_links: Vec<RawTracePointLink>,
     detacher: Detacher,
 }
 
@@ -125,7 +126,7 @@ impl Probes {
         };
         let traffic = programs::TRAFFIC.iter().all(|h| match h.attach {
             Attach::BtfTracePoint(event) => preflight::has_btf_tracepoint(&btf, event),
-            Attach::TracePoint(..) => true,
+            Attach::TracePoint(..) | Attach::RawTracePoint(..) => true,
         });
         let hooks = mode_hooks(cfg.mode, traffic);
         let fds = multi::map_fds(&ebpf);
@@ -162,6 +163,7 @@ impl Probes {
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
             btf_links: Vec::new(),
+            raw_links: Vec::new(),
             detacher: Detacher::default(),
         })
     }
@@ -226,6 +228,19 @@ impl Probes {
                                 source,
                             })?;
                     self.btf_links.push(link);
+                }
+                Attach::RawTracePoint(event) => {
+                    let prog: &mut RawTracePoint = prog
+                        .try_into()
+                        .map_err(|_| ProbeError::MissingProgram(name))?;
+                    let link = prog
+                        .attach(event)
+                        .and_then(|id| prog.take_link(id))
+                        .map_err(|source| ProbeError::Attach {
+                            what: format!("{name} to {event}"),
+                            source,
+                        })?;
+                    self.raw_links.push(link);
                 }
             }
         }
@@ -449,6 +464,8 @@ impl Probes {
         )));
         self.detacher
             .send(Links::Btf(std::mem::take(&mut self.btf_links)));
+        self.detacher
+            .send(Links::Raw(std::mem::take(&mut self.raw_links)));
         std::mem::take(&mut self.detacher)
     }
 }
@@ -469,7 +486,8 @@ fn mode_hooks(mode: Mode, traffic: bool) -> Vec<&'static Hook> {
 }
 
 /// Loads (verifies) the programs of `hooks`, each in its own thread, each
-/// once (a program may serve several hooks: resident_map_exit).
+/// once (a program may serve several hooks: resident_fault_enter,
+/// resident_map_exit).
 fn load_hooks(ebpf: &mut Ebpf, hooks: &[&'static Hook], btf: &Btf) -> Result<(), ProbeError> {
     let mut found: Vec<(&'static Hook, &mut Program)> = Vec::with_capacity(hooks.len());
     for (name, prog) in ebpf.programs_mut() {
@@ -510,6 +528,12 @@ fn load_hook(hook: &'static Hook, prog: &mut Program, btf: &Btf) -> Result<(), P
                 .map_err(|_| ProbeError::MissingProgram(name))?;
             prog.load(event, btf)
         }
+        Attach::RawTracePoint(..) => {
+            let prog: &mut RawTracePoint = prog
+                .try_into()
+                .map_err(|_| ProbeError::MissingProgram(name))?;
+            prog.load()
+        }
     };
     loaded.map_err(|source| ProbeError::Program { name, source })
 }
@@ -520,6 +544,7 @@ enum Links {
     Uprobes(Vec<MultiLink>),
     TracePoints(Vec<TracePointLink>),
     Btf(Vec<BtfTracePointLink>),
+    Raw(Vec<RawTracePointLink>),
 }
 
 /// A thread that drops links. Detaching a uprobe or a perf tracepoint
