@@ -96,7 +96,21 @@ impl Probes {
         let page = page_size();
         let max_free_allocs = i64::from(cfg.max_allocs / 4);
         let watch_exec = u8::from(cfg.watch_exec);
-        let mut loader = EbpfLoader::new();
+        // The kernel's BTF, for aya's CO-RE relocations, the uprobe_multi
+        // programs' and the tp_btf programs. aya 0.14's loader parses its
+        // own copy as it is made (EbpfLoader::new, ~20 ms here), which it
+        // then drops for ours; it has no way to take ours instead. The two
+        // parses run at once.
+        let (loader, btf) = std::thread::scope(|s| {
+            let loader = s.spawn(EbpfLoader::new);
+            let btf = Btf::from_sys_fs();
+            let loader = loader
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (loader, btf)
+        });
+        let btf = btf?;
+        let mut loader = loader;
         loader
             .override_global(programs::KNOB_PAGE_SIZE, &page, true)
             .override_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
@@ -108,9 +122,6 @@ impl Probes {
         for (name, n) in cfg.map_sizes() {
             loader.map_max_entries(name, n);
         }
-        // The kernel's BTF, parsed once (~9 ms here) for aya's CO-RE
-        // relocations, the uprobe_multi programs' and the tp_btf programs.
-        let btf = Btf::from_sys_fs()?;
         loader.btf(Some(&btf));
         let mut ebpf = loader.load(object::OBJECT)?;
         // Loaded now, while every map is still in `ebpf` (the core takes
