@@ -64,12 +64,7 @@ fn run_writes_a_chart_of_the_trace() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     let c = layers(&svg);
     eprintln!("{c}");
     // One panel with a series (one sample per 0.5 s interval), five areas

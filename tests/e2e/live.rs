@@ -92,12 +92,7 @@ fn piped_live_view_is_plain_text_and_ends_with_the_report() {
         .output()
         .unwrap();
     let out = text(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     assert!(
         !o.stdout.contains(&0x1b),
         "escape byte in piped output:\n{out}"
@@ -126,12 +121,7 @@ fn piped_without_live_has_no_frames() {
         .output()
         .unwrap();
     let out = text(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     assert!(!o.stdout.contains(&0x1b), "{out}");
     assert!(!out.contains("offheap · resident mode · "), "{out}");
     assert!(out.starts_with(REPORT_HEAD), "{out}");
@@ -150,12 +140,7 @@ fn malloc_mode_live_view_shows_growth() {
         .output()
         .unwrap();
     let out = text(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     assert!(!o.stdout.contains(&0x1b), "{out}");
     assert!(
         out.matches("offheap · malloc mode · ").count() >= 3,

@@ -44,12 +44,7 @@ fn duration_stops_and_writes_text_to_stdout() {
     ]);
     target.kill().unwrap();
     let _ = target.wait();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         stderr.lines().collect::<Vec<_>>(),

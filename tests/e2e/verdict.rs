@@ -344,12 +344,7 @@ fn a_heap_limit_close_to_the_cgroup_limit_is_flagged_with_both_numbers() {
     ]);
     node.kill().unwrap();
     node.wait().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     let report = read_report(&report_path);
     let v = verdict(&report);
     let h = &v["heap_limit"];

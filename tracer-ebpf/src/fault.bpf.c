@@ -261,10 +261,11 @@ static __always_inline int in_tracked_mapping(__u32 tgid, __u64 addr)
 #define OFFHEAP_USER_ADDR_END 0x0000800000000000ULL /* x86-64 4-level TASK_SIZE_MAX */
 
 /* The current thread's user stack by the walker (walk.bpf.c's
- * walk_current), stored in hashed_stacks: its id; or -1 when the walk met code the tables do not
- * cover yet (it stopped within two frames without reaching the stack's end;
- * or, when `strict`, it stepped a file's code on a guess: a process whose
- * tables are still being loaded, a module mapped a moment ago), or the
+ * walk_current), stored in hashed_stacks: its id; or -1 when the walk met
+ * code the tables do not cover yet (it stopped within two frames without
+ * reaching the stack's end; or, when `strict`, it stepped a file's code
+ * on a guess: a process whose tables are still being loaded, a module
+ * mapped a moment ago), or the
  * stack could not be stored (hashed_stacks full): the caller sends a raw
  * copy for the userspace CFI unwinder instead, which reads the modules
  * itself. Mappings are strict: they are few, and their bytes are exact.

@@ -72,12 +72,7 @@ pub fn run_malloc_fixture(
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit_0(&o);
     let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(String::from)
@@ -85,6 +80,17 @@ pub fn run_malloc_fixture(
     assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
     let sites = parse_sites(&lines);
     (o, sites)
+}
+
+/// Asserts that a finished offheap exited 0; its stderr says why not.
+#[track_caller]
+pub fn assert_exit_0(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Sends one byte to a fixture's stdin.

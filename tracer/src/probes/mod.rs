@@ -101,7 +101,7 @@ impl Probes {
         // own copy as it is made (EbpfLoader::new, ~20 ms here), which it
         // then drops for ours; it has no way to take ours instead. The two
         // parses run at once.
-        let (loader, btf) = std::thread::scope(|s| {
+        let (mut loader, btf) = std::thread::scope(|s| {
             let loader = s.spawn(EbpfLoader::new);
             let btf = Btf::from_sys_fs();
             let loader = loader
@@ -110,7 +110,6 @@ impl Probes {
             (loader, btf)
         });
         let btf = btf?;
-        let mut loader = loader;
         loader
             .override_global(programs::KNOB_PAGE_SIZE, &page, true)
             .override_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
