@@ -143,7 +143,10 @@ fn run_malloc_counts_sharps_buffers_as_its_addon() {
     );
     let lines = Lines::new(tracer.stdout.take().unwrap());
     lines.until("ready", T);
-    std::thread::sleep(Duration::from_millis(600));
+    // At once: sharp's module was just dlopen()ed, and its code runs now.
+    // Its unwind table must be in by then, though the tracer's loop is in a
+    // tick (seconds, with this debug build's report of a million frames):
+    // the drain thread loads it as it hears of the mapping.
     let mut stdin = tracer.stdin.take().unwrap();
     poke_line(&mut stdin);
     lines.until(&format!("done {BUFFERS} {BUFFER_BYTES}"), T);

@@ -12,3 +12,4 @@ pub mod probes;
 pub mod proc;
 pub mod report;
 pub mod symbols;
+pub mod sync;

@@ -11,7 +11,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     thread::JoinHandle,
 };
@@ -20,7 +20,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracer_common::{event_kind, OomEvent, ProcEvent, VmEvent};
 
-use crate::accounting::resident::ResidentSet;
+use crate::{accounting::resident::ResidentSet, probes::unwind::UnwindTables, sync::lock};
 
 /// How long one poll(2) waits before checking the stop flag.
 const POLL_MS: i32 = 20;
@@ -140,12 +140,6 @@ pub fn decode(bytes: &[u8]) -> Option<RingEvent> {
     })
 }
 
-/// Locks the resident models: a panic on the drain thread leaves them as
-/// consistent as a drain that stopped between two records, so go on.
-pub fn lock(set: &Mutex<ResidentSet>) -> MutexGuard<'_, ResidentSet> {
-    set.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The drain thread; it stops (and is joined) when this is dropped.
 pub struct Drainer {
     stop: Arc<AtomicBool>,
@@ -154,17 +148,22 @@ pub struct Drainer {
 
 impl Drainer {
     /// Starts draining `events` into the returned channel, and the resident
-    /// models' ring into the models when there are any.
+    /// models' ring into the models when there are any. A process's code
+    /// mapping (a dlopen) brings its unwind `tables` up to date here, before
+    /// the record goes on: the front end's loop may be in a tick for a while
+    /// (a report of a million frames in a debug build takes seconds), and
+    /// until the tables hold a new addon, its stacks end at its first frame.
     pub fn start(
         events: RingBuf<MapData>,
         resident: Option<Arc<Mutex<ResidentSet>>>,
+        tables: Arc<Mutex<UnwindTables>>,
     ) -> std::io::Result<(Drainer, UnboundedReceiver<RingEvent>)> {
         let (tx, rx) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("offheap-drain".into())
-            .spawn(move || pump(events, resident, &tx, &flag))?;
+            .spawn(move || pump(events, resident, &tables, &tx, &flag))?;
         Ok((
             Drainer {
                 stop,
@@ -187,6 +186,7 @@ impl Drop for Drainer {
 fn pump(
     mut events: RingBuf<MapData>,
     resident: Option<Arc<Mutex<ResidentSet>>>,
+    tables: &Mutex<UnwindTables>,
     tx: &UnboundedSender<RingEvent>,
     stop: &AtomicBool,
 ) {
@@ -197,6 +197,15 @@ fn pump(
     while !stop.load(Ordering::SeqCst) {
         while let Some(item) = events.next() {
             if let Some(ev) = decode(&item) {
+                if let RingEvent::ExecMap { tgid } = ev {
+                    // Only a process added (a target): the tables know it.
+                    if let Err(e) = lock(tables).refresh_process(tgid) {
+                        log::debug!(
+                            "unwind tables of PID {tgid}: {}",
+                            crate::error::one_line(&e)
+                        );
+                    }
+                }
                 if tx.send(ev).is_err() {
                     return;
                 }

@@ -314,7 +314,8 @@ impl Tracer {
             Model::Resident(set) => Some(Arc::clone(set)),
             Model::Malloc(_) => None,
         };
-        let (drainer, rx) = Drainer::start(ring, resident).map_err(CoreError::Drainer)?;
+        let (drainer, rx) =
+            Drainer::start(ring, resident, probes.tables()).map_err(CoreError::Drainer)?;
         let traffic = probes.traffic();
         Ok(Tracer {
             deadline: Deadline::after(None),
@@ -435,8 +436,9 @@ impl Tracer {
                 return None;
             }
             RingEvent::ExecMap { tgid } => {
+                // The drain thread loaded its tables already.
                 if self.targets.get(&tgid).is_some_and(|t| !t.exited) {
-                    self.code_mapped(tgid);
+                    self.modules_changed(tgid);
                 }
                 return None;
             }

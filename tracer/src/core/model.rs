@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use tracer_common::StackKey;
 
 use super::{
-    caps, cost, events::lock, spawn, CoreError, Model, StacksByPid, Tracer, MAX_SERIES_POINTS,
-    STACKS_EVICTED, THREADPOOL_UNPROBED,
+    caps, cost, spawn, CoreError, Model, StacksByPid, Tracer, MAX_SERIES_POINTS, STACKS_EVICTED,
+    THREADPOOL_UNPROBED,
 };
 use crate::{
     accounting,
@@ -20,6 +20,7 @@ use crate::{
         raw::{RawProcess, RawStack},
         Report, SeriesPoint,
     },
+    sync::lock,
 };
 
 /// What tracing leaves: the final report, how `run`'s command ended, and

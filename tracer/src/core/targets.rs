@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tracer_common::{TARGET_FAULTS, TARGET_FOLLOW, TARGET_MALLOC, TARGET_VM};
 
-use super::{events::lock, interrupted, monotonic_ns, spawn, CoreError, Model, Target, Tracer};
+use super::{interrupted, monotonic_ns, spawn, CoreError, Model, Target, Tracer};
 use crate::{
     error::one_line,
     probes::{
@@ -14,6 +14,7 @@ use crate::{
     },
     proc::{self, Liveness},
     report::{progress::Progress, Mode},
+    sync::lock,
 };
 
 /// How long `add_pid` waits for a process still in the dynamic loader to
@@ -84,6 +85,12 @@ impl Tracer {
     /// its modules and its V8 layout are brought up to date.
     pub(super) fn code_mapped(&mut self, pid: u32) {
         self.load_tables(pid);
+        self.modules_changed(pid);
+    }
+
+    /// `pid`'s modules and V8 layout, after its tables were brought up to
+    /// date (by `code_mapped`, or by the drain thread on a code mapping).
+    pub(super) fn modules_changed(&mut self, pid: u32) {
         if let Err(e) = self.sym.refresh(pid) {
             log::debug!("refreshing the symbols of PID {pid}: {}", one_line(&e));
         }

@@ -12,7 +12,10 @@ pub(crate) mod sys;
 pub mod threadpool;
 pub mod unwind;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use aya::{
     maps::HashMap as BpfHashMap,
@@ -36,7 +39,7 @@ use detach::Links;
 use multi::{MultiLink, MultiPrograms};
 use unwind::UnwindTables;
 
-use crate::report::Mode;
+use crate::{report::Mode, sync::lock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -82,8 +85,10 @@ pub struct Probes {
     traffic: bool,
     /// Malloc mode's programs, loaded for uprobe_multi links.
     multi: Option<MultiPrograms>,
-    /// The unwind tables of every target's modules (the walker's).
-    unwind: UnwindTables,
+    /// The unwind tables of every target's modules (the walker's), shared
+    /// with the drain thread, which brings a process's up to date as soon as
+    /// it maps code (`tables`).
+    unwind: Arc<Mutex<UnwindTables>>,
     /// Each with the pid it filters on, so one process's can be detached.
     uprobe_links: Vec<(u32, MultiLink)>,
     tracepoint_links: Vec<TracePointLink>,
@@ -170,7 +175,7 @@ impl Probes {
         Ok(Probes {
             ebpf,
             multi,
-            unwind,
+            unwind: Arc::new(Mutex::new(unwind)),
             mode: cfg.mode,
             traffic,
             uprobe_links: Vec::new(),
@@ -398,20 +403,28 @@ impl Probes {
     /// walker forget what it cached about addresses. Call it before the
     /// process's probes fire, and again when it maps code.
     pub fn load_tables(&mut self, pid: u32) -> Result<(), ProbeError> {
-        self.unwind.add_process(pid)?;
-        self.bump_unwind_epoch()
+        let mut t = lock(&self.unwind);
+        t.add_process(pid)?;
+        Ok(t.forget_cached()?)
+    }
+
+    /// The tables, for the drain thread: `UnwindTables::refresh_process` on
+    /// each code mapping, without waiting for the front end's loop.
+    pub fn tables(&self) -> Arc<Mutex<UnwindTables>> {
+        Arc::clone(&self.unwind)
     }
 
     /// Drops `pid`'s mapping entries and V8 layout (it exited, or exec'd:
     /// then `load_tables` again).
     pub fn drop_tables(&mut self, pid: u32) {
-        self.unwind.remove_process(pid);
         if let Some(m) = self.ebpf.map_mut(maps::V8_PROCS) {
             if let Ok(mut h) = BpfHashMap::<_, u32, V8ProcConfig>::try_from(m) {
                 let _ = h.remove(&pid);
             }
         }
-        let _ = self.bump_unwind_epoch();
+        let mut t = lock(&self.unwind);
+        t.remove_process(pid);
+        let _ = t.forget_cached();
     }
 
     /// The V8 layout the walker decodes `pid`'s JS frames with.
@@ -430,25 +443,12 @@ impl Probes {
             source,
         })?;
         // Cached answers about V8's code predate the layout.
-        self.bump_unwind_epoch()
+        Ok(lock(&self.unwind).forget_cached()?)
     }
 
     /// What the tables did (for the report's counters).
     pub fn unwind_counters(&self) -> unwind::UnwindCounters {
-        self.unwind.counters
-    }
-
-    fn bump_unwind_epoch(&mut self) -> Result<(), ProbeError> {
-        let name = maps::UNWIND_EPOCH;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(ProbeError::MissingMap(name))?;
-        let mut a: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
-        let cur = a.get(&0, 0).unwrap_or(0);
-        a.set(0, cur.wrapping_add(1), 0)
-            .map_err(|source| ProbeError::Map { name, source })
+        lock(&self.unwind).counters
     }
 
     /// Detaches the uprobes of one process (malloc family, threadpool: it

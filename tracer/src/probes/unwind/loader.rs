@@ -1,6 +1,7 @@
-//! Fills `unwind_mappings` and `unwind_tables` (the owner of both maps): one
-//! table per module, shared by build-id, within a memory cap; per process,
-//! the prefixes of its executable mappings.
+//! Fills `unwind_mappings` and `unwind_tables` (the owner of both maps, and
+//! of `unwind_epoch`, which tells the walkers to forget what they cached):
+//! one table per module, shared by build-id, within a memory cap; per
+//! process, the prefixes of its executable mappings.
 use std::{
     collections::HashMap,
     os::fd::{AsFd, AsRawFd, RawFd},
@@ -104,6 +105,9 @@ pub struct UnwindTables {
     /// `tables`' fd, owned by it.
     tables_fd: RawFd,
     slots: u32,
+    /// `unwind_epoch`: bumped after each change, as the walkers cache what
+    /// they found per address for the current epoch.
+    epoch: Array<MapData, u32>,
     modules: HashMap<Arc<ModuleId>, Module>,
     procs: HashMap<u32, Process>,
     cap_bytes: u64,
@@ -123,14 +127,15 @@ fn memlock(fd: i32) -> Option<u64> {
 }
 
 impl UnwindTables {
-    /// Takes both maps out of a loaded object.
+    /// Takes the three maps out of a loaded object.
     pub fn new(ebpf: &mut aya::Ebpf, cap_bytes: u64) -> Result<UnwindTables, UnwindError> {
-        use tracer_common::maps::{UNWIND_MAPPINGS, UNWIND_TABLES};
+        use tracer_common::maps::{UNWIND_EPOCH, UNWIND_MAPPINGS, UNWIND_TABLES};
         let missing = |name| UnwindError::MissingMap(name);
         let m = ebpf
             .take_map(UNWIND_MAPPINGS)
             .ok_or(missing(UNWIND_MAPPINGS))?;
         let t = ebpf.take_map(UNWIND_TABLES).ok_or(missing(UNWIND_TABLES))?;
+        let e = ebpf.take_map(UNWIND_EPOCH).ok_or(missing(UNWIND_EPOCH))?;
         // Kept for `publish` (aya's ArrayOfMaps does not give its fd).
         let tables_fd = match &t {
             aya::maps::Map::ArrayOfMaps(d) => d.fd().as_fd().as_raw_fd(),
@@ -143,6 +148,7 @@ impl UnwindTables {
             slots: tables.len(),
             tables,
             tables_fd,
+            epoch: Array::try_from(e).map_err(map_err(UNWIND_EPOCH))?,
             modules: HashMap::new(),
             procs: HashMap::new(),
             cap_bytes,
@@ -244,6 +250,27 @@ impl UnwindTables {
             },
         );
         Ok(n)
+    }
+
+    /// `add_process` again for a process added before (it mapped code since:
+    /// a dlopen), then `forget_cached`; false for one never added (or
+    /// removed since), left alone.
+    pub fn refresh_process(&mut self, pid: u32) -> Result<bool, UnwindError> {
+        if !self.procs.contains_key(&pid) {
+            return Ok(false);
+        }
+        self.add_process(pid)?;
+        self.forget_cached()?;
+        Ok(true)
+    }
+
+    /// Makes every walker forget what it cached about addresses (after a
+    /// change of the entries, or of a process's V8 layout).
+    pub fn forget_cached(&mut self) -> Result<(), UnwindError> {
+        let cur = self.epoch.get(&0, 0).unwrap_or(0);
+        self.epoch
+            .set(0, cur.wrapping_add(1), 0)
+            .map_err(map_err(tracer_common::maps::UNWIND_EPOCH))
     }
 
     /// Forgets a process: its entries go, its modules lose a user.

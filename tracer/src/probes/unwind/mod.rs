@@ -38,15 +38,17 @@
 //!   /proc/PID/map_files (fallback /proc/PID/root), builds or reuses the
 //!   module's table (by build-id, else (dev, inode, size, mtime)), and
 //!   inserts the prefixes. node + glibc + libstdc++ build in ~50 ms.
-//! - Later mappings (dlopen of an addon, V8 code pages): today's mmap
-//!   tracepoints ignore file-backed mappings. Proposed event: in
-//!   sys_exit_mmap (and sys_exit_mprotect), for a target and `prot &
-//!   PROT_EXEC`, emit `OFFHEAP_EV_EXEC_MAPPING {tgid, addr, len, prot,
-//!   flags}` (file-backed or anonymous) on the events ring buffer; userspace
-//!   calls `add_process(tgid)` again (debounced: ld.so maps a library in
-//!   several mmaps), which loads the new module and brings the entries up to
-//!   date (entries no longer mapped are removed). Until then a frame in the
-//!   new mapping answers NONE (the stack ends there, marked truncated).
+//! - Later mappings (dlopen of an addon): vm.bpf.c's sys_exit of an mmap
+//!   that maps a file executable, for a target, sends `OFFHEAP_EV_EXEC_MAP`
+//!   on the events ring; the drain thread (core/events.rs) calls
+//!   [`UnwindTables::refresh_process`] as it reads the record, without
+//!   waiting for the front end's loop (which may be in a tick for a second),
+//!   which reads /proc/PID/maps again, loads the new modules and brings the
+//!   entries up to date (entries no longer mapped are removed). Until then a
+//!   frame in the new mapping is walked on a guess of frame pointers (see
+//!   walk.bpf.c's `unmapped_class`). V8's code pages (anonymous) need no
+//!   record: the entries give all anonymous memory to JIT, and the tick
+//!   brings the runs up to date when the process's code mappings change.
 //! - On exit/exec: [`UnwindTables::remove_process`] (exec: then add again).
 //!   A module no process maps keeps its table until the cap needs the room.
 //!

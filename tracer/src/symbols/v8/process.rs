@@ -17,6 +17,7 @@ use super::{
 use crate::{
     report::{Frame, FrameKind},
     symbols::{MapEntry, JIT_SYMBOL},
+    sync::lock,
 };
 
 /// Resolved words kept per process; past this, words resolve every time.
@@ -54,11 +55,6 @@ impl JsObserver {
     pub fn observe(&self, words: &[u64]) {
         lock(&self.0).observe(words);
     }
-}
-
-fn lock(m: &Mutex<Resolution>) -> std::sync::MutexGuard<'_, Resolution> {
-    // A panic while resolving leaves nothing half-written that matters.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl JsProcess {
