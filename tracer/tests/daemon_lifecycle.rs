@@ -372,7 +372,7 @@ async fn drain_thread_delivers_the_next_event() {
     let pid = sh.id();
     t.track(pid).unwrap();
     let mut stdin = sh.stdin.take().unwrap();
-    let (_drainer, mut rx) = Drainer::start(t.events.take().unwrap(), None).unwrap();
+    let (_drainer, mut rx) = Drainer::start(t.events.take().unwrap(), None, None).unwrap();
     let waiter = async {
         loop {
             match rx.recv().await.expect("the drain thread stopped") {

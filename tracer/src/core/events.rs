@@ -156,14 +156,14 @@ impl Drainer {
     pub fn start(
         events: RingBuf<MapData>,
         resident: Option<Arc<Mutex<ResidentSet>>>,
-        tables: Arc<Mutex<UnwindTables>>,
+        tables: Option<Arc<Mutex<UnwindTables>>>,
     ) -> std::io::Result<(Drainer, UnboundedReceiver<RingEvent>)> {
         let (tx, rx) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("offheap-drain".into())
-            .spawn(move || pump(events, resident, &tables, &tx, &flag))?;
+            .spawn(move || pump(events, resident, tables.as_deref(), &tx, &flag))?;
         Ok((
             Drainer {
                 stop,
@@ -186,7 +186,7 @@ impl Drop for Drainer {
 fn pump(
     mut events: RingBuf<MapData>,
     resident: Option<Arc<Mutex<ResidentSet>>>,
-    tables: &Mutex<UnwindTables>,
+    tables: Option<&Mutex<UnwindTables>>,
     tx: &UnboundedSender<RingEvent>,
     stop: &AtomicBool,
 ) {
@@ -197,7 +197,8 @@ fn pump(
     while !stop.load(Ordering::SeqCst) {
         while let Some(item) = events.next() {
             if let Some(ev) = decode(&item) {
-                if let RingEvent::ExecMap { tgid } = ev {
+                if let (RingEvent::ExecMap { tgid }, Some(tables)) = (&ev, tables) {
+                    let tgid = *tgid;
                     // Only a process added (a target): the tables know it.
                     if let Err(e) = lock(tables).refresh_process(tgid) {
                         log::debug!(

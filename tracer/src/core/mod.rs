@@ -315,7 +315,7 @@ impl Tracer {
             Model::Malloc(_) => None,
         };
         let (drainer, rx) =
-            Drainer::start(ring, resident, probes.tables()).map_err(CoreError::Drainer)?;
+            Drainer::start(ring, resident, Some(probes.tables())).map_err(CoreError::Drainer)?;
         let traffic = probes.traffic();
         Ok(Tracer {
             deadline: Deadline::after(None),
