@@ -106,8 +106,9 @@ pub struct UnwindTables {
     tables_fd: RawFd,
     slots: u32,
     /// `unwind_epoch`: bumped after each change, as the walkers cache what
-    /// they found per address for the current epoch.
-    epoch: Array<MapData, u32>,
+    /// they found per address for the current epoch (none in an object
+    /// whose walker caches nothing, as the tests' walker).
+    epoch: Option<Array<MapData, u32>>,
     modules: HashMap<Arc<ModuleId>, Module>,
     procs: HashMap<u32, Process>,
     cap_bytes: u64,
@@ -127,7 +128,8 @@ fn memlock(fd: i32) -> Option<u64> {
 }
 
 impl UnwindTables {
-    /// Takes the three maps out of a loaded object.
+    /// Takes the tables' maps out of a loaded object (and `unwind_epoch`,
+    /// when it has one).
     pub fn new(ebpf: &mut aya::Ebpf, cap_bytes: u64) -> Result<UnwindTables, UnwindError> {
         use tracer_common::maps::{UNWIND_EPOCH, UNWIND_MAPPINGS, UNWIND_TABLES};
         let missing = |name| UnwindError::MissingMap(name);
@@ -135,7 +137,10 @@ impl UnwindTables {
             .take_map(UNWIND_MAPPINGS)
             .ok_or(missing(UNWIND_MAPPINGS))?;
         let t = ebpf.take_map(UNWIND_TABLES).ok_or(missing(UNWIND_TABLES))?;
-        let e = ebpf.take_map(UNWIND_EPOCH).ok_or(missing(UNWIND_EPOCH))?;
+        let epoch = match ebpf.take_map(UNWIND_EPOCH) {
+            Some(e) => Some(Array::try_from(e).map_err(map_err(UNWIND_EPOCH))?),
+            None => None,
+        };
         // Kept for `publish` (aya's ArrayOfMaps does not give its fd).
         let tables_fd = match &t {
             aya::maps::Map::ArrayOfMaps(d) => d.fd().as_fd().as_raw_fd(),
@@ -148,7 +153,7 @@ impl UnwindTables {
             slots: tables.len(),
             tables,
             tables_fd,
-            epoch: Array::try_from(e).map_err(map_err(UNWIND_EPOCH))?,
+            epoch,
             modules: HashMap::new(),
             procs: HashMap::new(),
             cap_bytes,
@@ -267,8 +272,11 @@ impl UnwindTables {
     /// Makes every walker forget what it cached about addresses (after a
     /// change of the entries, or of a process's V8 layout).
     pub fn forget_cached(&mut self) -> Result<(), UnwindError> {
-        let cur = self.epoch.get(&0, 0).unwrap_or(0);
-        self.epoch
+        let Some(epoch) = &mut self.epoch else {
+            return Ok(());
+        };
+        let cur = epoch.get(&0, 0).unwrap_or(0);
+        epoch
             .set(0, cur.wrapping_add(1), 0)
             .map_err(map_err(tracer_common::maps::UNWIND_EPOCH))
     }
