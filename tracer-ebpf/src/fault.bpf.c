@@ -155,12 +155,16 @@ struct mark_ctx {
 
 /* Clears the touched bits of the pages of [lo, hi) (bytes in the granule):
  * a new mapping there has none resident yet (its earlier pages were unmapped
- * or replaced). */
-static __always_inline void clear_touched(struct fault_skip_range *r, __u32 lo, __u32 hi)
+ * or replaced). A global function, checked once with unknown bounds: inlined
+ * into mark_range's bpf_loop callback, its eight words' branches took about
+ * a quarter of resident_map_exit's verification (10k of 44k instructions). */
+__noinline int clear_touched(struct fault_skip_range *r, __u32 lo, __u32 hi)
 {
 	__u32 p0 = lo >> 12, p1 = (hi + 4095) >> 12;
 	__u32 w;
 
+	if (!r)
+		return 0;
 	for (w = 0; w < OFFHEAP_GRANULE_PAGES / 64; w++) {
 		__u32 a = w * 64, b = a + 64;
 		__u64 mask;
@@ -172,6 +176,7 @@ static __always_inline void clear_touched(struct fault_skip_range *r, __u32 lo, 
 		mask = (b - a == 64 ? ~0ULL : ((1ULL << (b - a)) - 1)) << a;
 		__sync_fetch_and_and(&r->touched[w], ~mask);
 	}
+	return 0;
 }
 
 static long mark_granule(__u64 i, void *arg)
@@ -403,82 +408,71 @@ static __always_inline struct map_event *capture_map(__u32 tgid, __u32 syscall)
 	return e;
 }
 
-static __always_inline int on_mmap_exit(struct offheap_sys_exit_ctx *ctx)
-{
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct map_event *e;
-	struct pt_regs *regs;
-	__u32 flags;
-	int arena;
-
-	/* The syscall arguments are still in the saved registers at exit: the
-	 * x86-64 syscall path only writes the return value back (rax). */
-	regs = user_regs();
-	flags = regs->r10;
-	if (!(flags & OFFHEAP_MAP_ANONYMOUS)) {
-		/* A file mapped executable: code (ld.so, dlopen of an addon),
-		 * whose unwind tables userspace loads when it hears of it. */
-		if (regs->rdx & OFFHEAP_PROT_EXEC)
-			send_exec_map(tgid, ctx->ret, regs->rsi);
-		return 0;
-	}
-	e = capture_map(tgid, OFFHEAP_EV_MMAP);
-	if (!e)
-		return 0;
-	e->addr = ctx->ret;
-	e->len = regs->rsi;
-	e->prot = regs->rdx;
-	e->flags = flags;
-	e->old_addr = 0;
-	e->old_len = 0;
-	send(ctx, e);
-	arena = e->prot == 0 && (flags & OFFHEAP_MAP_NORESERVE) &&
-		(e->len == OFFHEAP_GLIBC_HEAP_MAX || e->len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
-	mark_range(tgid, e->addr, e->addr + e->len, arena);
-	return 0;
-}
-
-static __always_inline int on_mremap_exit(struct offheap_sys_exit_ctx *ctx)
-{
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct map_event *e;
-	struct pt_regs *regs;
-
-	regs = user_regs();
-	e = capture_map(tgid, OFFHEAP_EV_MREMAP);
-	if (!e)
-		return 0;
-	e->addr = ctx->ret;
-	e->old_addr = regs->rdi;
-	e->old_len = regs->rsi;
-	e->len = regs->rdx;
-	e->flags = regs->r10;
-	e->prot = 0;
-	send(ctx, e);
-	/* Pages keep their attribution where they move (accounting does the same). */
-	if (in_tracked_mapping(tgid, e->old_addr))
-		mark_range(tgid, e->addr, e->addr + e->len, 0);
-	return 0;
-}
-
 /* One program for syscalls/sys_exit_mmap and sys_exit_mremap (their records
- * have one layout): the walker it carries is verified once, not twice
- * (~30k instructions processed each). */
+ * have one layout), and one place in it for each of the walk, the stack copy
+ * and the marking, whichever the syscall: the verifier checks a bpf_loop
+ * callback at each call of bpf_loop, so a walk per syscall doubled the
+ * walker's share (53k instructions processed with two, ~120 ms to load). */
 SEC("tracepoint/syscalls/sys_exit_mmap")
 int resident_map_exit(struct offheap_sys_exit_ctx *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct map_event *e;
+	struct pt_regs *regs;
+	__u32 kind, clear = 0;
+	int mark = 1;
 
 	if (!is_fault_target(tgid))
 		return 0;
 	if ((__u64)ctx->ret >= (__u64)-OFFHEAP_MAX_ERRNO)
 		return 0;
+	/* The syscall arguments are still in the saved registers at exit: the
+	 * x86-64 syscall path only writes the return value back (rax). */
+	regs = user_regs();
 	switch (ctx->syscall_nr) {
 	case OFFHEAP_NR_MMAP:
-		return on_mmap_exit(ctx);
+		if (!(regs->r10 & OFFHEAP_MAP_ANONYMOUS)) {
+			/* A file mapped executable: code (ld.so, dlopen of an
+			 * addon), whose unwind tables userspace loads when it
+			 * hears of it. */
+			if (regs->rdx & OFFHEAP_PROT_EXEC)
+				send_exec_map(tgid, ctx->ret, regs->rsi);
+			return 0;
+		}
+		kind = OFFHEAP_EV_MMAP;
+		break;
 	case OFFHEAP_NR_MREMAP:
-		return on_mremap_exit(ctx);
+		kind = OFFHEAP_EV_MREMAP;
+		break;
 	default:
 		return 0;
 	}
+	e = capture_map(tgid, kind);
+	if (!e)
+		return 0;
+	e->addr = ctx->ret;
+	if (kind == OFFHEAP_EV_MMAP) {
+		e->len = regs->rsi;
+		e->prot = regs->rdx;
+		e->flags = regs->r10;
+		e->old_addr = 0;
+		e->old_len = 0;
+		/* glibc's arena reservations are cleared, not marked: their
+		 * pages are malloc's, charged to the stacks that touch them. */
+		clear = e->prot == 0 && (e->flags & OFFHEAP_MAP_NORESERVE) &&
+			(e->len == OFFHEAP_GLIBC_HEAP_MAX || e->len == 2 * OFFHEAP_GLIBC_HEAP_MAX);
+	} else {
+		e->old_addr = regs->rdi;
+		e->old_len = regs->rsi;
+		e->len = regs->rdx;
+		e->flags = regs->r10;
+		e->prot = 0;
+		/* Pages keep their attribution where they move (accounting
+		 * does the same). */
+		mark = in_tracked_mapping(tgid, e->old_addr);
+	}
+	send(ctx, e);
+	if (mark)
+		mark_range(tgid, e->addr, e->addr + e->len, clear);
+	return 0;
 }

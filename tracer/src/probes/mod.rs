@@ -528,6 +528,7 @@ fn load_hooks(ebpf: &mut Ebpf, hooks: &[&'static Hook], btf: &Btf) -> Result<(),
 
 fn load_hook(hook: &'static Hook, prog: &mut Program, btf: &Btf) -> Result<(), ProbeError> {
     let name = hook.program;
+    let since = std::time::Instant::now();
     let loaded = match hook.attach {
         Attach::TracePoint(..) => {
             let prog: &mut TracePoint = prog
@@ -548,6 +549,7 @@ fn load_hook(hook: &'static Hook, prog: &mut Program, btf: &Btf) -> Result<(), P
             prog.load()
         }
     };
+    log::debug!("{name} verified in {:?}", since.elapsed());
     loaded.map_err(|source| ProbeError::Program { name, source })
 }
 

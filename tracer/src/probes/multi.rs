@@ -312,7 +312,10 @@ fn load_program(
         }
         sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
     };
-    attempt(&mut []).or_else(|_| {
+    let since = std::time::Instant::now();
+    let first = attempt(&mut []);
+    log::debug!("{name} verified in {:?}", since.elapsed());
+    first.or_else(|_| {
         let mut log = vec![0u8; 1 << 20];
         attempt(&mut log).map_err(|source| {
             let text = String::from_utf8_lossy(&log);
