@@ -38,17 +38,19 @@
 //!   /proc/PID/map_files (fallback /proc/PID/root), builds or reuses the
 //!   module's table (by build-id, else (dev, inode, size, mtime)), and
 //!   inserts the prefixes. node + glibc + libstdc++ build in ~50 ms.
-//! - Later mappings (dlopen of an addon): vm.bpf.c's sys_exit of an mmap
-//!   that maps a file executable, for a target, sends `OFFHEAP_EV_EXEC_MAP`
-//!   on the events ring; the drain thread (core/events.rs) calls
+//! - Later mappings (dlopen of an addon): the exit of an mmap that maps a
+//!   file executable, for a target, sends `OFFHEAP_EV_EXEC_MAP` on the
+//!   events ring (vm.bpf.c in malloc mode, fault.bpf.c's resident_map_exit
+//!   in resident mode). The drain thread (core/events.rs) calls
 //!   [`UnwindTables::refresh_process`] as it reads the record, without
-//!   waiting for the front end's loop (which may be in a tick for a second),
-//!   which reads /proc/PID/maps again, loads the new modules and brings the
-//!   entries up to date (entries no longer mapped are removed). Until then a
-//!   frame in the new mapping is walked on a guess of frame pointers (see
-//!   walk.bpf.c's `unmapped_class`). V8's code pages (anonymous) need no
-//!   record: the entries give all anonymous memory to JIT, and the tick
-//!   brings the runs up to date when the process's code mappings change.
+//!   waiting for the front end's loop (which may be in a tick for a
+//!   second): /proc/PID/maps is read again, the new modules are loaded and
+//!   the entries brought up to date (entries no longer mapped are removed).
+//!   Until then a frame in the new mapping is walked on a guess of frame
+//!   pointers (walk.bpf.c's `unmapped_class`). V8's code pages (anonymous)
+//!   need no record: the entries give all anonymous memory to JIT, and the
+//!   tick brings the runs up to date when the process's code mappings
+//!   change.
 //! - On exit/exec: [`UnwindTables::remove_process`] (exec: then add again).
 //!   A module no process maps keeps its table until the cap needs the room.
 //!
