@@ -197,8 +197,7 @@ fn pump(
     while !stop.load(Ordering::SeqCst) {
         while let Some(item) = events.next() {
             if let Some(ev) = decode(&item) {
-                if let (RingEvent::ExecMap { tgid }, Some(tables)) = (&ev, tables) {
-                    let tgid = *tgid;
+                if let (&RingEvent::ExecMap { tgid }, Some(tables)) = (&ev, tables) {
                     // Only a process added (a target): the tables know it.
                     if let Err(e) = lock(tables).refresh_process(tgid) {
                         log::debug!(

@@ -403,9 +403,8 @@ impl Probes {
     /// walker forget what it cached about addresses. Call it before the
     /// process's probes fire, and again when it maps code.
     pub fn load_tables(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let mut t = lock(&self.unwind);
-        t.add_process(pid)?;
-        Ok(t.forget_cached()?)
+        lock(&self.unwind).add_process(pid)?;
+        Ok(())
     }
 
     /// The tables, for the drain thread: `UnwindTables::refresh_process` on
@@ -422,9 +421,7 @@ impl Probes {
                 let _ = h.remove(&pid);
             }
         }
-        let mut t = lock(&self.unwind);
-        t.remove_process(pid);
-        let _ = t.forget_cached();
+        lock(&self.unwind).remove_process(pid);
     }
 
     /// The V8 layout the walker decodes `pid`'s JS frames with.

@@ -180,7 +180,8 @@ impl UnwindTables {
 
     /// Loads (or reuses) the tables of every executable module of `pid` and
     /// sets its mappings; again on a process already added, it brings the
-    /// entries up to date (a module dlopen'ed since). Returns the number of
+    /// entries up to date (a module dlopen'ed since). Then every walker
+    /// forgets what it cached (`forget_cached`). Returns the number of
     /// prefixes the process has.
     pub fn add_process(&mut self, pid: u32) -> Result<usize, UnwindError> {
         let maps = crate::proc::maps::read(pid).map_err(|e| UnwindError::Maps {
@@ -254,23 +255,23 @@ impl UnwindTables {
                 modules,
             },
         );
+        self.forget_cached()?;
         Ok(n)
     }
 
     /// `add_process` again for a process added before (it mapped code since:
-    /// a dlopen), then `forget_cached`; false for one never added (or
-    /// removed since), left alone.
+    /// a dlopen); false for one never added (or removed since), left alone.
     pub fn refresh_process(&mut self, pid: u32) -> Result<bool, UnwindError> {
         if !self.procs.contains_key(&pid) {
             return Ok(false);
         }
         self.add_process(pid)?;
-        self.forget_cached()?;
         Ok(true)
     }
 
-    /// Makes every walker forget what it cached about addresses (after a
-    /// change of the entries, or of a process's V8 layout).
+    /// Makes every walker forget what it cached about addresses: after a
+    /// change of the entries (done by `add_process` and `remove_process`),
+    /// or of a process's V8 layout.
     pub fn forget_cached(&mut self) -> Result<(), UnwindError> {
         let Some(epoch) = &mut self.epoch else {
             return Ok(());
@@ -281,11 +282,13 @@ impl UnwindTables {
             .map_err(map_err(tracer_common::maps::UNWIND_EPOCH))
     }
 
-    /// Forgets a process: its entries go, its modules lose a user.
+    /// Forgets a process: its entries go, its modules lose a user, and every
+    /// walker forgets what it cached.
     pub fn remove_process(&mut self, pid: u32) {
         if let Some(p) = self.procs.remove(&pid) {
             self.release(p, &[]);
         }
+        let _ = self.forget_cached();
     }
 
     fn release(&mut self, p: Process, keep: &[Key<KeyData>]) {
