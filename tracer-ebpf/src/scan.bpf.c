@@ -122,7 +122,6 @@ __noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
 		w->regs.pc = word;
 		w->regs.sp = slot + 8;
 		w->scans++;
-		w->scanned = 1;
 		w->regs.bp = saved;
 		w->bp_lost = !record && !saved_bp(sc, off, i, slot);
 		return 0;
@@ -164,15 +163,10 @@ enum mapped {
  * the fault being traced holds it) is answered by the bytes before pc: a
  * return address follows a call (after_call), and JIT code's do (answering
  * "not code" cut JIT frames off resident mode's fault stacks; "code" let
- * heap words and small integers through). Except for a pc found by
- * scanning (`scanned`), which passed after_call already: there, EBUSY is
- * "not code". A scanned word of another thread's stack or a heap (in
- * anonymous memory, which the tables give to JIT code) was otherwise taken
- * whenever libvips' threads held the lock, mapping their buffers: sharp's
- * malloc-mode stacks (tests/e2e/addon_npm.rs) got frames in no module. An
- * address within 8 MiB of the stack pointer is the stack itself. */
+ * heap words and small integers through). An address within 8 MiB of the
+ * stack pointer is the stack itself. */
 
-static __always_inline int mapped_since(__u64 pc, __u64 sp, int scanned)
+static __always_inline int mapped_since(__u64 pc, __u64 sp)
 {
 	/* An address this close to the stack pointer is the stack itself. */
 	if (pc - (sp - STACK_NEAR) < 2 * STACK_NEAR)
@@ -181,7 +175,7 @@ static __always_inline int mapped_since(__u64 pc, __u64 sp, int scanned)
 	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_facts_cb, &f, 0);
 
 	if (err == -EBUSY)
-		return !scanned && after_call(pc) ? MAPPED_CODE : MAPPED_NOT_CODE;
+		return after_call(pc) ? MAPPED_CODE : MAPPED_NOT_CODE;
 	if (err || !(f.flags & OFFHEAP_VM_EXEC))
 		return MAPPED_NOT_CODE;
 	return f.file ? MAPPED_FILE_CODE : MAPPED_CODE;

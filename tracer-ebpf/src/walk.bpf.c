@@ -146,7 +146,7 @@ __noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, 
  * and walk_one checks the step (w->guess); V8's new JIT code keeps them. */
 static __always_inline int unmapped_class(struct walk_state *w, __u64 pc)
 {
-	int m = mapped_since(pc, w->regs.sp, w->scanned);
+	int m = mapped_since(pc, w->regs.sp);
 
 	if (m == MAPPED_FILE_CODE) {
 		w->guessed = 1;
@@ -164,7 +164,7 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 
 	if (w->leaf) {
 		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
-		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp, w->scanned))
+		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
 			return UNWIND_NONE;
 		return cls == UNWIND_NONE ? unmapped_class(w, pc) : cls;
 	}
@@ -181,7 +181,7 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 	 * executable after they were read): a return address there must be in
 	 * code now, not in a thread's stack or a heap (a scanned or garbage
 	 * word). Not cached: the page may become code. */
-	if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp, w->scanned))
+	if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
 		return UNWIND_NONE;
 	e->pc = pc;
 	e->tgid = w->tgid;
@@ -257,7 +257,6 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 		return 1;
 	w->guess = 0;
 	int cls = frame_class(w, cache);
-	w->scanned = 0;
 	if (cls == UNWIND_NONE) {
 		/* Not code of the process: the walk went wrong before it. */
 		w->nr = nr - 1;
@@ -364,7 +363,6 @@ static __always_inline int fast_frame(struct walk_ctx *c, struct stack_scratch *
 		return -1;
 	STORE_IP(sc, nr - 1, pc);
 	w->hash = stack_hash_step(w->hash, pc);
-	w->scanned = 0;
 	__u64 sp = w->regs.sp;
 	int step = fp_step(w, sc);
 	if (step < 0)
