@@ -73,34 +73,63 @@ _Static_assert((OFFHEAP_MAX_STACK_DEPTH & (OFFHEAP_MAX_STACK_DEPTH + 1)) == 0,
 	       "ips[] indexes are masked with the depth: it must be 2^n - 1");
 #define STACK_SLOT_MASK ((1 << OFFHEAP_STACK_ID_BITS) - 1)
 
+/* intern_stack's bpf_loop context, on the caller's BPF stack. A bpf_loop
+ * callback is checked once: as a counted loop over the 32 slots, the
+ * verifier walked every iteration's branches (about 8k instructions
+ * processed in each program that interns a stack). */
+struct intern_ctx {
+	struct stack_ips *s;
+	__u64 home;
+	long id; /* out: the stack's id, or a negative error */
+};
+
+/* Slot k after the stack's home: 1 (stop) once c->id is the answer. */
+static long intern_probe(__u64 k, struct intern_ctx *c)
+{
+	struct stack_ips *s = c->s;
+
+	if (!s)
+		return 1;
+	__s32 id = (__s32)((c->home + k) & STACK_SLOT_MASK);
+	struct stack_ips *cur = bpf_map_lookup_elem(&hashed_stacks, &id);
+
+	if (!cur) {
+		long err = bpf_map_update_elem(&hashed_stacks, &id, s, BPF_NOEXIST);
+		if (!err) {
+			c->id = id;
+			return 1;
+		}
+		/* EEXIST: another CPU stored a stack here first. */
+		if (err != -EEXIST) {
+			c->id = err;
+			return 1;
+		}
+		cur = bpf_map_lookup_elem(&hashed_stacks, &id);
+		if (!cur)
+			return 0;
+	}
+	/* A 64-bit hash (over frames and flags) and the depth both equal: the
+	 * same stack. */
+	if (cur->hash == s->hash && cur->nr == s->nr) {
+		c->id = id;
+		return 1;
+	}
+	return 0;
+}
+
 /* Stores s (nr, flags, hash and ips filled) in hashed_stacks and returns its
  * id, or a negative error (the map is full, or every slot tried holds
  * another stack). */
 static __always_inline long intern_stack(struct stack_ips *s)
 {
-	__u64 home = s->hash & (((__u64)1 << stack_hash_bits) - 1);
+	struct intern_ctx c = {
+		.s = s,
+		.home = s->hash & (((__u64)1 << stack_hash_bits) - 1),
+		.id = -ENOSPC,
+	};
 
-	for (__u32 k = 0; k < OFFHEAP_STACK_HASH_PROBES; k++) {
-		__s32 id = (__s32)((home + k) & STACK_SLOT_MASK);
-		struct stack_ips *cur = bpf_map_lookup_elem(&hashed_stacks, &id);
-
-		if (!cur) {
-			long err = bpf_map_update_elem(&hashed_stacks, &id, s, BPF_NOEXIST);
-			if (!err)
-				return id;
-			/* EEXIST: another CPU stored a stack here first. */
-			if (err != -EEXIST)
-				return err;
-			cur = bpf_map_lookup_elem(&hashed_stacks, &id);
-			if (!cur)
-				continue;
-		}
-		/* A 64-bit hash (over frames and flags) and the depth both
-		 * equal: the same stack. */
-		if (cur->hash == s->hash && cur->nr == s->nr)
-			return id;
-	}
-	return -ENOSPC;
+	bpf_loop(OFFHEAP_STACK_HASH_PROBES, intern_probe, &c, 0);
+	return c.id;
 }
 
 /* Copies up to `want` bytes (at most OFFHEAP_STACK_WINDOW) of user memory at
