@@ -323,7 +323,7 @@ pub fn functions_named(
         ))
     })?;
     let mut out = BTreeMap::new();
-    for sym in obj.dynamic_symbols().chain(obj.symbols()) {
+    for sym in crate::symbols::symbol_table(&obj) {
         if sym.is_undefined() || sym.kind() != object::SymbolKind::Text {
             continue;
         }

@@ -34,7 +34,7 @@ use std::{
 pub use bench::{bench_symbolize, BenchResult};
 pub use demangle::demangle;
 pub use maps::{read_exec_maps, MapEntry};
-pub use module::{Module, SourceFrame};
+pub use module::{symbol_table, Module, SourceFrame};
 pub use perfmap::{
     JsSymbol, PerfMap, MAX_PERF_MAP_BYTES, MAX_PERF_MAP_ENTRIES, MAX_SYMBOL_BYTES, TRUNCATED_MARKER,
 };

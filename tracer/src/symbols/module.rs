@@ -298,8 +298,20 @@ impl Module {
     }
 }
 
+/// A module's symbols: its .symtab, or its .dynsym when .symtab was
+/// stripped. Never both: the linker writes every symbol of .dynsym to
+/// .symtab too, so reading both read node's 75k dynamic symbols twice
+/// (107k in .symtab), on the attach path.
+pub fn symbol_table<'d, 'f>(obj: &'f object::File<'d>) -> object::SymbolIterator<'d, 'f> {
+    if obj.symbols().next().is_some() {
+        obj.symbols()
+    } else {
+        obj.dynamic_symbols()
+    }
+}
+
 fn collect_symbols(obj: &object::File<'_>, out: &mut Vec<Sym>, names: &mut String) {
-    for s in obj.symbols().chain(obj.dynamic_symbols()) {
+    for s in symbol_table(obj) {
         if s.kind() != SymbolKind::Text || !s.is_definition() || s.address() == 0 {
             continue;
         }
@@ -327,11 +339,15 @@ fn finish_symbols(symbols: &mut Vec<Sym>, names: &str) {
             .take_while(|&b| b == b'_')
             .count()
     };
-    symbols.sort_by(|a, b| {
+    // Unstable, with the order seen as the last key: the same order as a
+    // stable sort, at about half its cost (node: 180k symbols, on the
+    // attach path). Names are read only for ties of address and size.
+    symbols.sort_unstable_by(|a, b| {
         a.addr
             .cmp(&b.addr)
             .then(b.size.cmp(&a.size))
-            .then(underscores(a).cmp(&underscores(b)))
+            .then_with(|| underscores(a).cmp(&underscores(b)))
+            .then(a.name_start.cmp(&b.name_start))
     });
     symbols.dedup_by_key(|s| s.addr);
 }
