@@ -35,9 +35,9 @@ fn main() {
         };
         total += bytes;
         println!(
-            "{}: {} FDEs ({} frame-pointer), {} CFI rows -> {} rows + {} pages = {} bytes ({:.2} MiB); {} epilogue rows dropped, {} unsupported, {} bad FDEs; {:.0} ms",
+            "{}: {} FDEs ({} frame-pointer), {} CFI rows -> {} rows + {} pages = {} bytes ({:.2} MiB); {} unsupported, {} bad FDEs; {:.0} ms",
             f.display(), st.fdes, st.fp_fdes, st.cfi_rows, nrows, npages, bytes, bytes as f64 / 1048576.0,
-            st.epilogue_rows, st.unsupported_rows, st.bad_fdes, ms
+            st.unsupported_rows, st.bad_fdes, ms
         );
     }
     println!("total: {total} bytes ({:.2} MiB)", total as f64 / 1048576.0);

@@ -72,12 +72,11 @@ pub struct Row {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CfiStats {
     pub fdes: u64,
-    /// FDEs that set up a frame pointer (their epilogue rows are dropped).
+    /// FDEs that set up a frame pointer (their epilogue rows are dropped,
+    /// unread).
     pub fp_fdes: u64,
-    /// CFI rows read (gimli's rows, before merging and dropping).
+    /// CFI rows read (gimli's rows, before merging).
     pub cfi_rows: u64,
-    /// Rows of frame-pointer functions after their frame setup, dropped.
-    pub epilogue_rows: u64,
     /// Rows the tables cannot express, turned into STOP rows.
     pub unsupported_rows: u64,
     /// FDEs (or hdr entries) that failed to parse: their range is the
@@ -251,17 +250,11 @@ fn fde_rows<'a, S: UnwindSection<R<'a>>>(
     ctx: &mut UnwindContext<usize>,
     fde: &FrameDescriptionEntry<R<'a>>,
     stats: &mut CfiStats,
-) -> Result<Vec<Row>, gimli::Error> {
+    out: &mut Vec<Row>,
+) -> Result<(), gimli::Error> {
     let mut table = fde.rows(section, bases, ctx)?;
-    let mut out = Vec::new();
-    let mut framed = false;
     while let Some(row) = table.next_row()? {
         stats.cfi_rows += 1;
-        if framed {
-            // After the frame setup: the frame-pointer step to the end.
-            stats.epilogue_rows += 1;
-            continue;
-        }
         let rule = rule_of(
             section,
             row.cfa(),
@@ -272,33 +265,81 @@ fn fde_rows<'a, S: UnwindSection<R<'a>>>(
             stats.unsupported_rows += 1;
             Rule::STOP
         });
-        if rule == Rule::FP {
-            framed = true;
-            stats.fp_fdes += 1;
-        }
         out.push(Row {
             pc: row.start_address(),
             rule,
         });
+        if rule == Rule::FP {
+            // The frame is set up: the frame-pointer step to the end. The
+            // epilogue's rows are not even evaluated (node: two thirds of
+            // its FDEs, most of their rows).
+            stats.fp_fdes += 1;
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
-/// One FDE's range and rows.
-type FdeRows = (u64, u64, Vec<Row>);
+/// One FDE's range, and where its rows are in the module's row list.
+type FdeRows = (u64, u64, std::ops::Range<usize>);
 
-fn add_fde<'a, S: UnwindSection<R<'a>>>(
-    section: &S,
-    bases: &BaseAddresses,
-    ctx: &mut UnwindContext<usize>,
-    fde: Result<FrameDescriptionEntry<R<'a>>, gimli::Error>,
-    stats: &mut CfiStats,
-    out: &mut Vec<FdeRows>,
-) {
-    stats.fdes += 1;
-    match fde.and_then(|fde| Ok((fde_rows(section, bases, ctx, &fde, stats)?, fde))) {
-        Ok((rows, fde)) => out.push((fde.initial_address(), fde.end_address(), rows)),
-        Err(_) => stats.bad_fdes += 1,
+/// The module's FDEs parsed so far, their rows in one list (one vector per
+/// FDE cost an allocation each: node has 76k FDEs), and the CIEs they share,
+/// parsed once each (gimli parses an FDE's CIE again for every FDE; node's
+/// 76k FDEs have a few CIEs).
+struct Fdes<'a, O> {
+    fdes: Vec<FdeRows>,
+    rows: Vec<Row>,
+    cies: std::collections::HashMap<O, gimli::CommonInformationEntry<R<'a>>>,
+}
+
+impl<'a, O: Eq + std::hash::Hash + Copy> Fdes<'a, O> {
+    fn new() -> Self {
+        Fdes {
+            fdes: Vec::new(),
+            rows: Vec::new(),
+            cies: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The CIE at `offset`, parsed the first time only.
+    fn cie<S: UnwindSection<R<'a>, Offset = O>>(
+        &mut self,
+        section: &S,
+        bases: &BaseAddresses,
+        offset: O,
+    ) -> gimli::Result<gimli::CommonInformationEntry<R<'a>>> {
+        if let Some(cie) = self.cies.get(&offset) {
+            return Ok(cie.clone());
+        }
+        let cie = section.cie_from_offset(bases, offset)?;
+        self.cies.insert(offset, cie.clone());
+        Ok(cie)
+    }
+
+    fn add<S: UnwindSection<R<'a>>>(
+        &mut self,
+        section: &S,
+        bases: &BaseAddresses,
+        ctx: &mut UnwindContext<usize>,
+        fde: Result<FrameDescriptionEntry<R<'a>>, gimli::Error>,
+        stats: &mut CfiStats,
+    ) {
+        stats.fdes += 1;
+        let first = self.rows.len();
+        match fde.and_then(|fde| {
+            fde_rows(section, bases, ctx, &fde, stats, &mut self.rows).map(|()| fde)
+        }) {
+            Ok(fde) => self.fdes.push((
+                fde.initial_address(),
+                fde.end_address(),
+                first..self.rows.len(),
+            )),
+            Err(_) => {
+                self.rows.truncate(first);
+                stats.bad_fdes += 1;
+            }
+        }
     }
 }
 
@@ -308,14 +349,16 @@ fn all_fdes<'a, S: UnwindSection<R<'a>>>(
     bases: &BaseAddresses,
     ctx: &mut UnwindContext<usize>,
     stats: &mut CfiStats,
-    out: &mut Vec<FdeRows>,
-) {
+    out: &mut Fdes<'a, S::Offset>,
+) where
+    S::Offset: Eq + std::hash::Hash + Copy,
+{
     let mut entries = section.entries(bases);
     loop {
         match entries.next() {
             Ok(Some(gimli::CieOrFde::Fde(partial))) => {
-                let fde = partial.parse(S::cie_from_offset);
-                add_fde(section, bases, ctx, fde, stats, out);
+                let fde = partial.parse(|s, b, o| out.cie(s, b, o));
+                out.add(section, bases, ctx, fde, stats);
             }
             Ok(Some(gimli::CieOrFde::Cie(_))) => {}
             Ok(None) => break,
@@ -331,7 +374,6 @@ fn all_fdes<'a, S: UnwindSection<R<'a>>>(
 /// wherever no FDE covers the code. Addresses are link-time (svma).
 pub fn module_rows(elf: &ElfFile) -> (Vec<Row>, CfiStats) {
     let mut stats = CfiStats::default();
-    let mut fdes: Vec<FdeRows> = Vec::new();
     let mut ctx = UnwindContext::new();
     if let Some((eh, bytes)) = elf.eh_frame.and_then(|s| Some((s, elf.bytes(s)?))) {
         let section = EhFrame::new(bytes, LittleEndian);
@@ -341,6 +383,7 @@ pub fn module_rows(elf: &ElfFile) -> (Vec<Row>, CfiStats) {
         if let Some(h) = elf.eh_frame_hdr {
             bases = bases.set_eh_frame_hdr(h.addr);
         }
+        let mut fdes = Fdes::new();
         let hdr = elf
             .eh_frame_hdr
             .and_then(|h| elf.bytes(h))
@@ -353,9 +396,9 @@ pub fn module_rows(elf: &ElfFile) -> (Vec<Row>, CfiStats) {
                     match it.next() {
                         Ok(Some((_, ptr))) => {
                             let fde = table.pointer_to_offset(ptr).and_then(|off| {
-                                section.fde_from_offset(&bases, off, EhFrame::cie_from_offset)
+                                section.fde_from_offset(&bases, off, |s, b, o| fdes.cie(s, b, o))
                             });
-                            add_fde(&section, &bases, &mut ctx, fde, &mut stats, &mut fdes);
+                            fdes.add(&section, &bases, &mut ctx, fde, &mut stats);
                         }
                         Ok(None) => break,
                         Err(_) => {
@@ -367,9 +410,12 @@ pub fn module_rows(elf: &ElfFile) -> (Vec<Row>, CfiStats) {
             }
             None => all_fdes(&section, &bases, &mut ctx, &mut stats, &mut fdes),
         }
-    } else if let Some(bytes) = elf.debug_frame.and_then(|s| elf.bytes(s)) {
+        return (flatten(fdes.fdes, &fdes.rows), stats);
+    }
+    if let Some(bytes) = elf.debug_frame.and_then(|s| elf.bytes(s)) {
         let mut section = DebugFrame::new(bytes, LittleEndian);
         section.set_address_size(8);
+        let mut fdes = Fdes::new();
         all_fdes(
             &section,
             &BaseAddresses::default(),
@@ -377,13 +423,14 @@ pub fn module_rows(elf: &ElfFile) -> (Vec<Row>, CfiStats) {
             &mut stats,
             &mut fdes,
         );
+        return (flatten(fdes.fdes, &fdes.rows), stats);
     }
-    (flatten(fdes), stats)
+    (Vec::new(), stats)
 }
 
 /// Lays the FDEs' rows end to end: the frame-pointer step in the gaps, a
 /// later FDE overriding an overlapping one, equal neighbours merged.
-fn flatten(mut fdes: Vec<FdeRows>) -> Vec<Row> {
+fn flatten(mut fdes: Vec<FdeRows>, all: &[Row]) -> Vec<Row> {
     fdes.retain(|(start, end, rows)| end > start && !rows.is_empty());
     fdes.sort_by_key(|(start, _, _)| *start);
     let mut out: Vec<Row> = Vec::new();
@@ -400,7 +447,7 @@ fn flatten(mut fdes: Vec<FdeRows>) -> Vec<Row> {
                 rule: Rule::GAP,
             });
         }
-        out.extend(rows.into_iter().filter(|r| r.pc >= start && r.pc < end));
+        out.extend(all[rows].iter().filter(|r| r.pc >= start && r.pc < end));
         covered_to = end;
     }
     if !out.is_empty() {
