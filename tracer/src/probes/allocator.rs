@@ -97,20 +97,26 @@ pub fn for_pid(pid: u32) -> Result<Allocator, AllocatorError> {
         }
     })?;
     let modules = crate::proc::maps::modules(&maps);
+    let mapped = mapped_files(pid, &maps);
+    let exe = crate::proc::info::exe(pid);
+    Scan::new(Files::Mapped(mapped))
+        .choose(exe.as_deref(), &modules)
+        .ok_or(AllocatorError::NotFound(pid))
+}
+
+/// Each file `maps` (of process `pid`) maps, by the path the process sees,
+/// and the `/proc/PID/map_files/START-END` link of its first mapping: the
+/// way to reach a running process's module (see `for_pid`).
+pub fn mapped_files(pid: u32, maps: &[crate::proc::maps::Mapping]) -> HashMap<String, PathBuf> {
     let mut mapped = HashMap::new();
-    for m in &maps {
+    for m in maps {
         if let Some(path) = m.path() {
             mapped.entry(path.to_string()).or_insert_with(|| {
                 PathBuf::from(format!("/proc/{pid}/map_files/{}", m.map_files_name()))
             });
         }
     }
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    Scan::new(Files::Mapped(mapped))
-        .choose(exe.as_deref(), &modules)
-        .ok_or(AllocatorError::NotFound(pid))
+    mapped
 }
 
 /// The allocator a command will use once exec'd by a child of this process:

@@ -12,14 +12,16 @@ use std::path::{Path, PathBuf};
 
 use tracer_common::programs::THREADPOOL;
 
-use super::allocator::{functions_named, loader, Functions};
+use super::allocator::{functions_named, loader, mapped_files, Functions};
 
 /// The module of a process to probe for its threadpool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Threadpool {
     /// The path as the process sees it.
     pub module: String,
-    /// The same file reached from here (through /proc/PID/root for a PID).
+    /// The same file reached from here: for a PID, its mapping's
+    /// /proc/PID/map_files link (see `allocator::for_pid` for why not a
+    /// path under /proc/PID/root).
     pub path: PathBuf,
     /// Attach-table symbol -> function.
     pub functions: Functions,
@@ -76,11 +78,17 @@ fn table_symbol(name: &str) -> Option<&'static str> {
         .map(|p| p.symbol)
 }
 
-/// The first of `candidates` (paths as the process sees them, reached
-/// under `root`) that defines `uv_queue_work`, with every required function.
-fn choose(root: &Path, candidates: &[String]) -> Result<Threadpool, Skip> {
+/// The first of `candidates` (paths as the process sees them, each reached
+/// from here at `reach(path)`) that defines `uv_queue_work`, with every
+/// required function.
+fn choose(
+    candidates: &[String],
+    reach: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Threadpool, Skip> {
     for module in candidates {
-        let path = root.join(module.trim_start_matches('/'));
+        let Some(path) = reach(module) else {
+            continue;
+        };
         let Ok(functions) = functions_named(&path, table_symbol) else {
             continue;
         };
@@ -106,18 +114,17 @@ fn choose(root: &Path, candidates: &[String]) -> Result<Threadpool, Skip> {
 }
 
 /// The threadpool module of a running process: its executable, else a
-/// mapped libuv or libnode.
+/// mapped libuv or libnode, each read through its mapping's map_files link.
 pub fn for_pid(pid: u32) -> Result<Threadpool, Skip> {
     let Ok(maps) = crate::proc::maps::read(pid) else {
         return Err(Skip::NoLibuv);
     };
     let modules = crate::proc::maps::modules(&maps);
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+    let mapped = mapped_files(pid, &maps);
+    let exe = crate::proc::info::exe(pid);
     let mut candidates: Vec<String> = exe.into_iter().collect();
     candidates.extend(modules.into_iter().filter(|m| may_hold_libuv(m)));
-    choose(Path::new(&format!("/proc/{pid}/root")), &candidates)
+    choose(&candidates, |m| mapped.get(m).cloned())
 }
 
 /// The threadpool module a command will use once exec'd: its executable,
@@ -127,7 +134,7 @@ pub fn for_exec(exe: &Path) -> Result<Threadpool, Skip> {
     if let Ok(objects) = loader::loaded_objects(exe) {
         candidates.extend(objects.into_iter().filter(|m| may_hold_libuv(m)));
     }
-    choose(Path::new("/"), &candidates)
+    choose(&candidates, |m| Some(PathBuf::from(m)))
 }
 
 #[cfg(test)]
@@ -146,6 +153,43 @@ mod tests {
         assert_eq!(found, ["uv__queue_work", "uv_async_send", "uv_queue_work"]);
         // uv__queue_work is a tail call of 13 bytes (lea, mov, mov, jmp).
         assert_eq!(tp.functions["uv__queue_work"].len, 13);
+    }
+
+    /// A running node whose file was replaced by a symlink (a target can
+    /// do that to its own files): the module is still the one it mapped,
+    /// read through map_files. A path through /proc/PID/root would follow
+    /// the symlink from offheap's root (here to /bin/true, no libuv).
+    #[test]
+    fn running_node_read_through_map_files_not_its_path() {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("offheap-tp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = dir.join("node");
+        // A hard link: the same inode as /usr/bin/node, under a name the
+        // test may replace (same file system here).
+        std::fs::hard_link("/usr/bin/node", &node).unwrap();
+        let mut child = std::process::Command::new(&node)
+            .args(["-e", "console.log('ready'); setInterval(() => {}, 1000)"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+        std::fs::rename(&link, &node).unwrap();
+        let pid = child.id();
+        let found = for_pid(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        let tp = found.expect("node's threadpool, through its mapping");
+        assert_eq!(tp.module, node.to_string_lossy());
+        assert!(tp.path.starts_with(format!("/proc/{pid}/map_files/")));
+        assert_eq!(tp.functions.len(), 3);
     }
 
     #[test]

@@ -21,21 +21,29 @@ pub struct ProcInfo {
 /// link and VmRSS disappear, proc(5)).
 pub fn snapshot(pid: u32) -> Option<ProcInfo> {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let exe = exe(pid)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb: u64 = status_field(&status, "VmRSS:")?
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
-    let exe = exe.to_string_lossy();
-    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
     Some(ProcInfo {
         comm: comm.trim_end().to_string(),
         limits: limits::read(pid, &exe),
         exe,
         rss_bytes: rss_kb * 1024,
     })
+}
+
+/// The executable's path as the process sees it: /proc/PID/exe without the
+/// " (deleted)" the kernel appends once the file was replaced, which is how
+/// /proc/PID/maps names the same file (see `maps`). None once the process
+/// is gone.
+pub fn exe(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let exe = exe.to_string_lossy();
+    Some(exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string())
 }
 
 fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
