@@ -5,6 +5,8 @@ use offheap::{cli::Cli, commands};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        // Milliseconds: the debug log times attach's phases.
+        .format_timestamp_millis()
         // aya warns on every load that `inflight` (task-local storage) has
         // no aya type, although the loader is told to allow it. Its one
         // other warning there (object BTF not loadable) ends in a load error

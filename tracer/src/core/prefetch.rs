@@ -49,6 +49,7 @@ impl Prefetched {
         let threadpool = threadpool::for_pid(pid);
         // A failure is told by add_pid, which captures again.
         let _ = sym.capture(pid);
+        log::debug!("PID {pid}'s probes and symbols read ahead");
         Some(Prefetched {
             pid,
             modules,

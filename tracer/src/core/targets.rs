@@ -180,7 +180,9 @@ impl Tracer {
         alloc: Option<&Allocator>,
         tp: Option<&Threadpool>,
     ) -> Result<(), CoreError> {
-        self.probes.add_target(pid, self.flags())?;
+        // The uprobes first, then the target: its probes count from the
+        // moment every one of them is in place (and its first tables with
+        // them, which add_target waits for).
         let attached = match alloc {
             Some(a) => self.probes.attach_malloc(pid, a).map(|syms| {
                 log::info!("attached to {} in {}: {syms:?}", a.module, a.path.display())
@@ -194,7 +196,9 @@ impl Tracer {
                 .map(|()| log::info!("threadpool probes in {} ({})", t.module, t.path.display())),
             None => Ok(()),
         });
+        let flags = self.flags();
         let attached = attached
+            .and_then(|()| self.probes.add_target(pid, flags))
             .map_err(CoreError::from)
             .and_then(|()| self.check_signal());
         if let Err(e) = attached {

@@ -89,6 +89,9 @@ pub struct Probes {
     /// with the drain thread, which brings a process's up to date as soon as
     /// it maps code (`tables`).
     unwind: Arc<Mutex<UnwindTables>>,
+    /// The thread loading the first target's tables (`LoadConfig::
+    /// early_tables`), until `add_target` waits for it.
+    early_tables: Option<std::thread::JoinHandle<()>>,
     /// Each with the pid it filters on, so one process's can be detached.
     uprobe_links: Vec<(u32, MultiLink)>,
     tracepoint_links: Vec<TracePointLink>,
@@ -101,6 +104,7 @@ impl Probes {
     /// Creates the maps (sized for `cfg.mode`) and loads (verifies) the
     /// mode's programs; nothing is attached yet.
     pub fn load(cfg: &LoadConfig) -> Result<Probes, ProbeError> {
+        log::debug!("loading the BPF object ({:?} mode)", cfg.mode);
         let page = page_size();
         let max_free_allocs = i64::from(cfg.max_allocs / 4);
         let watch_exec = u8::from(cfg.watch_exec);
@@ -118,6 +122,7 @@ impl Probes {
             (loader, btf)
         });
         let btf = btf?;
+        log::debug!("kernel BTF parsed");
         loader
             .override_global(programs::KNOB_PAGE_SIZE, &page, true)
             .override_global(programs::KNOB_STACK_HASH_BITS, &cfg.stack_hash_bits, true)
@@ -130,7 +135,20 @@ impl Probes {
             loader.map_max_entries(name, n);
         }
         loader.btf(Some(&btf));
-        let mut ebpf = loader.load(object::OBJECT)?;
+        // The uprobe_multi programs' half of the object is parsed and CO-RE
+        // relocated while aya creates the maps (no map needed yet; in
+        // malloc mode the maps take ~35 ms, with a core to spare).
+        let (ebpf, prepared) = std::thread::scope(|s| {
+            let prepared = s.spawn(|| MultiPrograms::prepare(object::OBJECT, &btf));
+            let ebpf = loader.load(object::OBJECT);
+            let prepared = prepared
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (ebpf, prepared)
+        });
+        let mut ebpf = ebpf?;
+        let prepared = prepared.map_err(ProbeError::Multi)?;
+        log::debug!("maps created, programs relocated");
         // Loaded now, while every map is still in `ebpf` (the core takes
         // the ring buffers out later). The threadpool's in every mode.
         let names: &[&'static str] = match cfg.mode {
@@ -153,18 +171,26 @@ impl Probes {
         // here, the system-wide ones in `load_hooks`.
         // The tables' maps are taken out first (the programs were relocated
         // against their fds already).
-        let mut unwind = UnwindTables::new(&mut ebpf, unwind::DEFAULT_CAP_BYTES)?;
+        let unwind = Arc::new(Mutex::new(UnwindTables::new(
+            &mut ebpf,
+            unwind::DEFAULT_CAP_BYTES,
+        )?));
+        // The early tables may still be going in when `load` returns: their
+        // last step waits out an RCU grace period (`unwind::loader`'s
+        // publish), and so does the first uprobe attach (the kernel's
+        // dup_mmap_sem, ~15 ms here), which then overlap. `add_target`
+        // waits for them, so no target's probes count before its tables
+        // are in. A failure is for add_pid's own load_tables to tell.
+        let early_tables = cfg.early_tables.map(|pid| {
+            let unwind = Arc::clone(&unwind);
+            std::thread::spawn(move || {
+                let _ = lock(&unwind).add_process(pid);
+                log::debug!("early unwind tables of PID {pid} loaded");
+            })
+        });
         let (multi, hooks) = std::thread::scope(|s| {
-            let multi = s.spawn(|| MultiPrograms::load(&fds, object::OBJECT, names, &btf));
-            let tables = cfg.early_tables.map(|pid| {
-                let unwind = &mut unwind;
-                // A failure is for add_pid's own load_tables to tell.
-                s.spawn(move || unwind.add_process(pid).map(drop).ok())
-            });
+            let multi = s.spawn(|| MultiPrograms::load(prepared, &fds, names));
             let hooks = load_hooks(&mut ebpf, &hooks, &btf);
-            if let Some(t) = tables {
-                t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            }
             let multi = multi
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -175,7 +201,8 @@ impl Probes {
         Ok(Probes {
             ebpf,
             multi,
-            unwind: Arc::new(Mutex::new(unwind)),
+            unwind,
+            early_tables,
             mode: cfg.mode,
             traffic,
             uprobe_links: Vec::new(),
@@ -278,8 +305,12 @@ impl Probes {
         })
     }
 
-    /// Puts a tgid in `targets`: every probe ignores other processes.
+    /// Puts a tgid in `targets`: every probe ignores other processes. The
+    /// first target's early tables are in place first (see `load`).
     pub fn add_target(&mut self, tgid: u32, flags: u32) -> Result<(), ProbeError> {
+        if let Some(t) = self.early_tables.take() {
+            t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
         self.targets()?
             .insert(tgid, TargetInfo { flags, _pad: 0 }, 0)
             .map_err(|source| ProbeError::Map {
