@@ -501,9 +501,10 @@ pub enum Counter {
     TargetsFull = 10,
     NewUnfinished = 11,
     WorkUnlinked = 12,
+    VmaBusy = 13,
 }
 
-pub const COUNTER_MAX: u32 = 13;
+pub const COUNTER_MAX: u32 = 14;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_MAX as usize] = [
@@ -520,6 +521,7 @@ impl Counter {
         Counter::TargetsFull,
         Counter::NewUnfinished,
         Counter::WorkUnlinked,
+        Counter::VmaBusy,
     ];
 
     /// Name used in reports and metrics.
@@ -538,6 +540,7 @@ impl Counter {
             Counter::TargetsFull => "targets_map_full",
             Counter::NewUnfinished => "operator_new_unfinished",
             Counter::WorkUnlinked => "threadpool_work_unlinked",
+            Counter::VmaBusy => "walker_vma_lock_busy",
         }
     }
 
@@ -549,6 +552,7 @@ impl Counter {
                 | Counter::OomKills
                 | Counter::NewUnfinished
                 | Counter::WorkUnlinked
+                | Counter::VmaBusy
         )
     }
 }

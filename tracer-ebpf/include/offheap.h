@@ -284,7 +284,11 @@ enum counter {
 	OFFHEAP_CTR_WORK_UNLINKED = 12,   /* threadpool work run whose queuing stack is not
 	                                   * known (queued before tracing, or evicted):
 	                                   * its allocations carry no queuing stack */
-	OFFHEAP_CTR_MAX = 13,
+	OFFHEAP_CTR_VMA_BUSY = 13,        /* the walker could not ask the kernel whether a pc is
+	                                   * code (bpf_find_vma: EBUSY, the mmap lock was
+	                                   * taken): the bytes before it decided, for that
+	                                   * walk only (informational) */
+	OFFHEAP_CTR_MAX = 14,
 };
 
 

@@ -76,6 +76,9 @@ struct walk_state {
 	__u32 guessed;
 	/* The frame walk_one steps now is such code (its step is checked). */
 	__u32 guess;
+	/* The frame recorded last was found by scanning (scan.bpf.c's
+	 * mapped_since is strict for it). */
+	__u32 scanned;
 	struct unwind_cursor cursor;
 };
 

@@ -174,6 +174,7 @@ __noinline int scan_step(struct stack_scratch *sc, __u64 sp, int record)
 	w->regs.pc = c.word;
 	w->regs.sp = slot + 8;
 	w->scans++;
+	w->scanned = 1;
 	w->regs.bp = c.saved;
 	w->bp_lost = !record && !saved_bp(sc, c.off, (c.at - c.off) / 8, slot);
 	return 0;
@@ -201,6 +202,9 @@ enum mapped {
 	/* Code of a file the tables do not cover yet (a module mapped since
 	 * they were loaded): frame pointers are only a guess there. */
 	MAPPED_FILE_CODE = 2,
+	/* Taken for code on the bytes before it, the kernel unable to tell
+	 * (EBUSY): an answer for this walk, never cached. */
+	MAPPED_CODE_BUSY = 3,
 };
 
 /* For a pc the tables put in no executable mapping: whether it is in one
@@ -213,10 +217,16 @@ enum mapped {
  * the fault being traced holds it) is answered by the bytes before pc: a
  * return address follows a call (after_call), and JIT code's do (answering
  * "not code" cut JIT frames off resident mode's fault stacks; "code" let
- * heap words and small integers through). An address within 8 MiB of the
- * stack pointer is the stack itself. */
-
-static __always_inline int mapped_since(__u64 pc, __u64 sp)
+ * heap words and small integers through), and the answer holds for that
+ * walk only (MAPPED_CODE_BUSY: not cached). Except for a pc found by
+ * scanning (`scanned`), which passed after_call already: there, EBUSY is
+ * "not code". A scanned word of another thread's stack or a heap (anonymous
+ * memory, which the tables give to JIT code) was otherwise taken whenever
+ * libvips' threads held the lock mapping their buffers, and then cached:
+ * sharp's malloc-mode stacks (tests/e2e/addon_npm.rs) got frames in no
+ * module. An address within 8 MiB of the stack pointer is the stack
+ * itself. */
+static __always_inline int mapped_since(__u64 pc, __u64 sp, int scanned)
 {
 	/* An address this close to the stack pointer is the stack itself. */
 	if (pc - (sp - STACK_NEAR) < 2 * STACK_NEAR)
@@ -224,8 +234,10 @@ static __always_inline int mapped_since(__u64 pc, __u64 sp)
 	struct vma_facts f = {};
 	long err = bpf_find_vma(bpf_get_current_task_btf(), pc, vma_facts_cb, &f, 0);
 
-	if (err == -EBUSY)
-		return after_call(pc) ? MAPPED_CODE : MAPPED_NOT_CODE;
+	if (err == -EBUSY) {
+		count(OFFHEAP_CTR_VMA_BUSY);
+		return !scanned && after_call(pc) ? MAPPED_CODE_BUSY : MAPPED_NOT_CODE;
+	}
 	if (err || !(f.flags & OFFHEAP_VM_EXEC))
 		return MAPPED_NOT_CODE;
 	return f.file ? MAPPED_FILE_CODE : MAPPED_CODE;

@@ -175,7 +175,7 @@ __noinline __u64 read_window(struct stack_scratch *sc, __u64 addr, __u64 limit, 
  * and walk_one checks the step (w->guess); V8's new JIT code keeps them. */
 static __always_inline int unmapped_class(struct walk_state *w, __u64 pc)
 {
-	int m = mapped_since(pc, w->regs.sp);
+	int m = mapped_since(pc, w->regs.sp, w->scanned);
 
 	if (m == MAPPED_FILE_CODE) {
 		w->guessed = 1;
@@ -193,7 +193,7 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 
 	if (w->leaf) {
 		int cls = unwind_find(w->tgid, pc, 1, &w->cursor);
-		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
+		if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp, w->scanned))
 			return UNWIND_NONE;
 		return cls == UNWIND_NONE ? unmapped_class(w, pc) : cls;
 	}
@@ -209,9 +209,15 @@ static __always_inline int frame_class(struct walk_state *w, struct unwind_cache
 	/* The tables take all anonymous memory for V8's code (it makes pages
 	 * executable after they were read): a return address there must be in
 	 * code now, not in a thread's stack or a heap (a scanned or garbage
-	 * word). Not cached: the page may become code. */
-	if (cls == UNWIND_JIT && !mapped_since(pc, w->regs.sp))
-		return UNWIND_NONE;
+	 * word). Not cached: the page may become code; nor is an answer the
+	 * kernel could not give (MAPPED_CODE_BUSY). */
+	if (cls == UNWIND_JIT) {
+		int m = mapped_since(pc, w->regs.sp, w->scanned);
+		if (m == MAPPED_NOT_CODE)
+			return UNWIND_NONE;
+		if (m == MAPPED_CODE_BUSY)
+			return cls;
+	}
 	e->pc = pc;
 	e->tgid = w->tgid;
 	e->epoch = w->epoch;
@@ -286,6 +292,7 @@ __noinline int walk_one(struct stack_scratch *sc, struct unwind_cache *cache,
 		return 1;
 	w->guess = 0;
 	int cls = frame_class(w, cache);
+	w->scanned = 0;
 	if (cls == UNWIND_NONE) {
 		/* Not code of the process: the walk went wrong before it. */
 		w->nr = nr - 1;
@@ -392,6 +399,7 @@ static __always_inline int fast_frame(struct walk_ctx *c, struct stack_scratch *
 		return -1;
 	STORE_IP(sc, nr - 1, pc);
 	w->hash = stack_hash_step(w->hash, pc);
+	w->scanned = 0;
 	__u64 sp = w->regs.sp;
 	int step = fp_step(w, sc);
 	if (step < 0)
