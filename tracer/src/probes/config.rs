@@ -39,8 +39,9 @@ pub struct LoadConfig {
     /// the host, not only those of targets (`watch`).
     pub watch_exec: bool,
     /// A process whose unwind tables are loaded while the programs verify
-    /// (`record --pid`'s target): building node's and putting them in place
-    /// takes ~40 ms, half of it an RCU grace period (`unwind::loader`).
+    /// (`record --pid`'s target): building node's takes ~20 ms, and putting
+    /// them in place waits out an RCU grace period (`unwind::loader`), which
+    /// may end after `Probes::load` returns (`Probes::add_target` waits).
     pub early_tables: Option<u32>,
 }
 
