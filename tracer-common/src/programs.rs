@@ -174,10 +174,14 @@ pub const RESIDENT: [Hook; 4] = [
     perf("resident_map_exit", "syscalls", "sys_exit_mremap"),
 ];
 
-/// threadpool.bpf.c: the uprobe program of libuv's threadpool
-/// functions, in every mode; the cookie (`ThreadpoolProbe::kind`) tells
-/// it which one it is.
-pub const THREADPOOL_ENTER: &str = "threadpool_enter";
+/// The uprobe program of libuv's threadpool functions, in every mode:
+/// malloc mode's entry program, which runs threadpool.bpf.c for a cookie
+/// with `COOKIE_THREADPOOL` (`ThreadpoolProbe::cookie`). One program, so
+/// that the stack walker in it is verified once.
+pub const THREADPOOL_ENTER: &str = ALLOC_ENTER;
+
+/// C `OFFHEAP_COOKIE_THREADPOOL`.
+pub const COOKIE_THREADPOOL: u64 = 1 << 16;
 
 /// One traced libuv function: its symbol, its `enum threadpool_kind`
 /// (the attach cookie) and whether the threadpool cannot be followed
@@ -187,6 +191,13 @@ pub struct ThreadpoolProbe {
     pub symbol: &'static str,
     pub kind: u32,
     pub required: bool,
+}
+
+impl ThreadpoolProbe {
+    /// The attach cookie: `COOKIE_THREADPOOL` and the kind.
+    pub const fn cookie(&self) -> u64 {
+        COOKIE_THREADPOOL | self.kind as u64
+    }
 }
 
 /// The attach table of libuv's threadpool, probed in the module that

@@ -111,6 +111,10 @@ fn rust_constants() -> Vec<(String, u64)> {
         ("OFFHEAP_TP_QUEUE".into(), threadpool_kind::QUEUE.into()),
         ("OFFHEAP_TP_RUN".into(), threadpool_kind::RUN.into()),
         ("OFFHEAP_TP_DONE".into(), threadpool_kind::DONE.into()),
+        (
+            "OFFHEAP_COOKIE_THREADPOOL".into(),
+            programs::COOKIE_THREADPOOL,
+        ),
         ("OFFHEAP_UV_WORK_REQ_OFFSET".into(), UV_WORK_REQ_OFFSET),
         ("OFFHEAP_MAX_QUEUED_WORK".into(), MAX_QUEUED_WORK.into()),
         (

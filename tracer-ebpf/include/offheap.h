@@ -41,10 +41,10 @@
  * unwind_tables (include/unwind.bpf.h), queued_work (threadpool.bpf.c).
  * Programs: alloc_enter / alloc_exit /
  * free_enter (the malloc family, told apart by their attach cookie: enum
- * alloc_kind), vm_sys_enter / vm_sys_exit (vm.bpf.c), resident_*
- * (fault.bpf.c), threadpool_enter (threadpool.bpf.c: libuv's threadpool,
- * told apart by its cookie, enum threadpool_kind), and the lifecycle
- * programs. */
+ * alloc_kind; alloc_enter also runs libuv's threadpool probes,
+ * threadpool.bpf.c, cookie OFFHEAP_COOKIE_THREADPOOL | enum
+ * threadpool_kind), vm_sys_enter / vm_sys_exit (vm.bpf.c), resident_*
+ * (fault.bpf.c), and the lifecycle programs. */
 
 /* ---- targets -------------------------------------------------------------- */
 
@@ -296,8 +296,11 @@ enum counter {
 /* Work queued with uv_queue_work (node's ThreadPoolWork: zlib, crypto jobs;
  * N-API async work) runs on a worker thread, whose stack ends at libuv's
  * worker() <- start_thread: the JS that asked for it is on the queuing
- * thread. One uprobe program (threadpool_enter) on three libuv functions,
- * told apart by the attach cookie (enum threadpool_kind). */
+ * thread. Three libuv functions, probed by malloc mode's entry program
+ * (alloc_enter) with OFFHEAP_COOKIE_THREADPOOL and the function's enum
+ * threadpool_kind in their attach cookie: one program, so that the stack
+ * walker it carries is verified once for both (~8k instructions). */
+#define OFFHEAP_COOKIE_THREADPOOL (1U << 16)
 enum threadpool_kind {
 	/* uv_queue_work(loop, req, work_cb, after_work_cb), on the queuing
 	 * thread: its stack, in queued_work under the request's uv__work. */

@@ -308,11 +308,15 @@ static __always_inline __u64 page_round_up(__u64 size)
 	return (size + page - 1) / page * page;
 }
 
+/* The entry of every malloc-family function, and of libuv's threadpool
+ * functions (a cookie with OFFHEAP_COOKIE_THREADPOOL: threadpool.bpf.c). */
 SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u32 kind = cookie;
+	if (kind & OFFHEAP_COOKIE_THREADPOOL)
+		return threadpool_enter(ctx, kind & ~OFFHEAP_COOKIE_THREADPOOL);
 	__u64 a1 = PT_REGS_PARM1(ctx), a2 = PT_REGS_PARM2(ctx), a3 = PT_REGS_PARM3(ctx);
 	__u64 size, old_ptr = 0, out_ptr = 0, fn_len = 0;
 

@@ -351,9 +351,9 @@ static __always_inline __s32 thread_async_stack(void)
 	return slot ? slot->async_stack : 0;
 }
 
+#include "threadpool.bpf.c"
 #include "malloc.bpf.c"
 #include "vm.bpf.c"
 #include "lifecycle.bpf.c"
 #include "fault.bpf.c"
-#include "threadpool.bpf.c"
 #include "traffic.bpf.c"

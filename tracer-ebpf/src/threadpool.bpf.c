@@ -16,7 +16,8 @@
  * fault.bpf.c) carries the link, read from the thread's slot: no probe per
  * allocation. Userspace joins the two stacks (accounting::join_queued).
  *
- * One program for the three (the cookie tells which), verified once. */
+ * One function for the three (the cookie tells which), run by malloc.bpf.c's
+ * alloc_enter: see OFFHEAP_COOKIE_THREADPOOL. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -79,10 +80,9 @@ static __always_inline int threadpool_done(struct pt_regs *ctx, struct inflight_
 	return 0;
 }
 
-SEC("uprobe")
-int threadpool_enter(struct pt_regs *ctx)
+/* A threadpool probe of `kind` (enum threadpool_kind), from alloc_enter. */
+static __always_inline int threadpool_enter(struct pt_regs *ctx, __u32 kind)
 {
-	__u32 kind = bpf_get_attach_cookie(ctx);
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct inflight_slot *slot = thread_slot(0);
 

@@ -4,7 +4,7 @@
 //! zlib.deflate() calls, each a stream whose work runs on the threadpool).
 //!
 //! Two figures. The probes' own time in the kernel: BPF run-time statistics
-//! (kernel.bpf_stats_enabled, restored afterwards) of threadpool_enter,
+//! (kernel.bpf_stats_enabled, restored afterwards) of the threadpool probes' program,
 //! sampled with bpftool while `offheap run` traces the loop, per probe hit
 //! and per queued work item. And the loop's slowdown under `offheap run
 //! --mode resident` with the threadpool probes against the same without
@@ -18,8 +18,10 @@ use crate::bpf_stats::{self, ProgStats};
 use crate::stats::median;
 
 const WORKLOAD: &str = "bench/zlib-loop.js";
-/// The program, as bpftool names it (from BTF; the kernel keeps 15 bytes).
-const PROGRAM: &str = "threadpool_ent";
+/// The program, as bpftool names it (from BTF; the kernel keeps 15 bytes):
+/// malloc mode's entry program, which runs the threadpool probes too; in
+/// resident mode, which this part traces, it carries only them.
+const PROGRAM: &str = "alloc_enter";
 
 /// (items, elapsed ms) from the workload's last line.
 fn parse(stdout: &str) -> Result<(u64, f64)> {

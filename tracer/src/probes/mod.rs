@@ -152,11 +152,11 @@ impl Probes {
         // Loaded now, while every map is still in `ebpf` (the core takes
         // the ring buffers out later). The threadpool's in every mode.
         let names: &[&'static str] = match cfg.mode {
+            // alloc_enter also runs the threadpool probes (THREADPOOL_ENTER).
             Mode::Malloc => &[
                 programs::ALLOC_ENTER,
                 programs::ALLOC_EXIT,
                 programs::FREE_ENTER,
-                programs::THREADPOOL_ENTER,
             ],
             Mode::Resident => &[programs::THREADPOOL_ENTER],
         };
@@ -391,8 +391,8 @@ impl Probes {
     }
 
     /// Attaches the threadpool probes (`programs::THREADPOOL`) to one
-    /// process's libuv: one uprobe_multi link, each point with its
-    /// `enum threadpool_kind` cookie. The kernel registers the points in
+    /// process's libuv: one uprobe_multi link of `programs::THREADPOOL_ENTER`
+    /// (alloc_enter), each point with its cookie (`ThreadpoolProbe::cookie`). The kernel registers the points in
     /// the order given (bpf_uprobe_multi_link_attach), and each fires from
     /// its registration: done first, then run, then queue, so that no
     /// thread is linked before the probe that unlinks it is in place.
@@ -409,11 +409,7 @@ impl Probes {
         table.sort_by_key(|p| std::cmp::Reverse(p.kind));
         let (offsets, cookies): (Vec<u64>, Vec<u64>) = table
             .iter()
-            .filter_map(|p| {
-                tp.functions
-                    .get(p.symbol)
-                    .map(|f| (f.offset, u64::from(p.kind)))
-            })
+            .filter_map(|p| tp.functions.get(p.symbol).map(|f| (f.offset, p.cookie())))
             .unzip();
         let link = multi
             .attach(
