@@ -2,7 +2,8 @@
 //! where each attaches (tracer-ebpf/src/*.bpf.c).
 
 /// The uprobe program of every malloc-family function but free; the
-/// attach cookie (`MallocProbe::kind`) tells it which one it is.
+/// attach cookie (`MallocProbe::cookie`) tells it which one it is. It runs
+/// the threadpool probes too (`THREADPOOL_ENTER`).
 pub const ALLOC_ENTER: &str = "alloc_enter";
 /// The uretprobe program of every malloc-family function but free.
 pub const ALLOC_EXIT: &str = "alloc_exit";
@@ -184,8 +185,8 @@ pub const THREADPOOL_ENTER: &str = ALLOC_ENTER;
 pub const COOKIE_THREADPOOL: u64 = 1 << 16;
 
 /// One traced libuv function: its symbol, its `enum threadpool_kind`
-/// (the attach cookie) and whether the threadpool cannot be followed
-/// without it.
+/// (in its attach cookie, `cookie`) and whether the threadpool cannot be
+/// followed without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadpoolProbe {
     pub symbol: &'static str,

@@ -299,7 +299,8 @@ enum counter {
  * thread. Three libuv functions, probed by malloc mode's entry program
  * (alloc_enter) with OFFHEAP_COOKIE_THREADPOOL and the function's enum
  * threadpool_kind in their attach cookie: one program, so that the stack
- * walker it carries is verified once for both (~8k instructions). */
+ * walker it carries is verified once for both (12.4k instructions
+ * processed, against 8.7k + 10.3k as two programs). */
 #define OFFHEAP_COOKIE_THREADPOOL (1U << 16)
 enum threadpool_kind {
 	/* uv_queue_work(loop, req, work_cb, after_work_cb), on the queuing

@@ -392,8 +392,9 @@ impl Probes {
 
     /// Attaches the threadpool probes (`programs::THREADPOOL`) to one
     /// process's libuv: one uprobe_multi link of `programs::THREADPOOL_ENTER`
-    /// (alloc_enter), each point with its cookie (`ThreadpoolProbe::cookie`). The kernel registers the points in
-    /// the order given (bpf_uprobe_multi_link_attach), and each fires from
+    /// (alloc_enter), each point with its cookie (`ThreadpoolProbe::cookie`).
+    /// The kernel registers the points in the order given
+    /// (bpf_uprobe_multi_link_attach), and each fires from
     /// its registration: done first, then run, then queue, so that no
     /// thread is linked before the probe that unlinks it is in place.
     pub fn attach_threadpool(
